@@ -1,0 +1,154 @@
+package iptables
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// kernelNetns creates a network namespace with a unique name for this test
+// and removes it when the test ends. Kernel tests need root; they never touch
+// the host namespace.
+func kernelNetns(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root to create a network namespace (run make test as root)")
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "svpk-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	return ns
+}
+
+func nsRunner(ns string) (Runner, Binaries) {
+	bin := Detect(context.Background(), proxier.IPv4)
+	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}}, bin
+}
+
+func save(t *testing.T, ns string, bin Binaries) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, bin.Save).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-save: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+func TestKernelApply(t *testing.T) {
+	ns := kernelNetns(t)
+	run, bin := nsRunner(ns)
+	ctx := context.Background()
+	opt := Options{RandomFully: true, DropInvalid: true}
+
+	p := New(testConfig(), opt, run)
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	if !p.LastResult().Full {
+		t.Errorf("first sync was not a full sync")
+	}
+	dump := save(t, ns, bin)
+	for _, want := range []string{
+		"-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+		"--to-destination 10.244.1.4:8080",
+		"-j REJECT",
+		"--probability 0.33333333",
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("kernel ruleset lacks %q:\n%s", want, dump)
+		}
+	}
+
+	// A sync with nothing changed sends nothing.
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); r.Bytes != 0 || r.Full {
+		t.Errorf("no-op sync wrote %d bytes (full=%v), want 0", r.Bytes, r.Full)
+	}
+
+	// Remove an endpoint: the partial sync rewrites the service chain and
+	// deletes the endpoint's chain.
+	web := *st.Services[1]
+	web.Endpoints = web.Endpoints[:1]
+	st2 := *st
+	st2.Services = append([]*proxier.Service(nil), st.Services...)
+	st2.Services[1] = &web
+	gone := EndpointChainName(&web, st.Services[1].Endpoints[2])
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatalf("partial sync: %v", err)
+	}
+	if r := p.LastResult(); r.Full || r.ChainsDeleted != 2 {
+		t.Errorf("partial sync result %+v, want partial with 2 chains deleted", r)
+	}
+	dump = save(t, ns, bin)
+	if strings.Contains(dump, gone) {
+		t.Errorf("stale chain %s still in kernel", gone)
+	}
+
+	// A restart: a new proxier adopts the kernel state; jump rules are not
+	// duplicated and chains left by the old process that are stale go away.
+	p2 := New(testConfig(), opt, run)
+	if err := p2.Sync(ctx, st); err != nil {
+		t.Fatalf("restart sync: %v", err)
+	}
+	if err := p2.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	p3 := New(testConfig(), opt, run)
+	if err := p3.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	dump = save(t, ns, bin)
+	if n := strings.Count(dump, "-j KUBE-SERVICES"); n != 4 {
+		t.Errorf("got %d jumps to KUBE-SERVICES, want 4 (nat PREROUTING/OUTPUT, filter FORWARD/OUTPUT):\n%s", n, dump)
+	}
+	if strings.Contains(dump, gone) {
+		t.Errorf("stale chain %s survived a restart", gone)
+	}
+
+	// Duplicated jump rules (another agent re-added one) are removed on a
+	// full sync.
+	if out, err := exec.Command("ip", "netns", "exec", ns, bin.Command, "-t", "nat", "-A", "PREROUTING",
+		"-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	p3.ForceFullSync()
+	if err := p3.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(save(t, ns, bin), "-j KUBE-SERVICES"); n != 4 {
+		t.Errorf("after duplicate: %d jumps to KUBE-SERVICES, want 4", n)
+	}
+}
+
+func TestKernelIPv6(t *testing.T) {
+	ns := kernelNetns(t)
+	bin := Detect(context.Background(), proxier.IPv6)
+	run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}}
+	cfg := proxier.Config{Family: proxier.IPv6, MasqueradeBit: 14, LocalDetector: proxier.LocalDetector{
+		Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10::/64")}}}
+	st := &proxier.State{Family: proxier.IPv6, Services: []*proxier.Service{
+		svc("ns", "v6", "", proxier.TCP, "fd00:96::10", 80, ep("fd00:10::2", 8080, true), ep("fd00:10::3", 8080, true)),
+		svc("ns", "v6-empty", "", proxier.UDP, "fd00:96::11", 53),
+	}}
+	if err := New(cfg, Options{}, run).Sync(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	dump := save(t, ns, bin)
+	if !strings.Contains(dump, "--to-destination [fd00:10::3]:8080") {
+		t.Errorf("IPv6 DNAT missing:\n%s", dump)
+	}
+}

@@ -1,0 +1,205 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// DefaultFullSyncPeriod is how often a sync re-reads the kernel and rewrites
+// every chain even when nothing changed.
+const DefaultFullSyncPeriod = time.Hour
+
+// Proxier programs one address family through iptables-restore.
+type Proxier struct {
+	cfg proxier.Config
+	opt Options
+	run Runner
+	// FullSyncPeriod bounds the time between full syncs.
+	FullSyncPeriod time.Duration
+	now            func() time.Time
+
+	mu sync.Mutex
+	// applied is what the last successful sync left in the kernel: table →
+	// chain → rules joined by "\n". nil means the next sync is a full one.
+	applied  map[string]map[string]string
+	lastFull time.Time
+	last     SyncResult
+}
+
+// SyncResult summarises the last sync for logs and metrics.
+type SyncResult struct {
+	Full          bool
+	ChainsWritten int
+	ChainsDeleted int
+	Rules         map[string]int // total rules per table in the desired ruleset
+	Bytes         int
+}
+
+// New returns a Proxier that applies through run.
+func New(cfg proxier.Config, opt Options, run Runner) *Proxier {
+	return &Proxier{cfg: cfg, opt: opt, run: run, FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
+}
+
+// Family is the address family this proxier programs.
+func (p *Proxier) Family() proxier.IPFamily { return p.cfg.Family }
+
+// LastResult returns the summary of the last successful sync.
+func (p *Proxier) LastResult() SyncResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+// ForceFullSync makes the next sync re-read the kernel and rewrite everything.
+func (p *Proxier) ForceFullSync() {
+	p.mu.Lock()
+	p.applied = nil
+	p.mu.Unlock()
+}
+
+// DryRun renders st into the complete iptables-restore input a first sync
+// on a clean node would send. It never touches the kernel.
+func DryRun(cfg proxier.Config, opt Options, st *proxier.State) []byte {
+	rs := Render(proxier.MakePlan(cfg, st), opt)
+	return rs.Bytes(JumpInserts(Jumps))
+}
+
+// Sync makes the kernel hold the rules for st, in one iptables-restore.
+func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rs := Render(proxier.MakePlan(p.cfg, st), p.opt)
+	desired := map[string]map[string]string{}
+	res := SyncResult{Rules: map[string]int{}}
+	for _, t := range rs.Tables() {
+		m := make(map[string]string, len(t.Chains))
+		for _, c := range t.Chains {
+			m[c.Name] = strings.Join(c.Rules, "\n")
+			res.Rules[t.Name] += len(c.Rules)
+		}
+		desired[t.Name] = m
+	}
+
+	full := p.applied == nil || p.now().Sub(p.lastFull) > p.FullSyncPeriod
+	var data []byte
+	if full {
+		var err error
+		if data, err = p.fullInput(ctx, rs, &res); err != nil {
+			p.applied = nil
+			return err
+		}
+	} else {
+		data = p.partialInput(rs, desired, &res)
+	}
+	res.Full, res.Bytes = full, len(data)
+	if len(data) > 0 {
+		if err := p.run.Restore(ctx, data); err != nil {
+			p.applied = nil
+			if klog.V(4).Enabled() {
+				klog.InfoS("Failed iptables-restore input", "family", p.cfg.Family, "input", string(data))
+			}
+			return fmt.Errorf("%v sync: %w", p.cfg.Family, err)
+		}
+	}
+	p.applied = desired
+	if full {
+		p.lastFull = p.now()
+	}
+	p.last = res
+	return nil
+}
+
+// fullInput reads the kernel's tables and returns input that rewrites every
+// chain we own, inserts missing jump rules, removes duplicate ones, and
+// deletes stale service chains.
+func (p *Proxier) fullInput(ctx context.Context, rs *Ruleset, res *SyncResult) ([]byte, error) {
+	extra := map[string]Extra{}
+	for _, t := range rs.Tables() {
+		var e Extra
+		out, err := p.run.Save(ctx, t.Name)
+		if err != nil {
+			return nil, fmt.Errorf("%v full sync: %w", p.cfg.Family, err)
+		}
+		saved := parseSave(out)
+		want := map[string]bool{}
+		for _, c := range t.Chains {
+			want[c.Name] = true
+		}
+		// Stale chains are flushed and deleted in the same transaction that
+		// rewrites the chains jumping to them, so nothing references them.
+		var stale []string
+		for name := range saved.chains {
+			if IsServiceChain(name) && !want[name] {
+				stale = append(stale, name)
+			}
+		}
+		slices.Sort(stale)
+		e.Flush = stale
+		for _, j := range Jumps {
+			if j.Table != t.Name {
+				continue
+			}
+			var found []string
+			for _, rule := range saved.rules[j.From] {
+				if j.matches(rule) {
+					found = append(found, rule)
+				}
+			}
+			if len(found) == 0 {
+				e.Tail = append(e.Tail, fmt.Sprintf("-I %s 1 %s", j.From, j.Spec()))
+			}
+			for _, dup := range found[min(1, len(found)):] {
+				e.Tail = append(e.Tail, fmt.Sprintf("-D %s %s", j.From, dup))
+			}
+		}
+		for _, name := range stale {
+			e.Tail = append(e.Tail, "-X "+name)
+		}
+		extra[t.Name] = e
+		res.ChainsWritten += len(t.Chains)
+		res.ChainsDeleted += len(stale)
+	}
+	return rs.Bytes(extra), nil
+}
+
+// partialInput returns input that rewrites only the chains whose content
+// changed since the last successful sync and deletes chains no longer
+// wanted. It is empty when nothing changed.
+func (p *Proxier) partialInput(rs *Ruleset, desired map[string]map[string]string, res *SyncResult) []byte {
+	var b strings.Builder
+	for _, t := range rs.Tables() {
+		prev := p.applied[t.Name]
+		var changed []*Chain
+		for _, c := range t.Chains {
+			if old, ok := prev[c.Name]; !ok || old != desired[t.Name][c.Name] {
+				changed = append(changed, c)
+			}
+		}
+		var stale []string
+		for name := range prev {
+			if _, ok := desired[t.Name][name]; !ok {
+				stale = append(stale, name)
+			}
+		}
+		if len(changed) == 0 && len(stale) == 0 {
+			continue
+		}
+		slices.Sort(stale)
+		e := Extra{Flush: stale}
+		for _, name := range stale {
+			e.Tail = append(e.Tail, "-X "+name)
+		}
+		writeTable(&b, t.Name, changed, e)
+		res.ChainsWritten += len(changed)
+		res.ChainsDeleted += len(stale)
+	}
+	return []byte(b.String())
+}

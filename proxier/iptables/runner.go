@@ -1,0 +1,145 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Runner is the only way this package touches the kernel.
+type Runner interface {
+	// Save returns iptables-save output for one table.
+	Save(ctx context.Context, table string) ([]byte, error)
+	// Restore applies data in one iptables-restore --noflush transaction.
+	Restore(ctx context.Context, data []byte) error
+}
+
+// Binaries names the iptables tools of one backend (nft or legacy) and family.
+type Binaries struct {
+	Mode    string // "nft", "legacy" or "" (whatever plain iptables is)
+	Save    string
+	Restore string
+	Command string // iptables or ip6tables itself
+}
+
+// execRunner runs the iptables binaries, optionally behind a wrapper
+// command (tests run them through "ip netns exec NAME").
+type execRunner struct {
+	bin  Binaries
+	wrap []string
+}
+
+// NewExecRunner returns a Runner that execs bin's tools.
+func NewExecRunner(bin Binaries) Runner { return execRunner{bin: bin} }
+
+func (r execRunner) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if len(r.wrap) > 0 {
+		return exec.CommandContext(ctx, r.wrap[0], append(append(r.wrap[1:len(r.wrap):len(r.wrap)], name), args...)...)
+	}
+	return exec.CommandContext(ctx, name, args...)
+}
+
+func (r execRunner) Save(ctx context.Context, table string) ([]byte, error) {
+	var out, errb bytes.Buffer
+	cmd := r.command(ctx, r.bin.Save, "-t", table)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s -t %s: %v: %s", r.bin.Save, table, err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
+}
+
+func (r execRunner) Restore(ctx context.Context, data []byte) error {
+	var errb bytes.Buffer
+	cmd := r.command(ctx, r.bin.Restore, "--noflush", "-w", "5", "-W", "100000")
+	cmd.Stdin = bytes.NewReader(data)
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %v: %s", r.bin.Restore, err, strings.TrimSpace(errb.String()))
+	}
+	return nil
+}
+
+// Detect picks the iptables backend the host already uses, the way
+// kube-proxy's image does: a kubelet hint chain in either backend decides;
+// otherwise the backend holding more rules wins, nft on a tie.
+func Detect(ctx context.Context, family proxier.IPFamily) Binaries {
+	base := "iptables"
+	if family == proxier.IPv6 {
+		base = "ip6tables"
+	}
+	mk := func(mode string) Binaries {
+		if mode == "" {
+			return Binaries{Save: base + "-save", Restore: base + "-restore", Command: base}
+		}
+		return Binaries{Mode: mode, Save: base + "-" + mode + "-save", Restore: base + "-" + mode + "-restore", Command: base + "-" + mode}
+	}
+	nft, legacy := mk("nft"), mk("legacy")
+	_, errN := exec.LookPath(nft.Restore)
+	_, errL := exec.LookPath(legacy.Restore)
+	switch {
+	case errN != nil && errL != nil:
+		return mk("")
+	case errL != nil:
+		return nft
+	case errN != nil:
+		return legacy
+	}
+	for _, b := range []Binaries{nft, legacy} {
+		for _, hint := range []string{"KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"} {
+			if err := exec.CommandContext(ctx, b.Command, "-t", "mangle", "-S", hint).Run(); err == nil {
+				return b
+			}
+		}
+	}
+	count := func(b Binaries) int {
+		n := 0
+		for _, save := range []string{"iptables-" + b.Mode + "-save", "ip6tables-" + b.Mode + "-save"} {
+			out, _ := exec.CommandContext(ctx, save).Output()
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, "-") {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	if count(legacy) > count(nft) {
+		return legacy
+	}
+	return nft
+}
+
+// savedTable is a parsed iptables-save table: chain names, and the rules of
+// each chain (text after "-A <chain> ").
+type savedTable struct {
+	chains map[string]bool
+	rules  map[string][]string
+}
+
+func parseSave(data []byte) savedTable {
+	t := savedTable{chains: map[string]bool{}, rules: map[string][]string{}}
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			t.chains[name] = true
+		case strings.HasPrefix(line, "-A "):
+			chain, rule, _ := strings.Cut(line[3:], " ")
+			t.rules[chain] = append(t.rules[chain], rule)
+		}
+	}
+	return t
+}
+
+// isJump reports whether a saved rule is jump j.
+func (j Jump) matches(rule string) bool {
+	if !strings.HasSuffix(rule, "-j "+j.To) && !strings.Contains(rule, "-j "+j.To+" ") {
+		return false
+	}
+	return strings.Contains(rule, `--comment "`+j.Comment+`"`) || strings.Contains(rule, "--comment "+j.Comment)
+}
