@@ -143,8 +143,8 @@ type renderer struct {
 	mark string
 
 	filterServices, filterExternal, filterForward, filterNodePorts, filterFirewall *Chain
-	natServices, natNodePorts, natPostrouting, natMarkMasq                          *Chain
-	natService                                                                      []*Chain
+	natServices, natNodePorts, natPostrouting, natMarkMasq                         *Chain
+	natService                                                                     []*Chain
 }
 
 func (r *renderer) render() *Ruleset {
