@@ -1,0 +1,47 @@
+# svcproxy — a drop-in replacement for kube-proxy.
+#
+#   make demo    (root) a local demo cluster: real API server, namespaces as
+#                node and pods, a Service, svcproxy, balanced traffic
+#   make test    unit + kernel + e2e tests (kernel/e2e layers need root)
+
+GO      ?= go
+BIN     ?= bin
+PKGS    := ./...
+GOTEST  ?= $(GO) test -count=1
+
+.PHONY: all build test unit kernel e2e demo lint deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/svcproxy ./cmd/svcproxy
+
+# deps installs the Debian packages the kernel and e2e layers use (root only;
+# a no-op when everything is present).
+deps:
+	@sh e2e/install-deps.sh
+
+lint:
+	@out=$$(gofmt -l cmd proxier syncer e2e); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# unit: pure tests only (kernel tests skip without root anyway).
+unit:
+	$(GOTEST) -short $$($(GO) list ./... | grep -v /e2e)
+
+# kernel: tests that program iptables inside throwaway network namespaces.
+kernel: deps
+	$(GOTEST) -run Kernel -v ./proxier/...
+
+e2e: deps
+	$(GOTEST) -timeout 30m -v ./e2e/...
+
+test: deps lint
+	$(GOTEST) -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+	$(GOTEST) -timeout 30m -v ./e2e/...
+
+demo: deps
+	$(GO) run ./e2e/cmd/demo
+
+clean:
+	rm -rf $(BIN)

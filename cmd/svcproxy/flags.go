@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// options are the command-line flags, named and defaulted as kube-proxy's so
+// an existing kube-proxy DaemonSet's arguments keep working.
+type options struct {
+	kubeconfig       string
+	master           string
+	hostnameOverride string
+	proxyMode        string
+	clusterCIDRs     []netip.Prefix
+	masqueradeAll    bool
+	masqueradeBit    int
+	minSyncPeriod    time.Duration
+	syncPeriod       time.Duration
+	configSyncPeriod time.Duration
+	metricsAddr      string
+	healthzAddr      string
+	dryRun           bool
+}
+
+// parseFlags parses args (without the program name). Errors are one line
+// naming the offending flag.
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("svcproxy", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; empty means in-cluster configuration.")
+	fs.StringVar(&o.master, "master", "", "Address of the Kubernetes API server (overrides the kubeconfig's).")
+	fs.StringVar(&o.hostnameOverride, "hostname-override", "", "Name of this node, if not the hostname.")
+	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables.")
+	cidrs := fs.String("cluster-cidr", "", "Comma-separated pod CIDRs of the cluster; traffic to ClusterIPs from outside them is masqueraded.")
+	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to ClusterIPs.")
+	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "The fwmark bit (0-31) flagging packets for SNAT.")
+	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", time.Second, "Minimum interval between rule syncs (e.g. 1s, 100ms).")
+	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", 30*time.Second, "Interval of periodic rule syncs and retry bound after a failure.")
+	fs.DurationVar(&o.configSyncPeriod, "config-sync-period", 15*time.Minute, "How often informers resync from their caches.")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "host:port for /metrics; empty disables it.")
+	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "host:port for /healthz and /livez; empty disables it.")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
+	klog.InitFlags(fs)
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, errors.New(strings.TrimSpace(strings.SplitN(err.Error(), "\n", 2)[0]))
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	switch o.proxyMode {
+	case "", "iptables":
+		o.proxyMode = "iptables"
+	case "nftables":
+		return nil, errors.New(`--proxy-mode: "nftables" is not supported yet; use iptables`)
+	default:
+		return nil, fmt.Errorf("--proxy-mode: unknown mode %q (want iptables)", o.proxyMode)
+	}
+	for _, s := range strings.Split(*cidrs, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--cluster-cidr: %q is not a CIDR", s)
+		}
+		o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
+	}
+	if o.masqueradeBit < 0 || o.masqueradeBit > 31 {
+		return nil, fmt.Errorf("--iptables-masquerade-bit: %d is not in 0..31", o.masqueradeBit)
+	}
+	if o.minSyncPeriod < 0 {
+		return nil, fmt.Errorf("--iptables-min-sync-period: %v is negative", o.minSyncPeriod)
+	}
+	if o.syncPeriod <= 0 {
+		return nil, fmt.Errorf("--iptables-sync-period: %v must be positive", o.syncPeriod)
+	}
+	if o.minSyncPeriod > o.syncPeriod {
+		return nil, fmt.Errorf("--iptables-min-sync-period: %v is longer than --iptables-sync-period %v", o.minSyncPeriod, o.syncPeriod)
+	}
+	if o.configSyncPeriod < 0 {
+		return nil, fmt.Errorf("--config-sync-period: %v is negative", o.configSyncPeriod)
+	}
+	for _, a := range []struct{ flag, val string }{{"--metrics-bind-address", o.metricsAddr}, {"--healthz-bind-address", o.healthzAddr}} {
+		if a.val == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a.val)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not host:port", a.flag, a.val)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return nil, fmt.Errorf("%s: invalid port in %q", a.flag, a.val)
+		}
+		if host != "" {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return nil, fmt.Errorf("%s: %q is not an IP address", a.flag, host)
+			}
+		}
+	}
+	return o, nil
+}

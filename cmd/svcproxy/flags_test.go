@@ -1,0 +1,67 @@
+package main
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantErr string // substring; "" means success
+		check   func(*testing.T, *options)
+	}{
+		{name: "defaults", check: func(t *testing.T, o *options) {
+			if o.proxyMode != "iptables" || o.masqueradeBit != 14 || o.minSyncPeriod != time.Second ||
+				o.syncPeriod != 30*time.Second || o.metricsAddr != "127.0.0.1:10249" || o.healthzAddr != "0.0.0.0:10256" {
+				t.Errorf("defaults differ from kube-proxy's: %+v", o)
+			}
+		}},
+		{name: "kube-proxy style", args: []string{"--kubeconfig=/k", "--hostname-override", "n1", "--proxy-mode=iptables",
+			"--cluster-cidr=10.244.0.0/16,fd00:10::/56", "--masquerade-all", "--iptables-min-sync-period=100ms", "-v=2"},
+			check: func(t *testing.T, o *options) {
+				want := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10::/56")}
+				if len(o.clusterCIDRs) != 2 || o.clusterCIDRs[0] != want[0] || o.clusterCIDRs[1] != want[1] {
+					t.Errorf("cluster CIDRs = %v", o.clusterCIDRs)
+				}
+				if !o.masqueradeAll || o.minSyncPeriod != 100*time.Millisecond || o.kubeconfig != "/k" || o.hostnameOverride != "n1" {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{name: "dry run", args: []string{"--dry-run"}, check: func(t *testing.T, o *options) {
+			if !o.dryRun {
+				t.Error("dry-run not set")
+			}
+		}},
+		{name: "unknown flag", args: []string{"--no-such-flag"}, wantErr: "no-such-flag"},
+		{name: "nftables not yet", args: []string{"--proxy-mode=nftables"}, wantErr: "--proxy-mode"},
+		{name: "bad mode", args: []string{"--proxy-mode=ipvs"}, wantErr: "--proxy-mode"},
+		{name: "bad cidr", args: []string{"--cluster-cidr=10.0.0.0/33"}, wantErr: "--cluster-cidr"},
+		{name: "bad bit", args: []string{"--iptables-masquerade-bit=32"}, wantErr: "--iptables-masquerade-bit"},
+		{name: "bad duration", args: []string{"--iptables-sync-period=soon"}, wantErr: "iptables-sync-period"},
+		{name: "min above max", args: []string{"--iptables-min-sync-period=1m"}, wantErr: "--iptables-min-sync-period"},
+		{name: "bad metrics addr", args: []string{"--metrics-bind-address=localhost"}, wantErr: "--metrics-bind-address"},
+		{name: "bad healthz port", args: []string{"--healthz-bind-address=0.0.0.0:99999"}, wantErr: "--healthz-bind-address"},
+		{name: "stray argument", args: []string{"extra"}, wantErr: "extra"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parseFlags(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
