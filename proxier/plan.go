@@ -46,6 +46,51 @@ type Config struct {
 	// MasqueradeBit is the fwmark bit used to flag packets for SNAT.
 	MasqueradeBit int
 	LocalDetector LocalDetector
+	// NodeIPs are this node's addresses of this family: NodePorts listen on
+	// those inside NodePortAddresses, and a load-balancer source range that
+	// holds one lets the node itself through.
+	NodeIPs []netip.Addr
+	// NodePortAddresses limits NodePorts to node IPs inside these CIDRs;
+	// empty means every local address.
+	NodePortAddresses []netip.Prefix
+	// LocalhostNodePorts makes NodePorts answer on 127.0.0.0/8 (IPv4 only;
+	// needs route_localnet).
+	LocalhostNodePorts bool
+}
+
+// NodePortsMatchAll reports whether NodePorts are open on every local
+// address of the family, rather than on a list of node IPs.
+func (c Config) NodePortsMatchAll() bool {
+	any := false
+	for _, p := range c.NodePortAddresses {
+		if !c.Family.Matches(p.Addr()) {
+			continue
+		}
+		any = true
+		if p.Bits() == 0 {
+			return true
+		}
+	}
+	return !any
+}
+
+// NodePortIPs are the node IPs NodePorts listen on when they do not match
+// every local address: node IPs inside NodePortAddresses, sorted.
+func (c Config) NodePortIPs() []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range c.NodeIPs {
+		if !c.Family.Matches(ip) {
+			continue
+		}
+		for _, p := range c.NodePortAddresses {
+			if p.Contains(ip) {
+				out = append(out, ip)
+				break
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // MasqueradeMark is the mark value, formatted as kube-proxy does ("0x00004000").
@@ -101,7 +146,25 @@ type ServicePlan struct {
 	// MasqueradeInternal: MasqueradeAll masquerades every ClusterIP packet,
 	// MasqueradeNonLocal only those not from local pods.
 	MasqueradeInternal MasqueradeMode
+
+	// External is the verdict for traffic to external destinations
+	// (NodePort, external IPs, load-balancer IPs) from outside the node's
+	// pods: Forward through the external path, Reject when there are no
+	// endpoints, Drop when externalTrafficPolicy is Local and none is local.
+	// Pods and the node itself are still served under Local (short-circuit).
+	External Verdict
+	// ExternalEndpoints serve external traffic: local endpoints under
+	// externalTrafficPolicy Local, cluster endpoints otherwise.
+	ExternalEndpoints []Endpoint
+	// Firewall: load-balancer source ranges apply; FirewallAllowNode lets
+	// traffic from the node itself through (a range holds a node IP).
+	Firewall          bool
+	FirewallRanges    []netip.Prefix
+	FirewallAllowNode bool
 }
+
+// HasExternal reports whether the service has any external destination.
+func (sp *ServicePlan) HasExternal() bool { return sp.Svc.ExternallyAccessible() }
 
 // MasqueradeMode says which ClusterIP packets are SNATed.
 type MasqueradeMode int
@@ -169,6 +232,35 @@ func planService(cfg Config, st *State, svc *Service) ServicePlan {
 	default:
 		sp.Internal = Forward
 		sp.InternalEndpoints = internal
+	}
+
+	external := sp.ClusterEndpoints
+	if svc.ExternalPolicyLocal {
+		external = sp.LocalEndpoints
+	}
+	switch {
+	case !sp.HasEndpoints:
+		sp.External = Reject
+	case len(external) == 0:
+		sp.External = Drop
+	default:
+		sp.External = Forward
+		sp.ExternalEndpoints = external
+	}
+	for _, r := range svc.LoadBalancerSourceRanges {
+		if cfg.Family.Matches(r.Addr()) {
+			sp.FirewallRanges = append(sp.FirewallRanges, r)
+		}
+	}
+	sp.Firewall = sp.HasEndpoints && len(svc.LoadBalancerIPs) > 0 && len(sp.FirewallRanges) > 0
+	if sp.Firewall {
+		for _, r := range sp.FirewallRanges {
+			for _, ip := range cfg.NodeIPs {
+				if r.Contains(ip) {
+					sp.FirewallAllowNode = true
+				}
+			}
+		}
 	}
 
 	switch {

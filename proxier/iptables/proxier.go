@@ -69,7 +69,7 @@ func (p *Proxier) ForceFullSync() {
 // on a clean node would send. It never touches the kernel.
 func DryRun(cfg proxier.Config, opt Options, st *proxier.State) []byte {
 	rs := Render(proxier.MakePlan(cfg, st), opt)
-	return rs.Bytes(JumpInserts(Jumps))
+	return rs.Bytes(JumpInserts(JumpsFor(cfg)))
 }
 
 // Sync makes the kernel hold the rules for st, in one iptables-restore.
@@ -143,7 +143,7 @@ func (p *Proxier) fullInput(ctx context.Context, rs *Ruleset, res *SyncResult) (
 		}
 		slices.Sort(stale)
 		e.Flush = stale
-		for _, j := range Jumps {
+		for _, j := range JumpsFor(p.cfg) {
 			if j.Table != t.Name {
 				continue
 			}

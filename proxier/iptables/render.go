@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ const (
 	chainProxyFirewall    = "KUBE-PROXY-FIREWALL"
 	chainPostrouting      = "KUBE-POSTROUTING"
 	chainMarkMasq         = "KUBE-MARK-MASQ"
+	chainFirewall         = "KUBE-FIREWALL"
 )
 
 // Prefixes of per-service chains. Names are kube-proxy's, so a node migrating
@@ -163,11 +165,16 @@ func (r *renderer) render() *Ruleset {
 	for i := range r.plan.Services {
 		r.writeService(&r.plan.Services[i])
 	}
+	r.writeNodePortDispatch()
 
 	slices.SortFunc(r.natService, func(a, b *Chain) int { return strings.Compare(a.Name, b.Name) })
 	r.natService = slices.CompactFunc(r.natService, func(a, b *Chain) bool { return a.Name == b.Name })
+	filter := []*Chain{r.filterServices, r.filterExternal, r.filterForward, r.filterNodePorts, r.filterFirewall}
+	if fw := r.localnetFirewall(); fw != nil {
+		filter = append(filter, fw)
+	}
 	return &Ruleset{
-		Filter: []*Chain{r.filterServices, r.filterExternal, r.filterForward, r.filterNodePorts, r.filterFirewall},
+		Filter: filter,
 		NAT:    append([]*Chain{r.natServices, r.natNodePorts, r.natPostrouting, r.natMarkMasq}, r.natService...),
 	}
 }
@@ -192,64 +199,66 @@ func (r *renderer) writeForward() {
 	r.filterForward.add(`-m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)
 }
 
-func (r *renderer) writeService(sp *proxier.ServicePlan) {
-	svc := sp.Svc
-	name := svc.Name.String()
-	proto := svc.Protocol.Lower()
-	dst := fmt.Sprintf("-m %s -p %s -d %s --dport %d", proto, proto, svc.ClusterIP, svc.Port)
-
-	switch sp.Internal {
-	case proxier.Reject:
-		r.filterServices.add(fmt.Sprintf("-m comment --comment %q %s -j REJECT", name+" has no endpoints", dst))
-		return
-	case proxier.Drop:
-		r.filterServices.add(fmt.Sprintf("-m comment --comment %q %s -j DROP", name+" has no local endpoints", dst))
-		return
-	}
-
-	chainName := ServiceChainName(svc)
-	if svc.InternalPolicyLocal {
-		chainName = LocalChainName(svc)
-	}
-	r.natServices.add(fmt.Sprintf("-m comment --comment %q %s -j %s", name+" cluster IP", dst, chainName))
-
-	chain := &Chain{Name: chainName}
-	switch sp.MasqueradeInternal {
-	case proxier.MasqueradeAll:
-		chain.add(fmt.Sprintf("-m comment --comment %q %s -j %s", name+" cluster IP", dst, chainMarkMasq))
-	case proxier.MasqueradeNonLocal:
-		chain.add(fmt.Sprintf("-m comment --comment %q %s %s -j %s", name+" cluster IP", dst, r.ifNotLocal(), chainMarkMasq))
-	}
-	r.writeEndpointRules(chain, svc, sp.InternalEndpoints)
-	r.natService = append(r.natService, chain)
-}
-
-// writeEndpointRules writes the load-balancing rules of a service chain
-// (rule i of n jumps with probability 1/(n-i); the last is unconditional) and
-// the endpoint chains they jump to.
-func (r *renderer) writeEndpointRules(chain *Chain, svc *proxier.Service, eps []proxier.Endpoint) {
-	name := svc.Name.String()
-	n := len(eps)
-	for i, ep := range eps {
-		comment := fmt.Sprintf("-m comment --comment %q ", name+" -> "+ep.String())
-		stat := ""
-		if i < n-1 {
-			stat = "-m statistic --mode random --probability " + probability(n-i) + " "
+// writeNodePortDispatch writes the last rule(s) of nat KUBE-SERVICES: traffic
+// to a local address goes on to KUBE-NODEPORTS.
+func (r *renderer) writeNodePortDispatch() {
+	cfg := r.plan.Config
+	const comment = `-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"`
+	if cfg.NodePortsMatchAll() {
+		rule := comment + " -m addrtype --dst-type LOCAL"
+		switch {
+		case cfg.Family == proxier.IPv6:
+			rule += " ! -d ::1/128"
+		case !cfg.LocalhostNodePorts:
+			rule += " ! -d 127.0.0.0/8"
 		}
-		chain.add(comment + stat + "-j " + EndpointChainName(svc, ep))
-		r.writeEndpointChain(svc, ep)
+		r.natServices.add(rule + " -j " + chainNodePorts)
+		return
+	}
+	for _, ip := range cfg.NodePortIPs() {
+		if ip.IsLoopback() && (cfg.Family == proxier.IPv6 || !cfg.LocalhostNodePorts) {
+			continue
+		}
+		r.natServices.add(fmt.Sprintf("%s -d %s -j %s", comment, ip, chainNodePorts))
 	}
 }
 
-func (r *renderer) writeEndpointChain(svc *proxier.Service, ep proxier.Endpoint) {
-	proto := svc.Protocol.Lower()
-	c := &Chain{Name: EndpointChainName(svc, ep)}
-	comment := fmt.Sprintf("-m comment --comment %q", svc.Name.String())
-	// Hairpin: an endpoint reaching itself through the service must be
-	// SNATed, or its reply would bypass conntrack's reverse DNAT.
-	c.add(fmt.Sprintf("%s -s %s -j %s", comment, ep.IP, chainMarkMasq))
-	c.add(fmt.Sprintf("%s -m %s -p %s -j DNAT --to-destination %s", comment, proto, proto, ep.String()))
-	r.natService = append(r.natService, c)
+// localhostNodePorts reports whether NodePorts answer on 127.0.0.0/8.
+func localhostNodePorts(cfg proxier.Config) bool {
+	if cfg.Family != proxier.IPv4 || !cfg.LocalhostNodePorts {
+		return false
+	}
+	if cfg.NodePortsMatchAll() {
+		return true
+	}
+	for _, p := range cfg.NodePortAddresses {
+		if p.Addr().Is4() && p.Contains(netip.MustParseAddr("127.0.0.1")) {
+			return true
+		}
+	}
+	return false
+}
+
+// localnetFirewall is filter KUBE-FIREWALL when localhost NodePorts are on:
+// with route_localnet set, packets from elsewhere addressed to 127.0.0.0/8
+// must not be accepted (CVE-2020-8558).
+func (r *renderer) localnetFirewall() *Chain {
+	if !localhostNodePorts(r.plan.Config) {
+		return nil
+	}
+	c := &Chain{Name: chainFirewall}
+	c.add(`-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`)
+	return c
+}
+
+// JumpsFor lists the jump rules cfg needs.
+func JumpsFor(cfg proxier.Config) []Jump {
+	if !localhostNodePorts(cfg) {
+		return Jumps
+	}
+	return append(slices.Clone(Jumps),
+		Jump{Table: Filter, From: "INPUT", To: chainFirewall},
+		Jump{Table: Filter, From: "OUTPUT", To: chainFirewall})
 }
 
 func (r *renderer) ifNotLocal() string {

@@ -136,8 +136,11 @@ func parseSave(data []byte) savedTable {
 	return t
 }
 
-// isJump reports whether a saved rule is jump j.
+// matches reports whether a saved rule is jump j.
 func (j Jump) matches(rule string) bool {
+	if j.Comment == "" {
+		return strings.TrimSpace(rule) == j.Spec()
+	}
 	if !strings.HasSuffix(rule, "-j "+j.To) && !strings.Contains(rule, "-j "+j.To+" ") {
 		return false
 	}

@@ -1,0 +1,168 @@
+package iptables
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
+
+// featureState has one service port per external feature.
+func featureState() *proxier.State {
+	local := func(e proxier.Endpoint) proxier.Endpoint { e.IsLocal = true; return e }
+	np := svc("ns", "nodeport", "", proxier.TCP, "10.96.1.1", 80, ep("10.244.1.2", 8080, true), ep("10.244.2.2", 8080, true))
+	np.NodePort = 30080
+
+	eip := svc("ns", "extip", "", proxier.UDP, "10.96.1.2", 53, ep("10.244.2.3", 53, true))
+	eip.ExternalIPs = []netip.Addr{addr("192.168.99.11")}
+
+	lb := svc("ns", "lb", "https", proxier.TCP, "10.96.1.3", 443, local(ep("10.244.1.3", 8443, true)), ep("10.244.2.4", 8443, true))
+	lb.NodePort = 30443
+	lb.LoadBalancerIPs = []netip.Addr{addr("1.2.3.4")}
+	lb.LoadBalancerSourceRanges = []netip.Prefix{pfx("203.0.113.0/25"), pfx("192.168.0.0/24")}
+	lb.ExternalPolicyLocal = true
+	lb.HealthCheckNodePort = 31000
+
+	lbNoLocal := svc("ns", "lb-nolocal", "", proxier.TCP, "10.96.1.4", 80, ep("10.244.2.5", 8080, true))
+	lbNoLocal.NodePort = 30081
+	lbNoLocal.LoadBalancerIPs = []netip.Addr{addr("5.6.7.8")}
+	lbNoLocal.ExternalPolicyLocal = true
+	lbNoLocal.HealthCheckNodePort = 31001
+
+	lbEmpty := svc("ns", "lb-empty", "", proxier.TCP, "10.96.1.5", 80)
+	lbEmpty.NodePort = 30082
+	lbEmpty.LoadBalancerIPs = []netip.Addr{addr("9.10.11.12")}
+
+	sticky := svc("ns", "sticky", "", proxier.TCP, "10.96.1.6", 80, ep("10.244.1.4", 8080, true), ep("10.244.2.6", 8080, true))
+	sticky.AffinityTimeoutSeconds = 10800
+
+	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{eip, lb, lbEmpty, lbNoLocal, np, sticky}}
+}
+
+func featureConfig() proxier.Config {
+	cfg := testConfig()
+	cfg.NodeIPs = []netip.Addr{addr("192.168.0.2")}
+	cfg.LocalhostNodePorts = true
+	return cfg
+}
+
+func TestRenderFeaturesGolden(t *testing.T) {
+	got := string(DryRun(featureConfig(), Options{RandomFully: true}, featureState()))
+	checkConsistent(t, got)
+	golden := filepath.Join("testdata", "features.golden")
+	if *update {
+		os.WriteFile(golden, []byte(got), 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("rules differ from %s (-want +got):\n%s", golden, d)
+	}
+}
+
+func TestNodePortAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		family proxier.IPFamily
+		cidrs  []netip.Prefix
+		lh     bool
+		want   []string // KUBE-NODEPORTS dispatch rule tails
+	}{
+		{name: "all, localhost on", family: proxier.IPv4, lh: true, want: []string{"-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"}},
+		{name: "all, localhost off", family: proxier.IPv4, want: []string{"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"}},
+		{name: "all v6", family: proxier.IPv6, lh: true, want: []string{"-m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS"}},
+		{name: "cidr", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("192.168.0.0/24"), pfx("127.0.0.0/8")}, lh: false,
+			want: []string{"-d 192.168.0.2 -j KUBE-NODEPORTS"}},
+		{name: "cidr with loopback", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("192.168.0.0/24"), pfx("127.0.0.0/8")}, lh: true,
+			want: []string{"-d 127.0.0.1 -j KUBE-NODEPORTS", "-d 192.168.0.2 -j KUBE-NODEPORTS"}},
+		{name: "other family only = all", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("fd00::/64")}, lh: true,
+			want: []string{"-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"}},
+		{name: "0.0.0.0/0 = all", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("0.0.0.0/0"), pfx("192.168.0.0/24")},
+			want: []string{"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := proxier.Config{Family: tc.family, MasqueradeBit: 14, NodePortAddresses: tc.cidrs, LocalhostNodePorts: tc.lh,
+				NodeIPs: []netip.Addr{addr("192.168.0.2"), addr("127.0.0.1"), addr("10.1.1.1")}}
+			rs := Render(proxier.MakePlan(cfg, &proxier.State{Family: tc.family}), Options{})
+			var got []string
+			for _, r := range rs.NAT[0].Rules {
+				if strings.Contains(r, "KUBE-NODEPORTS") {
+					got = append(got, r[strings.Index(r, "chain\" ")+len("chain\" "):])
+				}
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("dispatch rules (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+var (
+	reChainDecl = regexp.MustCompile(`^:(\S+) `)
+	reJump      = regexp.MustCompile(`-j (KUBE-\S+)`)
+	reAppend    = regexp.MustCompile(`^-A (\S+) `)
+)
+
+// checkConsistent checks that every KUBE-* jump target is declared in the
+// same table and every declared per-service chain is used.
+func checkConsistent(t *testing.T, restore string) {
+	t.Helper()
+	for _, table := range strings.Split(restore, "COMMIT\n") {
+		declared, used := map[string]bool{}, map[string]bool{}
+		for _, l := range strings.Split(table, "\n") {
+			if m := reChainDecl.FindStringSubmatch(l); m != nil {
+				declared[m[1]] = true
+			}
+			if m := reJump.FindStringSubmatch(l); m != nil {
+				used[m[1]] = true
+				if !declared[m[1]] {
+					t.Errorf("jump to undeclared chain %s: %s", m[1], l)
+				}
+			}
+			if m := reAppend.FindStringSubmatch(l); m != nil && !declared[m[1]] && strings.HasPrefix(m[1], "KUBE-") {
+				t.Errorf("rule in undeclared chain %s", m[1])
+			}
+		}
+		for c := range declared {
+			if IsServiceChain(c) && !used[c] {
+				t.Errorf("chain %s declared but never jumped to", c)
+			}
+		}
+	}
+}
+
+func TestKernelApplyFeatures(t *testing.T) {
+	ns := kernelNetns(t)
+	run, bin := nsRunner(ns)
+	p := New(featureConfig(), Options{RandomFully: true, DropInvalid: true}, run)
+	if err := p.Sync(context.Background(), featureState()); err != nil {
+		t.Fatalf("kernel rejected the feature ruleset: %v", err)
+	}
+	dump := save(t, ns, bin)
+	for _, want := range []string{"KUBE-FW-", "KUBE-EXT-", "KUBE-SVL-", "--rcheck", "KUBE-FIREWALL", "--dport 31000 -j ACCEPT"} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("kernel ruleset lacks %q", want)
+		}
+	}
+	// The rules svcproxy reads back are its own: a restart converges
+	// without rewriting jumps.
+	p2 := New(featureConfig(), Options{RandomFully: true, DropInvalid: true}, run)
+	if err := p2.Sync(context.Background(), featureState()); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(save(t, ns, bin), "-j KUBE-FIREWALL"); n != 2 {
+		t.Errorf("%d jumps to KUBE-FIREWALL after restart, want 2", n)
+	}
+}
