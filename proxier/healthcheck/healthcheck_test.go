@@ -1,0 +1,105 @@
+package healthcheck
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func freePort(t *testing.T) int32 {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return int32(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func get(t *testing.T, port int32) (int, Body) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b Body
+	if err := json.NewDecoder(resp.Body).Decode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type = %q", ct)
+	}
+	return resp.StatusCode, b
+}
+
+func TestServers(t *testing.T) {
+	healthy := true
+	s := NewServers(proxier.IPv4, []netip.Addr{netip.MustParseAddr("127.0.0.1")}, func() bool { return healthy })
+	defer s.Close()
+	port := freePort(t)
+
+	if err := s.Sync(map[int32]Service{port: {Namespace: "ns", Name: "lb", LocalEndpoints: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	code, b := get(t, port)
+	if code != 200 || b.LocalEndpoints != 2 || b.Service.Name != "lb" || b.Service.Namespace != "ns" || !b.ServiceProxyHealthy {
+		t.Errorf("got %d %+v, want 200 with 2 local endpoints", code, b)
+	}
+
+	s.Sync(map[int32]Service{port: {Namespace: "ns", Name: "lb", LocalEndpoints: 0}})
+	if code, b := get(t, port); code != 503 || b.LocalEndpoints != 0 {
+		t.Errorf("no local endpoints: got %d %+v, want 503", code, b)
+	}
+
+	s.Sync(map[int32]Service{port: {Namespace: "ns", Name: "lb", LocalEndpoints: 1}})
+	healthy = false
+	if code, b := get(t, port); code != 503 || b.ServiceProxyHealthy {
+		t.Errorf("proxy unhealthy: got %d %+v, want 503", code, b)
+	}
+	healthy = true
+
+	// Removing the port closes the server.
+	s.Sync(nil)
+	if _, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port)); err == nil {
+		t.Errorf("server still answering after its port was removed")
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	busy := int32(ln.Addr().(*net.TCPAddr).Port)
+	free := freePort(t)
+	s := NewServers(proxier.IPv4, []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil)
+	defer s.Close()
+	err = s.Sync(map[int32]Service{busy: {Name: "a", LocalEndpoints: 1}, free: {Name: "b", LocalEndpoints: 1}})
+	if err == nil {
+		t.Fatalf("want an error for the busy port")
+	}
+	if code, _ := get(t, free); code != 200 {
+		t.Errorf("the other service's server: %d, want 200", code)
+	}
+}
+
+func TestFromPlan(t *testing.T) {
+	ep := func(ip string, local, ready bool) proxier.Endpoint {
+		return proxier.Endpoint{IP: netip.MustParseAddr(ip), Port: 80, IsLocal: local, Ready: ready}
+	}
+	eps := []proxier.Endpoint{ep("10.0.0.1", true, true), ep("10.0.0.2", true, false), ep("10.0.0.3", false, true)}
+	a := &proxier.Service{Name: proxier.ServicePortName{Namespace: "ns", Name: "lb", Port: "http"}, HealthCheckNodePort: 31000, Endpoints: eps}
+	b := &proxier.Service{Name: proxier.ServicePortName{Namespace: "ns", Name: "lb", Port: "https"}, HealthCheckNodePort: 31000, Endpoints: eps}
+	c := &proxier.Service{Name: proxier.ServicePortName{Namespace: "ns", Name: "plain"}}
+	got := FromPlan(proxier.MakePlan(proxier.Config{}, &proxier.State{Services: []*proxier.Service{a, b, c}}))
+	if len(got) != 1 || got[31000].LocalEndpoints != 1 || got[31000].Name != "lb" {
+		t.Errorf("FromPlan = %+v, want port 31000 with 1 distinct local ready endpoint", got)
+	}
+}
