@@ -152,3 +152,36 @@ func TestKernelIPv6(t *testing.T) {
 		t.Errorf("IPv6 DNAT missing:\n%s", dump)
 	}
 }
+
+func TestKernelCleanup(t *testing.T) {
+	ns := kernelNetns(t)
+	run, bin := nsRunner(ns)
+	ctx := context.Background()
+	// A foreign rule and chain that must survive.
+	for _, args := range [][]string{{"-t", "nat", "-N", "OTHER"}, {"-t", "nat", "-A", "PREROUTING", "-j", "OTHER"}, {"-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"}} {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin.Command}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	if err := New(featureConfig(), Options{}, run).Sync(ctx, featureState()); err != nil {
+		t.Fatal(err)
+	}
+	if err := Cleanup(ctx, run); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	dump := save(t, ns, bin)
+	for _, gone := range []string{"KUBE-SERVICES", "KUBE-SVC-", "KUBE-SEP-", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-NODEPORTS", "KUBE-FORWARD", "KUBE-EXT-", "KUBE-FW-"} {
+		if strings.Contains(dump, gone) {
+			t.Errorf("%s left after cleanup:\n%s", gone, dump)
+		}
+	}
+	for _, kept := range []string{"-A PREROUTING -j OTHER", "--dport 22 -j ACCEPT"} {
+		if !strings.Contains(dump, kept) {
+			t.Errorf("cleanup removed a foreign rule %q", kept)
+		}
+	}
+	// Idempotent.
+	if err := Cleanup(ctx, run); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+}

@@ -32,6 +32,16 @@ type Proxier struct {
 	applied  map[string]map[string]string
 	lastFull time.Time
 	last     SyncResult
+	after    []func(*proxier.Plan) error
+}
+
+// OnSynced registers f to run with the plan after every successful sync
+// (conntrack cleanup, health-check servers). Its errors are logged; they
+// do not fail the sync.
+func (p *Proxier) OnSynced(f func(*proxier.Plan) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.after = append(p.after, f)
 }
 
 // SyncResult summarises the last sync for logs and metrics.
@@ -76,7 +86,8 @@ func DryRun(cfg proxier.Config, opt Options, st *proxier.State) []byte {
 func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	rs := Render(proxier.MakePlan(p.cfg, st), p.opt)
+	plan := proxier.MakePlan(p.cfg, st)
+	rs := Render(plan, p.opt)
 	desired := map[string]map[string]string{}
 	res := SyncResult{Rules: map[string]int{}}
 	for _, t := range rs.Tables() {
@@ -114,6 +125,11 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		p.lastFull = p.now()
 	}
 	p.last = res
+	for _, f := range p.after {
+		if err := f(plan); err != nil {
+			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
+		}
+	}
 	return nil
 }
 
