@@ -1,0 +1,183 @@
+package syncer
+
+import (
+	"context"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+const (
+	// labelServiceProxyName hands a Service to another proxy; kube-proxy
+	// (and so svcproxy) ignores Services and EndpointSlices carrying it.
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	// sliceByService indexes EndpointSlices by "namespace/service-name".
+	sliceByService = "svcproxy/service"
+	// nodeSyncTimeout bounds how long a start waits for the Node cache
+	// before syncing without the node's zone.
+	nodeSyncTimeout = 10 * time.Second
+)
+
+// proxiedSelector is kube-proxy's label selector for Services and
+// EndpointSlices: not handed to another proxy and not headless.
+func proxiedSelector() labels.Selector {
+	noProxyName, err := labels.NewRequirement(labelServiceProxyName, selection.DoesNotExist, nil)
+	if err != nil {
+		panic(err)
+	}
+	notHeadless, err := labels.NewRequirement(v1.IsHeadlessService, selection.DoesNotExist, nil)
+	if err != nil {
+		panic(err)
+	}
+	return labels.NewSelector().Add(*noProxyName, *notHeadless)
+}
+
+// sliceServiceKey is the "namespace/name" of the Service an EndpointSlice
+// belongs to, or "" when it carries no kubernetes.io/service-name label.
+func sliceServiceKey(es *discovery.EndpointSlice) string {
+	name := es.Labels[discovery.LabelServiceName]
+	if name == "" {
+		return ""
+	}
+	return es.Namespace + "/" + name
+}
+
+func indexSliceByService(obj any) ([]string, error) {
+	es, ok := obj.(*discovery.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	if k := sliceServiceKey(es); k != "" {
+		return []string{k}, nil
+	}
+	return nil, nil
+}
+
+// caches are the informers a syncer reads the API through. They implement
+// source.
+type caches struct {
+	factory     informers.SharedInformerFactory
+	nodeFactory informers.SharedInformerFactory
+	services    cache.SharedIndexInformer
+	slices      cache.SharedIndexInformer
+	nodes       cache.SharedIndexInformer // nil without a node name
+	nodeName    string
+}
+
+func newCaches(client kubernetes.Interface, nodeName string, resync time.Duration) (*caches, error) {
+	sel := proxiedSelector().String()
+	f := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
+	c := &caches{
+		factory:  f,
+		services: f.Core().V1().Services().Informer(),
+		slices:   f.Discovery().V1().EndpointSlices().Informer(),
+		nodeName: nodeName,
+	}
+	if err := c.slices.AddIndexers(cache.Indexers{sliceByService: indexSliceByService}); err != nil {
+		return nil, err
+	}
+	if nodeName != "" {
+		nameSel := fields.OneTermEqualSelector("metadata.name", nodeName).String()
+		c.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, resync,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = nameSel }))
+		c.nodes = c.nodeFactory.Core().V1().Nodes().Informer()
+	}
+	return c, nil
+}
+
+func (c *caches) start(ctx context.Context) {
+	c.factory.Start(ctx.Done())
+	if c.nodeFactory != nil {
+		c.nodeFactory.Start(ctx.Done())
+	}
+}
+
+// shutdown waits for the informers to stop; ctx passed to start must be done.
+func (c *caches) shutdown() {
+	c.factory.Shutdown()
+	if c.nodeFactory != nil {
+		c.nodeFactory.Shutdown()
+	}
+}
+
+// waitForNode waits a bounded time for the Node cache, so that the first
+// sync knows the node's zone; it goes on without it rather than never
+// syncing (for instance when RBAC forbids reading Nodes).
+func (c *caches) waitForNode(ctx context.Context, synced cache.InformerSynced) {
+	if c.nodes == nil {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, nodeSyncTimeout)
+	defer cancel()
+	if !cache.WaitForCacheSync(wctx.Done(), synced) && ctx.Err() == nil {
+		klog.InfoS("Node cache not synced in time; syncing without the node's topology zone", "node", c.nodeName, "timeout", nodeSyncTimeout)
+	}
+}
+
+func (c *caches) service(nn types.NamespacedName) *v1.Service {
+	obj, ok, err := c.services.GetIndexer().GetByKey(nn.String())
+	if err != nil || !ok {
+		return nil
+	}
+	svc, _ := obj.(*v1.Service)
+	return svc
+}
+
+func (c *caches) endpointSlices(nn types.NamespacedName) []*discovery.EndpointSlice {
+	objs, err := c.slices.GetIndexer().ByIndex(sliceByService, nn.String())
+	if err != nil {
+		return nil
+	}
+	out := make([]*discovery.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if es, ok := o.(*discovery.EndpointSlice); ok {
+			out = append(out, es)
+		}
+	}
+	return out
+}
+
+func (c *caches) serviceNames() []types.NamespacedName {
+	keys := c.services.GetIndexer().ListKeys()
+	out := make([]types.NamespacedName, 0, len(keys))
+	for _, k := range keys {
+		ns, name, err := cache.SplitMetaNamespaceKey(k)
+		if err != nil {
+			continue
+		}
+		out = append(out, types.NamespacedName{Namespace: ns, Name: name})
+	}
+	return out
+}
+
+// node returns this node from the cache, or nil.
+func (c *caches) node() *v1.Node {
+	if c.nodes == nil {
+		return nil
+	}
+	obj, ok, err := c.nodes.GetIndexer().GetByKey(c.nodeName)
+	if err != nil || !ok {
+		return nil
+	}
+	n, _ := obj.(*v1.Node)
+	return n
+}
+
+// nodeZone is this node's topology.kubernetes.io/zone label, or "".
+func (c *caches) nodeZone() string {
+	if n := c.node(); n != nil {
+		return n.Labels[v1.LabelTopologyZone]
+	}
+	return ""
+}
