@@ -212,6 +212,19 @@ func (s *Syncer) HealthHandler() http.Handler {
 	return s.health
 }
 
+// Healthy reports whether every family synced recently enough (no update
+// has waited 2×SyncPeriod); health-check node ports report it as
+// serviceProxyHealthy.
+func (s *Syncer) Healthy() bool {
+	return s.health.status().Healthy
+}
+
+// Resync asks for a sync now, as if something changed. The flush monitor
+// uses it after it found the kernel's rules altered by someone else.
+func (s *Syncer) Resync() {
+	s.queue()
+}
+
 // queue records that a sync is needed and asks the runner for one.
 func (s *Syncer) queue() {
 	now := float64(time.Now().UnixNano()) / 1e9

@@ -185,3 +185,60 @@ func TestKernelCleanup(t *testing.T) {
 		t.Fatalf("second cleanup: %v", err)
 	}
 }
+
+func TestKernelCheckDetectsFlushes(t *testing.T) {
+	ns := kernelNetns(t)
+	run, bin := nsRunner(ns)
+	ctx := context.Background()
+	ipt := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin.Command}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		alter func()
+	}{
+		{"flush nat", func() { ipt("-t", "nat", "-F") }},
+		{"flush filter", func() { ipt("-t", "filter", "-F") }},
+		{"delete a jump", func() {
+			ipt("-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES")
+		}},
+		{"flush KUBE-POSTROUTING", func() { ipt("-t", "nat", "-F", "KUBE-POSTROUTING") }},
+		{"nft flush ruleset", func() {
+			if bin.Mode != "nft" {
+				t.Skip("legacy iptables backend: nft flush ruleset does not apply")
+			}
+			if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := New(testConfig(), Options{}, run)
+			if err := p.Sync(ctx, testState()); err != nil {
+				t.Fatal(err)
+			}
+			if missing, err := p.Check(ctx); err != nil || missing != "" {
+				t.Fatalf("intact rules: Check = %q, %v", missing, err)
+			}
+			tc.alter()
+			missing, err := p.Check(ctx)
+			if err != nil || missing == "" {
+				t.Fatalf("after %s: Check = %q, %v; want something missing", tc.name, missing, err)
+			}
+			// The repair: a forced full sync restores everything.
+			p.ForceFullSync()
+			if err := p.Sync(ctx, testState()); err != nil {
+				t.Fatal(err)
+			}
+			if missing, err := p.Check(ctx); err != nil || missing != "" {
+				t.Fatalf("after repair: Check = %q, %v", missing, err)
+			}
+			if !strings.Contains(save(t, ns, bin), "--to-destination 10.244.1.4:8080") {
+				t.Errorf("service rules not restored")
+			}
+		})
+	}
+}

@@ -140,11 +140,10 @@ func (p *Proxier) fullInput(ctx context.Context, rs *Ruleset, res *SyncResult) (
 	extra := map[string]Extra{}
 	for _, t := range rs.Tables() {
 		var e Extra
-		out, err := p.run.Save(ctx, t.Name)
+		names, err := p.run.Chains(ctx, t.Name)
 		if err != nil {
 			return nil, fmt.Errorf("%v full sync: %w", p.cfg.Family, err)
 		}
-		saved := parseSave(out)
 		want := map[string]bool{}
 		for _, c := range t.Chains {
 			want[c.Name] = true
@@ -152,19 +151,27 @@ func (p *Proxier) fullInput(ctx context.Context, rs *Ruleset, res *SyncResult) (
 		// Stale chains are flushed and deleted in the same transaction that
 		// rewrites the chains jumping to them, so nothing references them.
 		var stale []string
-		for name := range saved.chains {
+		for _, name := range names {
 			if IsServiceChain(name) && !want[name] {
 				stale = append(stale, name)
 			}
 		}
 		slices.Sort(stale)
 		e.Flush = stale
+		builtin := map[string][]string{}
 		for _, j := range JumpsFor(p.cfg) {
 			if j.Table != t.Name {
 				continue
 			}
+			rules, ok := builtin[j.From]
+			if !ok {
+				if rules, _, err = p.run.Rules(ctx, t.Name, j.From); err != nil {
+					return nil, fmt.Errorf("%v full sync: %w", p.cfg.Family, err)
+				}
+				builtin[j.From] = rules
+			}
 			var found []string
-			for _, rule := range saved.rules[j.From] {
+			for _, rule := range rules {
 				if j.matches(rule) {
 					found = append(found, rule)
 				}

@@ -3,6 +3,7 @@ package iptables
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -16,6 +17,12 @@ type Runner interface {
 	Save(ctx context.Context, table string) ([]byte, error)
 	// Restore applies data in one iptables-restore --noflush transaction.
 	Restore(ctx context.Context, data []byte) error
+	// Chains returns the names of the chains in table. It must stay cheap
+	// with a large ruleset: it does not read the rules.
+	Chains(ctx context.Context, table string) ([]string, error)
+	// Rules returns the rules of one chain (the text after "-A <chain> "),
+	// reading only that chain; ok is false when the chain does not exist.
+	Rules(ctx context.Context, table, chain string) (rules []string, ok bool, err error)
 }
 
 // Binaries names the iptables tools of one backend (nft or legacy) and family.
@@ -51,6 +58,71 @@ func (r execRunner) Save(ctx context.Context, table string) ([]byte, error) {
 		return nil, fmt.Errorf("%s -t %s: %v: %s", r.bin.Save, table, err, strings.TrimSpace(errb.String()))
 	}
 	return out.Bytes(), nil
+}
+
+func (r execRunner) Chains(ctx context.Context, table string) ([]string, error) {
+	if r.bin.Mode != "nft" {
+		// Legacy iptables-save reads one kernel blob; it is fast.
+		out, err := r.Save(ctx, table)
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for name := range parseSave(out).chains {
+			names = append(names, name)
+		}
+		return names, nil
+	}
+	// iptables-nft-save parses every rule back into iptables syntax, which
+	// takes minutes with tens of thousands of chains; nft lists names only.
+	family := "ip"
+	if strings.HasPrefix(r.bin.Command, "ip6") {
+		family = "ip6"
+	}
+	var out, errb bytes.Buffer
+	cmd := r.command(ctx, "nft", "list", "chains", family)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("nft list chains %s: %v: %s", family, err, strings.TrimSpace(errb.String()))
+	}
+	return parseNFTChains(out.String(), table), nil
+}
+
+// parseNFTChains returns the chain names of one table from "nft list chains"
+// output.
+func parseNFTChains(out, table string) []string {
+	var names []string
+	in := false
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[0] == "table":
+			in = f[2] == table
+		case in && len(f) >= 2 && f[0] == "chain":
+			names = append(names, f[1])
+		}
+	}
+	return names
+}
+
+func (r execRunner) Rules(ctx context.Context, table, chain string) ([]string, bool, error) {
+	var out, errb bytes.Buffer
+	cmd := r.command(ctx, r.bin.Command, "-w", "5", "-t", table, "-S", chain)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 1 {
+			return nil, false, nil // no such chain (or table)
+		}
+		return nil, false, fmt.Errorf("%s -t %s -S %s: %v: %s", r.bin.Command, table, chain, err, strings.TrimSpace(errb.String()))
+	}
+	var rules []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "-A "+chain+" "); ok {
+			rules = append(rules, rest)
+		}
+	}
+	return rules, true, nil
 }
 
 func (r execRunner) Restore(ctx context.Context, data []byte) error {
