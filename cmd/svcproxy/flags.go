@@ -30,6 +30,15 @@ type options struct {
 	metricsAddr      string
 	healthzAddr      string
 	dryRun           bool
+	cleanup          bool
+
+	nodePortAddresses  []netip.Prefix
+	nodePortPrimary    bool // "primary" was given: add the node's own IPs
+	localhostNodePorts bool
+	detectLocalMode    string
+	bridgeInterface    string
+	interfacePrefix    string
+	ruleCheckInterval  time.Duration
 }
 
 // parseFlags parses args (without the program name). Errors are one line
@@ -51,6 +60,13 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "host:port for /metrics; empty disables it.")
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "host:port for /healthz and /livez; empty disables it.")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
+	npa := fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all.")
+	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; sets route_localnet).")
+	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
+	fs.StringVar(&o.bridgeInterface, "pod-bridge-interface", "", "The pod bridge, for --detect-local-mode=BridgeInterface.")
+	fs.StringVar(&o.interfacePrefix, "pod-interface-name-prefix", "", "The pod interface name prefix, for --detect-local-mode=InterfaceNamePrefix.")
+	fs.DurationVar(&o.ruleCheckInterval, "rule-check-interval", time.Second, "How often to check that no one flushed or removed svcproxy's rules (0 disables).")
 	klog.InitFlags(fs)
 
 	if err := fs.Parse(args); err != nil {
@@ -80,6 +96,44 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("--cluster-cidr: %q is not a CIDR", s)
 		}
 		o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
+	}
+	seen := map[bool]bool{}
+	for _, c := range o.clusterCIDRs {
+		if seen[c.Addr().Is4()] {
+			return nil, fmt.Errorf("--cluster-cidr: at most one CIDR per IP family, got %q", *cidrs)
+		}
+		seen[c.Addr().Is4()] = true
+	}
+	for _, s := range strings.Split(*npa, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "":
+		case "primary":
+			o.nodePortPrimary = true
+		default:
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("--nodeport-addresses: %q is neither a CIDR nor \"primary\"", s)
+			}
+			o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
+		}
+	}
+	switch o.detectLocalMode {
+	case "", "ClusterCIDR":
+		o.detectLocalMode = "ClusterCIDR"
+	case "NodeCIDR":
+	case "BridgeInterface":
+		if o.bridgeInterface == "" {
+			return nil, errors.New("--pod-bridge-interface: required with --detect-local-mode=BridgeInterface")
+		}
+	case "InterfaceNamePrefix":
+		if o.interfacePrefix == "" {
+			return nil, errors.New("--pod-interface-name-prefix: required with --detect-local-mode=InterfaceNamePrefix")
+		}
+	default:
+		return nil, fmt.Errorf("--detect-local-mode: unknown mode %q", o.detectLocalMode)
+	}
+	if o.ruleCheckInterval < 0 {
+		return nil, fmt.Errorf("--rule-check-interval: %v is negative", o.ruleCheckInterval)
 	}
 	if o.masqueradeBit < 0 || o.masqueradeBit > 31 {
 		return nil, fmt.Errorf("--iptables-masquerade-bit: %d is not in 0..31", o.masqueradeBit)

@@ -45,6 +45,21 @@ func TestParseFlags(t *testing.T) {
 		{name: "min above max", args: []string{"--iptables-min-sync-period=1m"}, wantErr: "--iptables-min-sync-period"},
 		{name: "bad metrics addr", args: []string{"--metrics-bind-address=localhost"}, wantErr: "--metrics-bind-address"},
 		{name: "bad healthz port", args: []string{"--healthz-bind-address=0.0.0.0:99999"}, wantErr: "--healthz-bind-address"},
+		{name: "two v4 cluster cidrs", args: []string{"--cluster-cidr=10.0.0.0/8,192.168.0.0/16"}, wantErr: "--cluster-cidr"},
+		{name: "nodeport addresses", args: []string{"--nodeport-addresses=primary, 192.168.0.0/24"}, check: func(t *testing.T, o *options) {
+			if !o.nodePortPrimary || len(o.nodePortAddresses) != 1 || o.nodePortAddresses[0] != netip.MustParsePrefix("192.168.0.0/24") {
+				t.Errorf("parsed %+v %v", o.nodePortPrimary, o.nodePortAddresses)
+			}
+		}},
+		{name: "bad nodeport address", args: []string{"--nodeport-addresses=eth0"}, wantErr: "--nodeport-addresses"},
+		{name: "bridge mode needs bridge", args: []string{"--detect-local-mode=BridgeInterface"}, wantErr: "--pod-bridge-interface"},
+		{name: "prefix mode needs prefix", args: []string{"--detect-local-mode=InterfaceNamePrefix"}, wantErr: "--pod-interface-name-prefix"},
+		{name: "bad detect mode", args: []string{"--detect-local-mode=Magic"}, wantErr: "--detect-local-mode"},
+		{name: "bridge mode", args: []string{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=cbr0"}, check: func(t *testing.T, o *options) {
+			if o.detectLocalMode != "BridgeInterface" || o.bridgeInterface != "cbr0" {
+				t.Errorf("parsed %+v", o)
+			}
+		}},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "extra"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	osexec "os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -26,6 +28,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/conntrack"
+	"github.com/svcproxy/svcproxy/proxier/healthcheck"
 	"github.com/svcproxy/svcproxy/proxier/iptables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
@@ -42,12 +46,31 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, o); err != nil {
-		klog.Flush()
+	if o.cleanup {
+		err = cleanup(ctx)
+	} else {
+		err = run(ctx, o)
+	}
+	klog.Flush()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "svcproxy:", err)
 		os.Exit(1)
 	}
-	klog.Flush()
+}
+
+// cleanup removes svcproxy's (and kube-proxy's) rules in both families.
+func cleanup(ctx context.Context) error {
+	var errs []error
+	for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
+		bin := iptables.Detect(ctx, f)
+		if _, err := osexec.LookPath(bin.Restore); err != nil {
+			continue
+		}
+		if err := iptables.Cleanup(ctx, iptables.NewExecRunner(bin)); err != nil {
+			errs = append(errs, fmt.Errorf("%v: %w", f, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func run(ctx context.Context, o *options) error {
@@ -59,7 +82,8 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	families := []proxier.IPFamily{proxier.IPv4}
+	node := nodeInfo(ctx, o, client, nodeName)
+	families := usableFamilies(ctx, o.dryRun)
 
 	if o.dryRun {
 		states, err := syncer.Snapshot(ctx, client, nodeName, families...)
@@ -67,31 +91,77 @@ func run(ctx context.Context, o *options) error {
 			return err
 		}
 		for _, f := range families {
-			cfg := proxierConfig(o, f)
-			os.Stdout.Write(iptables.DryRun(cfg, iptables.Options{RandomFully: true, DropInvalid: true}, states[f]))
+			opt := iptables.Options{RandomFully: true, DropInvalid: true}
+			os.Stdout.Write(iptables.DryRun(proxierConfig(o, f, node), opt, states[f]))
 		}
 		return nil
 	}
 
-	var proxiers []syncer.Proxier
-	for _, f := range families {
-		bin := iptables.Detect(ctx, f)
-		opt := iptables.Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
-		klog.InfoS("Using iptables", "family", f, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully)
-		proxiers = append(proxiers, iptables.New(proxierConfig(o, f), opt, iptables.NewExecRunner(bin)))
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxier.NewMetrics(reg)
+
+	var proxiers []*iptables.Proxier
+	var hcServers []*healthcheck.Servers
+	for _, f := range families {
+		cfg := proxierConfig(o, f, node)
+		bin := iptables.Detect(ctx, f)
+		opt := iptables.Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
+		klog.InfoS("Using iptables", "family", f, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully,
+			"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
+		if f == proxier.IPv4 && cfg.LocalhostNodePorts {
+			// NodePorts on 127.0.0.1 need routing of localnet packets; the
+			// KUBE-FIREWALL rule keeps outside packets to 127/8 out.
+			if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0o644); err != nil {
+				klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
+			}
+		}
+		p := iptables.New(cfg, opt, iptables.NewExecRunner(bin))
+		family := f.String()
+		ct := conntrack.NewCleaner(f, func(n int) { metrics.ConntrackDeleted.WithLabelValues(family).Add(float64(n)) })
+		p.OnSynced(ct.Clean)
+		proxiers = append(proxiers, p)
+		hc := healthcheck.NewServers(f, healthCheckAddrs(cfg), nil)
+		hcServers = append(hcServers, hc)
+		p.OnSynced(func(plan *proxier.Plan) error {
+			err := hc.Sync(healthcheck.FromPlan(plan))
+			if err != nil {
+				metrics.HealthCheckErrors.WithLabelValues(family).Inc()
+			}
+			return err
+		})
+		p.OnSynced(func(*proxier.Plan) error {
+			for table, n := range p.LastResult().Rules {
+				metrics.Rules.WithLabelValues(table, family).Set(float64(n))
+			}
+			return nil
+		})
+	}
+
+	backends := make([]syncer.Proxier, len(proxiers))
+	for i, p := range proxiers {
+		backends[i] = p
+	}
 	s, err := syncer.New(client, syncer.Options{
 		NodeName:         nodeName,
 		MinSyncPeriod:    o.minSyncPeriod,
 		SyncPeriod:       o.syncPeriod,
 		ConfigSyncPeriod: o.configSyncPeriod,
 		Registerer:       reg,
-	}, proxiers...)
+	}, backends...)
 	if err != nil {
 		return err
+	}
+	for i, f := range families {
+		hcServers[i].SetHealthy(s.Healthy)
+		defer hcServers[i].Close()
+		if o.ruleCheckInterval > 0 {
+			p, family := proxiers[i], f.String()
+			go p.Monitor(ctx, o.ruleCheckInterval, func() {
+				metrics.RulesRepaired.WithLabelValues(family).Inc()
+				s.Resync()
+			})
+		}
 	}
 	if o.metricsAddr != "" {
 		mux := http.NewServeMux()
@@ -101,24 +171,105 @@ func run(ctx context.Context, o *options) error {
 	if o.healthzAddr != "" {
 		serve(ctx, "healthz", o.healthzAddr, s.HealthHandler())
 	}
-	klog.InfoS("Starting svcproxy", "node", nodeName, "mode", o.proxyMode, "clusterCIDRs", o.clusterCIDRs)
+	klog.InfoS("Starting svcproxy", "node", nodeName, "mode", o.proxyMode, "families", families, "clusterCIDRs", o.clusterCIDRs)
 	// Rules stay in the kernel when svcproxy stops: a restart adopts them,
 	// so traffic never drops. --cleanup is the way to remove them.
 	return s.Run(ctx)
 }
 
-func proxierConfig(o *options, f proxier.IPFamily) proxier.Config {
-	cfg := proxier.Config{Family: f, MasqueradeAll: o.masqueradeAll, MasqueradeBit: o.masqueradeBit}
-	var cidrs []netip.Prefix
-	for _, c := range o.clusterCIDRs {
-		if f.Matches(c.Addr()) {
-			cidrs = append(cidrs, c)
+// usableFamilies is IPv4, plus IPv6 when the node's kernel and tools have it.
+func usableFamilies(ctx context.Context, dryRun bool) []proxier.IPFamily {
+	families := []proxier.IPFamily{proxier.IPv4}
+	if dryRun {
+		return families
+	}
+	bin := iptables.Detect(ctx, proxier.IPv6)
+	if _, ok, err := iptables.NewExecRunner(bin).Rules(ctx, iptables.NAT, "PREROUTING"); err == nil && ok {
+		families = append(families, proxier.IPv6)
+	} else {
+		klog.InfoS("IPv6 is not usable on this node; proxying IPv4 only", "err", err)
+	}
+	return families
+}
+
+func nodeInfo(ctx context.Context, o *options, client kubernetes.Interface, name string) syncer.NodeInfo {
+	needNode := o.nodePortPrimary || o.detectLocalMode == "NodeCIDR"
+	wait := 5 * time.Second
+	if needNode {
+		wait = 30 * time.Second
+	}
+	info, ok := syncer.GetNodeInfo(ctx, client, name, wait, o.detectLocalMode == "NodeCIDR")
+	if !ok && needNode {
+		klog.InfoS("Could not read this node's Node object; --nodeport-addresses=primary and NodeCIDR detection fall back", "node", name)
+	}
+	return info
+}
+
+func proxierConfig(o *options, f proxier.IPFamily, node syncer.NodeInfo) proxier.Config {
+	cfg := proxier.Config{
+		Family:             f,
+		MasqueradeAll:      o.masqueradeAll,
+		MasqueradeBit:      o.masqueradeBit,
+		LocalhostNodePorts: o.localhostNodePorts && f == proxier.IPv4,
+		NodeIPs:            localAddrs(f),
+	}
+	for _, p := range o.nodePortAddresses {
+		if f.Matches(p.Addr()) {
+			cfg.NodePortAddresses = append(cfg.NodePortAddresses, p)
 		}
 	}
-	if len(cidrs) > 0 {
-		cfg.LocalDetector = proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: cidrs}
+	if o.nodePortPrimary {
+		for _, ip := range node.InternalIPs {
+			if f.Matches(ip) {
+				cfg.NodePortAddresses = append(cfg.NodePortAddresses, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	var cidrs []netip.Prefix
+	switch o.detectLocalMode {
+	case "ClusterCIDR":
+		cidrs = o.clusterCIDRs
+	case "NodeCIDR":
+		cidrs = node.PodCIDRs
+	case "BridgeInterface":
+		cfg.LocalDetector = proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: o.bridgeInterface}
+	case "InterfaceNamePrefix":
+		cfg.LocalDetector = proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: o.interfacePrefix}
+	}
+	for _, c := range cidrs {
+		if f.Matches(c.Addr()) {
+			cfg.LocalDetector = proxier.LocalDetector{Mode: proxier.LocalMode(o.detectLocalMode), CIDRs: []netip.Prefix{c}}
+			break
+		}
 	}
 	return cfg
+}
+
+// localAddrs are this network namespace's interface addresses of family f.
+func localAddrs(f proxier.IPFamily) []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		klog.ErrorS(err, "Cannot list local addresses")
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && f.Matches(ip.Unmap()) {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// healthCheckAddrs are where health-check node ports listen: every address
+// when NodePorts match all addresses, else the selected node IPs.
+func healthCheckAddrs(cfg proxier.Config) []netip.Addr {
+	if cfg.NodePortsMatchAll() {
+		return nil
+	}
+	return cfg.NodePortIPs()
 }
 
 func newClient(o *options) (kubernetes.Interface, error) {

@@ -101,6 +101,13 @@ func NewServers(f proxier.IPFamily, addrs []netip.Addr, healthy func() bool) *Se
 	return &Servers{network: network, addrs: addrs, healthy: healthy, listen: net.Listen, servers: map[int32]*server{}}
 }
 
+// SetHealthy sets the function reporting whether the proxy itself is healthy.
+func (s *Servers) SetHealthy(healthy func() bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.healthy = healthy
+}
+
 // Sync starts servers for new ports, stops those no longer wanted, and
 // updates what every server reports. A port that cannot be opened is
 // reported in the error; the others keep working.
@@ -147,12 +154,19 @@ func (s *Servers) start(srv *server, port int32) error {
 			return err
 		}
 		hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			srv.serve(w, s.healthy)
+			srv.serve(w, s.proxyHealthy)
 		}), ReadHeaderTimeout: 5 * time.Second}
 		srv.http = append(srv.http, hs)
 		go hs.Serve(ln)
 	}
 	return nil
+}
+
+func (s *Servers) proxyHealthy() bool {
+	s.mu.Lock()
+	h := s.healthy
+	s.mu.Unlock()
+	return h == nil || h()
 }
 
 // Close stops every server.

@@ -82,8 +82,22 @@ func DryRun(cfg proxier.Config, opt Options, st *proxier.State) []byte {
 	return rs.Bytes(JumpInserts(JumpsFor(cfg)))
 }
 
-// Sync makes the kernel hold the rules for st, in one iptables-restore.
+// Sync makes the kernel hold the rules for st, in one iptables-restore,
+// then runs the after-sync steps.
 func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
+	plan, after, err := p.sync(ctx, st)
+	if err != nil {
+		return err
+	}
+	for _, f := range after {
+		if err := f(plan); err != nil {
+			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
+		}
+	}
+	return nil
+}
+
+func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, []func(*proxier.Plan) error, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	plan := proxier.MakePlan(p.cfg, st)
@@ -105,7 +119,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		var err error
 		if data, err = p.fullInput(ctx, rs, &res); err != nil {
 			p.applied = nil
-			return err
+			return nil, nil, err
 		}
 	} else {
 		data = p.partialInput(rs, desired, &res)
@@ -117,7 +131,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 			if klog.V(4).Enabled() {
 				klog.InfoS("Failed iptables-restore input", "family", p.cfg.Family, "input", string(data))
 			}
-			return fmt.Errorf("%v sync: %w", p.cfg.Family, err)
+			return nil, nil, fmt.Errorf("%v sync: %w", p.cfg.Family, err)
 		}
 	}
 	p.applied = desired
@@ -125,12 +139,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		p.lastFull = p.now()
 	}
 	p.last = res
-	for _, f := range p.after {
-		if err := f(plan); err != nil {
-			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
-		}
-	}
-	return nil
+	return plan, slices.Clone(p.after), nil
 }
 
 // fullInput reads the kernel's tables and returns input that rewrites every
