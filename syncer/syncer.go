@@ -21,9 +21,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -65,6 +67,9 @@ type Options struct {
 	ConfigSyncPeriod time.Duration
 	// Registerer is where metrics are registered; nil registers none.
 	Registerer prometheus.Registerer
+	// Recorder, if set, gets a Warning Event for each skipped piece of bad
+	// input.
+	Recorder events.EventRecorder
 }
 
 // Syncer feeds a node's proxiers. Create it with New and start it with Run.
@@ -125,7 +130,7 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 	if err := s.m.register(opts.Registerer); err != nil {
 		return nil, fmt.Errorf("syncer: registering metrics: %w", err)
 	}
-	s.rep = &logReporter{m: s.m}
+	s.rep = &logReporter{m: s.m, rec: opts.Recorder}
 	s.tracker = newChangeTracker(s.m, time.Now())
 
 	c, err := newCaches(client, opts.NodeName, opts.ConfigSyncPeriod)
@@ -396,7 +401,8 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 // svcproxy_invalid_objects_total. Within one sync each report is made once,
 // though every family converts the same Service.
 type logReporter struct {
-	m *metrics // nil: log only
+	m   *metrics             // nil: no metric
+	rec events.EventRecorder // nil: no Event
 
 	mu   sync.Mutex
 	seen map[string]struct{}
@@ -422,6 +428,9 @@ func (r *logReporter) invalid(kind, reason string, obj metav1.Object, value stri
 	r.mu.Unlock()
 
 	klog.ErrorS(nil, "Skipping invalid input", "kind", kind, "object", klog.KObj(obj), "reason", reason, "value", value)
+	if ro, ok := obj.(runtime.Object); ok && r.rec != nil {
+		r.rec.Eventf(ro, nil, v1.EventTypeWarning, reason, "Proxying", "svcproxy skipped invalid %s %q", kind, value)
+	}
 	if r.m != nil {
 		r.m.invalidObjects.WithLabelValues(kind, reason).Inc()
 	}

@@ -23,8 +23,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -138,6 +140,11 @@ func run(ctx context.Context, o *options) error {
 		})
 	}
 
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	broadcaster.StartRecordingToSink(ctx.Done())
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, "svcproxy")
+
 	backends := make([]syncer.Proxier, len(proxiers))
 	for i, p := range proxiers {
 		backends[i] = p
@@ -148,6 +155,7 @@ func run(ctx context.Context, o *options) error {
 		SyncPeriod:       o.syncPeriod,
 		ConfigSyncPeriod: o.configSyncPeriod,
 		Registerer:       reg,
+		Recorder:         recorder,
 	}, backends...)
 	if err != nil {
 		return err
