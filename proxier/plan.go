@@ -205,12 +205,14 @@ func (s *Service) ExternallyAccessible() bool {
 func MakePlan(cfg Config, st *State) *Plan {
 	p := &Plan{Config: cfg, Services: make([]ServicePlan, 0, len(st.Services))}
 	for _, svc := range st.Services {
-		p.Services = append(p.Services, planService(cfg, st, svc))
+		p.Services = append(p.Services, PlanService(cfg, st, svc))
 	}
 	return p
 }
 
-func planService(cfg Config, st *State, svc *Service) ServicePlan {
+// PlanService is the plan of one service port of st; MakePlan calls it for
+// each. Backends that keep per-service results call it directly.
+func PlanService(cfg Config, st *State, svc *Service) ServicePlan {
 	sp := ServicePlan{Svc: svc}
 	sp.ClusterEndpoints, sp.LocalEndpoints, sp.AllEndpoints = categorize(st, svc)
 

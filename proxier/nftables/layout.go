@@ -1,0 +1,305 @@
+// Package nftables is svcproxy's nftables backend. Its layout does not grow
+// with the number of Services: a fixed set of chains, sets and maps, where
+// each Service costs only map and set elements. (A set or map per Service
+// makes the kernel walk every set whenever one is bound, which is O(N²); see
+// "The floor" in the performance notes.) The only chains that multiply are
+// the load-balancing chains, one per distinct endpoint count and endpoint
+// map, which do not depend on the number of Services.
+//
+// Packet path (nat prerouting/output → "services"):
+//
+//	services:    daddr . proto . dport vmap @service-ips      → a policy chain
+//	             local daddr: proto . dport vmap @service-nodeports → a policy chain
+//	policy:      cluster-ip | cluster-ip-local | external | external-local |
+//	             nodeport | nodeport-local: masquerade marks and the Local
+//	             traffic-policy short-circuits, then goto a pick chain
+//	pick-*:      session affinity lookup, then vmap @count-* → lb-*-<K>
+//	lb-*-<K>:    dnat to key . numgen random mod K map @endpoints-*
+//
+// Filter hooks hold what must happen after (or instead of) DNAT: the
+// load-balancer source-range firewall (before DNAT), REJECT for services with
+// no endpoints and DROP for Local policies with none local, rejection of
+// unknown ClusterIP ports, and the recording of session affinity.
+package nftables
+
+import (
+	"fmt"
+	"strings"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// TableName is the name of svcproxy's table in both the ip and ip6 families.
+const TableName = "svcproxy"
+
+// Fixed chain names.
+const (
+	chFilterPreroutingPreDNAT = "filter-prerouting-pre-dnat"
+	chFilterOutputPreDNAT     = "filter-output-pre-dnat"
+	chFilterInput             = "filter-input"
+	chFilterForward           = "filter-forward"
+	chFilterOutput            = "filter-output"
+	chNATPrerouting           = "nat-prerouting"
+	chNATOutput               = "nat-output"
+	chNATPostrouting          = "nat-postrouting"
+
+	chFirewallCheck   = "firewall-check"
+	chServiceEPCheck  = "service-endpoints-check"
+	chNodePortEPCheck = "nodeport-endpoints-check"
+	chClusterIPsCheck = "cluster-ips-check"
+	chReject          = "reject-chain"
+	chServices        = "services"
+	chMasquerading    = "masquerading"
+	chMarkMasq        = "mark-for-masquerade"
+	chAffinityRecord  = "affinity-record"
+
+	chClusterIP      = "cluster-ip"
+	chClusterIPLocal = "cluster-ip-local"
+	chExternal       = "external"
+	chExternalLocal  = "external-local"
+	chNodePort       = "nodeport"
+	chNodePortLocal  = "nodeport-local"
+)
+
+// pool is one endpoint pool family: addressed by destination (ClusterIP,
+// external and load-balancer IPs) or by NodePort; all or local endpoints.
+type pool struct {
+	name   string // ip, ip-local, np, np-local
+	byPort bool   // keyed by proto . port only (NodePorts)
+}
+
+var (
+	poolIP      = pool{"ip", false}
+	poolIPLocal = pool{"ip-local", false}
+	poolNP      = pool{"np", true}
+	poolNPLocal = pool{"np-local", true}
+	pools       = []pool{poolIP, poolIPLocal, poolNP, poolNPLocal}
+)
+
+func (p pool) pickChain() string    { return "pick-" + p.name }
+func (p pool) countMap() string     { return "count-" + p.name }
+func (p pool) endpointsMap() string { return "endpoints-" + p.name }
+func (p pool) lbChain(k int) string { return fmt.Sprintf("lb-%s-%d", p.name, k) }
+func (p pool) lbPrefix() string     { return "lb-" + p.name + "-" }
+func isLBChain(name string) bool    { return strings.HasPrefix(name, "lb-") }
+func (p pool) keyExpr(f fam) string {
+	if p.byPort {
+		return "meta l4proto . th dport"
+	}
+	return f.ip + " daddr . meta l4proto . th dport"
+}
+
+// Fixed set and map names.
+const (
+	mServiceIPs         = "service-ips"
+	mServiceNodePorts   = "service-nodeports"
+	mNoEndpointServices = "no-endpoint-services"
+	mNoEndpointNodePort = "no-endpoint-nodeports"
+	sClusterIPs         = "cluster-ips"
+	sNodePortIPs        = "nodeport-ips"
+	sFirewallDests      = "firewall-dests"
+	sFirewallAllow      = "firewall-allow"
+	sHairpin            = "hairpin"
+)
+
+// affinityMap is the dynamic map remembering the endpoint each client was
+// sent to, per protocol and timeout.
+func affinityMap(proto proxier.Protocol, timeout int32) string {
+	return fmt.Sprintf("affinity-%s-%d", proto.Lower(), timeout)
+}
+
+// affinitySet holds the destinations (daddr . dport) whose affinity is
+// recorded in affinityMap(proto, timeout).
+func affinitySet(proto proxier.Protocol, timeout int32) string {
+	return fmt.Sprintf("affinity-dests-%s-%d", proto.Lower(), timeout)
+}
+
+// fam is the per-family spelling of types and expressions.
+type fam struct {
+	family knftables.Family
+	ip     string // "ip" or "ip6" (as in "ip daddr")
+	addr   string // ipv4_addr or ipv6_addr
+	lo     string // loopback net
+}
+
+func famOf(f proxier.IPFamily) fam {
+	if f == proxier.IPv6 {
+		return fam{knftables.IPv6Family, "ip6", "ipv6_addr", "::1"}
+	}
+	return fam{knftables.IPv4Family, "ip", "ipv4_addr", "127.0.0.0/8"}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func baseChain(name string, t knftables.BaseChainType, h knftables.BaseChainHook, prio knftables.BaseChainPriority) *knftables.Chain {
+	return &knftables.Chain{Name: name, Type: ptr(t), Hook: ptr(h), Priority: ptr(prio)}
+}
+
+// skeleton is the fixed part of the table for a config: chains with their
+// static rules, and every set and map (without elements).
+type skeleton struct {
+	chains []*knftables.Chain
+	rules  map[string][]string // chain → rules
+	sets   []*knftables.Set
+	maps   []*knftables.Map
+}
+
+func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityKey) *skeleton {
+	f := famOf(cfg.Family)
+	mark := cfg.MasqueradeMark()
+	sk := &skeleton{rules: map[string][]string{}}
+	add := func(c *knftables.Chain, rules ...string) {
+		sk.chains = append(sk.chains, c)
+		sk.rules[c.Name] = rules
+	}
+	dnatPrio := knftables.DNATPriority
+	preDNAT := knftables.BaseChainPriority(string(knftables.DNATPriority) + " - 10")
+
+	recordJump := []string{}
+	if len(affinity) > 0 {
+		recordJump = []string{"ct state new ct status dnat jump " + chAffinityRecord}
+	}
+	add(baseChain(chFilterPreroutingPreDNAT, knftables.FilterType, knftables.PreroutingHook, preDNAT), "ct state new jump "+chFirewallCheck)
+	add(baseChain(chFilterOutputPreDNAT, knftables.FilterType, knftables.OutputHook, preDNAT), "ct state new jump "+chFirewallCheck)
+	add(baseChain(chFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority),
+		"ct state new jump "+chNodePortEPCheck, "ct state new jump "+chServiceEPCheck)
+	add(baseChain(chFilterForward, knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority),
+		append([]string{"ct state new jump " + chServiceEPCheck, "ct state new jump " + chClusterIPsCheck}, recordJump...)...)
+	add(baseChain(chFilterOutput, knftables.FilterType, knftables.OutputHook, knftables.FilterPriority),
+		append([]string{"ct state new jump " + chServiceEPCheck, "ct state new jump " + chClusterIPsCheck}, recordJump...)...)
+	add(baseChain(chNATPrerouting, knftables.NATType, knftables.PreroutingHook, dnatPrio), "jump "+chServices)
+	add(baseChain(chNATOutput, knftables.NATType, knftables.OutputHook, dnatPrio), "jump "+chServices)
+	add(baseChain(chNATPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority), "jump "+chMasquerading)
+
+	key := f.ip + " daddr . meta l4proto . th dport"
+	add(&knftables.Chain{Name: chFirewallCheck},
+		fmt.Sprintf("%s @%s %s . %s saddr != @%s drop", key, sFirewallDests, key, f.ip, sFirewallAllow))
+	add(&knftables.Chain{Name: chServiceEPCheck}, key+" vmap @"+mNoEndpointServices)
+	add(&knftables.Chain{Name: chNodePortEPCheck}, nodePortMatch(cfg, f)+" meta l4proto . th dport vmap @"+mNoEndpointNodePort)
+	clusterIPs := []string{fmt.Sprintf("%s daddr @%s reject", f.ip, sClusterIPs)}
+	if len(serviceCIDRs) > 0 {
+		clusterIPs = append(clusterIPs, fmt.Sprintf("%s daddr { %s } drop", f.ip, strings.Join(serviceCIDRs, ", ")))
+	}
+	add(&knftables.Chain{Name: chClusterIPsCheck}, clusterIPs...)
+	add(&knftables.Chain{Name: chReject}, "reject")
+	add(&knftables.Chain{Name: chServices},
+		key+" vmap @"+mServiceIPs,
+		nodePortMatch(cfg, f)+" meta l4proto . th dport vmap @"+mServiceNodePorts)
+	add(&knftables.Chain{Name: chMarkMasq}, "mark set mark or "+mark)
+	add(&knftables.Chain{Name: chMasquerading},
+		fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s masquerade fully-random", f.ip, f.ip, sHairpin),
+		fmt.Sprintf("mark and %s == 0 return", mark),
+		"mark set mark xor "+mark,
+		"masquerade fully-random")
+
+	// Policy chains.
+	var masq []string
+	switch {
+	case cfg.MasqueradeAll:
+		masq = []string{"jump " + chMarkMasq}
+	case cfg.LocalDetector.Implemented():
+		masq = []string{ifNotLocal(cfg, f) + " jump " + chMarkMasq}
+	}
+	add(&knftables.Chain{Name: chClusterIP}, append(masq, "goto "+poolIP.pickChain())...)
+	add(&knftables.Chain{Name: chClusterIPLocal}, append(masq, "goto "+poolIPLocal.pickChain())...)
+	add(&knftables.Chain{Name: chExternal}, "jump "+chMarkMasq, "goto "+poolIP.pickChain())
+	add(&knftables.Chain{Name: chNodePort}, "jump "+chMarkMasq, "goto "+poolNP.pickChain())
+	for _, lc := range []struct {
+		name           string
+		cluster, local pool
+	}{{chExternalLocal, poolIP, poolIPLocal}, {chNodePortLocal, poolNP, poolNPLocal}} {
+		var rules []string
+		if cfg.LocalDetector.Implemented() {
+			rules = append(rules, ifLocal(cfg, f)+" goto "+lc.cluster.pickChain())
+		}
+		rules = append(rules,
+			"fib saddr type local jump "+chMarkMasq,
+			"fib saddr type local goto "+lc.cluster.pickChain(),
+			"goto "+lc.local.pickChain())
+		add(&knftables.Chain{Name: lc.name}, rules...)
+	}
+
+	// Pick chains: affinity first, then the endpoint count.
+	for _, p := range pools {
+		var rules []string
+		for _, a := range affinity {
+			rules = append(rules, fmt.Sprintf("meta l4proto %s %s daddr . th dport @%s dnat %s to %s saddr . %s daddr . th dport map @%s",
+				a.proto.Lower(), f.ip, affinitySet(a.proto, a.timeout), f.ip, f.ip, f.ip, affinityMap(a.proto, a.timeout)))
+		}
+		rules = append(rules, p.keyExpr(f)+" vmap @"+p.countMap())
+		add(&knftables.Chain{Name: p.pickChain()}, rules...)
+	}
+	if len(affinity) > 0 {
+		var rules []string
+		for _, a := range affinity {
+			rules = append(rules, fmt.Sprintf("meta l4proto %s ct original %s daddr . ct original proto-dst @%s update @%s { %s saddr . ct original %s daddr . ct original proto-dst : %s daddr . th dport }",
+				a.proto.Lower(), f.ip, affinitySet(a.proto, a.timeout), affinityMap(a.proto, a.timeout), f.ip, f.ip, f.ip))
+		}
+		add(&knftables.Chain{Name: chAffinityRecord}, rules...)
+	}
+
+	// Sets and maps.
+	svcKey := f.addr + " . inet_proto . inet_service"
+	verdictMap := func(name, typ string) {
+		sk.maps = append(sk.maps, &knftables.Map{Name: name, Type: typ + " : verdict"})
+	}
+	verdictMap(mServiceIPs, svcKey)
+	verdictMap(mServiceNodePorts, "inet_proto . inet_service")
+	verdictMap(mNoEndpointServices, svcKey)
+	verdictMap(mNoEndpointNodePort, "inet_proto . inet_service")
+	for _, p := range pools {
+		if p.byPort {
+			verdictMap(p.countMap(), "inet_proto . inet_service")
+		} else {
+			verdictMap(p.countMap(), svcKey)
+		}
+		sk.maps = append(sk.maps, &knftables.Map{Name: p.endpointsMap(),
+			TypeOf: p.keyExpr(f) + " . numgen random mod 1 : " + f.ip + " daddr . th dport"})
+	}
+	sk.sets = append(sk.sets,
+		&knftables.Set{Name: sClusterIPs, Type: f.addr},
+		&knftables.Set{Name: sNodePortIPs, Type: f.addr},
+		&knftables.Set{Name: sFirewallDests, Type: svcKey},
+		&knftables.Set{Name: sFirewallAllow, Type: svcKey + " . " + f.addr, Flags: []knftables.SetFlag{knftables.IntervalFlag}},
+		&knftables.Set{Name: sHairpin, Type: f.addr + " . " + f.addr},
+	)
+	for _, a := range affinity {
+		sk.sets = append(sk.sets, &knftables.Set{Name: affinitySet(a.proto, a.timeout), TypeOf: f.ip + " daddr . th dport"})
+		sk.maps = append(sk.maps, &knftables.Map{Name: affinityMap(a.proto, a.timeout),
+			TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . th dport",
+			Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+			Timeout: ptr(secondsDuration(a.timeout))})
+	}
+	return sk
+}
+
+// nodePortMatch selects packets addressed to a NodePort address.
+func nodePortMatch(cfg proxier.Config, f fam) string {
+	if cfg.NodePortsMatchAll() {
+		return fmt.Sprintf("fib daddr type local %s daddr != %s", f.ip, f.lo)
+	}
+	return fmt.Sprintf("%s daddr @%s", f.ip, sNodePortIPs)
+}
+
+func ifNotLocal(cfg proxier.Config, f fam) string {
+	d := cfg.LocalDetector
+	switch d.Mode {
+	case proxier.LocalClusterCIDR, proxier.LocalNodeCIDR:
+		for _, c := range d.CIDRs {
+			if cfg.Family.Matches(c.Addr()) {
+				return fmt.Sprintf("%s saddr != %s", f.ip, c)
+			}
+		}
+	case proxier.LocalBridgeInterface:
+		return fmt.Sprintf("iifname != %q", d.Interface)
+	case proxier.LocalInterfacePrefix:
+		return fmt.Sprintf("iifname != %q", d.Interface+"*")
+	}
+	return ""
+}
+
+func ifLocal(cfg proxier.Config, f fam) string {
+	return strings.Replace(ifNotLocal(cfg, f), " != ", " ", 1)
+}

@@ -1,0 +1,163 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func ep(ip string, port int32, local bool) proxier.Endpoint {
+	return proxier.Endpoint{IP: netip.MustParseAddr(ip), Port: port, Ready: true, Serving: true, IsLocal: local}
+}
+
+func svc(ns, name string, proto proxier.Protocol, cip string, port int32, eps ...proxier.Endpoint) *proxier.Service {
+	return &proxier.Service{Name: proxier.ServicePortName{Namespace: ns, Name: name, Protocol: proto},
+		ClusterIP: netip.MustParseAddr(cip), Port: port, Protocol: proto, Endpoints: eps}
+}
+
+func testConfig() proxier.Config {
+	return proxier.Config{Family: proxier.IPv4, MasqueradeBit: 14,
+		LocalDetector: proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
+		NodeIPs:       []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
+}
+
+func testState() *proxier.State {
+	lb := svc("ns", "lb", proxier.TCP, "10.96.0.3", 443, ep("10.244.1.3", 8443, true), ep("10.244.2.4", 8443, false))
+	lb.NodePort = 30443
+	lb.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("1.2.3.4")}
+	lb.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/25")}
+	lb.ExternalPolicyLocal = true
+	sticky := svc("ns", "sticky", proxier.UDP, "10.96.0.4", 53, ep("10.244.1.5", 53, true), ep("10.244.2.6", 53, false))
+	sticky.AffinityTimeoutSeconds = 600
+	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{
+		svc("ns", "empty", proxier.TCP, "10.96.0.2", 80),
+		lb,
+		sticky,
+		svc("ns", "web", proxier.TCP, "10.96.0.1", 80, ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)),
+	}}
+}
+
+func TestFakeSyncAndIncremental(t *testing.T) {
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	ctx := context.Background()
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	dump := nft.Dump()
+	for _, want := range []string{
+		"add element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 : goto cluster-ip }",
+		"add element ip svcproxy count-ip { 10.96.0.1 . tcp . 80 : goto lb-ip-3 }",
+		"add element ip svcproxy endpoints-ip { 10.96.0.1 . tcp . 80 . 2 : 10.244.2.2 . 8080 }",
+		"add element ip svcproxy no-endpoint-services { 10.96.0.2 . tcp . 80 : goto reject-chain }",
+		"add element ip svcproxy service-nodeports { tcp . 30443 : goto nodeport-local }",
+		"add element ip svcproxy count-np-local { tcp . 30443 : goto lb-np-local-1 }",
+		"add element ip svcproxy firewall-allow { 1.2.3.4 . tcp . 443 . 203.0.113.0/25 }",
+		"add rule ip svcproxy lb-ip-3 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-ip",
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("dump lacks %q", want)
+		}
+	}
+
+	// No change: no operations.
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if n := nft.LastTransaction.NumOperations(); n != 0 && p.LastResult().Operations != 0 {
+		t.Errorf("no-op sync ran %d operations", p.LastResult().Operations)
+	}
+
+	// One endpoint removed from web: a handful of element operations.
+	web := *st.Services[3]
+	web.Endpoints = web.Endpoints[:2]
+	st2 := *st
+	st2.Services = append([]*proxier.Service(nil), st.Services...)
+	st2.Services[3] = &web
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	r := p.LastResult()
+	if r.Full || r.Operations == 0 || r.Operations > 8 {
+		t.Errorf("endpoint removal: %+v, want a small partial transaction\n%s", r, nft.LastTransaction)
+	}
+	// The result equals a fresh full sync of the same state.
+	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
+	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	// (The fake dumps elements in insertion order; compare them as sets.)
+	if got, want := sortedLines(nft.Dump()), sortedLines(fresh.Dump()); got != want {
+		t.Errorf("incremental result differs from a full sync:\n--- incremental\n%s\n--- full\n%s", got, want)
+	}
+}
+
+// TestIncrementalCostIsConstant: a one-endpoint change costs the same number
+// of operations at 10,000 services as at 10.
+func TestIncrementalCostIsConstant(t *testing.T) {
+	ops := map[int]int{}
+	for _, n := range []int{10, 10000} {
+		var svcs []*proxier.Service
+		for i := 0; i < n; i++ {
+			var eps []proxier.Endpoint
+			for j := 0; j < 10; j++ {
+				eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, j == 0))
+			}
+			s := svc("ns", fmt.Sprintf("svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, eps...)
+			if i%10 == 0 {
+				s.NodePort = int32(30000 + i/10)
+			}
+			svcs = append(svcs, s)
+		}
+		st := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
+		// knftables' Fake looks elements up linearly; at 10,000 services a
+		// recorder that only counts is what the test needs.
+		nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
+		p := New(testConfig(), nft, nil)
+		if err := p.Sync(context.Background(), st); err != nil {
+			t.Fatal(err)
+		}
+		// Replace one endpoint IP of service 0 (it has a NodePort too).
+		changed := *svcs[0]
+		changed.Endpoints = append([]proxier.Endpoint(nil), svcs[0].Endpoints...)
+		changed.Endpoints[5] = ep("10.250.0.1", 8080, false)
+		st2 := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: append([]*proxier.Service{&changed}, svcs[1:]...)}
+		if err := p.Sync(context.Background(), st2); err != nil {
+			t.Fatal(err)
+		}
+		ops[n] = p.LastResult().Operations
+		if p.LastResult().Full {
+			t.Errorf("n=%d: change caused a full sync", n)
+		}
+	}
+	if ops[10] != ops[10000] || ops[10000] > 40 {
+		t.Errorf("operations for one endpoint change: %v; want equal and small", ops)
+	}
+	t.Logf("operations for one endpoint change: %v", ops)
+}
+
+// recorder is a knftables.Interface that accepts every transaction without
+// applying it and remembers the last one.
+type recorder struct {
+	*knftables.Fake
+	last *knftables.Transaction
+}
+
+func (r *recorder) Run(_ context.Context, tx *knftables.Transaction) error {
+	r.last = tx
+	return nil
+}
+
+func sortedLines(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,436 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// DefaultFullSyncPeriod bounds the time between full rewrites of the table.
+const DefaultFullSyncPeriod = time.Hour
+
+// Proxier programs one address family into the table "svcproxy" in one
+// nftables transaction per sync. After the first (full) sync, a sync carries
+// only the elements and chains that changed; the table is never listed on a
+// normal sync.
+type Proxier struct {
+	cfg proxier.Config
+	f   fam
+	nft knftables.Interface
+	// ServiceCIDRs, when known, make traffic to unallocated ClusterIPs drop.
+	serviceCIDRs []string
+	// FullSyncPeriod bounds the time between full syncs.
+	FullSyncPeriod time.Duration
+	now            func() time.Time
+
+	mu       sync.Mutex
+	synced   bool
+	lastFull time.Time
+	node     [2]string // node name and zone the renders were made for
+	skelKey  string
+	services map[*proxier.Service]*svcRender
+	elems    map[string]*elemRef
+	lbChains map[string]int
+	affinity map[affinityKey]int
+	last     SyncResult
+	after    []func(*proxier.Plan) error
+}
+
+type elemRef struct {
+	e    elem
+	refs int
+}
+
+// SyncResult summarises a sync.
+type SyncResult struct {
+	Full       bool
+	Operations int
+	Services   int
+	Changed    int
+}
+
+// New returns a Proxier for cfg.Family using nft, whose table must be
+// TableName in that family.
+func New(cfg proxier.Config, nft knftables.Interface, serviceCIDRs []string) *Proxier {
+	return &Proxier{cfg: cfg, f: famOf(cfg.Family), nft: nft, serviceCIDRs: serviceCIDRs,
+		FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
+}
+
+// Family is the address family this proxier programs.
+func (p *Proxier) Family() proxier.IPFamily { return p.cfg.Family }
+
+// LastResult summarises the last successful sync.
+func (p *Proxier) LastResult() SyncResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+// ForceFullSync makes the next sync rewrite the whole table.
+func (p *Proxier) ForceFullSync() {
+	p.mu.Lock()
+	p.synced = false
+	p.mu.Unlock()
+}
+
+// OnSynced registers f to run with the plan after every successful sync.
+func (p *Proxier) OnSynced(f func(*proxier.Plan) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.after = append(p.after, f)
+}
+
+// DryRun returns the transaction a first sync of st would run, in nft -f
+// syntax. It never touches the kernel.
+func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string {
+	p := New(cfg, knftables.NewFake(famOf(cfg.Family).family, TableName), serviceCIDRs)
+	tx, _ := p.transaction(st)
+	return tx.String()
+}
+
+// Sync makes the table hold the rules for st, then runs the after-sync steps.
+func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
+	p.mu.Lock()
+	tx, commit := p.transaction(st)
+	var err error
+	if tx.NumOperations() > 0 {
+		err = p.nft.Run(ctx, tx)
+	}
+	if err != nil {
+		p.synced = false
+		p.mu.Unlock()
+		if klog.V(4).Enabled() {
+			klog.InfoS("Failed nftables transaction", "family", p.cfg.Family, "transaction", tx.String())
+		}
+		return fmt.Errorf("%v nftables sync: %w", p.cfg.Family, err)
+	}
+	plan := commit()
+	after := slices.Clone(p.after)
+	p.mu.Unlock()
+	for _, f := range after {
+		if err := f(plan); err != nil {
+			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
+		}
+	}
+	return nil
+}
+
+// transaction builds the transaction for st and returns it with a commit
+// function that records it as applied (to be called once it succeeded).
+func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, func() *proxier.Plan) {
+	tx := p.nft.NewTransaction()
+	node := [2]string{st.NodeName, st.NodeZone}
+	full := !p.synced || node != p.node || p.now().Sub(p.lastFull) > p.FullSyncPeriod
+
+	// Render the services that changed (all of them on a full sync); keep
+	// the renders of unchanged *Service pointers.
+	plan := &proxier.Plan{Config: p.cfg, Services: make([]proxier.ServicePlan, 0, len(st.Services))}
+	renders := make(map[*proxier.Service]*svcRender, len(st.Services))
+	var changed []*proxier.Service
+	for _, svc := range st.Services {
+		sp := proxier.PlanService(p.cfg, st, svc)
+		plan.Services = append(plan.Services, sp)
+		if r, ok := p.services[svc]; ok && !full {
+			renders[svc] = r
+			continue
+		}
+		renders[svc] = renderService(p.cfg, &sp)
+		changed = append(changed, svc)
+	}
+	var removed []*svcRender
+	if !full {
+		for svc, r := range p.services {
+			if _, ok := renders[svc]; !ok {
+				removed = append(removed, r)
+			}
+		}
+	}
+
+	var elems map[string]*elemRef
+	var lbChains map[string]int
+	var affinity map[affinityKey]int
+	if full {
+		elems, lbChains, affinity = map[string]*elemRef{}, map[string]int{}, map[affinityKey]int{}
+		for _, r := range renders {
+			addRender(elems, lbChains, affinity, r, 1)
+		}
+	} else {
+		elems, lbChains, affinity = p.elems, p.lbChains, p.affinity
+	}
+
+	// The delta of a partial sync, computed without touching the index.
+	type change struct {
+		refs int
+		pos  bool // a contribution was added: e is the new element
+		e    elem
+	}
+	delta := map[string]*change{}
+	lbDelta := map[string]int{}
+	affDelta := map[affinityKey]int{}
+	if !full {
+		apply := func(r *svcRender, sign int) {
+			for _, e := range r.elems {
+				c := delta[e.id()]
+				if c == nil {
+					c = &change{e: e}
+					delta[e.id()] = c
+				}
+				c.refs += sign
+				if sign > 0 {
+					c.pos, c.e = true, e
+				}
+			}
+			for lb := range r.lbCounts {
+				lbDelta[lb] += sign
+			}
+			if r.affinity != nil {
+				affDelta[*r.affinity] += sign
+			}
+		}
+		for _, r := range removed {
+			apply(r, -1)
+		}
+		for _, svc := range changed {
+			if old, ok := p.services[svc]; ok {
+				apply(old, -1)
+			}
+			apply(renders[svc], 1)
+		}
+	}
+
+	affNow := func() []affinityKey {
+		var out []affinityKey
+		for k, n := range affinity {
+			if n+affDelta[k] > 0 {
+				out = append(out, k)
+			}
+		}
+		for k, n := range affDelta {
+			if _, ok := affinity[k]; !ok && n > 0 {
+				out = append(out, k)
+			}
+		}
+		slices.SortFunc(out, func(a, b affinityKey) int {
+			return strings.Compare(affinityMap(a.proto, a.timeout), affinityMap(b.proto, b.timeout))
+		})
+		return out
+	}()
+	sk := newSkeleton(p.cfg, p.serviceCIDRs, affNow)
+	skelKey := sk.key()
+	if !full && skelKey != p.skelKey {
+		// A new affinity map (or config change): rewrite everything.
+		p.synced = false
+		return p.transaction(st)
+	}
+
+	res := SyncResult{Full: full, Services: len(st.Services), Changed: len(changed) + len(removed)}
+	if full {
+		p.writeFull(tx, sk, elems, lbChains)
+	} else {
+		// New lb chains first, so elements can refer to them; stale ones
+		// last, once no element refers to them.
+		var newLB, staleLB []string
+		for lb, d := range lbDelta {
+			before := lbChains[lb]
+			switch {
+			case before == 0 && before+d > 0:
+				newLB = append(newLB, lb)
+			case before > 0 && before+d == 0:
+				staleLB = append(staleLB, lb)
+			}
+		}
+		slices.Sort(newLB)
+		slices.Sort(staleLB)
+		for _, lb := range newLB {
+			p.addLBChain(tx, lb)
+		}
+		ids := make([]string, 0, len(delta))
+		for id := range delta {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		var adds []elem
+		for _, id := range ids {
+			c := delta[id]
+			before := 0
+			var oldValue []string
+			if r := elems[id]; r != nil {
+				before, oldValue = r.refs, r.e.value
+			}
+			after := before + c.refs
+			switch {
+			case before > 0 && after <= 0:
+				tx.Delete(p.element(c.e))
+			case before == 0 && after > 0:
+				adds = append(adds, c.e)
+			case before > 0 && after > 0 && c.pos && !slices.Equal(oldValue, c.e.value):
+				tx.Delete(p.element(c.e))
+				adds = append(adds, c.e)
+			}
+		}
+		for _, e := range adds {
+			tx.Add(p.element(e))
+		}
+		for _, lb := range staleLB {
+			tx.Delete(&knftables.Chain{Name: lb})
+		}
+	}
+	res.Operations = tx.NumOperations()
+
+	commit := func() *proxier.Plan {
+		if !full {
+			for id, c := range delta {
+				r := elems[id]
+				if r == nil {
+					r = &elemRef{}
+					elems[id] = r
+				}
+				r.refs += c.refs
+				if c.pos {
+					r.e = c.e
+				}
+				if r.refs <= 0 {
+					delete(elems, id)
+				}
+			}
+			for lb, d := range lbDelta {
+				if lbChains[lb] += d; lbChains[lb] <= 0 {
+					delete(lbChains, lb)
+				}
+			}
+			for k, d := range affDelta {
+				if affinity[k] += d; affinity[k] <= 0 {
+					delete(affinity, k)
+				}
+			}
+		} else {
+			p.lastFull = p.now()
+		}
+		p.elems, p.lbChains, p.affinity = elems, lbChains, affinity
+		p.services = renders
+		p.skelKey = skelKey
+		p.node = node
+		p.synced = true
+		p.last = res
+		return plan
+	}
+	return tx, commit
+}
+
+// addRender adds (sign 1) a render's contributions to an index.
+func addRender(elems map[string]*elemRef, lb map[string]int, aff map[affinityKey]int, r *svcRender, sign int) {
+	for _, e := range r.elems {
+		ref := elems[e.id()]
+		if ref == nil {
+			ref = &elemRef{e: e}
+			elems[e.id()] = ref
+		}
+		ref.refs += sign
+	}
+	for name := range r.lbCounts {
+		lb[name] += sign
+	}
+	if r.affinity != nil {
+		aff[*r.affinity] += sign
+	}
+}
+
+// writeFull replaces the whole table, atomically: packets see either the old
+// table or the new one, never none.
+func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[string]*elemRef, lbChains map[string]int) {
+	comment := "rules for svcproxy"
+	tx.Add(&knftables.Table{Comment: &comment})
+	tx.Delete(&knftables.Table{})
+	tx.Add(&knftables.Table{Comment: &comment})
+	for _, c := range sk.chains {
+		tx.Add(c)
+	}
+	var lbs []string
+	for lb := range lbChains {
+		lbs = append(lbs, lb)
+	}
+	slices.Sort(lbs)
+	for _, lb := range lbs {
+		tx.Add(&knftables.Chain{Name: lb})
+	}
+	for _, s := range sk.sets {
+		tx.Add(s)
+	}
+	for _, m := range sk.maps {
+		tx.Add(m)
+	}
+	for _, c := range sk.chains {
+		for _, r := range sk.rules[c.Name] {
+			tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
+		}
+	}
+	for _, lb := range lbs {
+		pl, k, _ := lbChainPool(lb)
+		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, k)})
+	}
+	ids := make([]string, 0, len(elems))
+	for id := range elems {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		tx.Add(p.element(elems[id].e))
+	}
+}
+
+func (p *Proxier) addLBChain(tx *knftables.Transaction, lb string) {
+	pl, k, _ := lbChainPool(lb)
+	tx.Add(&knftables.Chain{Name: lb})
+	tx.Flush(&knftables.Chain{Name: lb})
+	tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, k)})
+}
+
+// isMap reports whether name is a map (elements carry values).
+func isMap(name string) bool {
+	switch name {
+	case sClusterIPs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin:
+		return false
+	}
+	return !strings.HasPrefix(name, "affinity-dests-")
+}
+
+func (p *Proxier) element(e elem) *knftables.Element {
+	if isMap(e.set) {
+		return &knftables.Element{Map: e.set, Key: e.key, Value: e.value}
+	}
+	return &knftables.Element{Set: e.set, Key: e.key}
+}
+
+// key is a fingerprint of the skeleton: a change means a full rewrite.
+func (sk *skeleton) key() string {
+	var b strings.Builder
+	for _, c := range sk.chains {
+		fmt.Fprintf(&b, "%s|%v|%v|%v\n", c.Name, deref(c.Type), deref(c.Hook), deref(c.Priority))
+		for _, r := range sk.rules[c.Name] {
+			b.WriteString(r + "\n")
+		}
+	}
+	for _, s := range sk.sets {
+		fmt.Fprintf(&b, "set %s %s %s %v\n", s.Name, s.Type, s.TypeOf, s.Flags)
+	}
+	for _, m := range sk.maps {
+		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))
+	}
+	return b.String()
+}
+
+func deref[T any](v *T) any {
+	if v == nil {
+		return nil
+	}
+	return *v
+}

@@ -1,0 +1,166 @@
+package nftables
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// elem is one set or map element: the set/map it belongs to, its key
+// components and (for maps) value components.
+type elem struct {
+	set   string
+	key   []string
+	value []string
+}
+
+func (e elem) id() string { return e.set + "\x00" + strings.Join(e.key, " . ") }
+
+// affinityKey identifies an affinity map: one per protocol and timeout in use.
+type affinityKey struct {
+	proto   proxier.Protocol
+	timeout int32
+}
+
+// svcRender is everything one service port contributes to the table.
+type svcRender struct {
+	elems    []elem
+	lbCounts map[string]int // lb chain name → K
+	affinity *affinityKey
+}
+
+func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Second }
+
+// renderService computes one service port's elements from its plan.
+func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
+	svc := sp.Svc
+	r := &svcRender{lbCounts: map[string]int{}}
+	proto := svc.Protocol.Lower()
+	port := strconv.Itoa(int(svc.Port))
+	dest := func(ip netip.Addr) []string { return []string{ip.String(), proto, port} }
+	add := func(set string, key []string, value ...string) {
+		r.elems = append(r.elems, elem{set: set, key: key, value: value})
+	}
+	addPool := func(p pool, key []string, eps []proxier.Endpoint) {
+		if len(eps) == 0 {
+			return
+		}
+		lb := p.lbChain(len(eps))
+		r.lbCounts[lb] = len(eps)
+		add(p.countMap(), key, "goto "+lb)
+		for i, e := range eps {
+			add(p.endpointsMap(), append(slices.Clone(key), strconv.Itoa(i)), e.IP.String(), strconv.Itoa(int(e.Port)))
+		}
+	}
+	noEndpoints := func(v proxier.Verdict) string {
+		if v == proxier.Reject {
+			return "goto " + chReject
+		}
+		return "drop"
+	}
+
+	add(sClusterIPs, []string{svc.ClusterIP.String()})
+
+	// ClusterIP.
+	switch sp.Internal {
+	case proxier.Forward:
+		if svc.InternalPolicyLocal {
+			add(mServiceIPs, dest(svc.ClusterIP), "goto "+chClusterIPLocal)
+			addPool(poolIPLocal, dest(svc.ClusterIP), sp.InternalEndpoints)
+		} else {
+			add(mServiceIPs, dest(svc.ClusterIP), "goto "+chClusterIP)
+			addPool(poolIP, dest(svc.ClusterIP), sp.InternalEndpoints)
+		}
+	default:
+		add(mNoEndpointServices, dest(svc.ClusterIP), noEndpoints(sp.Internal))
+	}
+
+	// External destinations.
+	if svc.ExternallyAccessible() {
+		externalIPs := append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...)
+		npKey := []string{proto, strconv.Itoa(int(svc.NodePort))}
+		if sp.HasEndpoints {
+			ipChain, npChain := chExternal, chNodePort
+			if svc.ExternalPolicyLocal {
+				ipChain, npChain = chExternalLocal, chNodePortLocal
+			}
+			for _, ip := range externalIPs {
+				add(mServiceIPs, dest(ip), "goto "+ipChain)
+				addPool(poolIP, dest(ip), sp.ClusterEndpoints)
+				if svc.ExternalPolicyLocal {
+					addPool(poolIPLocal, dest(ip), sp.LocalEndpoints)
+				}
+			}
+			if svc.NodePort != 0 {
+				add(mServiceNodePorts, npKey, "goto "+npChain)
+				addPool(poolNP, npKey, sp.ClusterEndpoints)
+				if svc.ExternalPolicyLocal {
+					addPool(poolNPLocal, npKey, sp.LocalEndpoints)
+				}
+			}
+		}
+		if sp.External != proxier.Forward {
+			for _, ip := range externalIPs {
+				add(mNoEndpointServices, dest(ip), noEndpoints(sp.External))
+			}
+			if svc.NodePort != 0 {
+				add(mNoEndpointNodePort, npKey, noEndpoints(sp.External))
+			}
+		}
+		if sp.Firewall {
+			for _, ip := range svc.LoadBalancerIPs {
+				add(sFirewallDests, dest(ip))
+				for _, cidr := range sp.FirewallRanges {
+					add(sFirewallAllow, append(dest(ip), cidr.String()))
+				}
+				if sp.FirewallAllowNode {
+					add(sFirewallAllow, append(dest(ip), ip.String()))
+				}
+			}
+		}
+	}
+
+	// Hairpin: an endpoint reaching itself through the service is SNATed.
+	for _, e := range sp.AllEndpoints {
+		add(sHairpin, []string{e.IP.String(), e.IP.String()})
+	}
+
+	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints {
+		r.affinity = &affinityKey{svc.Protocol, t}
+		set := affinitySet(svc.Protocol, t)
+		add(set, []string{svc.ClusterIP.String(), port})
+		for _, ip := range append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...) {
+			add(set, []string{ip.String(), port})
+		}
+		if svc.NodePort != 0 {
+			for _, ip := range cfg.NodeIPs {
+				if cfg.Family.Matches(ip) {
+					add(set, []string{ip.String(), strconv.Itoa(int(svc.NodePort))})
+				}
+			}
+		}
+	}
+	return r
+}
+
+// lbRule is the single rule of a load-balancing chain.
+func lbRule(f fam, p pool, k int) string {
+	return fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", f.ip, p.keyExpr(f), k, p.endpointsMap())
+}
+
+// lbChainPool returns the pool and count of an lb chain name.
+func lbChainPool(name string) (pool, int, bool) {
+	for _, p := range pools {
+		if rest, ok := strings.CutPrefix(name, p.lbPrefix()); ok {
+			if k, err := strconv.Atoi(rest); err == nil {
+				return p, k, true
+			}
+		}
+	}
+	return pool{}, 0, false
+}
