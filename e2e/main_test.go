@@ -88,7 +88,12 @@ func setup(ctx context.Context) error {
 	if len(extra) > 0 {
 		logf("extra svcproxy flags from SVCPROXY_E2E_ARGS: %q", extra)
 	}
-	env, err = harness.New(ctx, harness.Options{Logf: logf, SvcproxyArgs: extra})
+	mode := os.Getenv("SVCPROXY_E2E_PROXY_MODE")
+	if mode == "" {
+		mode = "iptables"
+	}
+	logf("proxy mode %s (SVCPROXY_E2E_PROXY_MODE)", mode)
+	env, err = harness.New(ctx, harness.Options{Logf: logf, ProxyMode: mode, SvcproxyArgs: extra})
 	if err != nil {
 		return err
 	}

@@ -78,6 +78,9 @@ type Options struct {
 	// SkipSvcproxy skips building svcproxy (for working on the harness
 	// while cmd/svcproxy does not build).
 	SkipSvcproxy bool
+	// ProxyMode is svcproxy's --proxy-mode: "iptables" (the default) or
+	// "nftables".
+	ProxyMode string
 	// SvcproxyArgs are appended to svcproxy's flags (see SvcproxyArgs),
 	// e.g. to try another mode.
 	SvcproxyArgs []string
@@ -85,8 +88,9 @@ type Options struct {
 
 // Env is one run: binaries, namespaces, control plane, pods and svcproxy.
 type Env struct {
-	Prefix  string
-	WorkDir string
+	Prefix    string
+	WorkDir   string
+	ProxyMode string // iptables or nftables
 	LogDir  string
 	Root    string // the main module's directory
 	Bins    Binaries
@@ -126,7 +130,10 @@ func New(ctx context.Context, opts Options) (e *Env, err error) {
 			return nil, fmt.Errorf("%s not found in PATH (run `make deps` as root)", c)
 		}
 	}
-	e = &Env{Prefix: opts.Prefix, WorkDir: opts.WorkDir, logf: opts.Logf, extra: opts.SvcproxyArgs, nextIP: 10}
+	e = &Env{Prefix: opts.Prefix, WorkDir: opts.WorkDir, ProxyMode: opts.ProxyMode, logf: opts.Logf, extra: opts.SvcproxyArgs, nextIP: 10}
+	if e.ProxyMode == "" {
+		e.ProxyMode = "iptables"
+	}
 	if e.logf == nil {
 		e.logf = func(string, ...any) {}
 	}

@@ -21,7 +21,7 @@ func (e *Env) SvcproxyArgs(extra ...string) []string {
 	args := []string{
 		"--kubeconfig", e.Kubeconfig,
 		"--hostname-override", NodeName,
-		"--proxy-mode", "iptables",
+		"--proxy-mode", e.ProxyMode,
 		"--cluster-cidr", ClusterCIDR,
 		"--iptables-min-sync-period", "100ms",
 		"--metrics-bind-address", MetricsAddr,
