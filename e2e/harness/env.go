@@ -91,9 +91,9 @@ type Env struct {
 	Prefix    string
 	WorkDir   string
 	ProxyMode string // iptables or nftables
-	LogDir  string
-	Root    string // the main module's directory
-	Bins    Binaries
+	LogDir    string
+	Root      string // the main module's directory
+	Bins      Binaries
 
 	Node *Netns // the node: control plane, svcproxy, pod bridge
 	Ext  *Netns // the network beyond the node's eth0 (its default gateway)
