@@ -154,8 +154,11 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 		sk.chains = append(sk.chains, c)
 		sk.rules[c.Name] = rules
 	}
-	dnatPrio := knftables.DNATPriority
-	preDNAT := knftables.BaseChainPriority(string(knftables.DNATPriority) + " - 10")
+	// Numeric priorities: nft before 1.0.7 rejects the names "dstnat" and
+	// "srcnat" in the output hook. dstnat is -100, srcnat 100, filter 0.
+	dnatPrio := knftables.BaseChainPriority("-100")
+	preDNAT := knftables.BaseChainPriority("-110")
+	snatPrio := knftables.BaseChainPriority("100")
 
 	recordJump := []string{}
 	if len(affinity) > 0 {
@@ -171,7 +174,7 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 		append([]string{"ct state new jump " + chServiceEPCheck, "ct state new jump " + chClusterIPsCheck}, recordJump...)...)
 	add(baseChain(chNATPrerouting, knftables.NATType, knftables.PreroutingHook, dnatPrio), "jump "+chServices)
 	add(baseChain(chNATOutput, knftables.NATType, knftables.OutputHook, dnatPrio), "jump "+chServices)
-	add(baseChain(chNATPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority), "jump "+chMasquerading)
+	add(baseChain(chNATPostrouting, knftables.NATType, knftables.PostroutingHook, snatPrio), "jump "+chMasquerading)
 
 	key := f.ip + " daddr . meta l4proto . th dport"
 	add(&knftables.Chain{Name: chFirewallCheck},

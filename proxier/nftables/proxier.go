@@ -37,6 +37,8 @@ type Proxier struct {
 	lastFull time.Time
 	node     [2]string // node name and zone the renders were made for
 	skelKey  string
+	skel     *skeleton
+	reader   shapeReader // reads the kernel's table for Check; nil: no checks
 	services map[*proxier.Service]*svcRender
 	elems    map[string]*elemRef
 	lbChains map[string]int
@@ -317,7 +319,7 @@ func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, func()
 		}
 		p.elems, p.lbChains, p.affinity = elems, lbChains, affinity
 		p.services = renders
-		p.skelKey = skelKey
+		p.skelKey, p.skel = skelKey, sk
 		p.node = node
 		p.synced = true
 		p.last = res

@@ -1,0 +1,93 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// MinKernel is the oldest kernel the layout works on (kube-proxy's nftables
+// mode asks for the same).
+var MinKernel = [2]int{5, 13}
+
+// CheckKernel returns an error when the running kernel is older than
+// MinKernel. (knftables.New checks that nft is at least 1.0.1.)
+func CheckKernel() error {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	v, ok := parseKernelVersion(release)
+	if !ok {
+		return fmt.Errorf("cannot parse the kernel version %q", release)
+	}
+	if v[0] < MinKernel[0] || v[0] == MinKernel[0] && v[1] < MinKernel[1] {
+		return fmt.Errorf("nftables mode needs Linux %d.%d or later; this kernel is %s (use --proxy-mode=iptables)", MinKernel[0], MinKernel[1], release)
+	}
+	return nil
+}
+
+func parseKernelVersion(release string) ([2]int, bool) {
+	parts := strings.SplitN(release, ".", 3)
+	if len(parts) < 2 {
+		return [2]int{}, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor := parts[1]
+	if i := strings.IndexFunc(minor, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		minor = minor[:i]
+	}
+	min, err2 := strconv.Atoi(minor)
+	return [2]int{major, min}, err1 == nil && err2 == nil
+}
+
+// NewKernel returns a Proxier that programs this network namespace's
+// "svcproxy" table of cfg.Family, checking the kernel and nft first.
+func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	f := famOf(cfg.Family)
+	nft, err := knftables.New(f.family, TableName)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	p := New(cfg, nft, serviceCIDRs)
+	p.reader = newNetlinkReader(f.family)
+	return p, nil
+}
+
+// deleteTables deletes the named table in the ip and ip6 families, where it
+// exists.
+func deleteTables(ctx context.Context, name string) error {
+	for _, f := range []knftables.Family{knftables.IPv4Family, knftables.IPv6Family} {
+		nft, err := knftables.New(f, name)
+		if err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+		if _, err := nft.List(ctx, "chains"); knftables.IsNotFound(err) {
+			continue
+		}
+		tx := nft.NewTransaction()
+		tx.Delete(&knftables.Table{})
+		if err := nft.Run(ctx, tx); err != nil && !knftables.IsNotFound(err) {
+			return fmt.Errorf("delete table %s %s: %w", f, name, err)
+		}
+	}
+	return nil
+}
+
+// Cleanup deletes svcproxy's tables (ip and ip6 "svcproxy").
+func Cleanup(ctx context.Context) error { return deleteTables(ctx, TableName) }
+
+// CleanupKubeProxy deletes the tables upstream kube-proxy's nftables mode
+// leaves (ip and ip6 "kube-proxy"). Its iptables chains are removed by the
+// iptables package's Cleanup.
+func CleanupKubeProxy(ctx context.Context) error { return deleteTables(ctx, "kube-proxy") }

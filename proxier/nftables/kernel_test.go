@@ -1,0 +1,258 @@
+package nftables
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// enterNetns creates a network namespace with a unique name for this test
+// and moves the test's goroutine, locked to its OS thread, into it: nft,
+// sockets and netlink calls made from the test then act only there. The
+// thread is never unlocked, so Go discards it when the test ends; the
+// namespace is deleted at cleanup. It returns the namespace's name and an
+// fd for it.
+func enterNetns(t *testing.T) (string, int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("kernel test: needs root to create a network namespace (run make test as root)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatalf("kernel test: nft not found (run make deps): %v", err)
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "svpn-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	runtime.LockOSThread()
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("setns: %v", err)
+	}
+	return ns, fd
+}
+
+func sh(t *testing.T, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+	}
+	return string(out)
+}
+
+func kernelProxier(t *testing.T, fd int, cfg proxier.Config, cidrs []string) (*Proxier, knftables.Interface) {
+	t.Helper()
+	nft, err := knftables.New(famOf(cfg.Family).family, TableName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(cfg, nft, cidrs)
+	r := newNetlinkReader(famOf(cfg.Family).family)
+	r.netns = fd
+	p.reader = r
+	return p, nft
+}
+
+// content is the table's rules and elements, sorted, as knftables lists them.
+func content(t *testing.T, nft knftables.Interface) []string {
+	t.Helper()
+	ctx := context.Background()
+	var out []string
+	chains, err := nft.List(ctx, "chains")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chains {
+		rules, err := nft.ListRules(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			out = append(out, "rule "+c+" "+r.Rule)
+		}
+		if len(rules) == 0 {
+			out = append(out, "chain "+c)
+		}
+	}
+	for _, typ := range []string{"set", "map"} {
+		names, err := nft.List(ctx, typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			elems, err := nft.ListElements(ctx, typ, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, typ+" "+n)
+			for _, e := range elems {
+				out = append(out, fmt.Sprintf("element %s %v : %v", n, e.Key, e.Value))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestKernelNftables(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	if !p.LastResult().Full {
+		t.Errorf("first sync was not full")
+	}
+	if what, err := p.Check(ctx); err != nil || what != "" {
+		t.Fatalf("check after sync: %q, %v", what, err)
+	}
+
+	// An endpoint change goes as a small partial transaction, and leaves
+	// the same table a full sync of the new state makes.
+	web := *st.Services[3]
+	web.Endpoints = append(web.Endpoints[:1:1], ep("10.244.2.9", 8080, false))
+	st2 := *st
+	st2.Services = slices.Clone(st.Services)
+	st2.Services[3] = &web
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatalf("partial sync: %v", err)
+	}
+	if r := p.LastResult(); r.Full || r.Operations > 10 {
+		t.Errorf("partial sync: %+v", r)
+	}
+	incremental := content(t, nft)
+	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	if err := p2.Sync(ctx, &st2); err != nil {
+		t.Fatalf("full sync: %v", err)
+	}
+	if full := content(t, nft); !slices.Equal(incremental, full) {
+		t.Errorf("partial sync left a different table than a full sync:\nincremental:\n%s\nfull:\n%s",
+			strings.Join(incremental, "\n"), strings.Join(full, "\n"))
+	}
+
+	// Damage is noticed, and a forced full sync repairs it.
+	for _, damage := range [][]string{
+		{"nft", "flush", "chain", "ip", TableName, chServices},
+		{"nft", "flush", "chain", "ip", TableName, "lb-ip-2"},
+		{"nft", "delete", "table", "ip", TableName},
+		{"nft", "flush", "ruleset"},
+	} {
+		sh(t, damage...)
+		what, err := p.Check(ctx)
+		if err != nil || what == "" {
+			t.Errorf("%s: check found nothing (%v)", strings.Join(damage, " "), err)
+		}
+		p.ForceFullSync()
+		if err := p.Sync(ctx, &st2); err != nil {
+			t.Fatalf("repair after %s: %v", damage, err)
+		}
+		if what, err := p.Check(ctx); err != nil || what != "" {
+			t.Errorf("after repair of %s: %q, %v", damage, what, err)
+		}
+	}
+}
+
+// TestKernelNftablesTraffic sends real connections through a ClusterIP in
+// the namespace (nat output hook): they spread over the three endpoints,
+// and a service without endpoints is rejected at once.
+func TestKernelNftablesTraffic(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	sh(t, "ip", "link", "set", "lo", "up")
+	sh(t, "ip", "link", "add", "pods", "type", "veth", "peer", "name", "pods-peer")
+	sh(t, "ip", "link", "set", "pods", "up")
+	sh(t, "ip", "link", "set", "pods-peer", "up")
+	sh(t, "ip", "route", "add", "10.96.0.0/16", "dev", "pods")
+	eps := []string{"10.244.1.2", "10.244.1.3", "10.244.1.4"}
+	for _, ip := range eps {
+		sh(t, "ip", "addr", "add", ip+"/32", "dev", "pods")
+		l, err := net.Listen("tcp", ip+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s %s\n", l.Addr(), c.RemoteAddr())
+				c.Close()
+			}
+		}()
+	}
+	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	var web []proxier.Endpoint
+	for _, ip := range eps {
+		web = append(web, ep(ip, 8080, true))
+	}
+	st := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{
+		svc("ns", "web", proxier.TCP, "10.96.0.1", 80, web...),
+		svc("ns", "empty", proxier.TCP, "10.96.0.2", 80),
+	}}
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for i := 0; i < 60; i++ {
+		c, err := net.DialTimeout("tcp", "10.96.0.1:80", 2*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			t.Fatalf("reply %q", line)
+		}
+		got[f[0]]++
+	}
+	for _, ip := range eps {
+		if got[ip+":8080"] == 0 {
+			t.Errorf("endpoint %s got no connection: %v", ip, got)
+		}
+	}
+	if len(got) != len(eps) {
+		t.Errorf("connections went to %v, want only %v", got, eps)
+	}
+	t.Logf("60 connections: %v", got)
+
+	start := time.Now()
+	_, err := net.DialTimeout("tcp", "10.96.0.2:80", 2*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("service without endpoints: %v, want connection refused", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("rejection took %v", d)
+	}
+	// An unknown port of a ClusterIP is rejected too.
+	if _, err := net.DialTimeout("tcp", "10.96.0.1:81", 2*time.Second); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("unknown port of a ClusterIP: %v, want connection refused", err)
+	}
+}
