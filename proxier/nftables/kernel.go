@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 
@@ -61,6 +62,7 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	}
 	p := New(cfg, nft, serviceCIDRs)
 	p.reader = newNetlinkReader(f.family)
+	p.runText = execNFT
 	return p, nil
 }
 
@@ -91,3 +93,66 @@ func Cleanup(ctx context.Context) error { return deleteTables(ctx, TableName) }
 // leaves (ip and ip6 "kube-proxy"). Its iptables chains are removed by the
 // iptables package's Cleanup.
 func CleanupKubeProxy(ctx context.Context) error { return deleteTables(ctx, "kube-proxy") }
+
+// maxGroup bounds the elements in one grouped add-element command.
+const maxGroup = 20000
+
+// groupElements rewrites consecutive "add element <family> <table> <set> { e }"
+// lines of an nft -f text into one command per set (at most maxGroup
+// elements each). Other lines are kept in place and in order.
+func groupElements(text string) string {
+	var b strings.Builder
+	b.Grow(len(text))
+	var prefix string // "add element ip svcproxy NAME " of the open group
+	n := 0
+	closeGroup := func() {
+		if prefix != "" {
+			b.WriteString(" }\n")
+			prefix, n = "", 0
+		}
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" {
+			continue
+		}
+		open := strings.Index(line, "{ ")
+		if !strings.HasPrefix(line, "add element ") || open < 0 || !strings.HasSuffix(line, " }") {
+			closeGroup()
+			b.WriteString(line)
+			b.WriteByte('\n')
+			continue
+		}
+		head, elem := line[:open], line[open+2:len(line)-2]
+		if head != prefix || n >= maxGroup {
+			closeGroup()
+			prefix = head
+			b.WriteString(head)
+			b.WriteString("{ ")
+		} else {
+			b.WriteString(", ")
+		}
+		b.WriteString(elem)
+		n++
+	}
+	closeGroup()
+	return b.String()
+}
+
+// execNFT runs text with `nft -f -`.
+func execNFT(ctx context.Context, text string) error {
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(text)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("nft -f: %w: %s", err, firstLines(string(out), 6))
+	}
+	return nil
+}
+
+func firstLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	if len(lines) > n {
+		lines = lines[:n]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -161,3 +161,29 @@ func sortedLines(s string) string {
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
 }
+
+// BenchmarkPartialSync10k is the Go side of a one-endpoint change at 10,000
+// services (the transaction is built but not run).
+func BenchmarkPartialSync10k(b *testing.B) {
+	nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
+	p := New(testConfig(), nft, nil)
+	st := scaleState(10000)
+	ctx := context.Background()
+	if err := p.Sync(ctx, st); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		k := i % len(st.Services)
+		changed := *st.Services[k]
+		changed.Endpoints = append([]proxier.Endpoint(nil), changed.Endpoints...)
+		changed.Endpoints[5] = ep(fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255), 8080, false)
+		st2 := *st
+		st2.Services = append([]*proxier.Service(nil), st.Services...)
+		st2.Services[k] = &changed
+		if err := p.Sync(ctx, &st2); err != nil {
+			b.Fatal(err)
+		}
+		st = &st2
+	}
+}

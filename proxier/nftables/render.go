@@ -29,6 +29,7 @@ type affinityKey struct {
 
 // svcRender is everything one service port contributes to the table.
 type svcRender struct {
+	plan     proxier.ServicePlan
 	elems    []elem
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
@@ -39,7 +40,7 @@ func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Sec
 // renderService computes one service port's elements from its plan.
 func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
 	svc := sp.Svc
-	r := &svcRender{lbCounts: map[string]int{}}
+	r := &svcRender{plan: *sp, lbCounts: map[string]int{}}
 	proto := svc.Protocol.Lower()
 	port := strconv.Itoa(int(svc.Port))
 	dest := func(ip netip.Addr) []string { return []string{ip.String(), proto, port} }
@@ -126,8 +127,11 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
 	}
 
 	// Hairpin: an endpoint reaching itself through the service is SNATed.
+	// Only a pod on this node can send its own packets through this node.
 	for _, e := range sp.AllEndpoints {
-		add(sHairpin, []string{e.IP.String(), e.IP.String()})
+		if e.IsLocal {
+			add(sHairpin, []string{e.IP.String(), e.IP.String()})
+		}
 	}
 
 	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints {
