@@ -41,7 +41,7 @@ type Proxier struct {
 	reader   shapeReader // reads the kernel's table for Check; nil: no checks
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
-	runText func(ctx context.Context, text string) error
+	runText  func(ctx context.Context, text string) error
 	services map[*proxier.Service]*svcRender
 	elems    map[string]*elemRef
 	lbChains map[string]int
