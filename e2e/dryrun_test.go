@@ -30,7 +30,13 @@ func TestDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("svcproxy --dry-run: %v\nstderr:\n%s", err, stderr)
 	}
-	for _, want := range []string{"*nat", "*filter", "COMMIT", ":KUBE-SERVICES", svc.Spec.ClusterIP} {
+	wantText := []string{"*nat", "*filter", "COMMIT", ":KUBE-SERVICES", svc.Spec.ClusterIP}
+	dnats := harness.ServiceDNATs(out, svc.Namespace, svc.Name, "tcp")
+	if env.ProxyMode == "nftables" {
+		wantText = []string{"add table ip svcproxy", "add map ip svcproxy endpoints-ip-tcp", svc.Spec.ClusterIP}
+		dnats = harness.NFTServiceDNATs(out, svc.Spec.ClusterIP, "80")
+	}
+	for _, want := range wantText {
 		if !strings.Contains(out, want) {
 			c.Errorf("dry-run output lacks %q", want)
 		}
@@ -39,7 +45,7 @@ func TestDryRun(t *testing.T) {
 	for _, p := range backends {
 		want = append(want, net.JoinHostPort(p.IP, strconv.Itoa(harness.EchoPort)))
 	}
-	if got := harness.ServiceDNATs(out, svc.Namespace, svc.Name, "tcp"); strings.Join(got, ",") != strings.Join(want, ",") {
+	if got := dnats; strings.Join(got, ",") != strings.Join(want, ",") {
 		c.Errorf("dry-run DNATs %s/%s:tcp to %v, want %v", svc.Namespace, svc.Name, got, want)
 	}
 	if c.Failed() {

@@ -180,3 +180,20 @@ func (c *tc) checkSpread(rs []harness.Reply, want int, pods []*harness.Pod, want
 		}
 	}
 }
+
+// waitNFT waits until `nft list <what...>` in the node namespace contains
+// every one of parts.
+func (c *tc) waitNFT(what []string, parts ...string) string {
+	c.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := env.NFTList(c.ctx, what...)
+		if err == nil && containsAll(out, parts) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			c.Fatalf("nft list %v never showed %q (err %v):\n%s", what, parts, err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

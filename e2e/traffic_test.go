@@ -76,8 +76,12 @@ func TestNoEndpoints(t *testing.T) {
 			if tt.withSlice {
 				c.endpoints(svc)
 			}
-			c.waitRule("filter", svc.Spec.ClusterIP+"/32", "-p tcp", "REJECT")
-			c.waitRule("filter", svc.Spec.ClusterIP+"/32", "-p udp", "REJECT")
+			if env.ProxyMode == "iptables" {
+				c.waitRule("filter", svc.Spec.ClusterIP+"/32", "-p tcp", "REJECT")
+				c.waitRule("filter", svc.Spec.ClusterIP+"/32", "-p udp", "REJECT")
+			} else {
+				c.waitNFT([]string{"map", "ip", "svcproxy", "no-endpoint-services"}, svc.Spec.ClusterIP+" . tcp", svc.Spec.ClusterIP+" . udp")
+			}
 			for _, proto := range []string{"tcp", "udp"} {
 				start := time.Now()
 				rs := c.connect(client, harness.ClientOptions{Proto: proto, Target: target(svc, 80), Count: 3, Timeout: 5 * time.Second})

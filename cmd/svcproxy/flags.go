@@ -39,7 +39,15 @@ type options struct {
 	bridgeInterface    string
 	interfacePrefix    string
 	ruleCheckInterval  time.Duration
+
+	serviceCIDRs     []netip.Prefix // --service-cluster-ip-range
+	cleanupKubeProxy bool
 }
+
+// nftablesRuleCheckInterval is --rule-check-interval's default in nftables
+// mode, where a check reads four netlink dumps: a damaged table is repaired
+// well within a second.
+const nftablesRuleCheckInterval = 200 * time.Millisecond
 
 // parseFlags parses args (without the program name). Errors are one line
 // naming the offending flag.
@@ -50,7 +58,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; empty means in-cluster configuration.")
 	fs.StringVar(&o.master, "master", "", "Address of the Kubernetes API server (overrides the kubeconfig's).")
 	fs.StringVar(&o.hostnameOverride, "hostname-override", "", "Name of this node, if not the hostname.")
-	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables.")
+	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables or nftables.")
 	cidrs := fs.String("cluster-cidr", "", "Comma-separated pod CIDRs of the cluster; traffic to ClusterIPs from outside them is masqueraded.")
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to ClusterIPs.")
 	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "The fwmark bit (0-31) flagging packets for SNAT.")
@@ -66,7 +74,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
 	fs.StringVar(&o.bridgeInterface, "pod-bridge-interface", "", "The pod bridge, for --detect-local-mode=BridgeInterface.")
 	fs.StringVar(&o.interfacePrefix, "pod-interface-name-prefix", "", "The pod interface name prefix, for --detect-local-mode=InterfaceNamePrefix.")
-	fs.DurationVar(&o.ruleCheckInterval, "rule-check-interval", time.Second, "How often to check that no one flushed or removed svcproxy's rules (0 disables).")
+	fs.DurationVar(&o.ruleCheckInterval, "rule-check-interval", time.Second, "How often to check that no one flushed or removed svcproxy's rules (0 disables; default 1s, 200ms in nftables mode).")
+	scidrs := fs.String("service-cluster-ip-range", "", "Comma-separated Service CIDRs (one per family); in nftables mode, traffic to an unallocated ClusterIP in them is dropped.")
+	fs.BoolVar(&o.cleanupKubeProxy, "cleanup-kube-proxy", false, "nftables mode: at start, remove kube-proxy's iptables chains and its nftables tables (a one-step migration from kube-proxy).")
 	klog.InitFlags(fs)
 
 	if err := fs.Parse(args); err != nil {
@@ -79,13 +89,30 @@ func parseFlags(args []string) (*options, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch o.proxyMode {
 	case "", "iptables":
 		o.proxyMode = "iptables"
 	case "nftables":
-		return nil, errors.New(`--proxy-mode: "nftables" is not supported yet; use iptables`)
+		if !set["rule-check-interval"] {
+			o.ruleCheckInterval = nftablesRuleCheckInterval
+		}
 	default:
-		return nil, fmt.Errorf("--proxy-mode: unknown mode %q (want iptables)", o.proxyMode)
+		return nil, fmt.Errorf("--proxy-mode: unknown mode %q (want iptables or nftables)", o.proxyMode)
+	}
+	if o.cleanupKubeProxy && o.proxyMode != "nftables" {
+		return nil, errors.New("--cleanup-kube-proxy: only with --proxy-mode=nftables (in iptables mode svcproxy adopts kube-proxy's chains)")
+	}
+	for _, s := range strings.Split(*scidrs, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--service-cluster-ip-range: %q is not a CIDR", s)
+		}
+		o.serviceCIDRs = append(o.serviceCIDRs, p.Masked())
 	}
 	for _, s := range strings.Split(*cidrs, ",") {
 		if s = strings.TrimSpace(s); s == "" {

@@ -37,7 +37,20 @@ func TestParseFlags(t *testing.T) {
 			}
 		}},
 		{name: "unknown flag", args: []string{"--no-such-flag"}, wantErr: "no-such-flag"},
-		{name: "nftables not yet", args: []string{"--proxy-mode=nftables"}, wantErr: "--proxy-mode"},
+		{name: "nftables", args: []string{"--proxy-mode=nftables", "--service-cluster-ip-range=10.96.0.0/16,fd00:96::/112", "--cleanup-kube-proxy"},
+			check: func(t *testing.T, o *options) {
+				if o.proxyMode != "nftables" || len(o.serviceCIDRs) != 2 || !o.cleanupKubeProxy || o.ruleCheckInterval != nftablesRuleCheckInterval {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{name: "nftables explicit check interval", args: []string{"--proxy-mode=nftables", "--rule-check-interval=3s"},
+			check: func(t *testing.T, o *options) {
+				if o.ruleCheckInterval != 3*time.Second {
+					t.Errorf("rule check interval %v", o.ruleCheckInterval)
+				}
+			}},
+		{name: "cleanup-kube-proxy needs nftables", args: []string{"--cleanup-kube-proxy"}, wantErr: "--cleanup-kube-proxy"},
+		{name: "bad service range", args: []string{"--service-cluster-ip-range=10.96.0.0"}, wantErr: "--service-cluster-ip-range"},
 		{name: "bad mode", args: []string{"--proxy-mode=ipvs"}, wantErr: "--proxy-mode"},
 		{name: "bad cidr", args: []string{"--cluster-cidr=10.0.0.0/33"}, wantErr: "--cluster-cidr"},
 		{name: "bad bit", args: []string{"--iptables-masquerade-bit=32"}, wantErr: "--iptables-masquerade-bit"},

@@ -33,6 +33,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxier/conntrack"
 	"github.com/svcproxy/svcproxy/proxier/healthcheck"
 	"github.com/svcproxy/svcproxy/proxier/iptables"
+	"github.com/svcproxy/svcproxy/proxier/nftables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
 
@@ -60,8 +61,18 @@ func main() {
 	}
 }
 
-// cleanup removes svcproxy's (and kube-proxy's) rules in both families.
+// cleanup removes svcproxy's (and kube-proxy's) rules in both families and
+// both modes.
 func cleanup(ctx context.Context) error {
+	errs := []error{iptablesCleanup(ctx)}
+	if _, err := osexec.LookPath("nft"); err == nil {
+		errs = append(errs, nftables.Cleanup(ctx), nftables.CleanupKubeProxy(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// iptablesCleanup removes the KUBE-* chains and jumps in both families.
+func iptablesCleanup(ctx context.Context) error {
 	var errs []error
 	for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
 		bin := iptables.Detect(ctx, f)
@@ -85,7 +96,14 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	node := nodeInfo(ctx, o, client, nodeName)
-	families := usableFamilies(ctx, o.dryRun)
+	families := usableFamilies(ctx, o)
+	if o.cleanupKubeProxy && !o.dryRun {
+		// A one-step migration from kube-proxy: its rules go before ours
+		// arrive (kube-proxy itself must already be stopped).
+		if err := cleanupKubeProxy(ctx); err != nil {
+			return fmt.Errorf("--cleanup-kube-proxy: %w", err)
+		}
+	}
 
 	if o.dryRun {
 		states, err := syncer.Snapshot(ctx, client, nodeName, families...)
@@ -93,8 +111,13 @@ func run(ctx context.Context, o *options) error {
 			return err
 		}
 		for _, f := range families {
+			cfg := proxierConfig(o, f, node)
+			if o.proxyMode == "nftables" {
+				fmt.Print(nftables.DryRun(cfg, serviceCIDRs(o, f), states[f]))
+				continue
+			}
 			opt := iptables.Options{RandomFully: true, DropInvalid: true}
-			os.Stdout.Write(iptables.DryRun(proxierConfig(o, f, node), opt, states[f]))
+			os.Stdout.Write(iptables.DryRun(cfg, opt, states[f]))
 		}
 		return nil
 	}
@@ -103,22 +126,14 @@ func run(ctx context.Context, o *options) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxier.NewMetrics(reg)
 
-	var proxiers []*iptables.Proxier
+	var proxiers []backend
 	var hcServers []*healthcheck.Servers
 	for _, f := range families {
 		cfg := proxierConfig(o, f, node)
-		bin := iptables.Detect(ctx, f)
-		opt := iptables.Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
-		klog.InfoS("Using iptables", "family", f, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully,
-			"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
-		if f == proxier.IPv4 && cfg.LocalhostNodePorts {
-			// NodePorts on 127.0.0.1 need routing of localnet packets; the
-			// KUBE-FIREWALL rule keeps outside packets to 127/8 out.
-			if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0o644); err != nil {
-				klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
-			}
+		p, err := newBackend(ctx, o, cfg, metrics)
+		if err != nil {
+			return err
 		}
-		p := iptables.New(cfg, opt, iptables.NewExecRunner(bin))
 		family := f.String()
 		ct := conntrack.NewCleaner(f, func(n int) { metrics.ConntrackDeleted.WithLabelValues(family).Add(float64(n)) })
 		p.OnSynced(ct.Clean)
@@ -131,12 +146,6 @@ func run(ctx context.Context, o *options) error {
 				metrics.HealthCheckErrors.WithLabelValues(family).Inc()
 			}
 			return err
-		})
-		p.OnSynced(func(*proxier.Plan) error {
-			for table, n := range p.LastResult().Rules {
-				metrics.Rules.WithLabelValues(table, family).Set(float64(n))
-			}
-			return nil
 		})
 	}
 
@@ -186,18 +195,91 @@ func run(ctx context.Context, o *options) error {
 }
 
 // usableFamilies is IPv4, plus IPv6 when the node's kernel and tools have it.
-func usableFamilies(ctx context.Context, dryRun bool) []proxier.IPFamily {
+func usableFamilies(ctx context.Context, o *options) []proxier.IPFamily {
 	families := []proxier.IPFamily{proxier.IPv4}
-	if dryRun {
+	if o.dryRun {
 		return families
 	}
-	bin := iptables.Detect(ctx, proxier.IPv6)
-	if _, ok, err := iptables.NewExecRunner(bin).Rules(ctx, iptables.NAT, "PREROUTING"); err == nil && ok {
+	var err error
+	if o.proxyMode == "nftables" {
+		err = nftables.IPv6Usable(ctx)
+	} else {
+		bin := iptables.Detect(ctx, proxier.IPv6)
+		var ok bool
+		if _, ok, err = iptables.NewExecRunner(bin).Rules(ctx, iptables.NAT, "PREROUTING"); err == nil && !ok {
+			err = errors.New("no ip6tables nat table")
+		}
+	}
+	if err == nil {
 		families = append(families, proxier.IPv6)
 	} else {
 		klog.InfoS("IPv6 is not usable on this node; proxying IPv4 only", "err", err)
 	}
 	return families
+}
+
+// backend is one family's proxier, iptables or nftables.
+type backend interface {
+	syncer.Proxier
+	OnSynced(func(*proxier.Plan) error)
+	Monitor(ctx context.Context, interval time.Duration, resync func())
+}
+
+func newBackend(ctx context.Context, o *options, cfg proxier.Config, metrics *proxier.Metrics) (backend, error) {
+	family := cfg.Family.String()
+	if o.proxyMode == "nftables" {
+		p, err := nftables.NewKernel(cfg, serviceCIDRs(o, cfg.Family))
+		if err != nil {
+			return nil, err
+		}
+		klog.InfoS("Using nftables", "family", cfg.Family, "table", nftables.TableName,
+			"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
+		p.OnSynced(func(*proxier.Plan) error {
+			r := p.LastResult()
+			metrics.Rules.WithLabelValues("svcproxy", family).Set(float64(r.Elements))
+			return nil
+		})
+		return p, nil
+	}
+	bin := iptables.Detect(ctx, cfg.Family)
+	opt := iptables.Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
+	klog.InfoS("Using iptables", "family", cfg.Family, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully,
+		"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
+	if cfg.Family == proxier.IPv4 && cfg.LocalhostNodePorts {
+		// NodePorts on 127.0.0.1 need routing of localnet packets; the
+		// KUBE-FIREWALL rule keeps outside packets to 127/8 out.
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0o644); err != nil {
+			klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
+		}
+	}
+	p := iptables.New(cfg, opt, iptables.NewExecRunner(bin))
+	p.OnSynced(func(*proxier.Plan) error {
+		for table, n := range p.LastResult().Rules {
+			metrics.Rules.WithLabelValues(table, family).Set(float64(n))
+		}
+		return nil
+	})
+	return p, nil
+}
+
+// serviceCIDRs are the --service-cluster-ip-range CIDRs of family f.
+func serviceCIDRs(o *options, f proxier.IPFamily) []string {
+	var out []string
+	for _, p := range o.serviceCIDRs {
+		if f.Matches(p.Addr()) {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+// cleanupKubeProxy removes kube-proxy's iptables chains and nftables tables.
+func cleanupKubeProxy(ctx context.Context) error {
+	errs := []error{iptablesCleanup(ctx)}
+	if _, err := osexec.LookPath("nft"); err == nil {
+		errs = append(errs, nftables.CleanupKubeProxy(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 func nodeInfo(ctx context.Context, o *options, client kubernetes.Interface, name string) syncer.NodeInfo {

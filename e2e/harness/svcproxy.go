@@ -178,6 +178,9 @@ func (e *Env) WaitForServiceDNATs(ctx context.Context, timeout time.Duration, na
 	want = append([]string(nil), want...)
 	sort.Strings(want)
 	w := strings.Join(want, ",")
+	if e.ProxyMode == "nftables" {
+		return e.waitForNFTServiceDNATs(ctx, timeout, namespace, name, port, w)
+	}
 	return e.WaitForNAT(ctx, timeout, func(nat string) bool {
 		return strings.Join(ServiceDNATs(nat, namespace, name, port), ",") == w
 	})
@@ -219,7 +222,14 @@ func (e *Env) Diagnostics(ctx context.Context) string {
 		exited, err := p.Exited()
 		fmt.Fprintf(&b, "svcproxy (pid %d, exited=%v %v), last lines of %s:\n%s\n", p.Pid(), exited, err, p.LogPath, tailLog(p.LogPath, 30))
 	}
+	if e.ProxyMode == "nftables" {
+		out, err := e.NFTList(ctx, "ruleset")
+		fmt.Fprintf(&b, "nft list ruleset in %s (%v):\n%s\n", e.Node.Name, err, out)
+	}
 	for _, table := range []string{"filter", "nat"} {
+		if e.ProxyMode == "nftables" {
+			break
+		}
 		if out, err := e.IPTablesSave(ctx, table); err == nil {
 			fmt.Fprintf(&b, "iptables-save -t %s in %s:\n%s\n", table, e.Node.Name, out)
 		} else {

@@ -156,3 +156,10 @@ func firstLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// IPv6Usable reports (as an error) why this namespace cannot hold an ip6
+// table, or nil.
+func IPv6Usable(ctx context.Context) error {
+	_, err := knftables.New(knftables.IPv6Family, TableName)
+	return err
+}

@@ -146,6 +146,21 @@ func TestKernelNftables(t *testing.T) {
 	if r := p.LastResult(); r.Full || r.Operations > 10 {
 		t.Errorf("partial sync: %+v", r)
 	}
+	// A new endpoint count needs a new lb chain, added in a partial sync.
+	web4 := web
+	web4.Endpoints = append(slices.Clone(web.Endpoints), ep("10.244.2.10", 8080, false), ep("10.244.2.11", 8080, false))
+	st4 := st2
+	st4.Services = slices.Clone(st2.Services)
+	st4.Services[3] = &web4
+	if err := p.Sync(ctx, &st4); err != nil {
+		t.Fatalf("partial sync adding lb-ip-4: %v", err)
+	}
+	if r := p.LastResult(); r.Full || r.Operations == 0 {
+		t.Errorf("partial sync with a new lb chain: %+v", r)
+	}
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatalf("partial sync back to two endpoints: %v", err)
+	}
 	incremental := content(t, nft)
 	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
 	if err := p2.Sync(ctx, &st2); err != nil {
@@ -159,7 +174,7 @@ func TestKernelNftables(t *testing.T) {
 	// Damage is noticed, and a forced full sync repairs it.
 	for _, damage := range [][]string{
 		{"nft", "flush", "chain", "ip", TableName, chServices},
-		{"nft", "flush", "chain", "ip", TableName, "lb-ip-2"},
+		{"nft", "flush", "chain", "ip", TableName, "lb-ip-tcp-2"},
 		{"nft", "delete", "table", "ip", TableName},
 		{"nft", "flush", "ruleset"},
 	} {
@@ -208,6 +223,21 @@ func TestKernelNftablesTraffic(t *testing.T) {
 			}
 		}()
 	}
+	udp, err := net.ListenPacket("udp", "10.244.1.2:5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, from, err := udp.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udp.WriteTo(buf[:n], from)
+		}
+	}()
 	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
 	var web []proxier.Endpoint
 	for _, ip := range eps {
@@ -216,6 +246,7 @@ func TestKernelNftablesTraffic(t *testing.T) {
 	st := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{
 		svc("ns", "web", proxier.TCP, "10.96.0.1", 80, web...),
 		svc("ns", "empty", proxier.TCP, "10.96.0.2", 80),
+		svc("ns", "dns", proxier.UDP, "10.96.0.3", 53, ep("10.244.1.2", 5353, true)),
 	}}
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
@@ -244,8 +275,21 @@ func TestKernelNftablesTraffic(t *testing.T) {
 	}
 	t.Logf("60 connections: %v", got)
 
+	// UDP through the ClusterIP.
+	uc, err := net.Dial("udp", "10.96.0.3:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc.SetDeadline(time.Now().Add(2 * time.Second))
+	uc.Write([]byte("ping"))
+	buf := make([]byte, 10)
+	if n, err := uc.Read(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Errorf("UDP through the ClusterIP: %q, %v", buf[:n], err)
+	}
+	uc.Close()
+
 	start := time.Now()
-	_, err := net.DialTimeout("tcp", "10.96.0.2:80", 2*time.Second)
+	_, err = net.DialTimeout("tcp", "10.96.0.2:80", 2*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("service without endpoints: %v, want connection refused", err)
 	}

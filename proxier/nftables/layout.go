@@ -78,12 +78,28 @@ var (
 	pools       = []pool{poolIP, poolIPLocal, poolNP, poolNPLocal}
 )
 
-func (p pool) pickChain() string    { return "pick-" + p.name }
-func (p pool) countMap() string     { return "count-" + p.name }
-func (p pool) endpointsMap() string { return "endpoints-" + p.name }
-func (p pool) lbChain(k int) string { return fmt.Sprintf("lb-%s-%d", p.name, k) }
-func (p pool) lbPrefix() string     { return "lb-" + p.name + "-" }
-func isLBChain(name string) bool    { return strings.HasPrefix(name, "lb-") }
+func (p pool) pickChain() string { return "pick-" + p.name }
+func (p pool) countMap() string  { return "count-" + p.name }
+
+// protocols are the Service protocols. Endpoint maps and lb chains are per
+// protocol: a DNAT to an address and port carries a dependency on the
+// transport protocol, which nft takes from the map's value type.
+var protocols = []string{"tcp", "udp", "sctp"}
+
+func (p pool) endpointsMap(proto string) string { return "endpoints-" + p.name + "-" + proto }
+func (p pool) lbChain(proto string, k int) string {
+	return fmt.Sprintf("lb-%s-%s-%d", p.name, proto, k)
+}
+func (p pool) lbPrefix(proto string) string { return "lb-" + p.name + "-" + proto + "-" }
+
+// endpointsKeyExpr is the key of an endpoints map without the random index.
+func (p pool) endpointsKeyExpr(f fam, proto string) string {
+	if p.byPort {
+		return proto + " dport"
+	}
+	return f.ip + " daddr . " + proto + " dport"
+}
+func isLBChain(name string) bool { return strings.HasPrefix(name, "lb-") }
 func (p pool) keyExpr(f fam) string {
 	if p.byPort {
 		return "meta l4proto . th dport"
@@ -258,8 +274,13 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 		} else {
 			verdictMap(p.countMap(), svcKey)
 		}
-		sk.maps = append(sk.maps, &knftables.Map{Name: p.endpointsMap(),
-			TypeOf: p.keyExpr(f) + " . numgen random mod 1 : " + f.ip + " daddr . th dport"})
+		// Typed with the protocol's own "dport", never "th dport": nft
+		// 1.0.6 cannot read a "th dport" value back from the kernel (a later
+		// rule using the map fails with "conflicting protocols").
+		for _, proto := range protocols {
+			sk.maps = append(sk.maps, &knftables.Map{Name: p.endpointsMap(proto),
+				TypeOf: p.endpointsKeyExpr(f, proto) + " . numgen random mod 1 : " + f.ip + " daddr . " + proto + " dport"})
+		}
 	}
 	sk.sets = append(sk.sets,
 		&knftables.Set{Name: sClusterIPs, Type: f.addr},
@@ -271,7 +292,7 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 	for _, a := range affinity {
 		sk.sets = append(sk.sets, &knftables.Set{Name: affinitySet(a.proto, a.timeout), TypeOf: f.ip + " daddr . th dport"})
 		sk.maps = append(sk.maps, &knftables.Map{Name: affinityMap(a.proto, a.timeout),
-			TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . th dport",
+			TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . " + a.proto.Lower() + " dport",
 			Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
 			Timeout: ptr(secondsDuration(a.timeout))})
 	}

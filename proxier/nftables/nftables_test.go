@@ -55,13 +55,13 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 	dump := nft.Dump()
 	for _, want := range []string{
 		"add element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 : goto cluster-ip }",
-		"add element ip svcproxy count-ip { 10.96.0.1 . tcp . 80 : goto lb-ip-3 }",
-		"add element ip svcproxy endpoints-ip { 10.96.0.1 . tcp . 80 . 2 : 10.244.2.2 . 8080 }",
+		"add element ip svcproxy count-ip { 10.96.0.1 . tcp . 80 : goto lb-ip-tcp-3 }",
+		"add element ip svcproxy endpoints-ip-tcp { 10.96.0.1 . 80 . 2 : 10.244.2.2 . 8080 }",
 		"add element ip svcproxy no-endpoint-services { 10.96.0.2 . tcp . 80 : goto reject-chain }",
 		"add element ip svcproxy service-nodeports { tcp . 30443 : goto nodeport-local }",
-		"add element ip svcproxy count-np-local { tcp . 30443 : goto lb-np-local-1 }",
+		"add element ip svcproxy count-np-local { tcp . 30443 : goto lb-np-local-tcp-1 }",
 		"add element ip svcproxy firewall-allow { 1.2.3.4 . tcp . 443 . 203.0.113.0/25 }",
-		"add rule ip svcproxy lb-ip-3 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-ip",
+		"add rule ip svcproxy lb-ip-tcp-3 dnat ip to ip daddr . tcp dport . numgen random mod 3 map @endpoints-ip-tcp",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("dump lacks %q", want)

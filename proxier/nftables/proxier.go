@@ -61,6 +61,7 @@ type SyncResult struct {
 	Operations int
 	Services   int
 	Changed    int
+	Elements   int // set and map elements in the table after the sync
 }
 
 // New returns a Proxier for cfg.Family using nft, whose table must be
@@ -330,6 +331,7 @@ func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, bool, 
 			p.lastFull = p.now()
 		}
 		p.elems, p.lbChains, p.affinity = elems, lbChains, affinity
+		res.Elements = len(elems)
 		p.services = renders
 		p.skelKey, p.skel = skelKey, sk
 		p.node = node
@@ -388,8 +390,8 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 		}
 	}
 	for _, lb := range lbs {
-		pl, k, _ := lbChainPool(lb)
-		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, k)})
+		pl, proto, k, _ := lbChainPool(lb)
+		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
 	}
 	ids := make([]string, 0, len(elems))
 	for id := range elems {
@@ -402,10 +404,10 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 }
 
 func (p *Proxier) addLBChain(tx *knftables.Transaction, lb string) {
-	pl, k, _ := lbChainPool(lb)
+	pl, proto, k, _ := lbChainPool(lb)
 	tx.Add(&knftables.Chain{Name: lb})
 	tx.Flush(&knftables.Chain{Name: lb})
-	tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, k)})
+	tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
 }
 
 // isMap reports whether name is a map (elements carry values).

@@ -51,11 +51,13 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
 		if len(eps) == 0 {
 			return
 		}
-		lb := p.lbChain(len(eps))
+		lb := p.lbChain(proto, len(eps))
 		r.lbCounts[lb] = len(eps)
 		add(p.countMap(), key, "goto "+lb)
+		// The endpoints map is per protocol: its key has no protocol.
+		epKey := slices.Delete(slices.Clone(key), len(key)-2, len(key)-1)
 		for i, e := range eps {
-			add(p.endpointsMap(), append(slices.Clone(key), strconv.Itoa(i)), e.IP.String(), strconv.Itoa(int(e.Port)))
+			add(p.endpointsMap(proto), append(slices.Clone(epKey), strconv.Itoa(i)), e.IP.String(), strconv.Itoa(int(e.Port)))
 		}
 	}
 	noEndpoints := func(v proxier.Verdict) string {
@@ -153,18 +155,20 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
 }
 
 // lbRule is the single rule of a load-balancing chain.
-func lbRule(f fam, p pool, k int) string {
-	return fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", f.ip, p.keyExpr(f), k, p.endpointsMap())
+func lbRule(f fam, p pool, proto string, k int) string {
+	return fmt.Sprintf("dnat %s to %s . numgen random mod %d map @%s", f.ip, p.endpointsKeyExpr(f, proto), k, p.endpointsMap(proto))
 }
 
-// lbChainPool returns the pool and count of an lb chain name.
-func lbChainPool(name string) (pool, int, bool) {
+// lbChainPool returns the pool, protocol and count of an lb chain name.
+func lbChainPool(name string) (pool, string, int, bool) {
 	for _, p := range pools {
-		if rest, ok := strings.CutPrefix(name, p.lbPrefix()); ok {
-			if k, err := strconv.Atoi(rest); err == nil {
-				return p, k, true
+		for _, proto := range protocols {
+			if rest, ok := strings.CutPrefix(name, p.lbPrefix(proto)); ok {
+				if k, err := strconv.Atoi(rest); err == nil {
+					return p, proto, k, true
+				}
 			}
 		}
 	}
-	return pool{}, 0, false
+	return pool{}, "", 0, false
 }
