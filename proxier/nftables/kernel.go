@@ -1,8 +1,10 @@
 package nftables
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -94,59 +96,27 @@ func Cleanup(ctx context.Context) error { return deleteTables(ctx, TableName) }
 // iptables package's Cleanup.
 func CleanupKubeProxy(ctx context.Context) error { return deleteTables(ctx, "kube-proxy") }
 
-// maxGroup bounds the elements in one grouped add-element command.
+// maxGroup bounds the elements of one add-element command.
 const maxGroup = 20000
 
-// groupElements rewrites consecutive "add element <family> <table> <set> { e }"
-// lines of an nft -f text into one command per set (at most maxGroup
-// elements each). Other lines are kept in place and in order.
-func groupElements(text string) string {
-	var b strings.Builder
-	b.Grow(len(text))
-	var prefix string // "add element ip svcproxy NAME " of the open group
-	n := 0
-	closeGroup := func() {
-		if prefix != "" {
-			b.WriteString(" }\n")
-			prefix, n = "", 0
-		}
-	}
-	for _, line := range strings.Split(text, "\n") {
-		if line == "" {
-			continue
-		}
-		open := strings.Index(line, "{ ")
-		if !strings.HasPrefix(line, "add element ") || open < 0 || !strings.HasSuffix(line, " }") {
-			closeGroup()
-			b.WriteString(line)
-			b.WriteByte('\n')
-			continue
-		}
-		head, elem := line[:open], line[open+2:len(line)-2]
-		if head != prefix || n >= maxGroup {
-			closeGroup()
-			prefix = head
-			b.WriteString(head)
-			b.WriteString("{ ")
-		} else {
-			b.WriteString(", ")
-		}
-		b.WriteString(elem)
-		n++
-	}
-	closeGroup()
-	return b.String()
-}
-
-// execNFT runs text with `nft -f -`.
-func execNFT(ctx context.Context, text string) error {
+// execNFT runs `nft -f -`, streaming what write writes into it.
+func execNFT(ctx context.Context, write func(io.Writer) error) error {
 	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(text)
-	out, err := cmd.CombinedOutput()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return fmt.Errorf("nft -f: %w: %s", err, firstLines(string(out), 6))
+		return err
 	}
-	return nil
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("nft: %w", err)
+	}
+	werr := write(stdin)
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("nft -f: %w: %s", err, firstLines(out.String(), 6))
+	}
+	return werr
 }
 
 func firstLines(s string, n int) string {

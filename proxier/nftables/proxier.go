@@ -1,8 +1,10 @@
 package nftables
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -41,7 +43,7 @@ type Proxier struct {
 	reader   shapeReader // reads the kernel's table for Check; nil: no checks
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
-	runText  func(ctx context.Context, text string) error
+	runText  func(ctx context.Context, write func(io.Writer) error) error
 	services map[*proxier.Service]*svcRender
 	elems    map[string]*elemRef
 	lbChains map[string]int
@@ -99,21 +101,71 @@ func (p *Proxier) OnSynced(f func(*proxier.Plan) error) {
 // syntax. It never touches the kernel.
 func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string {
 	p := New(cfg, knftables.NewFake(famOf(cfg.Family).family, TableName), serviceCIDRs)
-	tx, _, _ := p.transaction(st)
-	return groupElements(tx.String())
+	pd := p.transaction(st, false)
+	var b strings.Builder
+	p.writeText(&b, pd)
+	return b.String()
+}
+
+// pending is a transaction built but not yet run.
+type pending struct {
+	tx   *knftables.Transaction
+	full bool
+	// elems is every element of a full sync whose elements are not in tx
+	// (they are written as text, grouped per set).
+	elems  map[string]*elemRef
+	commit func() *proxier.Plan
+}
+
+// writeText writes pd as nft -f input: tx, then pd.elems with one command
+// per set or map (at most maxGroup elements each), sorted.
+func (p *Proxier) writeText(w io.Writer, pd *pending) error {
+	bw := bufio.NewWriterSize(w, 1<<16)
+	bw.WriteString(pd.tx.String())
+	ids := make([]string, 0, len(pd.elems))
+	for id := range pd.elems {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	cur, n := "", 0
+	for _, id := range ids {
+		e := pd.elems[id].e
+		if e.set != cur || n >= maxGroup {
+			if cur != "" {
+				bw.WriteString(" }\n")
+			}
+			cur, n = e.set, 0
+			fmt.Fprintf(bw, "add element %s %s %s { ", p.f.family, TableName, e.set)
+		} else {
+			bw.WriteString(", ")
+		}
+		n++
+		bw.WriteString(strings.Join(e.key, " . "))
+		if len(e.value) > 0 {
+			bw.WriteString(" : ")
+			bw.WriteString(strings.Join(e.value, " . "))
+		}
+	}
+	if cur != "" {
+		bw.WriteString(" }\n")
+	}
+	return bw.Flush()
 }
 
 // Sync makes the table hold the rules for st, then runs the after-sync steps.
 func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	p.mu.Lock()
-	tx, full, commit := p.transaction(st)
+	textMode := p.runText != nil
+	pd := p.transaction(st, !textMode)
+	tx := pd.tx
 	var err error
 	switch {
-	case tx.NumOperations() == 0:
-	case full && p.runText != nil:
+	case pd.full && textMode:
 		// A full sync loads every element: one command per set or map
-		// instead of one per element makes nft several times faster.
-		err = p.runText(ctx, groupElements(tx.String()))
+		// instead of one per element makes nft several times faster, and
+		// the text streams into nft as it is written.
+		err = p.runText(ctx, func(w io.Writer) error { return p.writeText(w, pd) })
+	case tx.NumOperations() == 0:
 	default:
 		err = p.nft.Run(ctx, tx)
 	}
@@ -125,7 +177,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		}
 		return fmt.Errorf("%v nftables sync: %w", p.cfg.Family, err)
 	}
-	plan := commit()
+	plan := pd.commit()
 	after := slices.Clone(p.after)
 	p.mu.Unlock()
 	for _, f := range after {
@@ -138,7 +190,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 
 // transaction builds the transaction for st and returns it with a commit
 // function that records it as applied (to be called once it succeeded).
-func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, bool, func() *proxier.Plan) {
+// On a full sync, elements go into the transaction only when elemsInTx;
+// otherwise they are returned in pending.elems.
+func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	tx := p.nft.NewTransaction()
 	node := [2]string{st.NodeName, st.NodeZone}
 	full := !p.synced || node != p.node || p.now().Sub(p.lastFull) > p.FullSyncPeriod
@@ -244,12 +298,12 @@ func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, bool, 
 	if !full && skelKey != p.skelKey {
 		// A new affinity map (or config change): rewrite everything.
 		p.synced = false
-		return p.transaction(st)
+		return p.transaction(st, elemsInTx)
 	}
 
 	res := SyncResult{Full: full, Services: len(st.Services), Changed: len(changed) + len(removed)}
 	if full {
-		p.writeFull(tx, sk, elems, lbChains)
+		p.writeFull(tx, sk, elems, lbChains, elemsInTx)
 	} else {
 		// New lb chains first, so elements can refer to them; stale ones
 		// last, once no element refers to them.
@@ -339,7 +393,12 @@ func (p *Proxier) transaction(st *proxier.State) (*knftables.Transaction, bool, 
 		p.last = res
 		return plan
 	}
-	return tx, full, commit
+	pd := &pending{tx: tx, full: full, commit: commit}
+	if full && !elemsInTx {
+		pd.elems = elems
+		res.Operations += len(elems)
+	}
+	return pd
 }
 
 // addRender adds (sign 1) a render's contributions to an index.
@@ -362,7 +421,7 @@ func addRender(elems map[string]*elemRef, lb map[string]int, aff map[affinityKey
 
 // writeFull replaces the whole table, atomically: packets see either the old
 // table or the new one, never none.
-func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[string]*elemRef, lbChains map[string]int) {
+func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[string]*elemRef, lbChains map[string]int, withElems bool) {
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
 	tx.Delete(&knftables.Table{})
@@ -392,6 +451,9 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 	for _, lb := range lbs {
 		pl, proto, k, _ := lbChainPool(lb)
 		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
+	}
+	if !withElems {
+		return
 	}
 	ids := make([]string, 0, len(elems))
 	for id := range elems {

@@ -1,0 +1,301 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/svcproxy/svcproxy/e2e/harness"
+)
+
+// scaleServices is the number of Services of TestScale
+// (SVCPROXY_E2E_SCALE_SERVICES overrides it).
+func scaleServices() int {
+	if n, err := strconv.Atoi(os.Getenv("SVCPROXY_E2E_SCALE_SERVICES")); err == nil && n > 0 {
+		return n
+	}
+	return 10000
+}
+
+// TestScale (nftables mode): with 10,000 Services of 10 endpoints each in
+// the API server, it measures
+//   - cold start: svcproxy restarted on a node without its table, from
+//     process start to the first sync and how long that sync took;
+//   - single-change latency: an EndpointSlice update (one endpoint
+//     replaced) from the API write to the new element appearing in the
+//     kernel, watched with `nft monitor`; p50 and max of 20 changes.
+//
+// The bar (issue 4): cold start ≤ 3 s, change p50 ≤ 20 ms.
+func TestScale(t *testing.T) {
+	c := begin(t, true)
+	if env.ProxyMode != "nftables" {
+		t.Skip("the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	n := scaleServices()
+	const ns = "scale"
+	if err := env.EnsureNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	cfg := *env.RestConfig
+	cfg.QPS, cfg.Burst = -1, 0 // no client-side throttling
+	client, err := kubernetes.NewForConfig(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	client, err = kubernetes.NewForConfig(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// svcproxy is stopped while the Services are written (and deleted), so
+	// that its start afterwards is a true cold start; it runs again after.
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Logf("svcproxy stop: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		env.StopSvcproxy(syscall.SIGTERM)
+		start := time.Now()
+		client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < n; i += 16 {
+					client.CoreV1().Services(ns).Delete(ctx, fmt.Sprintf("s%05d", i), metav1.DeleteOptions{})
+				}
+			}(w)
+		}
+		wg.Wait()
+		t.Logf("timing: deleted the scale Services in %v", time.Since(start).Round(time.Millisecond))
+		if _, err := env.StartSvcproxy(ctx); err != nil {
+			t.Errorf("restart svcproxy: %v", err)
+		} else if err := env.WaitSvcproxySynced(ctx, time.Minute); err != nil {
+			t.Errorf("restart svcproxy: %v", err)
+		}
+	})
+
+	// Create n Services with 10 endpoints each, with 16 writers.
+	start := time.Now()
+	svcs := make([]*v1.Service, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < n; i += 16 {
+				svc, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("s%05d", i)},
+					Spec: v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				svcs[i] = svc
+				if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, scaleSlice(svc, i, 0), metav1.CreateOptions{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("creating Services: %v", err)
+	}
+	c.since(fmt.Sprintf("created %d Services and EndpointSlices (10 endpoints each)", n), start)
+
+	// Cold start: no table, everything already in the API.
+	if _, err := env.Node.Run(ctx, "nft", "delete", "table", "ip", "svcproxy"); err != nil {
+		t.Fatalf("delete table: %v", err)
+	}
+	last := svcs[n-1]
+	restart := time.Now()
+	if _, err := env.StartSvcproxy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitSvcproxySynced(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	startToSynced := time.Since(restart)
+	syncDur := firstFullSync(t)
+	t.Logf("RESULT cold start with %d Services x 10 endpoints: process start to first sync done %v; the full sync itself took %v",
+		n, startToSynced.Round(time.Millisecond), syncDur.Round(time.Millisecond))
+	if syncDur > 3*time.Second {
+		t.Errorf("cold full sync took %v, want <= 3s", syncDur)
+	}
+	c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
+
+	// Single-change latency, seen by `nft monitor` in the kernel.
+	// stdbuf: nft's stdout is a pipe here, which libc would buffer.
+	mon := env.Node.Command(ctx, "stdbuf", "-oL", "nft", "monitor", "new", "elements")
+	stdout, err := mon.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { mon.Process.Kill(); mon.Wait() }()
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// nft monitor reads the ruleset first; it is ready when it reports an
+	// element added to a probe table of our own.
+	if _, err := env.Node.Run(ctx, "nft", "add table ip e2eprobe; add set ip e2eprobe s { type ipv4_addr; }"); err != nil {
+		t.Fatal(err)
+	}
+	defer env.Node.Run(context.Background(), "nft", "delete", "table", "ip", "e2eprobe")
+	ready := time.Now()
+	for k := 1; ; k++ {
+		probe := fmt.Sprintf("192.0.2.%d", k%250+1)
+		env.Node.Run(ctx, "nft", "add element ip e2eprobe s { "+probe+" }")
+		if waitLine(lines, probe, time.Second) == nil {
+			break
+		}
+		if time.Since(ready) > time.Minute {
+			t.Fatal("nft monitor never reported the probe element")
+		}
+	}
+	c.since("nft monitor ready", ready)
+	var lat []time.Duration
+	for k := 1; k <= 20; k++ {
+		i := (k * 499) % n
+		slice := scaleSlice(svcs[i], i, k)
+		want := slice.Endpoints[5].Addresses[0]
+		cur, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, slice.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slice.ResourceVersion = cur.ResourceVersion
+		t0 := time.Now()
+		if _, err := client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitLine(lines, want+" . 8080", 10*time.Second); err != nil {
+			t.Fatalf("change %d (%s): %v", k, want, err)
+		}
+		lat = append(lat, time.Since(t0))
+		time.Sleep(300 * time.Millisecond)
+	}
+	slices.Sort(lat)
+	p50, maxLat := lat[len(lat)/2], lat[len(lat)-1]
+	t.Logf("RESULT single endpoint change with %d Services, API write to kernel (nft monitor): p50 %v, max %v, all %v",
+		n, p50.Round(100*time.Microsecond), maxLat.Round(100*time.Microsecond), lat)
+	if p50 > 20*time.Millisecond {
+		t.Errorf("single-change latency p50 %v, want <= 20ms", p50)
+	}
+}
+
+// scaleIPs are the 10 endpoint IPs of scale Service i at generation g.
+func scaleIPs(i, g int) []string {
+	ips := make([]string, 10)
+	for j := range ips {
+		ips[j] = fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255)
+	}
+	if g > 0 {
+		ips[5] = fmt.Sprintf("10.251.%d.%d", g, i&255)
+	}
+	return ips
+}
+
+func scaleSlice(svc *v1.Service, i, g int) *discovery.EndpointSlice {
+	es := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: svc.Namespace,
+			Name:      harness.SliceName(svc.Name),
+			Labels:    map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"},
+		},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](8080)}},
+	}
+	for _, ip := range scaleIPs(i, g) {
+		es.Endpoints = append(es.Endpoints, discovery.Endpoint{
+			Addresses:  []string{ip},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
+			NodeName:   ptr.To("node-2"),
+		})
+	}
+	return es
+}
+
+// waitDNATsTo waits until the Service's "http" port goes to ips:8080.
+func (c *tc) waitDNATsTo(svc *v1.Service, ips []string, timeout time.Duration) {
+	c.Helper()
+	want := make([]string, len(ips))
+	for i, ip := range ips {
+		want[i] = ip + ":8080"
+	}
+	if _, err := env.WaitForServiceDNATs(context.Background(), timeout, svc.Namespace, svc.Name, "http", want...); err != nil {
+		c.Fatalf("%s/%s never went to %v: %v", svc.Namespace, svc.Name, ips, err)
+	}
+}
+
+// waitLine waits for a line containing s.
+func waitLine(lines <-chan string, s string, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return fmt.Errorf("nft monitor ended before %q", s)
+			}
+			if strings.Contains(l, s) {
+				return nil
+			}
+		case <-deadline:
+			return fmt.Errorf("no %q from nft monitor within %v", s, timeout)
+		}
+	}
+}
+
+var fullSyncRe = regexp.MustCompile(`"Synced" ipFamily="IPv4" duration="([^"]+)".*fullRebuild=true`)
+
+// firstFullSync is the duration of the last svcproxy run's first IPv4 full
+// sync, from its log.
+func firstFullSync(t *testing.T) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(env.Svcproxy().LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := strings.Split(string(b), "\n=== ")
+	m := fullSyncRe.FindStringSubmatch(runs[len(runs)-1])
+	if m == nil {
+		t.Fatalf("no full IPv4 sync in svcproxy's log")
+	}
+	d, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
