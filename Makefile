@@ -9,7 +9,7 @@ BIN     ?= bin
 PKGS    := ./...
 GOTEST  ?= $(GO) test -count=1
 
-.PHONY: all build test unit kernel e2e demo lint deps clean
+.PHONY: all build test unit kernel e2e e2e-run demo lint deps clean
 
 all: build
 
@@ -34,11 +34,16 @@ kernel: deps
 	$(GOTEST) -run Kernel -v ./proxier/...
 
 e2e: deps
-	$(GOTEST) -timeout 30m -v ./e2e/...
+	$(MAKE) --no-print-directory e2e-run
 
 test: deps lint
 	$(GOTEST) -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+	$(MAKE) --no-print-directory e2e-run
+
+# e2e-run runs the whole suite once per proxy mode.
+e2e-run:
 	$(GOTEST) -timeout 30m -v ./e2e/...
+	SVCPROXY_E2E_PROXY_MODE=nftables $(GOTEST) -timeout 30m -v ./e2e/
 
 demo: deps
 	$(GO) run ./e2e/cmd/demo

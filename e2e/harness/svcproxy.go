@@ -23,6 +23,7 @@ func (e *Env) SvcproxyArgs(extra ...string) []string {
 		"--hostname-override", NodeName,
 		"--proxy-mode", e.ProxyMode,
 		"--cluster-cidr", ClusterCIDR,
+		"--service-cluster-ip-range", ServiceCIDR,
 		"--iptables-min-sync-period", "100ms",
 		"--metrics-bind-address", MetricsAddr,
 		"--healthz-bind-address", HealthzAddr,
