@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/klog/v2"
+	"github.com/svcproxy/svcproxy/proxier"
 )
 
 // probeChains are chains whose content any flush of their table (iptables
@@ -74,29 +74,8 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-// Monitor checks every interval that the rules are still in place (see
-// Check). When something is gone — another agent flushed a table or removed
-// our rules — it forces a full sync and calls resync so it happens now.
+// Monitor checks every interval that the rules are in place (see Check) and
+// has them rewritten at once when they are not (see proxier.Monitor).
 func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		missing, err := p.Check(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				klog.V(2).InfoS("Rule check failed", "family", p.cfg.Family, "err", err)
-			}
-			continue
-		}
-		if missing != "" {
-			klog.InfoS("Rules altered by someone else; rewriting them", "family", p.cfg.Family, "missing", missing)
-			p.ForceFullSync()
-			resync()
-		}
-	}
+	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)
 }

@@ -10,7 +10,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxier"
 	"sigs.k8s.io/knftables"
 )
 
@@ -94,29 +95,10 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 	return want.diff(got), nil
 }
 
-// Monitor checks every interval that the table is intact (see Check). When
-// it is not — someone ran `nft flush ruleset`, deleted the table, flushed a
-// chain — it forces a full sync and calls resync so that it happens now.
+// Monitor checks every interval that the rules are in place (see Check) and
+// has them rewritten at once when they are not (see proxier.Monitor).
 func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		what, err := p.Check(ctx)
-		if err != nil {
-			klog.V(2).InfoS("Cannot check the nftables table", "family", p.cfg.Family, "err", err)
-			continue
-		}
-		if what != "" {
-			klog.InfoS("Table altered by someone else; rewriting it", "family", p.cfg.Family, "what", what)
-			p.ForceFullSync()
-			resync()
-		}
-	}
+	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)
 }
 
 // netlinkReader reads the shape over netlink with four dumps (tables,

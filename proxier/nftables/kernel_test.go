@@ -302,23 +302,6 @@ func TestKernelNftablesTraffic(t *testing.T) {
 	}
 }
 
-// scaleState is n services of 10 endpoints each; every tenth has a NodePort.
-func scaleState(n int) *proxier.State {
-	svcs := make([]*proxier.Service, 0, n)
-	for i := 0; i < n; i++ {
-		eps := make([]proxier.Endpoint, 0, 10)
-		for j := 0; j < 10; j++ {
-			eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, j == 0))
-		}
-		s := svc("ns", fmt.Sprintf("svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, eps...)
-		if i%10 == 0 {
-			s.NodePort = int32(30000 + i/10)
-		}
-		svcs = append(svcs, s)
-	}
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
-}
-
 // BenchmarkKernelNftables10k measures, in a throwaway namespace, the cold
 // full sync of 10,000 services × 10 endpoints (cold-ms) and then one
 // endpoint change (b.N partial syncs).

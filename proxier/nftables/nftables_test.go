@@ -105,19 +105,8 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 func TestIncrementalCostIsConstant(t *testing.T) {
 	ops := map[int]int{}
 	for _, n := range []int{10, 10000} {
-		var svcs []*proxier.Service
-		for i := 0; i < n; i++ {
-			var eps []proxier.Endpoint
-			for j := 0; j < 10; j++ {
-				eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, j == 0))
-			}
-			s := svc("ns", fmt.Sprintf("svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, eps...)
-			if i%10 == 0 {
-				s.NodePort = int32(30000 + i/10)
-			}
-			svcs = append(svcs, s)
-		}
-		st := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
+		st := scaleState(n)
+		svcs := st.Services
 		// knftables' Fake looks elements up linearly; at 10,000 services a
 		// recorder that only counts is what the test needs.
 		nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
@@ -186,4 +175,21 @@ func BenchmarkPartialSync10k(b *testing.B) {
 		}
 		st = &st2
 	}
+}
+
+// scaleState is n services of 10 endpoints each; every tenth has a NodePort.
+func scaleState(n int) *proxier.State {
+	svcs := make([]*proxier.Service, 0, n)
+	for i := 0; i < n; i++ {
+		eps := make([]proxier.Endpoint, 0, 10)
+		for j := 0; j < 10; j++ {
+			eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, j == 0))
+		}
+		s := svc("ns", fmt.Sprintf("svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, eps...)
+		if i%10 == 0 {
+			s.NodePort = int32(30000 + i/10)
+		}
+		svcs = append(svcs, s)
+	}
+	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
 }
