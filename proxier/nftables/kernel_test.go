@@ -357,3 +357,31 @@ func BenchmarkKernelNftables10k(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(cold.Milliseconds()), "cold-ms")
 }
+
+// TestKernelCleanup: --cleanup-kube-proxy removes kube-proxy's tables and
+// leaves ours; --cleanup removes ours.
+func TestKernelCleanup(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	sh(t, "nft", "add table ip kube-proxy; add chain ip kube-proxy services; add table ip6 kube-proxy; add table ip other")
+	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	if err := p.Sync(ctx, testState()); err != nil {
+		t.Fatal(err)
+	}
+	if err := CleanupKubeProxy(ctx); err != nil {
+		t.Fatalf("CleanupKubeProxy: %v", err)
+	}
+	tables := sh(t, "nft", "list", "tables")
+	if strings.Contains(tables, "kube-proxy") || !strings.Contains(tables, "table ip svcproxy") || !strings.Contains(tables, "table ip other") {
+		t.Errorf("after CleanupKubeProxy: %q, want svcproxy and other only", tables)
+	}
+	if err := Cleanup(ctx); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if err := Cleanup(ctx); err != nil {
+		t.Fatalf("Cleanup twice: %v", err)
+	}
+	if tables := sh(t, "nft", "list", "tables"); strings.TrimSpace(tables) != "table ip other" {
+		t.Errorf("after Cleanup: %q, want only the unrelated table", tables)
+	}
+}
