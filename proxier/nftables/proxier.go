@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -207,13 +208,15 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		// only on the service and the node, and a node change is a full sync.
 		if r, ok := p.services[svc]; ok && !full {
 			renders[svc] = r
-			plan.Services = append(plan.Services, r.plan)
 			continue
 		}
-		sp := proxier.PlanService(p.cfg, st, svc)
-		plan.Services = append(plan.Services, sp)
-		renders[svc] = renderService(p.cfg, &sp)
 		changed = append(changed, svc)
+	}
+	for i, r := range renderAll(p.cfg, st, changed) {
+		renders[changed[i]] = r
+	}
+	for _, svc := range st.Services {
+		plan.Services = append(plan.Services, renders[svc].plan)
 	}
 	var removed []*svcRender
 	if !full {
@@ -511,4 +514,26 @@ func deref[T any](v *T) any {
 		return nil
 	}
 	return *v
+}
+
+// renderAll plans and renders svcs, on every CPU when there are many.
+func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service) []*svcRender {
+	out := make([]*svcRender, len(svcs))
+	workers := runtime.GOMAXPROCS(0)
+	if len(svcs) < 1000 || workers < 2 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < len(svcs); i += workers {
+				sp := proxier.PlanService(cfg, st, svcs[i])
+				out[i] = renderService(cfg, &sp)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return out
 }
