@@ -106,6 +106,7 @@ type ClientOptions struct {
 	Timeout  time.Duration // per attempt; default 2s
 	Interval time.Duration
 	SrcPort  int
+	SrcIP    string
 }
 
 func (o ClientOptions) args() []string {
@@ -126,6 +127,9 @@ func (o ClientOptions) args() []string {
 	}
 	if o.SrcPort > 0 {
 		a = append(a, "--src-port", strconv.Itoa(o.SrcPort))
+	}
+	if o.SrcIP != "" {
+		a = append(a, "--src-ip", o.SrcIP)
 	}
 	return a
 }

@@ -124,6 +124,7 @@ func client(args []string) error {
 	timeout := fs.Duration("timeout", 2*time.Second, "per-attempt timeout (connect plus reply)")
 	interval := fs.Duration("interval", 0, "pause between attempts")
 	srcPort := fs.Int("src-port", 0, "local port to send from (0: any)")
+	srcIP := fs.String("src-ip", "", "local address to send from (empty: any)")
 	fs.Parse(args)
 
 	if *proto != "tcp" && *proto != "udp" {
@@ -150,7 +151,7 @@ func client(args []string) error {
 		if n > 0 && *interval > 0 {
 			time.Sleep(*interval)
 		}
-		line := attempt(*proto, *target, *timeout, *srcPort)
+		line := attempt(*proto, *target, *timeout, *srcIP, *srcPort)
 		if strings.HasPrefix(line, "ERR ") {
 			failed++
 		}
@@ -163,15 +164,16 @@ func client(args []string) error {
 
 // attempt makes one connection (TCP) or sends one datagram from a fresh
 // socket (UDP) and returns the reply line or "ERR <reason>".
-func attempt(proto, target string, timeout time.Duration, srcPort int) string {
+func attempt(proto, target string, timeout time.Duration, srcIP string, srcPort int) string {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	d := net.Dialer{}
-	if srcPort > 0 {
+	if srcPort > 0 || srcIP != "" {
+		ip := net.ParseIP(srcIP)
 		if proto == "tcp" {
-			d.LocalAddr = &net.TCPAddr{Port: srcPort}
+			d.LocalAddr = &net.TCPAddr{IP: ip, Port: srcPort}
 		} else {
-			d.LocalAddr = &net.UDPAddr{Port: srcPort}
+			d.LocalAddr = &net.UDPAddr{IP: ip, Port: srcPort}
 		}
 		d.Control = func(network, address string, c syscall.RawConn) error {
 			var serr error
