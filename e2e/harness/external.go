@@ -42,9 +42,14 @@ func (e *Env) RouteToNode(ctx context.Context, vip string) error {
 // ExternalConnect runs `echo client` in the ext namespace (outside the
 // cluster) to completion. Set opts.SrcIP to ExtAllowedIP or ExtBlockedIP.
 func (e *Env) ExternalConnect(ctx context.Context, opts ClientOptions) ([]Reply, error) {
-	log := filepath.Join(e.LogDir, fmt.Sprintf("client-ext-%d.log", extClients.Add(1)))
+	return e.ConnectFrom(ctx, e.Ext, opts)
+}
+
+// ConnectFrom runs `echo client` in ns (the node's, say) to completion.
+func (e *Env) ConnectFrom(ctx context.Context, ns *Netns, opts ClientOptions) ([]Reply, error) {
+	log := filepath.Join(e.LogDir, fmt.Sprintf("client-%s-%d.log", ns.Name, extClients.Add(1)))
 	var out bytes.Buffer
-	proc, err := startProcess(e.Ext, "echo client in ext", log, &out, append([]string{e.Bins.Echo}, opts.args()...)...)
+	proc, err := startProcess(ns, "echo client in "+ns.Name, log, &out, append([]string{e.Bins.Echo}, opts.args()...)...)
 	if err != nil {
 		return nil, err
 	}
