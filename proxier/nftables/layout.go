@@ -160,6 +160,7 @@ type skeleton struct {
 	rules  map[string][]string // chain → rules
 	sets   []*knftables.Set
 	maps   []*knftables.Map
+	elems  []elem // fixed elements: the NodePort addresses
 }
 
 func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityKey) *skeleton {
@@ -280,6 +281,11 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 		for _, proto := range protocols {
 			sk.maps = append(sk.maps, &knftables.Map{Name: p.endpointsMap(proto),
 				TypeOf: p.endpointsKeyExpr(f, proto) + " . numgen random mod 1 : " + f.ip + " daddr . " + proto + " dport"})
+		}
+	}
+	if !cfg.NodePortsMatchAll() {
+		for _, ip := range cfg.NodePortIPs() {
+			sk.elems = append(sk.elems, elem{set: sNodePortIPs, key: []string{ip.String()}})
 		}
 	}
 	sk.sets = append(sk.sets,

@@ -193,3 +193,22 @@ func scaleState(n int) *proxier.State {
 	}
 	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
 }
+
+// TestNodePortAddresses: with --nodeport-addresses, NodePorts match the
+// selected node IPs through the nodeport-ips set.
+func TestNodePortAddresses(t *testing.T) {
+	cfg := testConfig()
+	cfg.NodeIPs = append(cfg.NodeIPs, netip.MustParseAddr("10.0.0.5"))
+	cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")}
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	if err := New(cfg, nft, nil).Sync(context.Background(), testState()); err != nil {
+		t.Fatal(err)
+	}
+	dump := nft.Dump()
+	if !strings.Contains(dump, "add element ip svcproxy nodeport-ips { 192.168.0.2 }") || strings.Contains(dump, "10.0.0.5 }") {
+		t.Errorf("nodeport-ips should hold 192.168.0.2 only:\n%s", dump)
+	}
+	if !strings.Contains(dump, "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports") {
+		t.Errorf("NodePorts are not matched through nodeport-ips:\n%s", dump)
+	}
+}

@@ -455,6 +455,9 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 		pl, proto, k, _ := lbChainPool(lb)
 		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
 	}
+	for _, e := range sk.elems {
+		tx.Add(p.element(e))
+	}
 	if !withElems {
 		return
 	}
@@ -505,6 +508,9 @@ func (sk *skeleton) key() string {
 	}
 	for _, m := range sk.maps {
 		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))
+	}
+	for _, e := range sk.elems {
+		fmt.Fprintf(&b, "element %s %v\n", e.set, e.key)
 	}
 	return b.String()
 }
