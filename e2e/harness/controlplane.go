@@ -87,7 +87,7 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+saKey,
 		"--service-account-signing-key-file="+saKey,
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6,
 		"--enable-priority-and-fairness=false",
 		// No controller-manager creates service accounts here.
 		"--disable-admission-plugins=ServiceAccount",

@@ -52,13 +52,20 @@ import (
 
 // The addresses of the simulated cluster.
 const (
-	NodeName      = "node-1"
-	NodeIP        = "192.0.2.10" // eth0 in the node namespace: the Node's InternalIP
-	GatewayIP     = "192.0.2.1"  // eth0 in the ext namespace
-	BridgeIP      = "10.244.1.1" // br0 in the node namespace: the pods' gateway
-	PodCIDR       = "10.244.1.0/24"
-	ClusterCIDR   = "10.244.0.0/16"
-	ServiceCIDR   = "10.96.0.0/16"
+	NodeName    = "node-1"
+	NodeIP      = "192.0.2.10" // eth0 in the node namespace: the Node's InternalIP
+	GatewayIP   = "192.0.2.1"  // eth0 in the ext namespace
+	BridgeIP    = "10.244.1.1" // br0 in the node namespace: the pods' gateway
+	PodCIDR     = "10.244.1.0/24"
+	ClusterCIDR = "10.244.0.0/16"
+	ServiceCIDR = "10.96.0.0/16"
+
+	// IPv6: the node, pods and the ext namespace are dual-stack.
+	NodeIP6       = "fd00:192:0:2::10"
+	GatewayIP6    = "fd00:192:0:2::1"
+	BridgeIP6     = "fd00:10:244:1::1"
+	ClusterCIDR6  = "fd00:10:244::/48"
+	ServiceCIDR6  = "fd00:10:96::/112"
 	EchoPort      = 8080
 	APIServerAddr = "127.0.0.1:6443"
 	EtcdAddr      = "127.0.0.1:2379"
@@ -262,6 +269,25 @@ func (e *Env) setupNode(ctx context.Context) error {
 	}
 	if err := node.Sysctl(ctx, "net.ipv4.ip_forward", "1"); err != nil {
 		return err
+	}
+	// IPv6 (nodad: usable at once, no duplicate address detection wait).
+	if err := node.Sysctl(ctx, "net.ipv6.conf.all.forwarding", "1"); err != nil {
+		return err
+	}
+	if err := node.runAll(ctx,
+		[]string{"ip", "-6", "addr", "add", NodeIP6 + "/64", "dev", "eth0", "nodad"},
+		[]string{"ip", "-6", "addr", "add", BridgeIP6 + "/64", "dev", "br0", "nodad"},
+		[]string{"ip", "-6", "route", "add", "default", "via", GatewayIP6, "dev", "eth0"},
+	); err != nil {
+		return err
+	}
+	if err := ext.runAll(ctx,
+		[]string{"ip", "-6", "addr", "add", GatewayIP6 + "/64", "dev", "eth0", "nodad"},
+	); err != nil {
+		return err
+	}
+	if err := node.Sysctl(ctx, "net.bridge.bridge-nf-call-ip6tables", "1"); err != nil {
+		e.logf("bridge-nf-call-ip6tables: %v", err)
 	}
 	// REJECT answers with ICMP errors, which the kernel rate-limits per
 	// destination (a burst of 6, then one per second): a test that makes a

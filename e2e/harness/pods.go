@@ -17,6 +17,7 @@ import (
 type Pod struct {
 	Name string
 	IP   string
+	IP6  string
 	NS   *Netns
 	Echo *Process // nil until StartEcho
 
@@ -37,6 +38,7 @@ func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
 		return nil, fmt.Errorf("out of pod addresses")
 	}
 	ip := fmt.Sprintf("10.244.1.%d", e.nextIP)
+	ip6 := fmt.Sprintf("fd00:10:244:1::%x", e.nextIP)
 	e.nextIP++
 	e.mu.Unlock()
 
@@ -59,10 +61,12 @@ func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
 		[]string{"ip", "addr", "add", ip + "/24", "dev", "eth0"},
 		[]string{"ip", "link", "set", "eth0", "up"},
 		[]string{"ip", "route", "add", "default", "via", BridgeIP},
+		[]string{"ip", "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
+		[]string{"ip", "-6", "route", "add", "default", "via", BridgeIP6},
 	); err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: name, IP: ip, NS: ns, env: e}
+	p := &Pod{Name: name, IP: ip, IP6: ip6, NS: ns, env: e}
 	e.mu.Lock()
 	e.pods = append(e.pods, p)
 	e.mu.Unlock()

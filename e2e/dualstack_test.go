@@ -1,0 +1,67 @@
+package e2e
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/svcproxy/svcproxy/e2e/harness"
+)
+
+// TestIPv6 (dual-stack node): an IPv6 Service works through its ClusterIP
+// from a pod (not masqueraded) and through its NodePort from outside
+// (masqueraded), with the IPv6 proxier next to the IPv4 one.
+func TestIPv6(t *testing.T) {
+	c := begin(t, true)
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ipv6"}, Spec: v1.ServiceSpec{
+		Type:           v1.ServiceTypeNodePort,
+		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
+		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
+	}})
+	es := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: harness.SliceName(svc.Name), Namespace: svc.Namespace,
+			Labels: map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"}},
+		AddressType: discovery.AddressTypeIPv6,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](harness.EchoPort)}},
+	}
+	for _, p := range backends {
+		es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{p.IP6}, NodeName: ptr.To(harness.NodeName),
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+	}
+	if _, err := env.Client.DiscoveryV1().EndpointSlices(svc.Namespace).Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
+		t.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
+	}
+	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	var rs []harness.Reply
+	c.eventually("IPv6 ClusterIP from a pod", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: clusterIP, Count: 30})
+		if m := landed(rs, backends, client.IP6, ""); m != "" {
+			return m
+		}
+		return allReached(rs, backends)
+	})
+	t.Logf("RESULT IPv6 ClusterIP %s from pod %s: %s, source kept", clusterIP, client.IP6, harness.FormatTally(harness.Tally(rs)))
+
+	nodePort := net.JoinHostPort(harness.NodeIP6, strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	c.eventually("IPv6 NodePort from outside", func() string {
+		var err error
+		rs, err = env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "tcp", Target: nodePort, Count: 30, Timeout: time.Second})
+		if err != nil {
+			return err.Error()
+		}
+		if m := landed(rs, backends, "", harness.GatewayIP6); m != "" {
+			return m
+		}
+		return allReached(rs, backends)
+	})
+	t.Logf("RESULT IPv6 NodePort %s from outside (%s): %s, seen from %s (masqueraded)", nodePort, harness.GatewayIP6, harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
+}
