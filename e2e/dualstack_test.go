@@ -65,3 +65,72 @@ func TestIPv6(t *testing.T) {
 	})
 	t.Logf("RESULT IPv6 NodePort %s from outside (%s): %s, seen from %s (masqueraded)", nodePort, harness.GatewayIP6, harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 }
+
+// TestTopologyHints: with the node in zone-a (its Node label, read by
+// svcproxy's Node informer), endpoints hinted for zone-a take the traffic;
+// when no endpoint is hinted for zone-a, all endpoints do.
+func TestTopologyHints(t *testing.T) {
+	c := begin(t, true)
+	nodes := env.Client.CoreV1().Nodes()
+	setZone := func(zone string) {
+		n, err := nodes.Get(c.ctx, harness.NodeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if zone == "" {
+			delete(n.Labels, v1.LabelTopologyZone)
+		} else {
+			n.Labels[v1.LabelTopologyZone] = zone
+		}
+		if _, err := nodes.Update(c.ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setZone("zone-a")
+	t.Cleanup(func() { setZone("") })
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "topology"}, Spec: v1.ServiceSpec{
+		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferClose)}})
+	writeSlice := func(zones ...string) {
+		es := &discovery.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: harness.SliceName(svc.Name), Namespace: svc.Namespace,
+				Labels: map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"}},
+			AddressType: discovery.AddressTypeIPv4,
+			Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](harness.EchoPort)}},
+		}
+		for i, p := range backends {
+			es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{p.IP}, NodeName: ptr.To(otherNode),
+				Zone:       ptr.To(zones[i]),
+				Hints:      &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: zones[i]}}},
+				Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+		}
+		slices := env.Client.DiscoveryV1().EndpointSlices(svc.Namespace)
+		if old, err := slices.Get(c.ctx, es.Name, metav1.GetOptions{}); err == nil {
+			es.ResourceVersion = old.ResourceVersion
+			_, err = slices.Update(c.ctx, es, metav1.UpdateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if _, err := slices.Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	writeSlice("zone-a", "zone-b", "zone-b")
+	var rs []harness.Reply
+	c.eventually("only the zone-a endpoint", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 20})
+		return landed(rs, backends[:1], client.IP, "")
+	})
+	t.Logf("RESULT node in zone-a, a hinted zone-a, b and c zone-b: %s", harness.FormatTally(harness.Tally(rs)))
+	writeSlice("zone-b", "zone-b", "zone-c")
+	c.eventually("all endpoints when none is hinted for zone-a", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
+		if m := landed(rs, backends, client.IP, ""); m != "" {
+			return m
+		}
+		return allReached(rs, backends)
+	})
+	t.Logf("RESULT no endpoint hinted for zone-a: %s", harness.FormatTally(harness.Tally(rs)))
+}
