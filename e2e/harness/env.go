@@ -102,8 +102,10 @@ type Env struct {
 	Root      string // the main module's directory
 	Bins      Binaries
 
-	Node *Netns // the node: control plane, svcproxy, pod bridge
-	Ext  *Netns // the network beyond the node's eth0 (its default gateway)
+	Node      *Netns // the node: control plane, svcproxy, pod bridge
+	Ext       *Netns // the network beyond the node's eth0 (its default gateway)
+	node2     *Netns // see Node2
+	node2Once sync.Once
 
 	// Kubeconfig is the file svcproxy uses; RestConfig and Client reach
 	// the same API server from the host's namespace.

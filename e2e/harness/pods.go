@@ -29,6 +29,12 @@ type Pod struct {
 // br0 with a veth whose bridge side has hairpin on (as kubelet sets it).
 // name must be at most 13 characters (it names the veth v-<name>).
 func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
+	return e.addPod(ctx, name, e.Node, "10.244.1.", "fd00:10:244:1::", BridgeIP, BridgeIP6)
+}
+
+// addPod makes a pod on node's br0, addressed net4+N and net6+N (hex), with
+// default routes via gw and gw6.
+func (e *Env) addPod(ctx context.Context, name string, node *Netns, net4, net6, gw, gw6 string) (*Pod, error) {
 	if len(name) > 13 || strings.ContainsAny(name, " /") {
 		return nil, fmt.Errorf("pod name %q: want at most 13 characters, no spaces or slashes", name)
 	}
@@ -37,8 +43,8 @@ func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
 		e.mu.Unlock()
 		return nil, fmt.Errorf("out of pod addresses")
 	}
-	ip := fmt.Sprintf("10.244.1.%d", e.nextIP)
-	ip6 := fmt.Sprintf("fd00:10:244:1::%x", e.nextIP)
+	ip := fmt.Sprintf("%s%d", net4, e.nextIP)
+	ip6 := fmt.Sprintf("%s%x", net6, e.nextIP)
 	e.nextIP++
 	e.mu.Unlock()
 
@@ -49,7 +55,7 @@ func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
 	veth := "v-" + name
 	// The veth is made in the node namespace and its peer moved straight
 	// into the pod's: nothing appears in the host's namespace.
-	if err := e.Node.runAll(ctx,
+	if err := node.runAll(ctx,
 		[]string{"ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns.Name},
 		[]string{"ip", "link", "set", veth, "master", "br0"},
 		[]string{"ip", "link", "set", veth, "up"},
@@ -60,9 +66,9 @@ func (e *Env) AddPod(ctx context.Context, name string) (*Pod, error) {
 	if err := ns.runAll(ctx,
 		[]string{"ip", "addr", "add", ip + "/24", "dev", "eth0"},
 		[]string{"ip", "link", "set", "eth0", "up"},
-		[]string{"ip", "route", "add", "default", "via", BridgeIP},
+		[]string{"ip", "route", "add", "default", "via", gw},
 		[]string{"ip", "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
-		[]string{"ip", "-6", "route", "add", "default", "via", BridgeIP6},
+		[]string{"ip", "-6", "route", "add", "default", "via", gw6},
 	); err != nil {
 		return nil, err
 	}
