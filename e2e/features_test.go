@@ -198,6 +198,17 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 	}
 	t.Logf("RESULT ETP Local, pod to the LB IP: %s (all endpoints), source %s", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 
+	// Node-originated traffic to the LB IP goes to every endpoint,
+	// masqueraded (the node's own address would not route back).
+	rs = c.connectFrom(env.Node, lbTarget, 30, time.Second)
+	if m := landed(rs, backends, "", harness.NodeIP); m != "" {
+		t.Errorf("node to LB IP: %s", m)
+	}
+	if m := allReached(rs, backends); m != "" {
+		t.Errorf("node to LB IP: %s", m)
+	}
+	t.Logf("RESULT ETP Local, node to the LB IP: %s, seen from %s (masqueraded)", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
+
 	// Health-check node port: 200 with one local endpoint.
 	hc := fmt.Sprintf("http://%s:%d/", harness.NodeIP, svc.Spec.HealthCheckNodePort)
 	c.eventually("health check reports 1 local endpoint", func() string {
@@ -252,9 +263,13 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	if err := env.RouteToNode(c.ctx, lbIP); err != nil {
 		t.Fatal(err)
 	}
+	const proxyIP = "10.99.0.102" // ipMode Proxy: the load balancer proxies, svcproxy ignores it
+	if err := env.RouteToNode(c.ctx, proxyIP); err != nil {
+		t.Fatal(err)
+	}
 	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "source-ranges"}, Spec: v1.ServiceSpec{
-		Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24"}}})
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}}
+		Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", harness.NodeIP + "/32"}}})
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}, {IP: proxyIP, IPMode: ptr.To(v1.LoadBalancerIPModeProxy)}}
 	svc, err := env.Client.CoreV1().Services(svc.Namespace).UpdateStatus(c.ctx, svc, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +292,20 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		t.Errorf("blocked source to the NodePort (not subject to the ranges): %s", m)
 	}
 	t.Logf("RESULT NodePort of that Service from blocked %s: %s", harness.ExtBlockedIP, harness.FormatTally(harness.Tally(rs)))
+	// The node's own IP is in the ranges: the node reaches the LB IP.
+	rs = c.connectFrom(env.Node, lbTarget, 5, time.Second)
+	if m := landed(rs, backends[:2], "", ""); m != "" {
+		t.Errorf("node (its IP in the ranges) to the LB IP: %s", m)
+	}
+	t.Logf("RESULT node to the LB IP (node IP in the ranges): %s", harness.FormatTally(harness.Tally(rs)))
+	// An ingress IP with ipMode Proxy is not programmed.
+	rs = c.external(harness.ExtAllowedIP, net.JoinHostPort(proxyIP, "80"), 2, 500*time.Millisecond)
+	for _, r := range rs {
+		if r.Err == "" {
+			t.Errorf("ipMode Proxy ingress IP %s was served: %s", proxyIP, r.Line)
+		}
+	}
+	t.Logf("RESULT ipMode Proxy ingress IP from outside: %s (not programmed)", harness.FormatTally(harness.Tally(rs)))
 }
 
 func TestExternalIPs(t *testing.T) {
