@@ -24,19 +24,11 @@ func TestIPv6(t *testing.T) {
 		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
 		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
 	}})
-	es := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: harness.SliceName(svc.Name), Namespace: svc.Namespace,
-			Labels: map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"}},
-		AddressType: discovery.AddressTypeIPv6,
-		Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](harness.EchoPort)}},
-	}
+	var eps []discovery.Endpoint
 	for _, p := range backends {
-		es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{p.IP6}, NodeName: ptr.To(harness.NodeName),
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
 	}
-	if _, err := env.Client.DiscoveryV1().EndpointSlices(svc.Namespace).Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.writeSlice(svc, discovery.AddressTypeIPv6, eps)
 	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
 		t.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
 	}
@@ -91,30 +83,14 @@ func TestTopologyHints(t *testing.T) {
 	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "topology"}, Spec: v1.ServiceSpec{
 		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferClose)}})
 	writeSlice := func(zones ...string) {
-		es := &discovery.EndpointSlice{
-			ObjectMeta: metav1.ObjectMeta{Name: harness.SliceName(svc.Name), Namespace: svc.Namespace,
-				Labels: map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"}},
-			AddressType: discovery.AddressTypeIPv4,
-			Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](harness.EchoPort)}},
-		}
+		var eps []discovery.Endpoint
 		for i, p := range backends {
-			es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{p.IP}, NodeName: ptr.To(otherNode),
-				Zone:       ptr.To(zones[i]),
-				Hints:      &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: zones[i]}}},
-				Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+			e := readyEndpoint(p.IP, otherNode)
+			e.Zone = ptr.To(zones[i])
+			e.Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: zones[i]}}}
+			eps = append(eps, e)
 		}
-		slices := env.Client.DiscoveryV1().EndpointSlices(svc.Namespace)
-		if old, err := slices.Get(c.ctx, es.Name, metav1.GetOptions{}); err == nil {
-			es.ResourceVersion = old.ResourceVersion
-			_, err = slices.Update(c.ctx, es, metav1.UpdateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		if _, err := slices.Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		c.writeSlice(svc, discovery.AddressTypeIPv4, eps)
 	}
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	writeSlice("zone-a", "zone-b", "zone-b")
@@ -133,4 +109,34 @@ func TestTopologyHints(t *testing.T) {
 		return allReached(rs, backends)
 	})
 	t.Logf("RESULT no endpoint hinted for zone-a: %s", harness.FormatTally(harness.Tally(rs)))
+}
+
+func readyEndpoint(ip, node string) discovery.Endpoint {
+	return discovery.Endpoint{Addresses: []string{ip}, NodeName: ptr.To(node),
+		Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}
+}
+
+// writeSlice creates or replaces the Service's EndpointSlice (named as
+// harness.SetEndpointSlice names it, so the test's cleanup deletes it) with
+// one "tcp" port at the echo port.
+func (c *tc) writeSlice(svc *v1.Service, typ discovery.AddressType, eps []discovery.Endpoint) {
+	c.Helper()
+	es := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: harness.SliceName(svc.Name), Namespace: svc.Namespace,
+			Labels: map[string]string{discovery.LabelServiceName: svc.Name, discovery.LabelManagedBy: "svcproxy-e2e"}},
+		AddressType: typ,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](harness.EchoPort)}},
+		Endpoints:   eps,
+	}
+	slices := env.Client.DiscoveryV1().EndpointSlices(svc.Namespace)
+	old, err := slices.Get(c.ctx, es.Name, metav1.GetOptions{})
+	if err == nil {
+		es.ResourceVersion = old.ResourceVersion
+		_, err = slices.Update(c.ctx, es, metav1.UpdateOptions{})
+	} else {
+		_, err = slices.Create(c.ctx, es, metav1.CreateOptions{})
+	}
+	if err != nil {
+		c.Fatalf("write EndpointSlice of %s: %v", svc.Name, err)
+	}
 }
