@@ -65,6 +65,7 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	p := New(cfg, nft, serviceCIDRs)
 	p.reader = newNetlinkReader(f.family)
 	p.runText = execNFT
+	p.writer = newElemWriter(cfg.Family)
 	return p, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -74,6 +75,8 @@ func kernelProxier(t *testing.T, fd int, cfg proxier.Config, cidrs []string) (*P
 	r.netns = fd
 	p.reader = r
 	p.runText = execNFT
+	p.writer = newElemWriter(cfg.Family)
+	p.writer.netns = fd
 	return p, nft
 }
 
@@ -160,6 +163,25 @@ func TestKernelNftables(t *testing.T) {
 	}
 	if err := p.Sync(ctx, &st2); err != nil {
 		t.Fatalf("partial sync back to two endpoints: %v", err)
+	}
+	// A NodePort Service with an external IP and externalTrafficPolicy
+	// Local arrives, and then one goes: element-only partial syncs, which
+	// go over netlink, touching most kinds of set and map.
+	np := svc("ns", "np", proxier.TCP, "10.96.0.9", 8080, ep("10.244.1.7", 80, true), ep("10.244.2.7", 80, false))
+	np.NodePort, np.ExternalPolicyLocal = 30999, true
+	np.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.99")}
+	without := st2
+	st2.Services = append(slices.Clone(st2.Services), np)
+	for _, s := range []*proxier.State{&st2, &without, &st2} {
+		if err := p.Sync(ctx, s); err != nil {
+			t.Fatalf("partial sync of the NodePort service: %v", err)
+		}
+		if r := p.LastResult(); r.Full {
+			t.Errorf("NodePort service change caused a full sync: %+v", r)
+		}
+	}
+	if p.writer.batches < 3 {
+		t.Errorf("%d element-only syncs went over netlink, want >= 3", p.writer.batches)
 	}
 	incremental := content(t, nft)
 	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
@@ -332,6 +354,8 @@ func BenchmarkKernelNftables10k(b *testing.B) {
 	}
 	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
 	p.runText = execNFT
+	p.writer = newElemWriter(proxier.IPv4)
+	p.writer.netns = fd
 	st := scaleState(10000)
 	start := time.Now()
 	if err := p.Sync(ctx, st); err != nil {

@@ -44,7 +44,9 @@ type Proxier struct {
 	reader   shapeReader // reads the kernel's table for Check; nil: no checks
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
-	runText  func(ctx context.Context, write func(io.Writer) error) error
+	runText func(ctx context.Context, write func(io.Writer) error) error
+	// writer, when set, writes element-only partial syncs over netlink.
+	writer   *elemWriter
 	services map[*proxier.Service]*svcRender
 	elems    map[string]*elemRef
 	lbChains map[string]int
@@ -114,7 +116,10 @@ type pending struct {
 	full bool
 	// elems is every element of a full sync whose elements are not in tx
 	// (they are written as text, grouped per set).
-	elems  map[string]*elemRef
+	elems map[string]*elemRef
+	// ops, when set, is the whole of a partial sync: element changes only,
+	// all of which netlink can write.
+	ops    []elemOp
 	commit func() *proxier.Plan
 }
 
@@ -167,6 +172,8 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		// the text streams into nft as it is written.
 		err = p.runText(ctx, func(w io.Writer) error { return p.writeText(w, pd) })
 	case tx.NumOperations() == 0:
+	case pd.ops != nil && p.writer != nil:
+		err = p.writer.apply(pd.ops)
 	default:
 		err = p.nft.Run(ctx, tx)
 	}
@@ -305,6 +312,8 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	}
 
 	res := SyncResult{Full: full, Services: len(st.Services), Changed: len(changed) + len(removed)}
+	var ops []elemOp // a partial sync's element changes, as tx has them
+	elemOnly := false
 	if full {
 		p.writeFull(tx, sk, elems, lbChains, elemsInTx)
 	} else {
@@ -322,6 +331,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		}
 		slices.Sort(newLB)
 		slices.Sort(staleLB)
+		elemOnly = len(newLB) == 0 && len(staleLB) == 0
 		for _, lb := range newLB {
 			p.addLBChain(tx, lb)
 		}
@@ -342,15 +352,18 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 			switch {
 			case before > 0 && after <= 0:
 				tx.Delete(p.element(c.e))
+				ops = append(ops, elemOp{e: c.e})
 			case before == 0 && after > 0:
 				adds = append(adds, c.e)
 			case before > 0 && after > 0 && c.pos && !slices.Equal(oldValue, c.e.value):
 				tx.Delete(p.element(c.e))
+				ops = append(ops, elemOp{e: c.e})
 				adds = append(adds, c.e)
 			}
 		}
 		for _, e := range adds {
 			tx.Add(p.element(e))
+			ops = append(ops, elemOp{add: true, e: e})
 		}
 		for _, lb := range staleLB {
 			tx.Delete(&knftables.Chain{Name: lb})
@@ -397,6 +410,9 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		return plan
 	}
 	pd := &pending{tx: tx, full: full, commit: commit}
+	if elemOnly && netlinkWritable(ops) {
+		pd.ops = ops
+	}
 	if full && !elemsInTx {
 		pd.elems = elems
 		res.Operations += len(elems)
