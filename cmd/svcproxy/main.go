@@ -245,9 +245,11 @@ func newBackend(ctx context.Context, o *options, cfg proxier.Config, metrics *pr
 	opt := iptables.Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
 	klog.InfoS("Using iptables", "family", cfg.Family, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully,
 		"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
-	if cfg.Family == proxier.IPv4 && cfg.LocalhostNodePorts {
+	if iptables.LocalhostNodePorts(cfg) {
 		// NodePorts on 127.0.0.1 need routing of localnet packets; the
-		// KUBE-FIREWALL rule keeps outside packets to 127/8 out.
+		// KUBE-FIREWALL rule keeps outside packets to 127/8 out. Never set
+		// it when --nodeport-addresses leaves loopback out: there would be
+		// no guard (CVE-2020-8558).
 		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0o644); err != nil {
 			klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
 		}

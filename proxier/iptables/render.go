@@ -223,8 +223,9 @@ func (r *renderer) writeNodePortDispatch() {
 	}
 }
 
-// localhostNodePorts reports whether NodePorts answer on 127.0.0.0/8.
-func localhostNodePorts(cfg proxier.Config) bool {
+// LocalhostNodePorts reports whether NodePorts answer on 127.0.0.0/8 (and so
+// whether route_localnet and the KUBE-FIREWALL guard are needed).
+func LocalhostNodePorts(cfg proxier.Config) bool {
 	if cfg.Family != proxier.IPv4 || !cfg.LocalhostNodePorts {
 		return false
 	}
@@ -243,7 +244,7 @@ func localhostNodePorts(cfg proxier.Config) bool {
 // with route_localnet set, packets from elsewhere addressed to 127.0.0.0/8
 // must not be accepted (CVE-2020-8558).
 func (r *renderer) localnetFirewall() *Chain {
-	if !localhostNodePorts(r.plan.Config) {
+	if !LocalhostNodePorts(r.plan.Config) {
 		return nil
 	}
 	c := &Chain{Name: chainFirewall}
@@ -253,7 +254,7 @@ func (r *renderer) localnetFirewall() *Chain {
 
 // JumpsFor lists the jump rules cfg needs.
 func JumpsFor(cfg proxier.Config) []Jump {
-	if !localhostNodePorts(cfg) {
+	if !LocalhostNodePorts(cfg) {
 		return Jumps
 	}
 	return append(slices.Clone(Jumps),

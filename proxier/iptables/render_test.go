@@ -115,3 +115,25 @@ func TestChainNamesMatchKubeProxy(t *testing.T) {
 		t.Errorf("EndpointChainName = %s, want %s", got, want)
 	}
 }
+
+// TestLocalhostNodePorts: route_localnet (and its KUBE-FIREWALL guard) is
+// wanted only when NodePorts really answer on 127.0.0.1.
+func TestLocalhostNodePorts(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		cfg  proxier.Config
+		want bool
+	}{
+		{"all addresses", proxier.Config{Family: proxier.IPv4, LocalhostNodePorts: true}, true},
+		{"flag off", proxier.Config{Family: proxier.IPv4}, false},
+		{"IPv6", proxier.Config{Family: proxier.IPv6, LocalhostNodePorts: true}, false},
+		{"loopback selected", proxier.Config{Family: proxier.IPv4, LocalhostNodePorts: true,
+			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, true},
+		{"loopback not selected", proxier.Config{Family: proxier.IPv4, LocalhostNodePorts: true,
+			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}, false},
+	} {
+		if got := LocalhostNodePorts(tt.cfg); got != tt.want {
+			t.Errorf("%s: LocalhostNodePorts = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
