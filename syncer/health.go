@@ -59,13 +59,16 @@ func (h *health) queued(f proxier.IPFamily) {
 }
 
 // updated records a successful sync of family f that started at start.
-// Updates queued after start are not covered by it and stay pending.
+// Updates queued after start are not covered by it and stay pending; the
+// oldest of them was queued no earlier than start, so start is what their
+// wait is measured from (never later than the truth: /livez must not report
+// a long wait as a short one).
 func (h *health) updated(f proxier.IPFamily, start time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastUpdated[f] = h.now()
 	if l, ok := h.latest[f]; ok && l.After(start) {
-		h.oldest[f] = l
+		h.oldest[f] = start
 		return
 	}
 	delete(h.oldest, f)

@@ -92,6 +92,20 @@ func TestHealthTimeout(t *testing.T) {
 	if got := metricValue(t, m.livez.WithLabelValues("200")); got != 3 {
 		t.Errorf("livez 200 count = %v, want 3", got)
 	}
+
+	// Several updates queued during one sync: the wait counts from the
+	// first of them, not the last.
+	h.updated(proxier.IPv4, clk.now())
+	taken = clk.now()
+	clk.step(time.Second)
+	h.queued(proxier.IPv4)
+	clk.step(40 * time.Second)
+	h.queued(proxier.IPv4)
+	h.updated(proxier.IPv4, taken)
+	clk.step(25 * time.Second)
+	if code, _ := get(t, h, "/livez"); code != 503 {
+		t.Errorf("waiting 66s since the first update queued during a sync: livez %d, want 503", code)
+	}
 }
 
 func TestHealthzNodeEligible(t *testing.T) {

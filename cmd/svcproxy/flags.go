@@ -101,6 +101,9 @@ func parseFlags(args []string) (*options, error) {
 	default:
 		return nil, fmt.Errorf("--proxy-mode: unknown mode %q (want iptables or nftables)", o.proxyMode)
 	}
+	if o.cleanup && o.dryRun {
+		return nil, errors.New("--cleanup: cannot be combined with --dry-run (cleanup changes the kernel)")
+	}
 	if o.cleanupKubeProxy && o.proxyMode != "nftables" {
 		return nil, errors.New("--cleanup-kube-proxy: only with --proxy-mode=nftables (in iptables mode svcproxy adopts kube-proxy's chains)")
 	}

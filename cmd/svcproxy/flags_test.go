@@ -50,6 +50,7 @@ func TestParseFlags(t *testing.T) {
 				}
 			}},
 		{name: "cleanup-kube-proxy needs nftables", args: []string{"--cleanup-kube-proxy"}, wantErr: "--cleanup-kube-proxy"},
+		{name: "cleanup with dry-run", args: []string{"--cleanup", "--dry-run"}, wantErr: "--cleanup"},
 		{name: "bad service range", args: []string{"--service-cluster-ip-range=10.96.0.0"}, wantErr: "--service-cluster-ip-range"},
 		{name: "bad mode", args: []string{"--proxy-mode=ipvs"}, wantErr: "--proxy-mode"},
 		{name: "bad cidr", args: []string{"--cluster-cidr=10.0.0.0/33"}, wantErr: "--cluster-cidr"},
