@@ -238,7 +238,10 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 		if err != nil {
 			return err.Error()
 		}
-		if code != 503 || !strings.Contains(body, `"localEndpoints":0`) {
+		var got struct {
+			LocalEndpoints *int `json:"localEndpoints"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 503 || got.LocalEndpoints == nil || *got.LocalEndpoints != 0 {
 			return fmt.Sprintf("%d %s", code, strings.TrimSpace(body))
 		}
 		t.Logf("RESULT health check without local endpoints: %d %s", code, strings.TrimSpace(body))

@@ -197,10 +197,13 @@ func (srv *server) serve(w http.ResponseWriter, healthy func() bool) {
 	b.ServiceProxyHealthy = healthy == nil || healthy()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(b.LocalEndpoints))
 	if b.LocalEndpoints > 0 && b.ServiceProxyHealthy {
 		w.WriteHeader(http.StatusOK)
 	} else {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	json.NewEncoder(w).Encode(b)
+	// Tab-indented, without a trailing newline, as kube-proxy writes it.
+	out, _ := json.MarshalIndent(b, "", "\t")
+	w.Write(out)
 }

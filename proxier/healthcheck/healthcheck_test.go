@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -35,7 +36,33 @@ func get(t *testing.T, port int32) (int, Body) {
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q", ct)
 	}
+	if w := resp.Header.Get("X-Load-Balancing-Endpoint-Weight"); w != fmt.Sprint(b.LocalEndpoints) {
+		t.Errorf("X-Load-Balancing-Endpoint-Weight = %q, want %d", w, b.LocalEndpoints)
+	}
 	return resp.StatusCode, b
+}
+
+// TestBodyText: the body is byte for byte what kube-proxy sends.
+func TestBodyText(t *testing.T) {
+	s := NewServers(proxier.IPv4, []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil)
+	defer s.Close()
+	port := freePort(t)
+	if err := s.Sync(map[int32]Service{port: {Namespace: "ns", Name: "lb", LocalEndpoints: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "{\n\t\"service\": {\n\t\t\"namespace\": \"ns\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}"
+	if string(got) != want {
+		t.Errorf("body\n%s\nwant\n%s", got, want)
+	}
 }
 
 func TestServers(t *testing.T) {
