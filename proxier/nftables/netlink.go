@@ -59,13 +59,12 @@ func setLayout(name string) (key, value []field, verdict, ok bool) {
 	return nil, nil, false, false
 }
 
-// encode packs text components as nf_tables registers do: each field
-// padded to a multiple of 4 bytes.
-func encode(layout []field, parts []string) ([]byte, error) {
+// appendEncoded packs text components as nf_tables registers hold them:
+// each field padded to a multiple of 4 bytes.
+func appendEncoded(out []byte, layout []field, parts []string) ([]byte, error) {
 	if len(layout) != len(parts) {
 		return nil, fmt.Errorf("%d components for %d fields", len(parts), len(layout))
 	}
-	var out []byte
 	for i, f := range layout {
 		switch f {
 		case fAddr:
@@ -73,10 +72,23 @@ func encode(layout []field, parts []string) ([]byte, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, a.AsSlice()...)
+			if a.Is4() {
+				b := a.As4()
+				out = append(out, b[:]...)
+			} else {
+				b := a.As16()
+				out = append(out, b[:]...)
+			}
 		case fProto:
-			p, ok := map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}[parts[i]]
-			if !ok {
+			var p byte
+			switch parts[i] {
+			case "tcp":
+				p = unix.IPPROTO_TCP
+			case "udp":
+				p = unix.IPPROTO_UDP
+			case "sctp":
+				p = unix.IPPROTO_SCTP
+			default:
 				return nil, fmt.Errorf("protocol %q", parts[i])
 			}
 			out = append(out, p, 0, 0, 0)
@@ -121,6 +133,24 @@ type elemWriter struct {
 	conn   *netlink.Conn
 	// batches counts the batches applied.
 	batches int
+	// sndbuf is the send buffer size set on conn (0: the default).
+	sndbuf, rcvbuf int
+}
+
+// setSockBuf sets a socket buffer option (SO_SNDBUFFORCE, SO_RCVBUFFORCE)
+// of c.
+func setSockBuf(c *netlink.Conn, opt, size int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, size)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func newElemWriter(f proxier.IPFamily) *elemWriter {
@@ -131,73 +161,126 @@ func newElemWriter(f proxier.IPFamily) *elemWriter {
 	return w
 }
 
-func (w *elemWriter) message(op elemOp) (netlink.Message, error) {
-	keyLayout, valLayout, verdict, _ := setLayout(op.e.set)
-	key, err := encode(keyLayout, op.e.key)
-	if err != nil {
-		return netlink.Message{}, fmt.Errorf("%s key %v: %w", op.e.set, op.e.key, err)
+// maxElemBytes bounds the encoded elements of one message: a netlink
+// attribute's length is 16 bits, and the elements nest in one attribute
+// (the bound is checked before each element, which is well under 1 KiB).
+const maxElemBytes = 63 << 10
+
+// Netlink attributes are appended by hand: at 100,000 elements the
+// generic attribute encoder's allocations cost more than the kernel's work.
+
+// beginAttr starts an attribute whose payload the caller appends next;
+// endAttr closes it, given what beginAttr returned.
+func beginAttr(b []byte) ([]byte, int) { return append(b, 0, 0, 0, 0), len(b) }
+
+func endAttr(b []byte, at int, typ uint16) []byte {
+	binary.NativeEndian.PutUint16(b[at:], uint16(len(b)-at))
+	binary.NativeEndian.PutUint16(b[at+2:], typ)
+	for len(b)%unix.NLA_ALIGNTO != 0 {
+		b = append(b, 0)
 	}
-	ae := netlink.NewAttributeEncoder()
-	ae.Nested(unix.NFTA_SET_ELEM_KEY, func(ae *netlink.AttributeEncoder) error {
-		ae.Bytes(unix.NFTA_DATA_VALUE, key)
-		return nil
-	})
-	if op.add {
-		switch {
-		case verdict:
-			code, chain, err := parseVerdict(op.e.value)
-			if err != nil {
-				return netlink.Message{}, err
-			}
-			ae.Nested(unix.NFTA_SET_ELEM_DATA, func(ae *netlink.AttributeEncoder) error {
-				ae.Nested(unix.NFTA_DATA_VERDICT, func(ae *netlink.AttributeEncoder) error {
-					// Big endian, as every nf_tables integer attribute.
-					ae.Bytes(unix.NFTA_VERDICT_CODE, binary.BigEndian.AppendUint32(nil, code))
-					if chain != "" {
-						ae.String(unix.NFTA_VERDICT_CHAIN, chain)
-					}
-					return nil
-				})
-				return nil
-			})
-		case valLayout != nil:
-			val, err := encode(valLayout, op.e.value)
-			if err != nil {
-				return netlink.Message{}, fmt.Errorf("%s value %v: %w", op.e.set, op.e.value, err)
-			}
-			ae.Nested(unix.NFTA_SET_ELEM_DATA, func(ae *netlink.AttributeEncoder) error {
-				ae.Bytes(unix.NFTA_DATA_VALUE, val)
-				return nil
-			})
+	return b
+}
+
+// appendString appends a NUL-terminated string attribute.
+func appendString(b []byte, typ uint16, s string) []byte {
+	b, at := beginAttr(b)
+	b = append(append(b, s...), 0)
+	return endAttr(b, at, typ)
+}
+
+// appendData appends a nested NFTA_DATA_VALUE attribute of type typ
+// holding the encoded parts.
+func appendData(b []byte, typ uint16, layout []field, parts []string) ([]byte, error) {
+	b, outer := beginAttr(b)
+	b, inner := beginAttr(b)
+	b, err := appendEncoded(b, layout, parts)
+	if err != nil {
+		return nil, err
+	}
+	b = endAttr(b, inner, unix.NFTA_DATA_VALUE)
+	return endAttr(b, outer, typ|unix.NLA_F_NESTED), nil
+}
+
+// appendElem appends one element (an NFTA_LIST_ELEM) of a set with the
+// given layout (see setLayout): its key and, when op adds to a map, its
+// value.
+func appendElem(b []byte, op elemOp, keyLayout, valLayout []field, verdict bool) ([]byte, error) {
+	b, at := beginAttr(b)
+	b, err := appendData(b, unix.NFTA_SET_ELEM_KEY, keyLayout, op.e.key)
+	if err != nil {
+		return nil, fmt.Errorf("%s key %v: %w", op.e.set, op.e.key, err)
+	}
+	switch {
+	case !op.add:
+	case verdict:
+		code, chain, err := parseVerdict(op.e.value)
+		if err != nil {
+			return nil, err
+		}
+		var data, verd, c int
+		b, data = beginAttr(b)
+		b, verd = beginAttr(b)
+		b, c = beginAttr(b)
+		// Big endian, as every nf_tables integer attribute.
+		b = binary.BigEndian.AppendUint32(b, code)
+		b = endAttr(b, c, unix.NFTA_VERDICT_CODE)
+		if chain != "" {
+			b = appendString(b, unix.NFTA_VERDICT_CHAIN, chain)
+		}
+		b = endAttr(b, verd, unix.NFTA_DATA_VERDICT|unix.NLA_F_NESTED)
+		b = endAttr(b, data, unix.NFTA_SET_ELEM_DATA|unix.NLA_F_NESTED)
+	case valLayout != nil:
+		if b, err = appendData(b, unix.NFTA_SET_ELEM_DATA, valLayout, op.e.value); err != nil {
+			return nil, fmt.Errorf("%s value %v: %w", op.e.set, op.e.value, err)
 		}
 	}
-	elemAttrs, err := ae.Encode()
-	if err != nil {
-		return netlink.Message{}, err
+	return endAttr(b, at, unix.NFTA_LIST_ELEM|unix.NLA_F_NESTED), nil
+}
+
+// messages encodes ops as NEWSETELEM and DELSETELEM messages, in order:
+// each run of ops on the same set in the same direction shares messages of
+// up to maxElemBytes of elements.
+func (w *elemWriter) messages(ops []elemOp) ([]netlink.Message, error) {
+	var msgs []netlink.Message
+	for i := 0; i < len(ops); {
+		op := ops[i]
+		// nfgenmsg: family, version, resource id; then table and set.
+		data := append(make([]byte, 0, maxElemBytes+2<<10), w.family, unix.NFNETLINK_V0, 0, 0)
+		data = appendString(data, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
+		data = appendString(data, unix.NFTA_SET_ELEM_LIST_SET, op.e.set)
+		keyLayout, valLayout, verdict, _ := setLayout(op.e.set)
+		data, at := beginAttr(data)
+		for start := len(data); i < len(ops) && ops[i].e.set == op.e.set && ops[i].add == op.add && len(data)-start < maxElemBytes; i++ {
+			var err error
+			if data, err = appendElem(data, ops[i], keyLayout, valLayout, verdict); err != nil {
+				return nil, err
+			}
+		}
+		data = endAttr(data, at, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED)
+		typ, flags := uint16(unix.NFT_MSG_DELSETELEM), netlink.Request|netlink.Acknowledge
+		if op.add {
+			typ, flags = unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create
+		}
+		msgs = append(msgs, netlink.Message{
+			Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},
+			Data:   data,
+		})
 	}
-	le := netlink.NewAttributeEncoder()
-	le.String(unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
-	le.String(unix.NFTA_SET_ELEM_LIST_SET, op.e.set)
-	le.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(ae *netlink.AttributeEncoder) error {
-		ae.Do(unix.NFTA_LIST_ELEM|unix.NLA_F_NESTED, func() ([]byte, error) { return elemAttrs, nil })
-		return nil
-	})
-	data, err := le.Encode()
-	if err != nil {
-		return netlink.Message{}, err
-	}
-	typ, flags := uint16(unix.NFT_MSG_DELSETELEM), netlink.Request|netlink.Acknowledge
-	if op.add {
-		typ, flags = unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create
-	}
-	return netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},
-		Data:   append([]byte{w.family, unix.NFNETLINK_V0, 0, 0}, data...),
-	}, nil
+	return msgs, nil
 }
 
 func parseVerdict(v []string) (uint32, string, error) {
-	f := strings.Fields(strings.Join(v, " "))
+	var f []string
+	if len(v) == 1 {
+		// The common case, without allocating: "drop", "goto chain".
+		if verb, chain, ok := strings.Cut(v[0], " "); ok && !strings.Contains(chain, " ") {
+			f = []string{verb, chain}
+		}
+	}
+	if f == nil {
+		f = strings.Fields(strings.Join(v, " "))
+	}
 	switch {
 	case len(f) == 1 && f[0] == "drop":
 		return 0, "", nil // NF_DROP
@@ -228,15 +311,31 @@ func (w *elemWriter) apply(ops []elemOp) error {
 			Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
 		}
 	}
-	msgs := []netlink.Message{batch(unix.NFNL_MSG_BATCH_BEGIN)}
-	for _, op := range ops {
-		m, err := w.message(op)
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, m)
+	body, err := w.messages(ops)
+	if err != nil {
+		return err
 	}
+	msgs := append([]netlink.Message{batch(unix.NFNL_MSG_BATCH_BEGIN)}, body...)
 	msgs = append(msgs, batch(unix.NFNL_MSG_BATCH_END))
+	// The whole batch goes in one send (nf_tables applies a batch only
+	// when it arrives in one piece): make room for it.
+	total := 0
+	for _, m := range msgs {
+		total += 16 + len(m.Data) + 4
+	}
+	if total > w.sndbuf {
+		if err := setSockBuf(w.conn, unix.SO_SNDBUFFORCE, total+(64<<10)); err != nil {
+			return fmt.Errorf("nf_tables batch of %d bytes: %w", total, err)
+		}
+		w.sndbuf = total
+	}
+	// And for one acknowledgement per message (an skb each).
+	if need := len(msgs) * 1024; need > w.rcvbuf && need > 1<<20 {
+		if err := setSockBuf(w.conn, unix.SO_RCVBUFFORCE, need); err != nil {
+			return fmt.Errorf("nf_tables batch of %d messages: %w", len(msgs), err)
+		}
+		w.rcvbuf = need
+	}
 	w.conn.SetDeadline(time.Now().Add(10 * time.Second))
 	sent, err := w.conn.SendMessages(msgs)
 	if err != nil {
@@ -266,5 +365,6 @@ func (w *elemWriter) close() {
 	if w.conn != nil {
 		w.conn.Close()
 		w.conn = nil
+		w.sndbuf, w.rcvbuf = 0, 0
 	}
 }
