@@ -152,6 +152,11 @@ type State struct {
 	NodeZone string
 	// Services sorted by Name.
 	Services []*Service
+	// ServiceCIDRs are the spec.cidrs of this family of every ServiceCIDR
+	// object (networking.k8s.io/v1), sorted; nil when they are unknown (the
+	// API does not serve them, RBAC forbids reading them, or none has this
+	// family), in which case a backend uses --service-cluster-ip-range.
+	ServiceCIDRs []netip.Prefix
 }
 
 // Key identifies a service port's kernel objects; it is stable across syncs.

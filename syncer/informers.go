@@ -2,10 +2,14 @@ package syncer
 
 import (
 	"context"
+	"net/netip"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -15,6 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxier"
 )
 
 const (
@@ -26,6 +32,9 @@ const (
 	// nodeSyncTimeout bounds how long a start waits for the Node cache
 	// before syncing without the node's zone.
 	nodeSyncTimeout = 10 * time.Second
+	// cidrSyncTimeout bounds how long a start waits for the ServiceCIDR
+	// cache before syncing with --service-cluster-ip-range instead.
+	cidrSyncTimeout = 10 * time.Second
 )
 
 // proxiedSelector is kube-proxy's label selector for Services and
@@ -72,6 +81,12 @@ type caches struct {
 	slices      cache.SharedIndexInformer
 	nodes       cache.SharedIndexInformer // nil without a node name
 	nodeName    string
+	// ServiceCIDRs (networking.k8s.io/v1), from their own factory: they
+	// carry no service-proxy-name labels to select on.
+	cidrFactory informers.SharedInformerFactory
+	cidrs       cache.SharedIndexInformer
+	cidrsGone   chan struct{} // closed once the API refused to list them
+	cidrsOnce   sync.Once
 }
 
 func newCaches(client kubernetes.Interface, nodeName string, resync time.Duration) (*caches, error) {
@@ -87,6 +102,12 @@ func newCaches(client kubernetes.Interface, nodeName string, resync time.Duratio
 	if err := c.slices.AddIndexers(cache.Indexers{sliceByService: indexSliceByService}); err != nil {
 		return nil, err
 	}
+	c.cidrFactory = informers.NewSharedInformerFactory(client, resync)
+	c.cidrs = c.cidrFactory.Networking().V1().ServiceCIDRs().Informer()
+	c.cidrsGone = make(chan struct{})
+	if err := c.cidrs.SetWatchErrorHandlerWithContext(c.cidrWatchError); err != nil {
+		return nil, err
+	}
 	if nodeName != "" {
 		nameSel := fields.OneTermEqualSelector("metadata.name", nodeName).String()
 		c.nodeFactory = informers.NewSharedInformerFactoryWithOptions(client, resync,
@@ -98,6 +119,7 @@ func newCaches(client kubernetes.Interface, nodeName string, resync time.Duratio
 
 func (c *caches) start(ctx context.Context) {
 	c.factory.Start(ctx.Done())
+	c.cidrFactory.Start(ctx.Done())
 	if c.nodeFactory != nil {
 		c.nodeFactory.Start(ctx.Done())
 	}
@@ -106,9 +128,61 @@ func (c *caches) start(ctx context.Context) {
 // shutdown waits for the informers to stop; ctx passed to start must be done.
 func (c *caches) shutdown() {
 	c.factory.Shutdown()
+	c.cidrFactory.Shutdown()
 	if c.nodeFactory != nil {
 		c.nodeFactory.Shutdown()
 	}
+}
+
+// cidrWatchError is the ServiceCIDR reflector's error handler. When the API
+// does not serve ServiceCIDRs (404) or RBAC forbids listing them, the
+// proxiers use --service-cluster-ip-range: that is logged once, and the
+// reflector goes on retrying quietly (with its backoff), so ServiceCIDRs
+// take over if they become readable. Other errors are logged as usual.
+func (c *caches) cidrWatchError(ctx context.Context, r *cache.Reflector, err error) {
+	if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsMethodNotSupported(err) {
+		c.cidrsOnce.Do(func() {
+			klog.InfoS("Cannot list ServiceCIDRs (networking.k8s.io/v1); using --service-cluster-ip-range for unallocated ClusterIPs", "err", err)
+			close(c.cidrsGone)
+		})
+		return
+	}
+	cache.DefaultWatchErrorHandler(ctx, r, err)
+}
+
+// waitForServiceCIDRs waits a bounded time for the ServiceCIDR cache, so
+// that the first sync already has the ServiceCIDRs; it returns at once when
+// the API refused to list them, and goes on without them after the timeout.
+func (c *caches) waitForServiceCIDRs(ctx context.Context, synced cache.InformerSynced) {
+	wctx, cancel := context.WithTimeout(ctx, cidrSyncTimeout)
+	defer cancel()
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-wctx.Done():
+		case <-c.cidrsGone:
+		}
+		close(stop)
+	}()
+	if !cache.WaitForCacheSync(stop, synced) && ctx.Err() == nil && wctx.Err() != nil {
+		klog.InfoS("ServiceCIDR cache not synced in time; using --service-cluster-ip-range until it is", "timeout", cidrSyncTimeout)
+	}
+}
+
+// serviceCIDRs are the ServiceCIDRs' CIDRs of family f, or nil while the
+// ServiceCIDR cache has not synced (or the API refused to list them).
+func (c *caches) serviceCIDRs(f proxier.IPFamily) []netip.Prefix {
+	if !c.cidrs.HasSynced() {
+		return nil
+	}
+	objs := c.cidrs.GetStore().List()
+	scs := make([]*networkingv1.ServiceCIDR, 0, len(objs))
+	for _, o := range objs {
+		if sc, ok := o.(*networkingv1.ServiceCIDR); ok {
+			scs = append(scs, sc)
+		}
+	}
+	return serviceCIDRsOf(scs, f)
 }
 
 // waitForNode waits a bounded time for the Node cache, so that the first

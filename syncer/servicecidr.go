@@ -2,6 +2,7 @@ package syncer
 
 import (
 	"net/netip"
+	"slices"
 	"sort"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -13,7 +14,6 @@ import (
 // spec.cidrs, sorted and deduplicated; unparsable entries are skipped. A
 // terminating ServiceCIDR still counts (its IPs may still be allocated), as in
 // kube-proxy.
-// Not yet wired into an informer (see the report on issue 4).
 func serviceCIDRsOf(objs []*networkingv1.ServiceCIDR, f proxier.IPFamily) []netip.Prefix {
 	seen := map[netip.Prefix]struct{}{}
 	var out []netip.Prefix
@@ -40,4 +40,13 @@ func serviceCIDRsOf(objs []*networkingv1.ServiceCIDR, f proxier.IPFamily) []neti
 		return out[i].Bits() < out[j].Bits()
 	})
 	return out
+}
+
+// sameServiceCIDRs reports an update of a ServiceCIDR that leaves its
+// spec.cidrs alone, such as a status change or the start of its deletion (a
+// terminating ServiceCIDR still counts): the rules do not depend on it.
+func sameServiceCIDRs(old, cur any) bool {
+	o, ok1 := old.(*networkingv1.ServiceCIDR)
+	c, ok2 := cur.(*networkingv1.ServiceCIDR)
+	return ok1 && ok2 && slices.Equal(o.Spec.CIDRs, c.Spec.CIDRs)
 }

@@ -1,5 +1,5 @@
 // Package syncer decides when a node's proxiers sync and with what. It
-// watches Services, EndpointSlices and this node through informers (with
+// watches Services, EndpointSlices, ServiceCIDRs and this node through informers (with
 // kube-proxy's label selectors), tracks which Services changed, converts them
 // into an immutable proxier.State per address family, and calls each
 // Proxier's Sync from a bounded-frequency runner: at most once per
@@ -85,6 +85,7 @@ type Syncer struct {
 	rep      *logReporter
 	synced   []cache.InformerSynced // what the first sync waits for
 	nodeSync cache.InformerSynced
+	cidrSync cache.InformerSynced
 	started  atomic.Bool
 
 	// Owned by the runner goroutine.
@@ -164,6 +165,19 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 		return nil, err
 	}
 	s.synced = []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
+	cidrReg, err := c.cidrs.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { s.queue() },
+		UpdateFunc: func(old, cur any) {
+			if !sameServiceCIDRs(old, cur) {
+				s.queue()
+			}
+		},
+		DeleteFunc: func(any) { s.queue() },
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.cidrSync = cidrReg.HasSynced
 	if c.nodes != nil {
 		nodeReg, err := c.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { s.onNode(nil, obj) },
@@ -200,6 +214,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if s.nodeSync != nil {
 		s.caches.waitForNode(ctx, s.nodeSync)
 	}
+	s.caches.waitForServiceCIDRs(ctx, s.cidrSync)
 	klog.InfoS("Caches synced; starting sync loop", "node", s.opts.NodeName,
 		"minSyncPeriod", s.opts.MinSyncPeriod, "syncPeriod", s.opts.SyncPeriod)
 	s.runner.Trigger()
@@ -374,6 +389,7 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 	family := fs.family.String()
 	start := time.Now()
 	res := fs.update(s.caches, pc.services, full, s.opts.NodeName, zone, s.rep)
+	res.state.ServiceCIDRs = s.caches.serviceCIDRs(fs.family)
 	err := p.Sync(ctx, res.state)
 	end := time.Now()
 	took := end.Sub(start)
@@ -462,6 +478,7 @@ func Snapshot(ctx context.Context, client kubernetes.Interface, nodeName string,
 	if c.nodes != nil {
 		c.waitForNode(ctx, c.nodes.HasSynced)
 	}
+	c.waitForServiceCIDRs(ctx, c.cidrs.HasSynced)
 	zone := c.nodeZone()
 	rep := &logReporter{}
 	out := make(map[proxier.IPFamily]*proxier.State, len(families))
@@ -470,6 +487,7 @@ func Snapshot(ctx context.Context, client kubernetes.Interface, nodeName string,
 			return nil, fmt.Errorf("syncer: invalid family %d", int(f))
 		}
 		out[f] = newFamilyState(f).update(c, nil, true, nodeName, zone, rep).state
+		out[f].ServiceCIDRs = c.serviceCIDRs(f)
 	}
 	return out, nil
 }
