@@ -33,7 +33,7 @@ func kernelNetns(t *testing.T) string {
 
 func nsRunner(ns string) (Runner, Binaries) {
 	bin := Detect(context.Background(), proxier.IPv4)
-	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}}, bin
+	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}, bin
 }
 
 func save(t *testing.T, ns string, bin Binaries) string {
@@ -137,7 +137,7 @@ func TestKernelApply(t *testing.T) {
 func TestKernelIPv6(t *testing.T) {
 	ns := kernelNetns(t)
 	bin := Detect(context.Background(), proxier.IPv6)
-	run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}}
+	run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
 	cfg := proxier.Config{Family: proxier.IPv6, MasqueradeBit: 14, LocalDetector: proxier.LocalDetector{
 		Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10::/64")}}}
 	st := &proxier.State{Family: proxier.IPv6, Services: []*proxier.Service{
@@ -186,59 +186,130 @@ func TestKernelCleanup(t *testing.T) {
 	}
 }
 
-func TestKernelCheckDetectsFlushes(t *testing.T) {
-	ns := kernelNetns(t)
-	run, bin := nsRunner(ns)
-	ctx := context.Background()
-	ipt := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin.Command}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
+func modeRunner(t *testing.T, ns, mode string) (execRunner, Binaries) {
+	t.Helper()
+	bin := Binaries{Mode: mode, Save: "iptables-" + mode + "-save", Restore: "iptables-" + mode + "-restore", Command: "iptables-" + mode}
+	if _, err := exec.LookPath(bin.Restore); err != nil {
+		t.Skip(err)
 	}
-	for _, tc := range []struct {
-		name  string
-		alter func()
-	}{
-		{"flush nat", func() { ipt("-t", "nat", "-F") }},
-		{"flush filter", func() { ipt("-t", "filter", "-F") }},
-		{"delete a jump", func() {
-			ipt("-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES")
-		}},
-		{"flush KUBE-POSTROUTING", func() { ipt("-t", "nat", "-F", "KUBE-POSTROUTING") }},
-		{"nft flush ruleset", func() {
-			if bin.Mode != "nft" {
-				t.Skip("legacy iptables backend: nft flush ruleset does not apply")
+	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}, bin
+}
+
+func TestKernelCheckDetectsFlushes(t *testing.T) {
+	st := featureState()
+	np := st.Services[4]
+	svcChain, sepChain := ServiceChainName(np), EndpointChainName(np, np.Endpoints[0])
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			ns := kernelNetns(t)
+			run, bin := modeRunner(t, ns, mode)
+			ctx := context.Background()
+			ipt := func(args ...string) {
+				t.Helper()
+				if out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin.Command}, args...)...).CombinedOutput(); err != nil {
+					t.Fatalf("%v: %v: %s", args, err, out)
+				}
 			}
-			if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
-				t.Fatalf("%v: %s", err, out)
+			for _, tc := range []struct {
+				name  string
+				alter func()
+			}{
+				{"flush nat", func() { ipt("-t", "nat", "-F") }},
+				{"flush filter", func() { ipt("-t", "filter", "-F") }},
+				{"delete a jump", func() {
+					ipt("-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES")
+				}},
+				{"flush KUBE-POSTROUTING", func() { ipt("-t", "nat", "-F", "KUBE-POSTROUTING") }},
+				{"flush nat KUBE-SERVICES", func() { ipt("-t", "nat", "-F", "KUBE-SERVICES") }},
+				{"flush nat KUBE-NODEPORTS", func() { ipt("-t", "nat", "-F", "KUBE-NODEPORTS") }},
+				{"flush filter KUBE-EXTERNAL-SERVICES", func() { ipt("-t", "filter", "-F", "KUBE-EXTERNAL-SERVICES") }},
+				{"flush filter KUBE-PROXY-FIREWALL", func() { ipt("-t", "filter", "-F", "KUBE-PROXY-FIREWALL") }},
+				{"delete one rule of nat KUBE-SERVICES", func() { ipt("-t", "nat", "-D", "KUBE-SERVICES", "2") }},
+				{"flush a KUBE-SVC chain", func() { ipt("-t", "nat", "-F", svcChain) }},
+				{"flush a KUBE-SEP chain", func() { ipt("-t", "nat", "-F", sepChain) }},
+				{"delete one rule of a KUBE-SVC chain", func() { ipt("-t", "nat", "-D", svcChain, "1") }},
+				{"nft flush ruleset", func() {
+					if out, err := exec.Command("ip", "netns", "exec", ns, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+						t.Fatalf("%v: %s", err, out)
+					}
+				}},
+			} {
+				if tc.name == "nft flush ruleset" && bin.Mode != "nft" {
+					continue // does not apply to the legacy backend
+				}
+				t.Run(tc.name, func(t *testing.T) {
+					p := New(featureConfig(), Options{}, run)
+					if p.probe == nil {
+						t.Fatalf("no probe for %s", mode)
+					}
+					if err := p.Sync(ctx, featureState()); err != nil {
+						t.Fatal(err)
+					}
+					for i := 0; i < 2; i++ {
+						if missing, err := p.Check(ctx); err != nil || missing != "" {
+							t.Fatalf("intact rules: Check = %q, %v", missing, err)
+						}
+					}
+					if p.checksDeep != 1 || p.checksIdle != 1 {
+						t.Errorf("intact rules: %d deep and %d idle checks, want 1 and 1", p.checksDeep, p.checksIdle)
+					}
+					tc.alter()
+					missing, err := p.Check(ctx)
+					if err != nil || missing == "" {
+						t.Fatalf("after %s: Check = %q, %v; want something missing", tc.name, missing, err)
+					}
+					t.Logf("after %s: %s", tc.name, missing)
+					// The repair: a forced full sync restores everything.
+					p.ForceFullSync()
+					if err := p.Sync(ctx, featureState()); err != nil {
+						t.Fatal(err)
+					}
+					if missing, err := p.Check(ctx); err != nil || missing != "" {
+						t.Fatalf("after repair: Check = %q, %v", missing, err)
+					}
+					if !strings.Contains(save(t, ns, bin), "--to-destination 10.244.1.4:8080") {
+						t.Errorf("service rules not restored")
+					}
+				})
 			}
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			p := New(testConfig(), Options{}, run)
-			if err := p.Sync(ctx, testState()); err != nil {
-				t.Fatal(err)
-			}
-			if missing, err := p.Check(ctx); err != nil || missing != "" {
-				t.Fatalf("intact rules: Check = %q, %v", missing, err)
-			}
-			tc.alter()
-			missing, err := p.Check(ctx)
-			if err != nil || missing == "" {
-				t.Fatalf("after %s: Check = %q, %v; want something missing", tc.name, missing, err)
-			}
-			// The repair: a forced full sync restores everything.
-			p.ForceFullSync()
-			if err := p.Sync(ctx, testState()); err != nil {
-				t.Fatal(err)
-			}
-			if missing, err := p.Check(ctx); err != nil || missing != "" {
-				t.Fatalf("after repair: Check = %q, %v", missing, err)
-			}
-			if !strings.Contains(save(t, ns, bin), "--to-destination 10.244.1.4:8080") {
-				t.Errorf("service rules not restored")
-			}
+
+			// Foreign changes that leave our rules alone cost one deep
+			// check and no repair; our own partial syncs cost none.
+			t.Run("foreign change and partial sync", func(t *testing.T) {
+				p := New(featureConfig(), Options{}, run)
+				if err := p.Sync(ctx, featureState()); err != nil {
+					t.Fatal(err)
+				}
+				check := func(what string) {
+					t.Helper()
+					if missing, err := p.Check(ctx); err != nil || missing != "" {
+						t.Fatalf("%s: Check = %q, %v", what, missing, err)
+					}
+				}
+				check("after full sync")
+				ipt("-t", "nat", "-N", "OTHER")
+				ipt("-t", "nat", "-A", "OTHER", "-j", "RETURN")
+				ipt("-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
+				check("after foreign rules")
+				deep := p.checksDeep
+				st2 := featureState()
+				st2.Services = st2.Services[1:] // drop one service: a partial sync
+				if err := p.Sync(ctx, st2); err != nil {
+					t.Fatal(err)
+				}
+				if p.LastResult().Full {
+					t.Fatal("sync was full, want partial")
+				}
+				check("after partial sync")
+				check("idle")
+				if p.checksDeep != deep {
+					t.Errorf("partial sync of ours caused %d deep checks, want 0", p.checksDeep-deep)
+				}
+				ipt("-t", "nat", "-F", "KUBE-NODEPORTS")
+				if missing, err := p.Check(ctx); err != nil || missing == "" {
+					t.Fatalf("after flush following a partial sync: Check = %q, %v", missing, err)
+				}
+			})
 		})
 	}
 }

@@ -33,6 +33,13 @@ type Proxier struct {
 	lastFull time.Time
 	last     SyncResult
 	after    []func(*proxier.Plan) error
+
+	// probe reads the cheap change stamp of the ruleset (nil: none for
+	// this backend); goodStamp is a stamp known to hold what applied says
+	// ("" unknown). See Check.
+	probe                  probe
+	goodStamp              string
+	checksIdle, checksDeep int
 }
 
 // OnSynced registers f to run with the plan after every successful sync
@@ -55,7 +62,15 @@ type SyncResult struct {
 
 // New returns a Proxier that applies through run.
 func New(cfg proxier.Config, opt Options, run Runner) *Proxier {
-	return &Proxier{cfg: cfg, opt: opt, run: run, FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
+	p := &Proxier{cfg: cfg, opt: opt, run: run, FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
+	if er, ok := run.(execRunner); ok {
+		p.probe = newProbe(er.bin, er.netns, func(table string) ([]byte, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			return er.Save(ctx, table)
+		})
+	}
+	return p
 }
 
 // Family is the address family this proxier programs.
@@ -72,6 +87,7 @@ func (p *Proxier) LastResult() SyncResult {
 func (p *Proxier) ForceFullSync() {
 	p.mu.Lock()
 	p.applied = nil
+	p.goodStamp = ""
 	p.mu.Unlock()
 }
 
@@ -126,7 +142,22 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, [
 	}
 	res.Full, res.Bytes = full, len(data)
 	if len(data) > 0 {
-		if err := p.run.Restore(ctx, data); err != nil {
+		// A partial sync from a good stamp leaves a good stamp when our
+		// restore alone moved it. After a full sync (or anything unclear)
+		// the next Check reads the tables once, which also proves a
+		// repair.
+		good, before := p.goodStamp, ""
+		p.goodStamp = ""
+		if p.probe != nil && good != "" && !full {
+			before, _ = p.probe.stamp()
+		}
+		err := p.run.Restore(ctx, data)
+		if err == nil && before != "" && before == good {
+			if after, serr := p.probe.stamp(); serr == nil && p.probe.ours(before, after, strings.Count(string(data), "COMMIT\n")) {
+				p.goodStamp = after
+			}
+		}
+		if err != nil {
 			p.applied = nil
 			if klog.V(4).Enabled() {
 				klog.InfoS("Failed iptables-restore input", "family", p.cfg.Family, "input", string(data))

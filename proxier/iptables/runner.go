@@ -38,6 +38,9 @@ type Binaries struct {
 type execRunner struct {
 	bin  Binaries
 	wrap []string
+	// netns names the network namespace wrap enters, for the in-process
+	// probes (see probe); "" is our own.
+	netns string
 }
 
 // NewExecRunner returns a Runner that execs bin's tools.
