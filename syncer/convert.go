@@ -37,6 +37,12 @@ const (
 	reasonNoAddresses            = "NoAddresses"
 	reasonInvalidAddress         = "InvalidAddress"
 	reasonWrongFamily            = "WrongFamily"
+	// An external IP, load-balancer ingress IP or source range of a family
+	// in which the Service has no ClusterIP: no proxier programs it.
+	// (kube-proxy drops these too and logs them at V(4).)
+	reasonWrongFamilyExternalIP     = "WrongFamilyExternalIP"
+	reasonWrongFamilyLoadBalancerIP = "WrongFamilyLoadBalancerIP"
+	reasonWrongFamilySourceRange    = "WrongFamilySourceRange"
 )
 
 // reporter is told about every piece of input that is skipped because it is
@@ -140,10 +146,41 @@ func clusterIPFor(svc *v1.Service, f proxier.IPFamily, r reporter) (netip.Addr, 
 	return netip.Addr{}, false
 }
 
-// addrsOfFamily parses ips, reports the unparseable ones and returns those of
-// family f, in order, without duplicates. Addresses of the other family are
-// not errors: dual-stack Services legitimately list both.
-func addrsOfFamily(ips []string, f proxier.IPFamily, reason string, obj metav1.Object, r reporter) []netip.Addr {
+// otherFamily is the address family that is not f.
+func otherFamily(f proxier.IPFamily) proxier.IPFamily {
+	if f == proxier.IPv6 {
+		return proxier.IPv4
+	}
+	return proxier.IPv6
+}
+
+// wrongFamily says which addresses of a Service no proxier will program:
+// those of a family in which the Service has no ClusterIP. Addresses of the
+// other family of a dual-stack Service are not errors: its other family's
+// proxier programs them.
+type wrongFamily struct {
+	other  proxier.IPFamily
+	report bool // the Service has no ClusterIP in other
+	reason string
+}
+
+func wrongFamilyOf(svc *v1.Service, f proxier.IPFamily, reason string) wrongFamily {
+	other := otherFamily(f)
+	_, dual := clusterIPFor(svc, other, nopReporter{})
+	return wrongFamily{other: other, report: !dual, reason: reason}
+}
+
+// check reports a, of the other family, when nothing will program it.
+func (w wrongFamily) check(a netip.Addr, obj metav1.Object, value string, r reporter) {
+	if w.report && w.other.Matches(a) {
+		r.invalid(kindService, w.reason, obj, value)
+	}
+}
+
+// addrsOfFamily parses ips, reports the unparseable ones and those of a
+// family nothing programs (see wrongFamily), and returns those of family f,
+// in order, without duplicates.
+func addrsOfFamily(ips []string, f proxier.IPFamily, reason string, wrong wrongFamily, obj metav1.Object, r reporter) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range ips {
 		a, ok := parseAddr(s)
@@ -151,7 +188,11 @@ func addrsOfFamily(ips []string, f proxier.IPFamily, reason string, obj metav1.O
 			r.invalid(kindService, reason, obj, s)
 			continue
 		}
-		if f.Matches(a) && !slices.Contains(out, a) {
+		if !f.Matches(a) {
+			wrong.check(a, obj, s, r)
+			continue
+		}
+		if !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
@@ -172,7 +213,7 @@ func loadBalancerIPs(svc *v1.Service, f proxier.IPFamily, r reporter) []netip.Ad
 		}
 		ips = append(ips, ing.IP)
 	}
-	return addrsOfFamily(ips, f, reasonInvalidLoadBalancerIP, svc, r)
+	return addrsOfFamily(ips, f, reasonInvalidLoadBalancerIP, wrongFamilyOf(svc, f, reasonWrongFamilyLoadBalancerIP), svc, r)
 }
 
 // sourceRanges returns spec.loadBalancerSourceRanges of family f. Whitespace
@@ -180,6 +221,8 @@ func loadBalancerIPs(svc *v1.Service, f proxier.IPFamily, r reporter) []netip.Ad
 // everyone, which is the same as no ranges at all.
 func sourceRanges(svc *v1.Service, f proxier.IPFamily, r reporter) []netip.Prefix {
 	var out []netip.Prefix
+	wrong := wrongFamilyOf(svc, f, reasonWrongFamilySourceRange)
+	allowAll := false
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
 		p, ok := parsePrefix(s)
 		if !ok {
@@ -187,14 +230,21 @@ func sourceRanges(svc *v1.Service, f proxier.IPFamily, r reporter) []netip.Prefi
 			continue
 		}
 		if !f.Matches(p.Addr()) {
+			wrong.check(p.Addr(), svc, s, r)
 			continue
 		}
 		if p.Bits() == 0 {
-			return nil
+			allowAll = true
+		}
+		if allowAll {
+			continue
 		}
 		if !slices.Contains(out, p) {
 			out = append(out, p)
 		}
+	}
+	if allowAll {
+		return nil
 	}
 	return out
 }
@@ -247,7 +297,7 @@ func buildServicePorts(svc *v1.Service, epSlices []*discovery.EndpointSlice, f p
 	if svc.Spec.TrafficDistribution != nil {
 		trafficDistribution = *svc.Spec.TrafficDistribution
 	}
-	externalIPs := addrsOfFamily(svc.Spec.ExternalIPs, f, reasonInvalidExternalIP, svc, r)
+	externalIPs := addrsOfFamily(svc.Spec.ExternalIPs, f, reasonInvalidExternalIP, wrongFamilyOf(svc, f, reasonWrongFamilyExternalIP), svc, r)
 	lbIPs := loadBalancerIPs(svc, f, r)
 	ranges := sourceRanges(svc, f, r)
 

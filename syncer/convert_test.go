@@ -494,3 +494,50 @@ func TestParseSloppy(t *testing.T) {
 		}
 	}
 }
+
+// TestWrongFamilyReported: external IPs, load-balancer IPs and source ranges
+// of a family in which the Service has no ClusterIP are reported, each with
+// its own reason; those of the other family of a dual-stack Service are not.
+func TestWrongFamilyReported(t *testing.T) {
+	lb := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalIPs = []string{"192.0.2.1", "2001:db8::1"}
+		s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24", "2001:db8:1::/64"}
+		s.Spec.Ports[0].NodePort = 30080
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.1"}, {IP: "2001:db8::2"}}
+	}
+	dual := func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"172.30.0.41", "fd00::41"}
+		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol}
+	}
+	for _, tc := range []struct {
+		name string
+		svc  *v1.Service
+		f    proxier.IPFamily
+		want []string
+	}{
+		{"IPv4-only Service, IPv4 proxier", svc(lb), proxier.IPv4, []string{
+			"Service/WrongFamilyExternalIP/2001:db8::1",
+			"Service/WrongFamilyLoadBalancerIP/2001:db8::2",
+			"Service/WrongFamilySourceRange/2001:db8:1::/64",
+		}},
+		{"IPv4-only Service, IPv6 proxier", svc(lb), proxier.IPv6, nil},
+		{"dual-stack Service, IPv4 proxier", svc(lb, dual), proxier.IPv4, nil},
+		{"dual-stack Service, IPv6 proxier", svc(lb, dual), proxier.IPv6, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			ports := buildServicePorts(tc.svc, nil, tc.f, "node-1", rec)
+			slices.Sort(rec.got)
+			if diff := cmp.Diff(tc.want, rec.got); diff != "" {
+				t.Errorf("reports (-want +got):\n%s", diff)
+			}
+			if tc.f == proxier.IPv4 && len(ports) == 1 {
+				p := ports[0]
+				if len(p.ExternalIPs) != 1 || len(p.LoadBalancerIPs) != 1 || len(p.LoadBalancerSourceRanges) != 1 {
+					t.Errorf("IPv4 addresses: external %v, LB %v, ranges %v; want one of each", p.ExternalIPs, p.LoadBalancerIPs, p.LoadBalancerSourceRanges)
+				}
+			}
+		})
+	}
+}
