@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+	netutils "k8s.io/utils/net"
 )
 
 // options are the command-line flags, named and defaulted as kube-proxy's so
@@ -33,7 +34,8 @@ type options struct {
 	cleanup          bool
 
 	nodePortAddresses  []netip.Prefix
-	nodePortPrimary    bool // "primary" was given: add the node's own IPs
+	nodePortPrimary    bool       // "primary" was given: add the node's own IPs
+	bindAddress        netip.Addr // --bind-address; when specific, this node's IP of its family
 	localhostNodePorts bool
 	detectLocalMode    string
 	bridgeInterface    string
@@ -69,6 +71,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "host:port for /healthz and /livez; empty disables it.")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
+	bind := fs.String("bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
 	npa := fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all.")
 	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; sets route_localnet).")
 	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
@@ -134,6 +137,15 @@ func parseFlags(args []string) (*options, error) {
 		}
 		seen[c.Addr().Is4()] = true
 	}
+	if b := strings.TrimSpace(*bind); b != "" {
+		ip, ok := parseIPSloppy(b)
+		if !ok {
+			return nil, fmt.Errorf("--bind-address: %q is not an IP address", *bind)
+		}
+		if !ip.IsUnspecified() {
+			o.bindAddress = ip
+		}
+	}
 	for _, s := range strings.Split(*npa, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "":
@@ -198,4 +210,15 @@ func parseFlags(args []string) (*options, error) {
 		}
 	}
 	return o, nil
+}
+
+// parseIPSloppy parses an IP address as kube-proxy does (leading zeros in
+// IPv4 octets accepted); IPv4-mapped IPv6 addresses become plain IPv4.
+func parseIPSloppy(s string) (netip.Addr, bool) {
+	ip := netutils.ParseIPSloppy(s)
+	if ip == nil {
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	return a.Unmap(), ok
 }

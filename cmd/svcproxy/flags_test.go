@@ -1,10 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/syncer"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -92,5 +96,63 @@ func TestParseFlags(t *testing.T) {
 			}
 			tc.check(t, o)
 		})
+	}
+}
+
+// TestNodeAddrs: the node IPs that let the node through a source-range
+// firewall are kube-proxy's node IPs (--bind-address, else the Node's
+// addresses), not every local address; "primary" uses them; a Node that
+// cannot be read makes "primary" an error instead of every address.
+func TestNodeAddrs(t *testing.T) {
+	a := netip.MustParseAddr
+	local := []netip.Addr{a("127.0.0.1"), a("192.168.1.2"), a("10.0.0.5"), a("172.17.0.1"), a("::1"), a("fd00::2")}
+	node := syncer.NodeInfo{InternalIPs: []netip.Addr{a("192.168.1.2"), a("fd00::2")}}
+	parse := func(args ...string) *options {
+		t.Helper()
+		o, err := parseFlags(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	for _, tc := range []struct {
+		name    string
+		o       *options
+		node    syncer.NodeInfo
+		f       proxier.IPFamily
+		wantIPs string
+		wantNPA string
+	}{
+		{"default: node IPs only, NodePorts everywhere", parse(), node, proxier.IPv4, "[192.168.1.2]", "[]"},
+		{"default IPv6", parse(), node, proxier.IPv6, "[fd00::2]", "[]"},
+		{"--bind-address overrides its family", parse("--bind-address=10.0.0.5"), node, proxier.IPv4, "[10.0.0.5]", "[]"},
+		{"--bind-address leaves the other family", parse("--bind-address=10.0.0.5"), node, proxier.IPv6, "[fd00::2]", "[]"},
+		{"CIDRs add the local addresses inside them", parse("--nodeport-addresses=10.0.0.0/8,172.16.0.0/12"), node, proxier.IPv4,
+			"[192.168.1.2 10.0.0.5 172.17.0.1]", "[10.0.0.0/8 172.16.0.0/12]"},
+		{"primary", parse("--nodeport-addresses=primary"), node, proxier.IPv4, "[192.168.1.2]", "[192.168.1.2/32]"},
+		{"primary IPv6", parse("--nodeport-addresses=primary"), node, proxier.IPv6, "[fd00::2]", "[fd00::2/128]"},
+		{"primary, Node unreadable, --bind-address", parse("--nodeport-addresses=primary", "--bind-address=10.0.0.5"), syncer.NodeInfo{}, proxier.IPv4,
+			"[10.0.0.5]", "[10.0.0.5/32]"},
+		{"primary, no IPv6 node IP: IPv6 NodePorts everywhere, as kube-proxy", parse("--nodeport-addresses=primary"),
+			syncer.NodeInfo{InternalIPs: []netip.Addr{a("192.168.1.2")}}, proxier.IPv6, "[]", "[]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ips, npa := nodeAddrs(tc.o, tc.f, nodeIPs(tc.o, tc.node), local)
+			if got := fmt.Sprint(ips); got != tc.wantIPs {
+				t.Errorf("NodeIPs = %s, want %s", got, tc.wantIPs)
+			}
+			if got := fmt.Sprint(npa); got != tc.wantNPA {
+				t.Errorf("NodePortAddresses = %s, want %s", got, tc.wantNPA)
+			}
+		})
+	}
+	if err := checkPrimary(parse("--nodeport-addresses=primary"), syncer.NodeInfo{}, "n1"); err == nil {
+		t.Error("primary with an unreadable Node and no --bind-address: no error; NodePorts would open on every address")
+	}
+	if err := checkPrimary(parse("--nodeport-addresses=primary", "--bind-address=10.0.0.5"), syncer.NodeInfo{}, "n1"); err != nil {
+		t.Errorf("primary with --bind-address: %v", err)
+	}
+	if err := checkPrimary(parse(), syncer.NodeInfo{}, "n1"); err != nil {
+		t.Errorf("no primary: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -96,6 +97,9 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	node := nodeInfo(ctx, o, client, nodeName)
+	if err := checkPrimary(o, node, nodeName); err != nil {
+		return err
+	}
 	families := usableFamilies(ctx, o)
 	if o.cleanupKubeProxy && !o.dryRun {
 		// A one-step migration from kube-proxy: its rules go before ours
@@ -303,20 +307,8 @@ func proxierConfig(o *options, f proxier.IPFamily, node syncer.NodeInfo) proxier
 		MasqueradeAll:      o.masqueradeAll,
 		MasqueradeBit:      o.masqueradeBit,
 		LocalhostNodePorts: o.localhostNodePorts && f == proxier.IPv4,
-		NodeIPs:            localAddrs(f),
 	}
-	for _, p := range o.nodePortAddresses {
-		if f.Matches(p.Addr()) {
-			cfg.NodePortAddresses = append(cfg.NodePortAddresses, p)
-		}
-	}
-	if o.nodePortPrimary {
-		for _, ip := range node.InternalIPs {
-			if f.Matches(ip) {
-				cfg.NodePortAddresses = append(cfg.NodePortAddresses, netip.PrefixFrom(ip, ip.BitLen()))
-			}
-		}
-	}
+	cfg.NodeIPs, cfg.NodePortAddresses = nodeAddrs(o, f, nodeIPs(o, node), localAddrs(f))
 	var cidrs []netip.Prefix
 	switch o.detectLocalMode {
 	case "ClusterCIDR":
@@ -335,6 +327,79 @@ func proxierConfig(o *options, f proxier.IPFamily, node syncer.NodeInfo) proxier
 		}
 	}
 	return cfg
+}
+
+// nodeIPs are this node's IPs as kube-proxy determines them
+// (cmd/kube-proxy/app/server.go detectNodeIPs): a specific --bind-address
+// for its family, else the Node object's address of each family (its
+// InternalIP, else ExternalIP). kube-proxy assumes loopback for a family
+// with neither; loopback never matters below, so we leave it out.
+func nodeIPs(o *options, node syncer.NodeInfo) []netip.Addr {
+	var out []netip.Addr
+	if o.bindAddress.IsValid() {
+		out = append(out, o.bindAddress)
+	}
+	for _, ip := range node.InternalIPs {
+		if !slices.ContainsFunc(out, func(a netip.Addr) bool { return a.Is4() == ip.Is4() }) {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// nodeAddrs returns proxier.Config's NodeIPs and NodePortAddresses for
+// family f, from this node's IPs (see nodeIPs) and its local addresses.
+//
+// kube-proxy lets the node through a loadBalancerSourceRanges firewall only
+// when a range holds one of its node IPs, not any local address; NodePorts
+// limited by CIDRs answer on the local addresses inside them. Config has one
+// list for both, so it holds the node IPs, plus, only when
+// --nodeport-addresses gives CIDRs, the local addresses inside them.
+//
+// "primary" becomes the node IP of each family as a /32 or /128
+// (kube-proxy's server.go). A family without a node IP gets no entry, so
+// its NodePorts answer on every address, as in kube-proxy (whose node IP
+// is then loopback, which it skips).
+func nodeAddrs(o *options, f proxier.IPFamily, nodeIPs, local []netip.Addr) (ips []netip.Addr, npa []netip.Prefix) {
+	for _, ip := range nodeIPs {
+		if f.Matches(ip) && !ip.IsLoopback() {
+			ips = append(ips, ip)
+		}
+	}
+	for _, p := range o.nodePortAddresses {
+		if f.Matches(p.Addr()) {
+			npa = append(npa, p)
+		}
+	}
+	for _, ip := range local {
+		if f.Matches(ip) && !slices.Contains(ips, ip) && slices.ContainsFunc(npa, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			ips = append(ips, ip)
+		}
+	}
+	if o.nodePortPrimary {
+		for _, ip := range nodeIPs {
+			if f.Matches(ip) && !ip.IsLoopback() {
+				npa = append(npa, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+	}
+	return ips, npa
+}
+
+// checkPrimary refuses --nodeport-addresses=primary when this node's IP is
+// unknown in every family: NodePorts would otherwise answer on every
+// address, the opposite of what was asked. kube-proxy also refuses to start
+// without the node's IPs (pkg/proxy/node.go NewNodeManager).
+func checkPrimary(o *options, node syncer.NodeInfo, name string) error {
+	if !o.nodePortPrimary {
+		return nil
+	}
+	for _, ip := range nodeIPs(o, node) {
+		if !ip.IsLoopback() {
+			return nil
+		}
+	}
+	return fmt.Errorf("--nodeport-addresses=primary: cannot determine this node's IP (Node %q unreadable or without addresses, no --bind-address); not opening NodePorts on every address", name)
 }
 
 // localAddrs are this network namespace's interface addresses of family f.
