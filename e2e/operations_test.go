@@ -192,7 +192,25 @@ func TestFlushDetection(t *testing.T) {
 		{"iptables", "-t", "filter", "-F"},
 		{"iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
 		{"nft", "flush", "ruleset"},
+		// One top-level chain, and one service's own chain: neither
+		// touches what kube-proxy's canary or the built-in jumps show.
+		{"iptables", "-t", "nat", "-F", "KUBE-SERVICES"},
+		{"iptables", "-t", "nat", "-F", "<KUBE-SVC chain of the Service>"},
 	} {
+		if damage[len(damage)-1] == "<KUBE-SVC chain of the Service>" {
+			out, err := env.Node.Run(c.ctx, "iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+			if err != nil {
+				t.Fatalf("iptables -S KUBE-SERVICES: %v: %s", err, out)
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if i := strings.Index(line, "-j KUBE-SVC-"); i >= 0 && strings.Contains(line, svc.Namespace+"/"+svc.Name) {
+					damage[len(damage)-1] = strings.TrimSpace(line[i+3:])
+				}
+			}
+			if strings.HasPrefix(damage[len(damage)-1], "<") {
+				t.Fatalf("no KUBE-SVC chain for %s/%s in:\n%s", svc.Namespace, svc.Name, out)
+			}
+		}
 		name := strings.Join(damage, " ")
 		if out, err := env.Node.Run(c.ctx, damage...); err != nil {
 			t.Errorf("%s: %v: %s", name, err, out)
@@ -288,6 +306,17 @@ func TestBadInput(t *testing.T) {
 		// An IPv6 external IP on an IPv4 Service: the wrong family.
 		ExternalIPs: []string{"2001:db8::1"}}})
 	before := metricValue(c, "svcproxy_invalid_objects_total")
+	// Each cause has its own series, so one cause cannot stand in for
+	// another.
+	series := map[string]string{
+		"wrong-family external IP": `svcproxy_invalid_objects_total{kind="Service",reason="WrongFamilyExternalIP"}`,
+		"slice without a label":    `svcproxy_invalid_objects_total{kind="EndpointSlice",reason="MissingServiceName"}`,
+		"port without a number":    `svcproxy_invalid_objects_total{kind="EndpointSlice",reason="InvalidPort"}`,
+	}
+	was := map[string]float64{}
+	for what, name := range series {
+		was[what] = metricValue(c, name)
+	}
 	slices := env.Client.DiscoveryV1().EndpointSlices("features")
 	for _, es := range []*discovery.EndpointSlice{
 		{ // no kubernetes.io/service-name label
@@ -315,11 +344,14 @@ func TestBadInput(t *testing.T) {
 		rs = c.connect(client, harness.ClientOptions{Target: target, Count: 5})
 		return landed(rs, backends[:1], client.IP, "")
 	})
-	c.eventually("the bad input is counted", func() string {
-		if v := metricValue(c, "svcproxy_invalid_objects_total"); v <= before {
-			return "svcproxy_invalid_objects_total did not grow: " + strconv.FormatFloat(v, 'f', -1, 64)
+	c.eventually("each bad input is counted under its own reason", func() string {
+		var missing []string
+		for what, name := range series {
+			if v := metricValue(c, name); v <= was[what] {
+				missing = append(missing, what+": "+name+" = "+strconv.FormatFloat(v, 'f', -1, 64))
+			}
 		}
-		return ""
+		return strings.Join(missing, "; ")
 	})
 	if exited, err := env.Svcproxy().Exited(); exited {
 		t.Fatalf("svcproxy exited: %v", err)
