@@ -24,6 +24,8 @@ package nftables
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/knftables"
@@ -114,6 +116,7 @@ const (
 	mNoEndpointServices = "no-endpoint-services"
 	mNoEndpointNodePort = "no-endpoint-nodeports"
 	sClusterIPs         = "cluster-ips"
+	sServiceCIDRs       = "service-cidrs"
 	sNodePortIPs        = "nodeport-ips"
 	sFirewallDests      = "firewall-dests"
 	sFirewallAllow      = "firewall-allow"
@@ -163,7 +166,7 @@ type skeleton struct {
 	elems  []elem // fixed elements: the NodePort addresses
 }
 
-func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityKey) *skeleton {
+func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	f := famOf(cfg.Family)
 	mark := cfg.MasqueradeMark()
 	sk := &skeleton{rules: map[string][]string{}}
@@ -198,11 +201,13 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 		fmt.Sprintf("%s @%s %s . %s saddr != @%s drop", key, sFirewallDests, key, f.ip, sFirewallAllow))
 	add(&knftables.Chain{Name: chServiceEPCheck}, key+" vmap @"+mNoEndpointServices)
 	add(&knftables.Chain{Name: chNodePortEPCheck}, nodePortMatch(cfg, f)+" meta l4proto . th dport vmap @"+mNoEndpointNodePort)
-	clusterIPs := []string{fmt.Sprintf("%s daddr @%s reject", f.ip, sClusterIPs)}
-	if len(serviceCIDRs) > 0 {
-		clusterIPs = append(clusterIPs, fmt.Sprintf("%s daddr { %s } drop", f.ip, strings.Join(serviceCIDRs, ", ")))
-	}
-	add(&knftables.Chain{Name: chClusterIPsCheck}, clusterIPs...)
+	// A known ClusterIP on an unknown port is rejected; any other address in
+	// a service CIDR is unallocated and dropped. The CIDRs are elements of
+	// an interval set, so a ServiceCIDR change is an element change, not a
+	// new rule (see serviceCIDRElems).
+	add(&knftables.Chain{Name: chClusterIPsCheck},
+		fmt.Sprintf("%s daddr @%s reject", f.ip, sClusterIPs),
+		fmt.Sprintf("%s daddr @%s drop", f.ip, sServiceCIDRs))
 	add(&knftables.Chain{Name: chReject}, "reject")
 	add(&knftables.Chain{Name: chServices},
 		key+" vmap @"+mServiceIPs,
@@ -290,6 +295,7 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 	}
 	sk.sets = append(sk.sets,
 		&knftables.Set{Name: sClusterIPs, Type: f.addr},
+		&knftables.Set{Name: sServiceCIDRs, Type: f.addr, Flags: []knftables.SetFlag{knftables.IntervalFlag}},
 		&knftables.Set{Name: sNodePortIPs, Type: f.addr},
 		&knftables.Set{Name: sFirewallDests, Type: svcKey},
 		&knftables.Set{Name: sFirewallAllow, Type: svcKey + " . " + f.addr, Flags: []knftables.SetFlag{knftables.IntervalFlag}},
@@ -303,6 +309,57 @@ func newSkeleton(cfg proxier.Config, serviceCIDRs []string, affinity []affinityK
 			Timeout: ptr(secondsDuration(a.timeout))})
 	}
 	return sk
+}
+
+// serviceCIDRElems are the elements of the service-cidrs set for cidrs:
+// those of family f, masked, sorted, without duplicates and without any
+// prefix that another one contains (the set has no auto-merge, and the
+// kernel rejects overlapping intervals).
+func serviceCIDRElems(f proxier.IPFamily, cidrs []netip.Prefix) []elem {
+	var ps []netip.Prefix
+	for _, c := range cidrs {
+		if !c.IsValid() || !f.Matches(c.Addr()) {
+			continue
+		}
+		if c.Addr().Is4In6() {
+			if c.Bits() < 96 {
+				continue
+			}
+			c = netip.PrefixFrom(c.Addr().Unmap(), c.Bits()-96)
+		}
+		ps = append(ps, c.Masked())
+	}
+	// Shorter prefixes first: a prefix is covered iff an earlier kept one
+	// contains its address.
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if a.Bits() != b.Bits() {
+			return a.Bits() - b.Bits()
+		}
+		return a.Addr().Compare(b.Addr())
+	})
+	var kept []netip.Prefix
+	for _, p := range ps {
+		if !slices.ContainsFunc(kept, func(k netip.Prefix) bool { return k.Contains(p.Addr()) }) {
+			kept = append(kept, p)
+		}
+	}
+	slices.SortFunc(kept, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	out := make([]elem, 0, len(kept))
+	for _, p := range kept {
+		out = append(out, elem{set: sServiceCIDRs, key: []string{p.String()}})
+	}
+	return out
+}
+
+// parseCIDRs parses CIDR strings, skipping invalid ones.
+func parseCIDRs(ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // nodePortMatch selects packets addressed to a NodePort address.
@@ -332,4 +389,19 @@ func ifNotLocal(cfg proxier.Config, f fam) string {
 
 func ifLocal(cfg proxier.Config, f fam) string {
 	return strings.Replace(ifNotLocal(cfg, f), " != ", " ", 1)
+}
+
+// serviceCIDRRender is the service-cidrs set's contribution for st: the
+// ServiceCIDRs it carries, else the --service-cluster-ip-range ones. Like a
+// Service's render, it is diffed element by element on partial syncs.
+func (p *Proxier) serviceCIDRRender(st *proxier.State) *svcRender {
+	es := serviceCIDRElems(p.cfg.Family, st.ServiceCIDRs)
+	if len(es) == 0 {
+		es = p.flagCIDRs
+	}
+	return &svcRender{elems: es}
+}
+
+func sameElems(a, b []elem) bool {
+	return slices.EqualFunc(a, b, func(x, y elem) bool { return x.id() == y.id() })
 }

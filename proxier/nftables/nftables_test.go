@@ -62,6 +62,8 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 		"add element ip svcproxy count-np-local { tcp . 30443 : goto lb-np-local-tcp-1 }",
 		"add element ip svcproxy firewall-allow { 1.2.3.4 . tcp . 443 . 203.0.113.0/25 }",
 		"add rule ip svcproxy lb-ip-tcp-3 dnat ip to ip daddr . tcp dport . numgen random mod 3 map @endpoints-ip-tcp",
+		"add rule ip svcproxy cluster-ips-check ip daddr @service-cidrs drop",
+		"add element ip svcproxy service-cidrs { 10.96.0.0/16 }",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("dump lacks %q", want)

@@ -29,8 +29,11 @@ type Proxier struct {
 	cfg proxier.Config
 	f   fam
 	nft knftables.Interface
-	// ServiceCIDRs, when known, make traffic to unallocated ClusterIPs drop.
-	serviceCIDRs []string
+	// flagCIDRs are the service-cidrs elements from --service-cluster-ip-range,
+	// used when a State carries no ServiceCIDRs of this family.
+	flagCIDRs []elem
+	// cidrs holds the service-cidrs elements of the last successful sync.
+	cidrs *svcRender
 	// FullSyncPeriod bounds the time between full syncs.
 	FullSyncPeriod time.Duration
 	now            func() time.Time
@@ -72,7 +75,7 @@ type SyncResult struct {
 // New returns a Proxier for cfg.Family using nft, whose table must be
 // TableName in that family.
 func New(cfg proxier.Config, nft knftables.Interface, serviceCIDRs []string) *Proxier {
-	return &Proxier{cfg: cfg, f: famOf(cfg.Family), nft: nft, serviceCIDRs: serviceCIDRs,
+	return &Proxier{cfg: cfg, f: famOf(cfg.Family), nft: nft, flagCIDRs: serviceCIDRElems(cfg.Family, parseCIDRs(serviceCIDRs)),
 		FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
 }
 
@@ -234,6 +237,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		}
 	}
 
+	cidrR := p.serviceCIDRRender(st)
 	var elems map[string]*elemRef
 	var lbChains map[string]int
 	var affinity map[affinityKey]int
@@ -242,6 +246,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		for _, r := range renders {
 			addRender(elems, lbChains, affinity, r, 1)
 		}
+		addRender(elems, lbChains, affinity, cidrR, 1)
 	} else {
 		elems, lbChains, affinity = p.elems, p.lbChains, p.affinity
 	}
@@ -284,6 +289,12 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 			}
 			apply(renders[svc], 1)
 		}
+		if p.cidrs == nil || !sameElems(p.cidrs.elems, cidrR.elems) {
+			if p.cidrs != nil {
+				apply(p.cidrs, -1)
+			}
+			apply(cidrR, 1)
+		}
 	}
 
 	affNow := func() []affinityKey {
@@ -303,7 +314,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		})
 		return out
 	}()
-	sk := newSkeleton(p.cfg, p.serviceCIDRs, affNow)
+	sk := newSkeleton(p.cfg, affNow)
 	skelKey := sk.key()
 	if !full && skelKey != p.skelKey {
 		// A new affinity map (or config change): rewrite everything.
@@ -403,6 +414,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		p.elems, p.lbChains, p.affinity = elems, lbChains, affinity
 		res.Elements = len(elems)
 		p.services = renders
+		p.cidrs = cidrR
 		p.skelKey, p.skel = skelKey, sk
 		p.node = node
 		p.synced = true
@@ -497,7 +509,7 @@ func (p *Proxier) addLBChain(tx *knftables.Transaction, lb string) {
 // isMap reports whether name is a map (elements carry values).
 func isMap(name string) bool {
 	switch name {
-	case sClusterIPs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin:
+	case sClusterIPs, sServiceCIDRs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin:
 		return false
 	}
 	return !strings.HasPrefix(name, "affinity-dests-")

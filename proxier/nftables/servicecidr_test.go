@@ -2,14 +2,36 @@ package nftables
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
 )
+
+func prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// withCIDRs is st carrying ServiceCIDRs (the same Service pointers).
+func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
+	c := *st
+	c.ServiceCIDRs = prefixes(cidrs...)
+	return &c
+}
 
 // TestServiceCIDRDropAfterClusterIPReject: a known ClusterIP on an unknown port is
 // rejected, and any other address inside a service CIDR is dropped — in that order.
+// The CIDRs are the elements of an interval set: the flag's when the State
+// carries none, else the State's.
 func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
 	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
@@ -17,21 +39,196 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 		t.Fatal(err)
 	}
 	dump := nft.Dump()
-	reject := "ip daddr @" + sClusterIPs + " reject"
-	drop := "ip daddr { 10.96.0.0/16 } drop"
+	reject := "add rule ip svcproxy " + chClusterIPsCheck + " ip daddr @" + sClusterIPs + " reject"
+	drop := "add rule ip svcproxy " + chClusterIPsCheck + " ip daddr @" + sServiceCIDRs + " drop"
 	ri, di := strings.Index(dump, reject), strings.Index(dump, drop)
 	if ri < 0 || di < 0 || ri > di {
-		t.Fatalf("want %q before %q in %s; got positions %d, %d", reject, drop, chClusterIPsCheck, ri, di)
+		t.Fatalf("want %q before %q in %s; got positions %d, %d\n%s", reject, drop, chClusterIPsCheck, ri, di, dump)
 	}
-	if !strings.Contains(dump, "add element ip svcproxy "+sClusterIPs+" { 10.96.0.1 }") {
-		t.Errorf("cluster IP 10.96.0.1 not in %s:\n%s", sClusterIPs, dump)
+	for _, want := range []string{
+		"add set ip svcproxy " + sServiceCIDRs + " { type ipv4_addr ; flags interval ; }",
+		"add element ip svcproxy " + sServiceCIDRs + " { 10.96.0.0/16 }",
+		"add element ip svcproxy " + sClusterIPs + " { 10.96.0.1 }",
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("dump lacks %q:\n%s", want, dump)
+		}
 	}
-	// Without a service CIDR there is no drop rule.
+
+	// ServiceCIDRs in the State replace the flag's.
 	nft2 := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), nft2, nil).Sync(context.Background(), testState()); err != nil {
+	if err := New(testConfig(), nft2, []string{"10.96.0.0/16"}).Sync(context.Background(), withCIDRs(testState(), "10.96.0.0/12", "10.112.0.0/24")); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(nft2.Dump(), "} drop") && strings.Contains(nft2.Dump(), "10.96.0.0/16") {
-		t.Errorf("drop rule present without service CIDRs")
+	if got := cidrElements(t, nft2); got != "[10.96.0.0/12 10.112.0.0/24]" {
+		t.Errorf("service-cidrs with ServiceCIDRs = %s, want [10.96.0.0/12 10.112.0.0/24]", got)
 	}
+
+	// Without any service CIDR the drop rule matches nothing.
+	nft3 := knftables.NewFake(knftables.IPv4Family, TableName)
+	if err := New(testConfig(), nft3, nil).Sync(context.Background(), testState()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cidrElements(t, nft3); got != "[]" {
+		t.Errorf("service-cidrs without service CIDRs = %s", got)
+	}
+}
+
+// cidrElements lists the service-cidrs set's elements.
+func cidrElements(t *testing.T, nft knftables.Interface) string {
+	t.Helper()
+	elems, err := nft.ListElements(context.Background(), "set", sServiceCIDRs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range elems {
+		out = append(out, strings.Join(e.Key, " . "))
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		return netip.MustParsePrefix(a).Addr().Compare(netip.MustParsePrefix(b).Addr())
+	})
+	return fmt.Sprint(out)
+}
+
+func TestServiceCIDRElems(t *testing.T) {
+	for _, tc := range []struct {
+		f     proxier.IPFamily
+		cidrs []string
+		want  string
+	}{
+		{proxier.IPv4, nil, "[]"},
+		{proxier.IPv4, []string{"10.97.0.0/24", "10.96.0.0/16", "fd00::/112", "10.96.0.0/16"}, "[10.96.0.0/16 10.97.0.0/24]"},
+		// Contained prefixes go (the interval set rejects overlaps); host
+		// bits are masked; IPv4-mapped prefixes count as IPv4.
+		{proxier.IPv4, []string{"10.96.3.0/24", "10.96.0.0/16", "10.96.0.7/12", "::ffff:10.200.0.0/112"}, "[10.96.0.0/12 10.200.0.0/16]"},
+		{proxier.IPv6, []string{"10.96.0.0/16", "fd00:10:96::/112", "fd00:10:96::/64"}, "[fd00:10:96::/64]"},
+	} {
+		var got []string
+		for _, e := range serviceCIDRElems(tc.f, prefixes(tc.cidrs...)) {
+			if e.set != sServiceCIDRs {
+				t.Errorf("element of %s", e.set)
+			}
+			got = append(got, e.key...)
+		}
+		if fmt.Sprint(got) != tc.want {
+			t.Errorf("%v %v: %v, want %s", tc.f, tc.cidrs, got, tc.want)
+		}
+	}
+}
+
+// TestServiceCIDRIncremental: a change of the ServiceCIDRs is a partial sync
+// of service-cidrs elements only, not a rewrite of the table, and leaves the
+// table a full sync of the same State makes.
+func TestServiceCIDRIncremental(t *testing.T) {
+	ctx := context.Background()
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name  string
+		st    *proxier.State
+		want  string
+		ops   int
+		elems string // the transaction's element operations
+	}{
+		{"ServiceCIDR objects as the flag", withCIDRs(st, "10.96.0.0/16"), "[10.96.0.0/16]", 0, ""},
+		{"a ServiceCIDR added", withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]", 1,
+			"add element ip svcproxy service-cidrs { 10.97.0.0/24 }"},
+		{"one covering both", withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.96.0.0/12"), "[10.96.0.0/12]", 3,
+			"delete element ip svcproxy service-cidrs { 10.96.0.0/16 }\ndelete element ip svcproxy service-cidrs { 10.97.0.0/24 }\nadd element ip svcproxy service-cidrs { 10.96.0.0/12 }"},
+		{"back to the flag's", st, "[10.96.0.0/16]", 2,
+			"delete element ip svcproxy service-cidrs { 10.96.0.0/12 }\nadd element ip svcproxy service-cidrs { 10.96.0.0/16 }"},
+	} {
+		if err := p.Sync(ctx, step.st); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		r := p.LastResult()
+		if r.Full || r.Operations != step.ops {
+			t.Errorf("%s: %+v, want a partial sync of %d operations\n%s", step.name, r, step.ops, nft.LastTransaction)
+		}
+		if step.ops > 0 {
+			if got := strings.TrimSpace(nft.LastTransaction.String()); got != step.elems {
+				t.Errorf("%s: transaction\n%s\nwant\n%s", step.name, got, step.elems)
+			}
+		}
+		if got := cidrElements(t, nft); got != step.want {
+			t.Errorf("%s: service-cidrs = %s, want %s", step.name, got, step.want)
+		}
+		fresh := knftables.NewFake(knftables.IPv4Family, TableName)
+		if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, step.st); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := sortedLines(nft.Dump()), sortedLines(fresh.Dump()); got != want {
+			t.Errorf("%s: incremental result differs from a full sync:\n--- incremental\n%s\n--- full\n%s", step.name, got, want)
+		}
+	}
+	// A Service change next to a ServiceCIDR change: both in one partial sync.
+	web := *st.Services[3]
+	web.Endpoints = web.Endpoints[:2]
+	st2 := withCIDRs(st, "10.96.0.0/16", "10.98.0.0/24")
+	st2.Services = slices.Clone(st.Services)
+	st2.Services[3] = &web
+	if err := p.Sync(ctx, st2); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); r.Full || !strings.Contains(nft.LastTransaction.String(), "add element ip svcproxy service-cidrs { 10.98.0.0/24 }") {
+		t.Errorf("service and ServiceCIDR change: %+v\n%s", r, nft.LastTransaction)
+	}
+}
+
+// TestKernelServiceCIDRs: the kernel takes service-cidrs changes, overlaps
+// resolved, as partial syncs, and traffic to an unallocated ClusterIP in a
+// new ServiceCIDR is dropped by the cluster-ips-check rule (counted with nft
+// by a lookup of the set).
+func TestKernelServiceCIDRs(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	for _, step := range []struct {
+		st   *proxier.State
+		want string
+	}{
+		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
+		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.97.0.128/25", "10.96.0.0/12"), "[10.96.0.0/12]"},
+		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
+		{withCIDRs(st, "10.96.0.0/16", "10.96.1.0/24", "10.97.0.0/24", "10.97.1.0/24"), "[10.96.0.0/16 10.97.0.0/24 10.97.1.0/24]"},
+		{st, "[10.96.0.0/16]"},
+	} {
+		if err := p.Sync(ctx, step.st); err != nil {
+			t.Fatalf("sync to %v: %v", step.st.ServiceCIDRs, err)
+		}
+		if r := p.LastResult(); r.Full || r.Operations == 0 {
+			t.Errorf("sync to %v: %+v, want a partial sync", step.st.ServiceCIDRs, r)
+		}
+		if got := cidrElements(t, nft); got != step.want {
+			t.Errorf("sync to %v: kernel's service-cidrs = %s, want %s", step.st.ServiceCIDRs, got, step.want)
+		}
+		if what, err := p.Check(ctx); err != nil || what != "" {
+			t.Errorf("check after sync to %v: %q, %v", step.st.ServiceCIDRs, what, err)
+		}
+	}
+	out := sh(t, "nft", "list", "chain", "ip", TableName, chClusterIPsCheck)
+	if !regexpOrder(out, "ip daddr @"+sClusterIPs+" reject", "ip daddr @"+sServiceCIDRs+" drop") {
+		t.Errorf("cluster-ips-check in the kernel:\n%s", out)
+	}
+}
+
+// regexpOrder reports whether every part occurs in s, in order.
+func regexpOrder(s string, parts ...string) bool {
+	for _, p := range parts {
+		i := strings.Index(s, p)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(p):]
+	}
+	return true
 }
