@@ -66,6 +66,7 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	p.reader = newNetlinkReader(f.family)
 	p.runText = execNFT
 	p.writer = newElemWriter(cfg.Family)
+	p.readAffinity = execReadAffinity
 	return p, nil
 }
 

@@ -186,8 +186,11 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	}
 	add(baseChain(chFilterPreroutingPreDNAT, knftables.FilterType, knftables.PreroutingHook, preDNAT), "ct state new jump "+chFirewallCheck)
 	add(baseChain(chFilterOutputPreDNAT, knftables.FilterType, knftables.OutputHook, preDNAT), "ct state new jump "+chFirewallCheck)
+	// Affinity is recorded wherever a DNATed connection's first packet
+	// ends up: forwarded to a pod, or delivered to this host (an endpoint on
+	// the host network).
 	add(baseChain(chFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority),
-		"ct state new jump "+chNodePortEPCheck, "ct state new jump "+chServiceEPCheck)
+		append([]string{"ct state new jump " + chNodePortEPCheck, "ct state new jump " + chServiceEPCheck}, recordJump...)...)
 	add(baseChain(chFilterForward, knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority),
 		append([]string{"ct state new jump " + chServiceEPCheck, "ct state new jump " + chClusterIPsCheck}, recordJump...)...)
 	add(baseChain(chFilterOutput, knftables.FilterType, knftables.OutputHook, knftables.FilterPriority),

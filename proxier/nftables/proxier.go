@@ -45,6 +45,9 @@ type Proxier struct {
 	skelKey  string
 	skel     *skeleton
 	reader   shapeReader // reads the kernel's table for Check; nil: no checks
+	// readAffinity reads an affinity map's entries for a full sync to keep
+	// (affinity.go); nil: full syncs start affinity afresh.
+	readAffinity affinityReader
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
 	runText func(ctx context.Context, write func(io.Writer) error) error
@@ -124,6 +127,13 @@ type pending struct {
 	// all of which netlink can write.
 	ops    []elemOp
 	commit func() *proxier.Plan
+	// staleAffinity is what to forget of the affinity maps once the
+	// transaction is in (see affinity.go).
+	staleAffinity []*staleAffinity
+	// renders are every service's render (full syncs only), and carried
+	// the affinity entries a full sync writes back (see carriedAffinity).
+	renders map[*proxier.Service]*svcRender
+	carried []string
 }
 
 // writeText writes pd as nft -f input: tx, then pd.elems with one command
@@ -158,6 +168,9 @@ func (p *Proxier) writeText(w io.Writer, pd *pending) error {
 	if cur != "" {
 		bw.WriteString(" }\n")
 	}
+	for _, l := range pd.carried {
+		bw.WriteString(l + "\n")
+	}
 	return bw.Flush()
 }
 
@@ -173,6 +186,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		// A full sync loads every element: one command per set or map
 		// instead of one per element makes nft several times faster, and
 		// the text streams into nft as it is written.
+		if p.readAffinity != nil {
+			pd.carried = p.carriedAffinity(ctx, pd.renders)
+		}
 		err = p.runText(ctx, func(w io.Writer) error { return p.writeText(w, pd) })
 	case tx.NumOperations() == 0:
 	case pd.ops != nil && p.writer != nil:
@@ -191,6 +207,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	plan := pd.commit()
 	after := slices.Clone(p.after)
 	p.mu.Unlock()
+	if len(pd.staleAffinity) > 0 {
+		p.forgetAffinity(ctx, pd.staleAffinity)
+	}
 	for _, f := range after {
 		if err := f(plan); err != nil {
 			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
@@ -242,7 +261,11 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	var lbChains map[string]int
 	var affinity map[affinityKey]int
 	if full {
-		elems, lbChains, affinity = map[string]*elemRef{}, map[string]int{}, map[affinityKey]int{}
+		n := 0
+		for _, r := range renders {
+			n += len(r.elems)
+		}
+		elems, lbChains, affinity = make(map[string]*elemRef, n), map[string]int{}, map[affinityKey]int{}
 		for _, r := range renders {
 			addRender(elems, lbChains, affinity, r, 1)
 		}
@@ -260,6 +283,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	delta := map[string]*change{}
 	lbDelta := map[string]int{}
 	affDelta := map[affinityKey]int{}
+	var staleAff []*staleAffinity
 	if !full {
 		apply := func(r *svcRender, sign int) {
 			for _, e := range r.elems {
@@ -289,6 +313,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 			}
 			apply(renders[svc], 1)
 		}
+		staleAff = staleAffinities(removed, changed, renders)
 		if p.cidrs == nil || !sameElems(p.cidrs.elems, cidrR.elems) {
 			if p.cidrs != nil {
 				apply(p.cidrs, -1)
@@ -421,7 +446,10 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		p.last = res
 		return plan
 	}
-	pd := &pending{tx: tx, full: full, commit: commit}
+	pd := &pending{tx: tx, full: full, commit: commit, staleAffinity: staleAff}
+	if full {
+		pd.renders = renders
+	}
 	if elemOnly && netlinkWritable(ops) {
 		pd.ops = ops
 	}

@@ -1,0 +1,282 @@
+package nftables
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// Session affinity entries live in dynamic maps the packet path fills
+// (client . service address . port → endpoint address . port), so a sync
+// does not know them. When a Service with affinity loses an endpoint, the
+// clients pinned to that endpoint would go on being sent to it until their
+// entry times out (3 hours by default); kube-proxy instead forgets them
+// with the endpoint. After such a sync the proxier reads the affinity maps
+// concerned and deletes the entries whose endpoint is no longer one the
+// Service balances over. Syncs that remove no affinity endpoint never read
+// anything.
+
+// staleAffinity names entries to forget: those of map whose service address
+// and port is in dests and whose endpoint is not in live.
+type staleAffinity struct {
+	mapName string
+	dests   map[[2]string]bool // service address, port
+	live    map[[2]string]bool // endpoint address, port
+}
+
+// affinityEndpoints is every endpoint a rendered service balances over.
+func affinityEndpoints(r *svcRender) map[[2]string]bool {
+	out := map[[2]string]bool{}
+	for _, eps := range [][]proxier.Endpoint{r.plan.InternalEndpoints, r.plan.ClusterEndpoints, r.plan.LocalEndpoints} {
+		for _, e := range eps {
+			out[[2]string{e.IP.String(), strconv.Itoa(int(e.Port))}] = true
+		}
+	}
+	return out
+}
+
+// staleAffinityOf compares a service's render before and after a sync (after
+// is nil when the service went away) and returns what to forget, or nil.
+func staleAffinityOf(before, after *svcRender) *staleAffinity {
+	if before == nil || before.affinity == nil {
+		return nil
+	}
+	set := affinitySet(before.affinity.proto, before.affinity.timeout)
+	s := &staleAffinity{mapName: affinityMap(before.affinity.proto, before.affinity.timeout), dests: map[[2]string]bool{}, live: map[[2]string]bool{}}
+	for _, e := range before.elems {
+		if e.set == set && len(e.key) == 2 {
+			s.dests[[2]string{e.key[0], e.key[1]}] = true
+		}
+	}
+	if after != nil && after.affinity != nil && *after.affinity == *before.affinity {
+		s.live = affinityEndpoints(after)
+	}
+	for ep := range affinityEndpoints(before) {
+		if !s.live[ep] {
+			return s
+		}
+	}
+	return nil
+}
+
+// staleAffinities is what a partial sync has to forget: removed are the
+// renders of services no longer in the State (a changed service is a new
+// *Service, so its old render is among them), changed the services rendered
+// anew.
+func staleAffinities(removed []*svcRender, changed []*proxier.Service, renders map[*proxier.Service]*svcRender) []*staleAffinity {
+	before := map[proxier.ServicePortName]*svcRender{}
+	for _, r := range removed {
+		if r.affinity != nil {
+			before[r.plan.Svc.Name] = r
+		}
+	}
+	if len(before) == 0 {
+		return nil
+	}
+	var out []*staleAffinity
+	for _, svc := range changed {
+		if old, ok := before[svc.Name]; ok {
+			if s := staleAffinityOf(old, renders[svc]); s != nil {
+				out = append(out, s)
+			}
+			delete(before, svc.Name)
+		}
+	}
+	for _, old := range before {
+		if s := staleAffinityOf(old, nil); s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// forgetAffinity deletes the entries stale names, one transaction per map.
+// An entry may time out between the read and the delete, which fails the
+// transaction: it is then read and tried once more.
+func (p *Proxier) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
+	byMap := map[string][]*staleAffinity{}
+	for _, s := range stale {
+		byMap[s.mapName] = append(byMap[s.mapName], s)
+	}
+	for name, ss := range byMap {
+		var err error
+		n := 0
+		for try := 0; try < 2; try++ {
+			if n, err = p.forgetAffinityOnce(ctx, name, ss); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			klog.ErrorS(err, "Could not forget session affinity to removed endpoints", "family", p.cfg.Family, "map", name)
+			continue
+		}
+		if n > 0 {
+			klog.V(2).InfoS("Forgot session affinity to removed endpoints", "family", p.cfg.Family, "map", name, "entries", n)
+		}
+	}
+}
+
+func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*staleAffinity) (int, error) {
+	elems, err := p.nft.ListElements(ctx, "map", name)
+	if knftables.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	tx := p.nft.NewTransaction()
+	for _, e := range elems {
+		if len(e.Key) != 3 || len(e.Value) != 2 {
+			continue
+		}
+		dest, ep := [2]string{e.Key[1], e.Key[2]}, [2]string{e.Value[0], e.Value[1]}
+		for _, s := range ss {
+			if s.dests[dest] && !s.live[ep] {
+				tx.Delete(&knftables.Element{Map: name, Key: e.Key})
+				break
+			}
+		}
+	}
+	if tx.NumOperations() == 0 {
+		return 0, nil
+	}
+	if err := p.nft.Run(ctx, tx); err != nil {
+		return 0, fmt.Errorf("delete %d entries: %w", tx.NumOperations(), err)
+	}
+	return tx.NumOperations(), nil
+}
+
+// A full sync replaces the whole table, dynamic maps included. So that
+// session affinity survives it (and a restart of svcproxy, which starts
+// with one), the full sync reads the affinity maps first and writes back,
+// with their remaining time, the entries whose service still has affinity
+// in the same map and whose endpoint it still balances over.
+
+// affinityEntry is one entry read from an affinity map.
+type affinityEntry struct {
+	key     [3]string // client, service address, port
+	value   [2]string // endpoint address, port
+	expires int       // seconds left
+}
+
+// readAffinityMap reads a dynamic affinity map through nft's JSON output
+// (knftables does not report timeouts).
+type affinityReader func(ctx context.Context, family, mapName string) ([]affinityEntry, error)
+
+func execReadAffinity(ctx context.Context, family, mapName string) ([]affinityEntry, error) {
+	out, err := exec.CommandContext(ctx, "nft", "--json", "list", "map", family, TableName, mapName).Output()
+	if err != nil {
+		return nil, err
+	}
+	return parseAffinityJSON(out)
+}
+
+// parseAffinityJSON reads the entries of `nft --json list map` output.
+func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
+	var doc struct {
+		Nftables []struct {
+			Map *struct {
+				Elem [][2]json.RawMessage `json:"elem"`
+			} `json:"map"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, err
+	}
+	type concat struct {
+		Concat []any `json:"concat"`
+	}
+	str := func(v any) string {
+		if f, ok := v.(float64); ok {
+			return strconv.Itoa(int(f))
+		}
+		s, _ := v.(string)
+		return s
+	}
+	var entries []affinityEntry
+	for _, o := range doc.Nftables {
+		if o.Map == nil {
+			continue
+		}
+		for _, kv := range o.Map.Elem {
+			var k struct {
+				Elem struct {
+					Val     concat `json:"val"`
+					Expires int    `json:"expires"`
+				} `json:"elem"`
+			}
+			var v concat
+			if json.Unmarshal(kv[0], &k) != nil || json.Unmarshal(kv[1], &v) != nil || len(k.Elem.Val.Concat) != 3 || len(v.Concat) != 2 {
+				continue
+			}
+			e := affinityEntry{expires: k.Elem.Expires}
+			for i, x := range k.Elem.Val.Concat {
+				e.key[i] = str(x)
+			}
+			for i, x := range v.Concat {
+				e.value[i] = str(x)
+			}
+			entries = append(entries, e)
+		}
+	}
+	return entries, nil
+}
+
+// carriedAffinity returns the add-element commands (nft -f syntax) that
+// put back the affinity entries still valid under renders, read from the
+// kernel's maps of the affinity keys in use. Errors only lose affinity:
+// they are logged, not returned.
+func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) []string {
+	byMap := map[string]map[[2]string]map[[2]string]bool{} // map → dest → live endpoints
+	for _, r := range renders {
+		if r.affinity == nil {
+			continue
+		}
+		name := affinityMap(r.affinity.proto, r.affinity.timeout)
+		if byMap[name] == nil {
+			byMap[name] = map[[2]string]map[[2]string]bool{}
+		}
+		live := affinityEndpoints(r)
+		set := affinitySet(r.affinity.proto, r.affinity.timeout)
+		for _, e := range r.elems {
+			if e.set == set && len(e.key) == 2 {
+				byMap[name][[2]string{e.key[0], e.key[1]}] = live
+			}
+		}
+	}
+	names := make([]string, 0, len(byMap))
+	for n := range byMap {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var lines []string
+	for _, name := range names {
+		entries, err := p.readAffinity(ctx, string(p.f.family), name)
+		if err != nil {
+			// Most often the map does not exist yet.
+			klog.V(4).InfoS("Could not read an affinity map", "family", p.cfg.Family, "map", name, "err", err)
+			continue
+		}
+		var elems []string
+		for _, e := range entries {
+			if live := byMap[name][[2]string{e.key[1], e.key[2]}]; live[e.value] && e.expires > 0 {
+				elems = append(elems, fmt.Sprintf("%s . %s . %s timeout %ds : %s . %s", e.key[0], e.key[1], e.key[2], e.expires, e.value[0], e.value[1]))
+			}
+		}
+		for len(elems) > 0 {
+			n := min(len(elems), maxGroup)
+			lines = append(lines, fmt.Sprintf("add element %s %s %s { %s }", p.f.family, TableName, name, strings.Join(elems[:n], ", ")))
+			elems = elems[n:]
+		}
+	}
+	return lines
+}

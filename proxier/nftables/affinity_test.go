@@ -1,0 +1,124 @@
+package nftables
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+func stickyState(eps ...proxier.Endpoint) *proxier.State {
+	s := svc("ns", "sticky", proxier.TCP, "10.96.0.9", 80, eps...)
+	s.AffinityTimeoutSeconds = 600
+	other := svc("ns", "web", proxier.TCP, "10.96.0.1", 80, ep("10.244.1.2", 8080, true))
+	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{s, other}}
+}
+
+// TestStaleAffinityOf: only a service with affinity that lost an endpoint
+// has entries to forget, and only those of its lost endpoints.
+func TestStaleAffinityOf(t *testing.T) {
+	cfg := testConfig()
+	render := func(st *proxier.State) *svcRender {
+		return renderAll(cfg, st, st.Services[:1])[0]
+	}
+	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
+	three, two, grown := render(stickyState(a, b, c)), render(stickyState(a, c)), render(stickyState(a, b, c, ep("10.244.2.9", 8080, false)))
+	if s := staleAffinityOf(three, grown); s != nil {
+		t.Errorf("an endpoint added: %+v, want nothing to forget", s)
+	}
+	s := staleAffinityOf(three, two)
+	if s == nil || s.mapName != affinityMap(proxier.TCP, 600) || !s.dests[[2]string{"10.96.0.9", "80"}] ||
+		!s.live[[2]string{"10.244.1.2", "8080"}] || s.live[[2]string{"10.244.1.3", "8080"}] {
+		t.Fatalf("an endpoint removed: %+v", s)
+	}
+	if s := staleAffinityOf(three, nil); s == nil || len(s.live) != 0 {
+		t.Errorf("service removed: %+v, want every entry forgotten", s)
+	}
+	plain := render(&proxier.State{Family: proxier.IPv4, Services: []*proxier.Service{svc("ns", "p", proxier.TCP, "10.96.0.5", 80, a, b)}})
+	if s := staleAffinityOf(plain, nil); s != nil {
+		t.Errorf("no affinity: %+v", s)
+	}
+}
+
+// TestKernelAffinityForgotten: when a sticky service loses an endpoint, the
+// affinity entries pinned to it are deleted; the others stay.
+func TestKernelAffinityForgotten(t *testing.T) {
+	_, fd := enterNetns(t)
+	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	ctx := context.Background()
+	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
+	st := stickyState(a, b, c)
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	m := affinityMap(proxier.TCP, 600)
+	// Entries as the packet path would have recorded them: two clients of
+	// the sticky service (one on b, one on a), and one of another service
+	// sharing the map, also on b.
+	sh(t, "nft", "add", "element", "ip", TableName, m,
+		"{ 10.0.0.7 . 10.96.0.9 . 80 : 10.244.1.3 . 8080, 10.0.0.8 . 10.96.0.9 . 80 : 10.244.1.2 . 8080, 10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080 }")
+	st2 := *st
+	st2.Services = slices.Clone(st.Services)
+	st2.Services[0] = stickyState(a, c).Services[0]
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	if p.LastResult().Full {
+		t.Fatal("want a partial sync")
+	}
+	elems, err := nft.ListElements(ctx, "map", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range elems {
+		got = append(got, strings.Join(e.Key, " . ")+" : "+strings.Join(e.Value, " . "))
+	}
+	slices.Sort(got)
+	want := []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080", "10.0.0.8 . 10.96.0.9 . 80 : 10.244.1.2 . 8080"}
+	if !slices.Equal(got, want) {
+		t.Errorf("affinity entries after b left:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestParseAffinityJSON(t *testing.T) {
+	out := `{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "ip", "name": "m", "table": "t", "elem": [[{"elem": {"val": {"concat": ["10.0.0.8", "10.96.0.9", 80]}, "expires": 599}}, {"concat": ["10.244.1.2", 8080]}]]}}]}`
+	got, err := parseAffinityJSON([]byte(out))
+	want := []affinityEntry{{key: [3]string{"10.0.0.8", "10.96.0.9", "80"}, value: [2]string{"10.244.1.2", "8080"}, expires: 599}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("got %+v, %v; want %+v", got, err, want)
+	}
+}
+
+// TestKernelAffinityKeptByFullSync: a full sync (which replaces the table)
+// writes back the affinity entries that are still valid, with their
+// remaining time, and drops those to endpoints that went away.
+func TestKernelAffinityKeptByFullSync(t *testing.T) {
+	_, fd := enterNetns(t)
+	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p.readAffinity = execReadAffinity
+	ctx := context.Background()
+	a, b := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true)
+	if err := p.Sync(ctx, stickyState(a, b)); err != nil {
+		t.Fatal(err)
+	}
+	m := affinityMap(proxier.TCP, 600)
+	sh(t, "nft", "add", "element", "ip", TableName, m,
+		"{ 10.0.0.7 . 10.96.0.9 . 80 timeout 100s : 10.244.1.3 . 8080, 10.0.0.8 . 10.96.0.9 . 80 timeout 100s : 10.244.1.2 . 8080 }")
+	p.ForceFullSync()
+	if err := p.Sync(ctx, stickyState(a)); err != nil {
+		t.Fatal(err)
+	}
+	if !p.LastResult().Full {
+		t.Fatal("want a full sync")
+	}
+	entries, err := execReadAffinity(ctx, "ip", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].key != [3]string{"10.0.0.8", "10.96.0.9", "80"} || entries[0].expires > 100 || entries[0].expires < 90 {
+		t.Errorf("after the full sync: %+v, want only 10.0.0.8's entry, about 100s left", entries)
+	}
+}
