@@ -64,6 +64,12 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 		t.Errorf("service-cidrs with ServiceCIDRs = %s, want [10.96.0.0/12 10.112.0.0/24]", got)
 	}
 
+	// --dry-run prints them too.
+	out := DryRun(testConfig(), []string{"10.96.0.0/16"}, withCIDRs(testState(), "10.97.0.0/24", "10.96.0.0/16"))
+	if want := "add element ip svcproxy " + sServiceCIDRs + " { 10.96.0.0/16, 10.97.0.0/24 }"; !strings.Contains(out, want) {
+		t.Errorf("dry run lacks %q:\n%s", want, out)
+	}
+
 	// Without any service CIDR the drop rule matches nothing.
 	nft3 := knftables.NewFake(knftables.IPv4Family, TableName)
 	if err := New(testConfig(), nft3, nil).Sync(context.Background(), testState()); err != nil {
