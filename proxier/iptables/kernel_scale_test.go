@@ -78,7 +78,7 @@ func TestKernelCheckCostAtScale(t *testing.T) {
 			}
 			for _, table := range []string{Filter, NAT} {
 				start := time.Now()
-				r, _, err := p.probe.read(table)
+				r, _, err := p.probe.read(table, nil)
 				t.Logf("%s: probe read of %s: %d chains, %v (err %v)", mode, table, len(r.counts), time.Since(start), err)
 			}
 			check("first (deep) after the full sync", false)

@@ -80,7 +80,10 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 	return missing, err
 }
 
-// checkDeep reads the rule count of every chain of our tables.
+// checkDeep reads the rule count of every chain of our tables: the
+// top-level chains and the jump rules first, so that the usual damage (a
+// flushed table or top-level chain) is found without reading the
+// per-service chains (2-3 s at 10,000 Services with iptables-nft).
 func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 	want := p.appliedCounts()
 	reads := map[string]tableRead{}
@@ -88,12 +91,22 @@ func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 		if want[table] == nil {
 			continue
 		}
-		r, ok, err := p.probe.read(table)
+		var top []string
+		for c := range want[table] {
+			if !IsServiceChain(c) {
+				top = append(top, c)
+			}
+		}
+		slices.Sort(top)
+		r, ok, err := p.probe.read(table, top)
 		if err != nil {
 			return "", err
 		}
 		if !ok {
 			return "table " + table, nil
+		}
+		if missing := compareCounts(table, top, want[table], r.counts); missing != "" {
+			return missing, nil
 		}
 		reads[table] = r
 	}
@@ -104,32 +117,46 @@ func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 		return missing, err
 	}
 	for _, table := range []string{Filter, NAT} {
-		got := reads[table].counts
-		names := make([]string, 0, len(want[table]))
+		var names []string
 		for c := range want[table] {
-			names = append(names, c)
+			if IsServiceChain(c) {
+				names = append(names, c)
+			}
 		}
-		// Top-level chains first: they name the damage best.
-		slices.SortFunc(names, func(a, b string) int {
-			if sa, sb := IsServiceChain(a), IsServiceChain(b); sa != sb {
-				if sa {
-					return 1
-				}
-				return -1
+		if len(names) == 0 {
+			continue
+		}
+		slices.Sort(names)
+		r := reads[table]
+		if !r.complete {
+			var ok bool
+			var err error
+			if r, ok, err = p.probe.read(table, nil); err != nil {
+				return "", err
+			} else if !ok {
+				return "table " + table, nil
 			}
-			return strings.Compare(a, b)
-		})
-		for _, c := range names {
-			n, ok := got[c]
-			if !ok {
-				return fmt.Sprintf("chain %s/%s", table, c), nil
-			}
-			if n != want[table][c] {
-				return fmt.Sprintf("rules of %s/%s (%d of %d)", table, c, n, want[table][c]), nil
-			}
+		}
+		if missing := compareCounts(table, names, want[table], r.counts); missing != "" {
+			return missing, nil
 		}
 	}
 	return "", nil
+}
+
+// compareCounts returns what differs between the wanted and the read rule
+// counts of the named chains, or "".
+func compareCounts(table string, names []string, want, got map[string]int) string {
+	for _, c := range names {
+		n, ok := got[c]
+		if !ok {
+			return fmt.Sprintf("chain %s/%s", table, c)
+		}
+		if n != want[c] {
+			return fmt.Sprintf("rules of %s/%s (%d of %d)", table, c, n, want[c])
+		}
+	}
+	return ""
 }
 
 // checkJumps checks every jump rule from a built-in chain. rulesOf returns

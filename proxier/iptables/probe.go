@@ -37,10 +37,12 @@ import (
 //     iptables-legacy-save, which is only paid after a change.
 type probe interface {
 	stamp() (string, error)
-	// read returns the rule count of every chain of table and, where it
-	// has them for free, the rules; ok is false when the table does not
-	// exist.
-	read(table string) (tableRead, bool, error)
+	// read returns the rule count of the chains named in only (every
+	// chain of table when only is nil; a chain that does not exist is left
+	// out) and, where it has them for free, the rules; ok is false when
+	// the table does not exist. A read may return more than asked for;
+	// complete says it holds every chain.
+	read(table string, only []string) (tableRead, bool, error)
 	// ours reports whether the stamp moving from before to after is
 	// explained by our own restore of commits tables alone. The nft
 	// generation moves by one per COMMIT; the legacy stamp cannot tell, and
@@ -51,8 +53,9 @@ type probe interface {
 
 // tableRead is what a deep check reads of one table.
 type tableRead struct {
-	counts map[string]int
-	rules  map[string][]string // nil unless the probe read them anyway
+	counts   map[string]int
+	rules    map[string][]string // nil unless the probe read them anyway
+	complete bool
 }
 
 // newProbe returns the probe for bin's backend in the network namespace
@@ -185,33 +188,40 @@ func (p *nftProbe) stamp() (string, error) {
 	return "", errors.New("nf_tables generation: no id in the reply")
 }
 
-func (p *nftProbe) read(table string) (tableRead, bool, error) {
+func (p *nftProbe) read(table string, only []string) (tableRead, bool, error) {
 	name := []byte(table + "\x00")
-	msgs, err := p.execute(unix.NFT_MSG_GETCHAIN, netlink.Request|netlink.Dump, nil)
-	if err != nil {
-		return tableRead{}, false, fmt.Errorf("list chains: %w", err)
-	}
 	out := map[string]int{}
-	found := false
-	for _, m := range msgs {
-		a, err := attributes(m)
+	if only != nil {
+		// A chain that is not there answers ENOENT below.
+		for _, c := range only {
+			out[c] = 0
+		}
+	} else {
+		msgs, err := p.execute(unix.NFT_MSG_GETCHAIN, netlink.Request|netlink.Dump, nil)
 		if err != nil {
-			return tableRead{}, false, err
+			return tableRead{}, false, fmt.Errorf("list chains: %w", err)
 		}
-		if cstr(a[unix.NFTA_CHAIN_TABLE]) == table {
-			found = true
-			out[cstr(a[unix.NFTA_CHAIN_NAME])] = 0
+		found := false
+		for _, m := range msgs {
+			a, err := attributes(m)
+			if err != nil {
+				return tableRead{}, false, err
+			}
+			if cstr(a[unix.NFTA_CHAIN_TABLE]) == table {
+				found = true
+				out[cstr(a[unix.NFTA_CHAIN_NAME])] = 0
+			}
 		}
-	}
-	if !found {
-		return tableRead{}, false, nil
+		if !found {
+			return tableRead{}, false, nil
+		}
 	}
 	// One dump per chain: a dump of the whole table restarts its walk
 	// from the table's first rule for every message buffer it fills, which
 	// is quadratic (1.3 s at 2,500 Services); a chain's dump walks only
 	// that chain.
 	for chain := range out {
-		msgs, err = p.execute(unix.NFT_MSG_GETRULE, netlink.Request|netlink.Dump, []netlink.Attribute{
+		msgs, err := p.execute(unix.NFT_MSG_GETRULE, netlink.Request|netlink.Dump, []netlink.Attribute{
 			{Type: unix.NFTA_RULE_TABLE, Data: name},
 			{Type: unix.NFTA_RULE_CHAIN, Data: []byte(chain + "\x00")},
 		})
@@ -225,7 +235,7 @@ func (p *nftProbe) read(table string) (tableRead, bool, error) {
 		}
 		out[chain] = len(msgs)
 	}
-	return tableRead{counts: out}, true, nil
+	return tableRead{counts: out, complete: only == nil}, true, nil
 }
 
 func cstr(b []byte) string { return strings.TrimRight(string(b), "\x00") }
@@ -290,7 +300,7 @@ func (p *legacyProbe) stamp() (string, error) {
 	return b.String(), nil
 }
 
-func (p *legacyProbe) read(table string) (tableRead, bool, error) {
+func (p *legacyProbe) read(table string, _ []string) (tableRead, bool, error) {
 	data, err := p.save(table)
 	if err != nil {
 		return tableRead{}, false, err
@@ -303,5 +313,5 @@ func (p *legacyProbe) read(table string) (tableRead, bool, error) {
 	for c := range t.chains {
 		out[c] = len(t.rules[c])
 	}
-	return tableRead{counts: out, rules: t.rules}, true, nil
+	return tableRead{counts: out, rules: t.rules, complete: true}, true, nil
 }
