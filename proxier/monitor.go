@@ -37,9 +37,16 @@ func Monitor(ctx context.Context, family IPFamily, c Checker, interval time.Dura
 			continue
 		}
 		if missing != "" {
-			klog.InfoS("Rules altered by someone else; rewriting them", "family", family, "missing", missing)
-			c.ForceFullSync()
-			resync()
+			Repair(family, c, missing, resync)
 		}
 	}
+}
+
+// Repair has the rules rewritten at once after someone else altered them
+// (what says how): it forces a full sync and calls resync so that it
+// happens now.
+func Repair(family IPFamily, c Checker, what string, resync func()) {
+	klog.InfoS("Rules altered by someone else; rewriting them", "family", family, "missing", what)
+	c.ForceFullSync()
+	resync()
 }

@@ -2,10 +2,10 @@ package nftables
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -14,6 +14,22 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 	"sigs.k8s.io/knftables"
 )
+
+// Self-repair works in two ways:
+//
+//   - every tick, Check reads the nf_tables ruleset generation of the network
+//     namespace (one NFT_MSG_GETGEN request, whatever the size of the
+//     ruleset). The kernel bumps it on every committed transaction, by anyone.
+//     After each of our own transactions (nft -f full syncs and netlink
+//     element batches alike) the proxier remembers the generation it left, so
+//     an unchanged generation means nobody touched anything: the tick ends
+//     there. When the generation moved and not by us, Check reads the
+//     table's shape (chains, their rule counts, sets and maps: no elements,
+//     so the same cost at any number of Services) and compares it with what
+//     the last sync left.
+//   - the nf_tables notifications (events.go) say which transactions
+//     touched our table, elements included; one that was not ours forces a
+//     full sync at once.
 
 // tableShape is what a check reads of the table: whether it exists, the rule
 // count of each chain and the names of its sets and maps. It never includes
@@ -24,9 +40,82 @@ type tableShape struct {
 	sets   map[string]bool
 }
 
-// shapeReader reads the table's shape from the kernel.
+// shapeReader reads the table from the kernel.
 type shapeReader interface {
+	// generation is the ruleset generation of the namespace.
+	generation(ctx context.Context) (uint32, error)
 	readShape(ctx context.Context) (*tableShape, error)
+}
+
+// checkState is what Check and the notification watcher remember between
+// ticks and transactions. Callers hold p.mu.
+type checkState struct {
+	// gen is the ruleset generation known to hold the table the last sync
+	// left (valid when known).
+	gen   uint32
+	known bool
+	// spans are the generations of our recent transactions (a ring; next
+	// is the next slot).
+	spans [ownSpans]span
+	next  int
+	// Transactions up to generation floor came before our last full sync
+	// (valid when floorOK).
+	floor   uint32
+	floorOK bool
+	// idle and shape count the ticks that stopped at the generation and
+	// those that read the shape; foreign the others' transactions seen
+	// touching our table; overflows the notification losses (read without
+	// p.mu).
+	idle, shape, foreign int
+	overflows            atomic.Int64
+}
+
+// genBefore reads the generation before one of our transactions. Callers
+// hold p.mu.
+func (p *Proxier) genBefore(ctx context.Context) (uint32, bool) {
+	if p.reader == nil {
+		return 0, false
+	}
+	g, err := p.reader.generation(ctx)
+	return g, err == nil
+}
+
+// genAfter records the generation after a successful transaction of ours
+// that started at generation before (when ok). When exactly one
+// transaction was committed in between, it was ours, and the table is what
+// the sync meant it to be: a full sync rewrites the whole table, a partial
+// one only on top of a table known good. Otherwise the next tick reads the
+// shape. Callers hold p.mu.
+func (p *Proxier) genAfter(ctx context.Context, before uint32, ok, full bool) {
+	if !ok {
+		p.chk.known = false
+		return
+	}
+	after, err := p.reader.generation(ctx)
+	switch {
+	case err != nil:
+		p.chk.known = false
+	case after == before:
+		// Nothing committed (a sync without operations).
+	default:
+		p.chk.owned(before, after, full)
+		if after == before+1 && (full || p.chk.known && p.chk.gen == before) {
+			p.chk.gen, p.chk.known = after, true
+		}
+	}
+}
+
+// runOwn runs a transaction of ours outside Sync (an after-sync step) so
+// that Check and the notification watcher know it for ours.
+func (p *Proxier) runOwn(ctx context.Context, tx *knftables.Transaction) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gen, ok := p.genBefore(ctx)
+	if err := p.nft.Run(ctx, tx); err != nil {
+		return err
+	}
+	p.genAfter(ctx, gen, ok, false)
+	return nil
 }
 
 // expectedShape is the shape the last successful sync left. Callers hold p.mu.
@@ -79,8 +168,10 @@ func (want *tableShape) diff(got *tableShape) string {
 
 // Check reports what the last successful sync put in the table that is no
 // longer there (the table, a chain, a chain's rules, a set or map), or "".
-// It reads no elements, so it is cheap at any scale. It holds the sync lock
-// while it reads, so a sync in progress is never mistaken for damage.
+// While the ruleset generation stays where our own last transaction left
+// it, a check is one small netlink request; after a foreign change it reads
+// the shape, never elements, so it is cheap at any scale. It holds the sync
+// lock while it reads, so a sync in progress is never mistaken for damage.
 func (p *Proxier) Check(ctx context.Context) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -88,25 +179,52 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 	if want == nil || !p.synced || p.reader == nil {
 		return "", nil
 	}
+	g, err := p.reader.generation(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read the ruleset generation: %w", err)
+	}
+	if p.chk.known && g == p.chk.gen {
+		p.chk.idle++
+		return "", nil
+	}
+	p.chk.shape++
+	// Read after the generation: a change during the read is either seen
+	// by it or moves the generation past g, and the next tick reads again.
 	got, err := p.reader.readShape(ctx)
 	if err != nil {
 		return "", err
 	}
-	return want.diff(got), nil
+	if d := want.diff(got); d != "" {
+		return d, nil
+	}
+	p.chk.gen, p.chk.known = g, true
+	return "", nil
 }
 
-// Monitor checks every interval that the rules are in place (see Check) and
-// has them rewritten at once when they are not (see proxier.Monitor).
+// Monitor checks every interval that the rules are in place (see Check),
+// watches the nf_tables notifications for others' changes to our table
+// (see watch), and has the table rewritten at once when either finds it
+// altered (see proxier.Monitor).
 func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync func()) {
+	if r, ok := p.reader.(*netlinkReader); ok {
+		gr := &netlinkReader{family: r.family, netns: r.netns}
+		go p.watch(ctx, watcher{
+			dial:   func() (eventConn, error) { return dialEvents(r.netns) },
+			gen:    func() (uint32, error) { return gr.generation(ctx) },
+			repair: func(what string) { proxier.Repair(p.cfg.Family, p, what, resync) },
+		})
+	}
 	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)
 }
 
-// netlinkReader reads the shape over netlink with four dumps (tables,
-// chains, rules, sets), whatever the number of chains. It decodes only names,
-// never rule expressions.
+// netlinkReader reads the generation with one request and the shape with
+// four dumps (tables, chains, rules, sets), whatever the number of chains.
+// It decodes only names, never rule expressions or elements.
 type netlinkReader struct {
 	family uint8 // NFPROTO_IPV4 or NFPROTO_IPV6
 	netns  int   // a network namespace fd, or 0 for the current one
+	// conn is kept between ticks.
+	conn *netlink.Conn
 }
 
 func newNetlinkReader(f knftables.Family) *netlinkReader {
@@ -117,8 +235,31 @@ func newNetlinkReader(f knftables.Family) *netlinkReader {
 	return r
 }
 
-// dump runs one nf_tables dump request and returns each reply's attributes.
-func (r *netlinkReader) dump(conn *netlink.Conn, msgType uint16, attrs []netlink.Attribute) ([]map[uint16][]byte, error) {
+func (r *netlinkReader) dial() (*netlink.Conn, error) {
+	if r.conn == nil {
+		c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.netns})
+		if err != nil {
+			return nil, err
+		}
+		r.conn = c
+	}
+	return r.conn, nil
+}
+
+func (r *netlinkReader) reset() {
+	if r.conn != nil {
+		r.conn.Close()
+		r.conn = nil
+	}
+}
+
+// execute sends one nf_tables request (a dump when flags say so) and
+// returns each reply's attributes, on the kept connection.
+func (r *netlinkReader) execute(msgType uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute, timeout time.Duration) ([]map[uint16][]byte, error) {
+	conn, err := r.dial()
+	if err != nil {
+		return nil, err
+	}
 	data, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
 		return nil, err
@@ -126,13 +267,15 @@ func (r *netlinkReader) dump(conn *netlink.Conn, msgType uint16, attrs []netlink
 	req := netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType),
-			Flags: netlink.Request | netlink.Dump,
+			Flags: flags,
 		},
 		// nfgenmsg: family, version, resource id.
 		Data: append([]byte{r.family, unix.NFNETLINK_V0, 0, 0}, data...),
 	}
+	conn.SetDeadline(time.Now().Add(timeout))
 	msgs, err := conn.Execute(req)
 	if err != nil {
+		r.reset()
 		return nil, err
 	}
 	out := make([]map[uint16][]byte, 0, len(msgs))
@@ -140,15 +283,8 @@ func (r *netlinkReader) dump(conn *netlink.Conn, msgType uint16, attrs []netlink
 		if len(m.Data) < 4 {
 			continue
 		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		a, err := attrsOf(m)
 		if err != nil {
-			return nil, err
-		}
-		a := map[uint16][]byte{}
-		for ad.Next() {
-			a[ad.Type()] = ad.Bytes()
-		}
-		if err := ad.Err(); err != nil {
 			return nil, err
 		}
 		out = append(out, a)
@@ -156,16 +292,44 @@ func (r *netlinkReader) dump(conn *netlink.Conn, msgType uint16, attrs []netlink
 	return out, nil
 }
 
-func str(b []byte) string { return strings.TrimRight(string(b), "\x00") }
-
-func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.netns})
+// attrsOf decodes the attributes of an nf_tables message (after its
+// nfgenmsg), by type.
+func attrsOf(m netlink.Message) (map[uint16][]byte, error) {
+	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close()
+	a := map[uint16][]byte{}
+	for ad.Next() {
+		a[ad.Type()] = ad.Bytes()
+	}
+	return a, ad.Err()
+}
+
+// generation is the namespace's nf_tables ruleset generation
+// (NFT_MSG_GETGEN → NFTA_GEN_ID).
+func (r *netlinkReader) generation(context.Context) (uint32, error) {
+	replies, err := r.execute(unix.NFT_MSG_GETGEN, netlink.Request, nil, 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range replies {
+		if g, ok := be32(a[unix.NFTA_GEN_ID]); ok {
+			return g, nil
+		}
+	}
+	return 0, fmt.Errorf("no generation id in the reply")
+}
+
+func (r *netlinkReader) dump(msgType uint16, attrs []netlink.Attribute) ([]map[uint16][]byte, error) {
+	return r.execute(msgType, netlink.Request|netlink.Dump, attrs, 30*time.Second)
+}
+
+func str(b []byte) string { return strings.TrimRight(string(b), "\x00") }
+
+func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
 	shape := &tableShape{chains: map[string]int{}, sets: map[string]bool{}}
-	tables, err := r.dump(conn, unix.NFT_MSG_GETTABLE, nil)
+	tables, err := r.dump(unix.NFT_MSG_GETTABLE, nil)
 	if err != nil {
 		return nil, fmt.Errorf("list tables: %w", err)
 	}
@@ -176,7 +340,10 @@ func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
 		return shape, nil
 	}
 	table := []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: []byte(TableName + "\x00")}}
-	chains, err := r.dump(conn, unix.NFT_MSG_GETCHAIN, nil)
+	// The chain dump has no table filter; the rule and set dumps do
+	// (NFTA_RULE_TABLE and NFTA_SET_TABLE have the number of
+	// NFTA_TABLE_NAME, 1).
+	chains, err := r.dump(unix.NFT_MSG_GETCHAIN, nil)
 	if err != nil {
 		return nil, fmt.Errorf("list chains: %w", err)
 	}
@@ -185,8 +352,7 @@ func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
 			shape.chains[str(c[unix.NFTA_CHAIN_NAME])] = 0
 		}
 	}
-	// NFTA_RULE_TABLE has the same number as NFTA_TABLE_NAME (1).
-	rules, err := r.dump(conn, unix.NFT_MSG_GETRULE, table)
+	rules, err := r.dump(unix.NFT_MSG_GETRULE, table)
 	if err != nil {
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
@@ -195,24 +361,37 @@ func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
 			shape.chains[str(rule[unix.NFTA_RULE_CHAIN])]++
 		}
 	}
-	sets, err := r.dump(conn, unix.NFT_MSG_GETSET, table)
+	sets, err := r.dump(unix.NFT_MSG_GETSET, table)
 	if err != nil {
 		return nil, fmt.Errorf("list sets: %w", err)
 	}
 	for _, s := range sets {
-		flags := s[unix.NFTA_SET_FLAGS]
-		anonymous := len(flags) == 4 && binary.BigEndian.Uint32(flags)&unix.NFT_SET_ANONYMOUS != 0
-		if str(s[unix.NFTA_SET_TABLE]) == TableName && !anonymous {
+		flags, _ := be32(s[unix.NFTA_SET_FLAGS])
+		if str(s[unix.NFTA_SET_TABLE]) == TableName && flags&unix.NFT_SET_ANONYMOUS == 0 {
 			shape.sets[str(s[unix.NFTA_SET_NAME])] = true
 		}
 	}
 	return shape, nil
 }
 
-// fakeReader reads the shape of a knftables.Fake's table (for tests).
-type fakeReader struct{ fake *knftables.Fake }
+// fakeReader reads the table of a knftables.Fake (for tests). Its
+// generation moves whenever the fake's content changes, as the kernel's
+// does on every committed transaction.
+type fakeReader struct {
+	fake *knftables.Fake
+	last string
+	gen  uint32
+}
 
-func (r fakeReader) readShape(context.Context) (*tableShape, error) {
+func (r *fakeReader) generation(context.Context) (uint32, error) {
+	if d := r.fake.Dump(); d != r.last {
+		r.last = d
+		r.gen++
+	}
+	return r.gen, nil
+}
+
+func (r *fakeReader) readShape(context.Context) (*tableShape, error) {
 	r.fake.RLock()
 	defer r.fake.RUnlock()
 	shape := &tableShape{chains: map[string]int{}, sets: map[string]bool{}}

@@ -48,6 +48,7 @@ type Proxier struct {
 	// readAffinity reads an affinity map's entries for a full sync to keep
 	// (affinity.go); nil: full syncs start affinity afresh.
 	readAffinity affinityReader
+	chk          checkState // what Check remembers (check.go)
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
 	runText func(ctx context.Context, write func(io.Writer) error) error
@@ -181,6 +182,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	pd := p.transaction(st, !textMode)
 	tx := pd.tx
 	var err error
+	gen, genOK := p.genBefore(ctx)
 	switch {
 	case pd.full && textMode:
 		// A full sync loads every element: one command per set or map
@@ -204,6 +206,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		}
 		return fmt.Errorf("%v nftables sync: %w", p.cfg.Family, err)
 	}
+	p.genAfter(ctx, gen, genOK, pd.full)
 	plan := pd.commit()
 	after := slices.Clone(p.after)
 	p.mu.Unlock()

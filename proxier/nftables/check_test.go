@@ -1,0 +1,555 @@
+package nftables
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier"
+)
+
+// TestFakeCheck: the tick stops at the generation while nothing changed,
+// and reads the shape once after a foreign change.
+func TestFakeCheck(t *testing.T) {
+	ctx := context.Background()
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p.reader = &fakeReader{fake: nft}
+	if err := p.Sync(ctx, testState()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if what, err := p.Check(ctx); err != nil || what != "" {
+			t.Fatalf("check after sync: %q, %v", what, err)
+		}
+	}
+	if p.chk.shape != 0 || p.chk.idle != 3 {
+		t.Errorf("after our own sync: %d shape reads, %d idle ticks; want 0 and 3", p.chk.shape, p.chk.idle)
+	}
+	// Someone deletes an element: the shape is whole (the notifications
+	// catch this), read once.
+	tx := nft.NewTransaction()
+	tx.Delete(&knftables.Element{Map: mServiceIPs, Key: []string{"10.96.0.1", "tcp", "80"}})
+	if err := nft.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if what, err := p.Check(ctx); err != nil || what != "" || p.chk.shape != 1 {
+			t.Fatalf("tick %d after a deleted element: %q, %v, %d shape reads; want one", i, what, err, p.chk.shape)
+		}
+	}
+	tx = nft.NewTransaction()
+	tx.Flush(&knftables.Chain{Name: chServices})
+	if err := nft.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if what, err := p.Check(ctx); err != nil || !strings.Contains(what, chServices) {
+		t.Errorf("check after a flushed chain: %q, %v; want %s named", what, err, chServices)
+	}
+}
+
+// TestJudge: which committed transactions count as someone else's.
+func TestJudge(t *testing.T) {
+	p := &Proxier{synced: true}
+	p.chk.owned(9, 10, true)   // a full sync: generation 10
+	p.chk.owned(10, 11, false) // a partial one: 11
+	p.chk.owned(13, 15, false) // ours is 14 or 15; 12 and the other are not
+	for _, c := range []struct {
+		ev      txEvent
+		foreign bool
+	}{
+		{txEvent{gen: 8, touched: true}, false}, // before our full sync
+		{txEvent{gen: 10, touched: true}, false},
+		{txEvent{gen: 11, touched: true}, false},
+		{txEvent{gen: 11, touched: false}, false},
+		{txEvent{gen: 12, touched: false}, false},
+		{txEvent{gen: 12, touched: true, proc: "nft", pid: 7}, true},
+		{txEvent{gen: 14, touched: false}, false},
+		{txEvent{gen: 15, touched: true}, false}, // the one of the span that touched us
+		{txEvent{gen: 16, touched: true}, true},
+	} {
+		if got := p.judge(c.ev) != ""; got != c.foreign {
+			t.Errorf("%+v: foreign %v, want %v", c.ev, got, c.foreign)
+		}
+	}
+	// Two transactions of one span touched our table: one was not ours,
+	// and may have come after ours.
+	q := &Proxier{synced: true}
+	q.chk.owned(9, 10, true)
+	q.chk.owned(10, 12, false)
+	if q.judge(txEvent{gen: 11, touched: true}) != "" || q.judge(txEvent{gen: 12, touched: true}) == "" {
+		t.Errorf("two transactions touching our table in one span: want the second called foreign")
+	}
+	// Before a full sync is known to be done, nothing is foreign (one is
+	// coming).
+	q.synced = false
+	if q.judge(txEvent{gen: 20, touched: true}) != "" {
+		t.Errorf("unsynced: want nothing foreign")
+	}
+	// The ring forgets old spans, never recent ones.
+	r := &Proxier{synced: true}
+	for g := uint32(1); g <= 2*ownSpans; g++ {
+		r.chk.owned(g-1, g, g == 1)
+	}
+	if r.judge(txEvent{gen: 2 * ownSpans, touched: true}) != "" || r.judge(txEvent{gen: 2, touched: true}) == "" {
+		t.Errorf("ring: want the newest span kept and an old one forgotten")
+	}
+	// Generations wrap.
+	w := &Proxier{synced: true}
+	w.chk.owned(0xfffffffe, 0xffffffff, true)
+	w.chk.owned(0xffffffff, 1, false)
+	if w.judge(txEvent{gen: 0, touched: true}) != "" || w.judge(txEvent{gen: 0xfffffffd, touched: true}) != "" ||
+		w.judge(txEvent{gen: 2, touched: true}) == "" {
+		t.Errorf("wrapping generations misjudged")
+	}
+}
+
+// TestLost: after lost notifications, the table is rewritten unless every
+// transaction since the last one heard was ours.
+func TestLost(t *testing.T) {
+	p := &Proxier{synced: true}
+	p.chk.owned(9, 10, true)
+	p.chk.owned(10, 11, false)
+	p.chk.owned(12, 13, false) // 12 was someone else's
+	p.chk.owned(13, 15, false) // 14 or 15 was
+	for _, c := range []struct {
+		cur, from uint32
+		fromOK    bool
+		ok        bool
+	}{
+		{11, 10, true, true},
+		{11, 0, false, true}, // nothing heard: from our full sync on
+		{11, 3, true, true},  // heard up to before the full sync
+		{13, 11, true, false},
+		{13, 12, true, true},
+		{15, 13, true, false}, // which of 14 and 15 was ours?
+		{17, 16, true, false},
+		{13, 13, true, true},
+		{5, 0, false, true}, // read before our full sync
+		{9, 12, true, true},
+	} {
+		if got := p.lost(c.cur, c.from, c.fromOK) == ""; got != c.ok {
+			t.Errorf("lost(cur %d, from %d, %v): fine %v, want %v", c.cur, c.from, c.fromOK, got, c.ok)
+		}
+	}
+	q := &Proxier{synced: true}
+	if q.lost(5, 4, true) == "" {
+		t.Errorf("no generation of ours known: want a rewrite")
+	}
+	q.synced = false
+	if q.lost(5, 4, true) != "" {
+		t.Errorf("unsynced: a full sync is due anyway")
+	}
+}
+
+// notif is an nf_tables notification of type typ.
+func notif(typ uint16, family uint8, attrs ...netlink.Attribute) netlink.Message {
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		panic(err)
+	}
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ)},
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
+	}
+}
+
+func tableAttr(name string) netlink.Attribute {
+	return netlink.Attribute{Type: 1, Data: []byte(name + "\x00")}
+}
+
+func newGen(gen uint32) netlink.Message {
+	return notif(unix.NFT_MSG_NEWGEN, unix.AF_UNSPEC,
+		netlink.Attribute{Type: unix.NFTA_GEN_ID, Data: binary.BigEndian.AppendUint32(nil, gen)},
+		netlink.Attribute{Type: unix.NFTA_GEN_PROC_PID, Data: binary.BigEndian.AppendUint32(nil, 42)},
+		netlink.Attribute{Type: unix.NFTA_GEN_PROC_NAME, Data: []byte("nft\x00")})
+}
+
+// TestTxDecoder: a transaction touched our table when one of its
+// notifications names it, in our family.
+func TestTxDecoder(t *testing.T) {
+	d := txDecoder{family: unix.NFPROTO_IPV4}
+	for _, c := range []struct {
+		msgs    []netlink.Message
+		touched bool
+	}{
+		{[]netlink.Message{notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName)), newGen(5)}, true},
+		{[]netlink.Message{notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV6, tableAttr(TableName)), newGen(6)}, false},
+		{[]netlink.Message{notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, tableAttr("filter")), newGen(7)}, false},
+		{[]netlink.Message{
+			notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, tableAttr("filter")),
+			notif(unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, tableAttr(TableName)),
+			notif(unix.NFT_MSG_DELCHAIN, unix.NFPROTO_IPV4, tableAttr("nat")),
+			newGen(8),
+		}, true},
+		{[]netlink.Message{newGen(9)}, false},
+	} {
+		var evs []txEvent
+		for _, m := range c.msgs {
+			if ev, ok := d.add(m); ok {
+				evs = append(evs, ev)
+			}
+		}
+		if len(evs) != 1 || evs[0].touched != c.touched || evs[0].proc != "nft" || evs[0].pid != 42 {
+			t.Errorf("%d messages: %+v, want one transaction, touched %v", len(c.msgs), evs, c.touched)
+		}
+	}
+}
+
+// fakeConn delivers notification batches; a nil batch is an overflow.
+type fakeConn struct {
+	ch   chan []netlink.Message
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *fakeConn) Receive() ([]netlink.Message, error) {
+	select {
+	case m := <-c.ch:
+		if m == nil {
+			return nil, unix.ENOBUFS
+		}
+		return m, nil
+	case <-c.done:
+		return nil, errors.New("closed")
+	}
+}
+
+func (c *fakeConn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return nil
+}
+
+// TestFakeWatch runs the watcher on fake notifications: our own
+// transactions (even when their notification is read before the sync
+// recorded them) are not repaired, others' are, and an overflow is
+// repaired only when the generation moved past ours.
+func TestFakeWatch(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	r := &fakeReader{fake: nft}
+	p.reader = r
+	if err := p.Sync(ctx, testState()); err != nil {
+		t.Fatal(err)
+	}
+	own := r.gen
+	conn := &fakeConn{ch: make(chan []netlink.Message), done: make(chan struct{})}
+	repairs := make(chan string, 10)
+	done := make(chan struct{})
+	go func() {
+		p.watch(ctx, watcher{
+			dial: func() (eventConn, error) { return conn, nil },
+			gen: func() (uint32, error) {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return r.generation(ctx)
+			},
+			repair: func(what string) { repairs <- what },
+		})
+		close(done)
+	}()
+	ours := notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName))
+	// expect sends a foreign transaction (a marker, generation 1001 on)
+	// and checks that the first repair that follows names want (the
+	// marker's own when want is ""), and then waits for the marker's.
+	marker := uint32(1000)
+	expect := func(what string, want string) {
+		t.Helper()
+		marker++
+		conn.ch <- []netlink.Message{ours, newGen(marker)}
+		mine := fmt.Sprintf("transaction %d ", marker)
+		for _, w := range []string{want, mine} {
+			if w == "" {
+				continue
+			}
+			select {
+			case got := <-repairs:
+				if !strings.Contains(got, w) {
+					t.Errorf("%s: repair %q, want it to name %q", what, got, w)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s: no repair (want %q)", what, w)
+			}
+		}
+	}
+	conn.ch <- []netlink.Message{ours, newGen(own)}
+	expect("our full sync", "")
+
+	// An event read while the sync that caused it still runs waits for
+	// it to record its generation.
+	p.mu.Lock()
+	conn.ch <- []netlink.Message{ours, newGen(own + 1)}
+	time.Sleep(20 * time.Millisecond)
+	p.chk.owned(own, own+1, false)
+	p.mu.Unlock()
+	expect("an event ahead of its sync", "")
+
+	// Someone else's.
+	conn.ch <- []netlink.Message{ours, newGen(own + 2)}
+	expect("a foreign transaction", fmt.Sprintf("transaction %d ", own+2))
+
+	// An overflow while the generation is ours: nothing lost.
+	p.mu.Lock()
+	r.gen = own + 3
+	p.chk.owned(own+2, own+3, false)
+	p.mu.Unlock()
+	conn.ch <- []netlink.Message{newGen(own + 3)}
+	conn.ch <- nil
+	expect("an overflow after our own transaction", "")
+	if n := p.chk.overflows.Load(); n != 1 {
+		t.Errorf("%d overflows counted, want 1", n)
+	}
+	// An overflow after someone else committed.
+	p.mu.Lock()
+	r.gen = marker + 5
+	p.mu.Unlock()
+	conn.ch <- nil
+	expect("an overflow after a foreign transaction", "lost")
+	cancel()
+	<-done
+}
+
+// TestKernelEvents: in a namespace, the notifications show others'
+// element-level damage — a flushed map, a deleted element — and others'
+// changes elsewhere are left alone, and so are our own syncs (nft -f, the
+// cold load, netlink batches, nft partial syncs).
+func TestKernelEvents(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	repairs := kernelWatch(t, p, fd)
+	none := func(what string) {
+		t.Helper()
+		select {
+		case got := <-repairs:
+			t.Errorf("%s: repair %q, want none", what, got)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	p.ForceFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	np := svc("ns", "np", proxier.TCP, "10.96.0.9", 8080, ep("10.244.1.7", 80, true), ep("10.244.2.7", 80, false))
+	np.NodePort, np.ExternalPolicyLocal = 30999, true
+	np.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.99")}
+	st2 := *st
+	st2.Services = append(st2.Services[:len(st2.Services):len(st2.Services)], np)
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); r.Full || p.writer.batches == 0 {
+		t.Fatalf("want a partial sync over netlink: %+v, %d batches", r, p.writer.batches)
+	}
+	// Four endpoints: a new lb chain, a partial sync through nft.
+	web := *st2.Services[3]
+	web.Endpoints = append(web.Endpoints[:3:3], ep("10.244.2.10", 8080, false))
+	st3 := st2
+	st3.Services = append([]*proxier.Service(nil), st2.Services...)
+	st3.Services[3] = &web
+	batches := p.writer.batches
+	if err := p.Sync(ctx, &st3); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); r.Full || p.writer.batches != batches {
+		t.Fatalf("want a partial sync through nft: %+v", r)
+	}
+	none("our own syncs")
+	sh(t, "nft", "add table ip other; add chain ip other c; add rule ip other c counter; add table ip6 svcproxy; add chain ip6 svcproxy c")
+	sh(t, "iptables-nft", "-w", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
+	none("others' changes elsewhere")
+
+	for _, damage := range []string{
+		"flush map ip svcproxy service-ips",
+		"delete element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 }",
+		"delete element ip svcproxy cluster-ips { 10.96.0.2 }",
+		"flush map ip svcproxy endpoints-ip-tcp",
+		"flush set ip svcproxy firewall-allow",
+		"flush chain ip svcproxy services",
+		"delete table ip svcproxy",
+		"flush ruleset",
+	} {
+		start := time.Now()
+		sh(t, "nft", damage)
+		select {
+		case what := <-repairs:
+			t.Logf("%s: noticed after %v: %s", damage, time.Since(start).Round(time.Microsecond), what)
+		case <-time.After(time.Second):
+			t.Errorf("%s: not noticed within 1s", damage)
+		}
+		p.ForceFullSync()
+		if err := p.Sync(ctx, &st3); err != nil {
+			t.Fatalf("repair after %s: %v", damage, err)
+		}
+		none("our repair of " + damage)
+	}
+	if n := p.chk.overflows.Load(); n != 0 {
+		t.Errorf("%d overflows", n)
+	}
+}
+
+// kernelWatch runs p.watch on the namespace fd until the test ends and
+// returns the repairs it asks for.
+func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
+	ctx, cancel := context.WithCancel(context.Background())
+	repairs := make(chan string, 100)
+	done := make(chan struct{})
+	gr := newNetlinkReader(p.f.family)
+	gr.netns = fd
+	go func() {
+		p.watch(ctx, watcher{
+			dial:   func() (eventConn, error) { return dialEvents(fd) },
+			gen:    func() (uint32, error) { return gr.generation(ctx) },
+			repair: func(what string) { repairs <- what },
+		})
+		close(done)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return repairs
+}
+
+// benchNetns moves the benchmark's goroutine, locked to its OS thread, into
+// a new anonymous network namespace, which goes away with the thread (never
+// unlocked, so Go discards it when the benchmark's goroutine ends), and
+// returns an fd for it.
+func benchNetns(b *testing.B) int {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		b.Fatalf("unshare: %v", err)
+	}
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// cpuTime is the CPU time this process and its waited-for children used.
+func cpuTime() time.Duration {
+	var self, kids unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &self)
+	unix.Getrusage(unix.RUSAGE_CHILDREN, &kids)
+	var d time.Duration
+	for _, tv := range []unix.Timeval{self.Utime, self.Stime, kids.Utime, kids.Stime} {
+		d += time.Duration(tv.Nano())
+	}
+	return d
+}
+
+// BenchmarkKernelCheck10k measures, in a throwaway namespace holding
+// 10,000 services × 10 endpoints: one idle tick (the generation did not
+// move: b.N of them, ns/op); one tick after a foreign change (it reads the
+// shape: shape-ms, the mean of 10); and full syncs (wall and CPU time, the
+// mean of 3) without a subscriber to the notifications (full-ms, full-cpu-ms)
+// and with the watcher subscribed (full-sub-ms, full-sub-cpu-ms), which
+// must neither lose notifications nor call our own syncs foreign.
+//
+//	go test -run XXX -bench KernelCheck10k -benchtime 1000x ./proxier/nftables/
+func BenchmarkKernelCheck10k(b *testing.B) {
+	fd := benchNetns(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nft, err := knftables.New(knftables.IPv4Family, TableName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p.runText = execNFT
+	p.writer = newElemWriter(proxier.IPv4)
+	p.writer.netns = fd
+	r := newNetlinkReader(knftables.IPv4Family)
+	r.netns = fd
+	p.reader = r
+	st := scaleState(10000)
+	if err := p.Sync(ctx, st); err != nil {
+		b.Fatal(err)
+	}
+	elems := p.LastResult().Elements
+	const fullRuns = 3
+	full := func() (wall, cpu time.Duration) {
+		for i := 0; i < fullRuns; i++ {
+			p.ForceFullSync()
+			c0, start := cpuTime(), time.Now()
+			if err := p.Sync(ctx, st); err != nil {
+				b.Fatal(err)
+			}
+			wall += time.Since(start)
+			cpu += cpuTime() - c0
+		}
+		return wall / fullRuns, cpu / fullRuns
+	}
+	fullWall, fullCPU := full()
+	repairs := kernelWatch(b, p, fd)
+	time.Sleep(100 * time.Millisecond)
+	subWall, subCPU := full()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case what := <-repairs:
+		b.Fatalf("our own full sync called foreign: %s", what)
+	default:
+	}
+
+	const shapeRuns = 10
+	var shape time.Duration
+	for i := 0; i < shapeRuns; i++ {
+		if out, err := exec.Command("nft", "add", "table", "ip", fmt.Sprintf("other%d", i)).CombinedOutput(); err != nil {
+			b.Fatalf("nft: %v: %s", err, out)
+		}
+		start := time.Now()
+		what, err := p.Check(ctx)
+		shape += time.Since(start)
+		if err != nil || what != "" {
+			b.Fatalf("shape check: %q, %v", what, err)
+		}
+	}
+	p.mu.Lock()
+	shapes, overflows := p.chk.shape, p.chk.overflows.Load()
+	p.mu.Unlock()
+	if shapes != shapeRuns {
+		b.Fatalf("%d shape reads, want %d", shapes, shapeRuns)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if what, err := p.Check(ctx); err != nil || what != "" {
+			b.Fatalf("idle check: %q, %v", what, err)
+		}
+	}
+	b.StopTimer()
+	if p.chk.shape != shapeRuns {
+		b.Fatalf("idle checks read the table")
+	}
+	b.ReportMetric(float64(shape.Microseconds())/1000/shapeRuns, "shape-ms")
+	b.ReportMetric(float64(fullWall.Milliseconds()), "full-ms")
+	b.ReportMetric(float64(fullCPU.Milliseconds()), "full-cpu-ms")
+	b.ReportMetric(float64(subWall.Milliseconds()), "full-sub-ms")
+	b.ReportMetric(float64(subCPU.Milliseconds()), "full-sub-cpu-ms")
+	b.ReportMetric(float64(overflows), "overflows")
+	b.ReportMetric(float64(elems), "elements")
+}
