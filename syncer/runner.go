@@ -8,7 +8,8 @@ import (
 // runner calls a function when asked, but not more often than once per
 // minInterval, at least once per maxInterval, and again after a failure with
 // exponential backoff. Requests made while the function runs or while the
-// runner waits out minInterval coalesce into one call.
+// runner waits out minInterval coalesce into one call. TriggerNow asks for a
+// call that does not wait out minInterval (a repair of the rules).
 type runner struct {
 	fn          func(context.Context) error
 	minInterval time.Duration
@@ -17,6 +18,7 @@ type runner struct {
 	retryMax    time.Duration
 
 	trigger chan struct{}
+	now     chan struct{} // a pending request skips the minInterval wait
 }
 
 func newRunner(fn func(context.Context) error, minInterval, maxInterval, retryMin, retryMax time.Duration) *runner {
@@ -30,6 +32,7 @@ func newRunner(fn func(context.Context) error, minInterval, maxInterval, retryMi
 		retryMin:    retryMin,
 		retryMax:    retryMax,
 		trigger:     make(chan struct{}, 1),
+		now:         make(chan struct{}, 1),
 	}
 }
 
@@ -40,6 +43,16 @@ func (r *runner) Trigger() {
 	case r.trigger <- struct{}{}:
 	default:
 	}
+}
+
+// TriggerNow asks for a call as soon as the one running (if any) ends,
+// without waiting out minInterval. It never blocks.
+func (r *runner) TriggerNow() {
+	select {
+	case r.now <- struct{}{}:
+	default:
+	}
+	r.Trigger()
 }
 
 // Loop runs until ctx is done. Every call of fn happens on this goroutine.
@@ -68,12 +81,16 @@ func (r *runner) Loop(ctx context.Context) {
 				t.Stop()
 				return
 			case <-t.C:
+			case <-r.now:
+				t.Stop()
 			}
 		}
 		// This call serves every request made so far.
-		select {
-		case <-r.trigger:
-		default:
+		for _, ch := range []chan struct{}{r.trigger, r.now} {
+			select {
+			case <-ch:
+			default:
+			}
 		}
 
 		lastStart = time.Now()

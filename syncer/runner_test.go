@@ -213,3 +213,43 @@ func TestRunnerStops(t *testing.T) {
 		t.Errorf("%d calls, want 1", n)
 	}
 }
+
+// TestRunnerTriggerNow: TriggerNow skips the minInterval wait once, whether
+// it comes while the runner waits, while it is idle or while a call runs;
+// plain triggers still wait.
+func TestRunnerTriggerNow(t *testing.T) {
+	var c calls
+	entered := make(chan struct{}, 10)
+	release := make(chan struct{})
+	r := newRunner(func(context.Context) error {
+		if c.add() == 3 {
+			entered <- struct{}{}
+			<-release
+		}
+		return nil
+	}, time.Hour, time.Hour, time.Hour, time.Hour)
+	startRunner(t, r)
+	r.Trigger()
+	waitFor(t, "first call", func() bool { return c.count() == 1 })
+	// While waiting out minInterval for a plain trigger.
+	r.Trigger()
+	time.Sleep(20 * time.Millisecond)
+	if n := c.count(); n != 1 {
+		t.Fatalf("%d calls: a plain trigger must wait out minInterval", n)
+	}
+	r.TriggerNow()
+	waitFor(t, "the call TriggerNow asked for", func() bool { return c.count() == 2 })
+	// While idle.
+	r.TriggerNow()
+	<-entered
+	// While a call runs: the next one follows it at once.
+	r.TriggerNow()
+	close(release)
+	waitFor(t, "the call after the running one", func() bool { return c.count() == 4 })
+	// Once only: a plain trigger waits again.
+	r.Trigger()
+	time.Sleep(20 * time.Millisecond)
+	if n := c.count(); n != 4 {
+		t.Errorf("%d calls: TriggerNow must skip the wait once only", n)
+	}
+}

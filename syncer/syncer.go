@@ -245,6 +245,14 @@ func (s *Syncer) Resync() {
 	s.queue()
 }
 
+// ResyncNow asks for a sync at once: unlike Resync it does not wait out
+// MinSyncPeriod. The rule monitors use it to repair rules someone else
+// altered.
+func (s *Syncer) ResyncNow() {
+	s.queue()
+	s.runner.TriggerNow()
+}
+
 // queue records that a sync is needed and asks the runner for one.
 func (s *Syncer) queue() {
 	now := float64(time.Now().UnixNano()) / 1e9
