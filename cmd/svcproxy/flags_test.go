@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/syncer"
@@ -155,4 +160,44 @@ func TestNodeAddrs(t *testing.T) {
 	if err := checkPrimary(parse(), syncer.NodeInfo{}, "n1"); err != nil {
 		t.Errorf("no primary: %v", err)
 	}
+}
+
+// TestWatchNode: like kube-proxy's NodeManager, a change of this node's IPs
+// ends svcproxy (the restart reads them anew); other Node updates do not.
+func TestWatchNode(t *testing.T) {
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.1.2"}}}}
+	client := fake.NewSimpleClientset(node)
+	start := syncer.NodeInfoOf(node)
+	ctx, stop := context.WithCancelCause(context.Background())
+	defer stop(nil)
+	done := make(chan struct{})
+	go func() { watchNode(ctx, client, "n1", start, false, 0, stop); close(done) }()
+	update := func(mod func(*v1.Node)) {
+		t.Helper()
+		n, err := client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mod(n)
+		if _, err := client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	update(func(n *v1.Node) { n.Labels = map[string]string{"topology.kubernetes.io/zone": "z1"} })
+	time.Sleep(300 * time.Millisecond)
+	if err := context.Cause(ctx); err != nil {
+		t.Fatalf("a label change ended svcproxy: %v", err)
+	}
+	update(func(n *v1.Node) { n.Status.Addresses[0].Address = "192.168.1.3" })
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a node IP change did not end svcproxy")
+	}
+	if err := context.Cause(ctx); err == nil || !strings.Contains(err.Error(), "192.168.1.3") {
+		t.Errorf("cause = %v, want the IP change", err)
+	}
+	<-done
 }

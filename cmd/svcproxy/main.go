@@ -23,9 +23,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -126,6 +131,13 @@ func run(ctx context.Context, o *options) error {
 		return nil
 	}
 
+	// Node IPs and pod CIDRs are read once; like kube-proxy, exit when
+	// they change so the restart reads them anew (rules stay; the restart
+	// adopts them).
+	ctx, stopFor := context.WithCancelCause(ctx)
+	defer stopFor(nil)
+	go watchNode(ctx, client, nodeName, node, o.detectLocalMode == "NodeCIDR", o.configSyncPeriod, stopFor)
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxier.NewMetrics(reg)
@@ -180,7 +192,7 @@ func run(ctx context.Context, o *options) error {
 			p, family := proxiers[i], f.String()
 			go p.Monitor(ctx, o.ruleCheckInterval, func() {
 				metrics.RulesRepaired.WithLabelValues(family).Inc()
-				s.ResyncNow()
+				s.Resync()
 			})
 		}
 	}
@@ -195,7 +207,11 @@ func run(ctx context.Context, o *options) error {
 	klog.InfoS("Starting svcproxy", "node", nodeName, "mode", o.proxyMode, "families", families, "clusterCIDRs", o.clusterCIDRs)
 	// Rules stay in the kernel when svcproxy stops: a restart adopts them,
 	// so traffic never drops. --cleanup is the way to remove them.
-	return s.Run(ctx)
+	err = s.Run(ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 // usableFamilies is IPv4, plus IPv6 when the node's kernel and tools have it.
@@ -400,6 +416,53 @@ func checkPrimary(o *options, node syncer.NodeInfo, name string) error {
 		}
 	}
 	return fmt.Errorf("--nodeport-addresses=primary: cannot determine this node's IP (Node %q unreadable or without addresses, no --bind-address); not opening NodePorts on every address", name)
+}
+
+// watchNode ends svcproxy (through stop), as kube-proxy's NodeManager
+// (pkg/proxy/node.go) exits, when this node's IPs change, when its pod
+// CIDRs change and podCIDRs matter (--detect-local-mode=NodeCIDR), or when
+// the Node is deleted. A Node without addresses is logged, not acted on.
+func watchNode(ctx context.Context, client kubernetes.Interface, name string, start syncer.NodeInfo, podCIDRs bool, resync time.Duration, stop context.CancelCauseFunc) {
+	cur := start
+	changed := func(obj any) {
+		node, ok := obj.(*v1.Node)
+		if !ok || node.Name != name {
+			return
+		}
+		info := syncer.NodeInfoOf(node)
+		if podCIDRs && !slices.Equal(info.PodCIDRs, cur.PodCIDRs) {
+			klog.InfoS("PodCIDRs changed for the node; exiting so the restart uses them", "node", name, "new", info.PodCIDRs, "old", cur.PodCIDRs)
+			stop(fmt.Errorf("node %s: pod CIDRs changed from %v to %v", name, cur.PodCIDRs, info.PodCIDRs))
+			return
+		}
+		if len(info.InternalIPs) == 0 {
+			klog.ErrorS(nil, "Node has no addresses", "node", name)
+			return
+		}
+		if !slices.Equal(info.InternalIPs, cur.InternalIPs) {
+			klog.InfoS("NodeIPs changed for the node; exiting so the restart uses them", "node", name, "new", info.InternalIPs, "old", cur.InternalIPs)
+			stop(fmt.Errorf("node %s: IPs changed from %v to %v", name, cur.InternalIPs, info.InternalIPs))
+			return
+		}
+		cur = info
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+	}))
+	inf := factory.Core().V1().Nodes().Informer()
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    changed,
+		UpdateFunc: func(_, obj any) { changed(obj) },
+		DeleteFunc: func(obj any) {
+			if node, ok := obj.(*v1.Node); ok && node.Name == name {
+				klog.InfoS("Node is being deleted; exiting", "node", name)
+				stop(fmt.Errorf("node %s deleted", name))
+			}
+		},
+	})
+	factory.Start(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
 }
 
 // localAddrs are this network namespace's interface addresses of family f.
