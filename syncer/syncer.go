@@ -1,11 +1,11 @@
 // Package syncer decides when a node's proxiers sync and with what. It
-// watches Services, EndpointSlices, ServiceCIDRs and this node through informers (with
-// kube-proxy's label selectors), tracks which Services changed, converts them
-// into an immutable proxier.State per address family, and calls each
-// Proxier's Sync from a bounded-frequency runner: at most once per
-// MinSyncPeriod, again with backoff after a failure, and at least once per
-// SyncPeriod. It also serves /healthz and /livez and exports kube-proxy's
-// sync metrics.
+// watches Services, EndpointSlices, ServiceCIDRs and this node through
+// informers (with kube-proxy's label selectors), tracks which Services
+// changed, converts them into an immutable proxier.State per address
+// family, and calls each Proxier's Sync from a bounded-frequency runner: at
+// most once per MinSyncPeriod, again with backoff after a failure, and at
+// least once per SyncPeriod. It also serves /healthz and /livez and exports
+// kube-proxy's sync metrics.
 package syncer
 
 import (
