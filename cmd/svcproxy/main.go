@@ -192,7 +192,7 @@ func run(ctx context.Context, o *options) error {
 			p, family := proxiers[i], f.String()
 			go p.Monitor(ctx, o.ruleCheckInterval, func() {
 				metrics.RulesRepaired.WithLabelValues(family).Inc()
-				s.Resync()
+				s.ResyncNow()
 			})
 		}
 	}
