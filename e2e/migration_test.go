@@ -1,0 +1,107 @@
+package e2e
+
+import (
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/svcproxy/svcproxy/e2e/harness"
+)
+
+// TestMigrationFromKubeProxy (nftables mode): kube-proxy's leftovers on a
+// node (its nftables tables, here with a stale firewall rule dropping a
+// Service's ClusterIP before DNAT, and its iptables chains) stay when svcproxy starts without --cleanup-kube-proxy, and are gone, with
+// traffic reaching the right endpoints, when it starts with it.
+func TestMigrationFromKubeProxy(t *testing.T) {
+	c := begin(t, true)
+	if env.ProxyMode != "nftables" {
+		t.Skip("in iptables mode svcproxy's chains are kube-proxy's (same names): --cleanup-kube-proxy is for nftables mode")
+	}
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "migration"}})
+	right := backends[0]
+	c.slice(svc, at(right, harness.NodeName))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	run := func(argv ...string) string {
+		t.Helper()
+		out, err := env.Node.Run(c.ctx, argv...)
+		if err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+		}
+		return out
+	}
+	restart := func(extra ...string) {
+		t.Helper()
+		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+			t.Fatalf("stop svcproxy: %v", err)
+		}
+		if _, err := env.StartSvcproxy(c.ctx, extra...); err != nil {
+			t.Fatalf("start svcproxy: %v", err)
+		}
+		if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leftovers := func() string {
+		var found []string
+		if out := run("nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
+			found = append(found, "nftables: "+strings.Join(strings.Fields(out), " "))
+		}
+		if out := run("iptables-save", "-t", "nat"); strings.Contains(out, "KUBE-SERVICES") {
+			found = append(found, "iptables nat has KUBE-SERVICES")
+		}
+		return strings.Join(found, "; ")
+	}
+	t.Cleanup(func() {
+		// Whatever happened, the suite goes on with a plain svcproxy and no
+		// leftovers.
+		env.Node.Run(c.ctx, "sh", "-c", "iptables -t nat -D PREROUTING -j KUBE-SERVICES; iptables -t nat -F KUBE-SERVICES; iptables -t nat -X KUBE-SERVICES; nft delete table ip kube-proxy; nft delete table ip6 kube-proxy")
+		if env.Svcproxy() != nil {
+			if exited, _ := env.Svcproxy().Exited(); !exited {
+				env.StopSvcproxy(syscall.SIGTERM)
+			}
+		}
+		env.StartSvcproxy(c.ctx)
+		env.WaitSvcproxySynced(c.ctx, 30*time.Second)
+	})
+
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop svcproxy: %v", err)
+	}
+	run("nft", "add", "table", "ip", "kube-proxy")
+	run("nft", "add", "chain", "ip", "kube-proxy", "filter-prerouting", "{ type filter hook prerouting priority -110 ; }")
+	run("nft", "add", "rule", "ip", "kube-proxy", "filter-prerouting", "ip", "daddr", svc.Spec.ClusterIP, "drop")
+	run("nft", "add", "table", "ip6", "kube-proxy")
+	run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+	run("iptables", "-t", "nat", "-I", "PREROUTING", "-j", "KUBE-SERVICES")
+	if _, err := env.StartSvcproxy(c.ctx); err != nil {
+		t.Fatalf("start svcproxy: %v", err)
+	}
+	if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if l := leftovers(); !strings.Contains(l, "nftables") || !strings.Contains(l, "KUBE-SERVICES") {
+		t.Fatalf("without --cleanup-kube-proxy the leftovers must stay; found %q", l)
+	}
+	// The stale rule is live: the Service does not answer.
+	rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 1})
+	for _, r := range rs {
+		if r.Err != "timeout" {
+			t.Fatalf("with kube-proxy's stale drop rule in place the Service answered: %s", harness.FormatTally(harness.Tally(rs)))
+		}
+	}
+
+	restart("--cleanup-kube-proxy")
+	if l := leftovers(); l != "" {
+		t.Fatalf("after a start with --cleanup-kube-proxy, left over: %s", l)
+	}
+	c.eventually("traffic reaches the Service's endpoint", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+		return landed(rs, []*harness.Pod{right}, client.IP, "")
+	})
+	t.Logf("RESULT --cleanup-kube-proxy: kube-proxy's ip/ip6 tables and iptables chains removed; %s", harness.FormatTally(harness.Tally(rs)))
+}
