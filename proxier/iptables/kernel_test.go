@@ -313,3 +313,51 @@ func TestKernelCheckDetectsFlushes(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelCheckIPv6: the probes read the ip6 tables (ip6tables-nft's ip6
+// family, ip6tables-legacy's IPv6 blobs).
+func TestKernelCheckIPv6(t *testing.T) {
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			ns := kernelNetns(t)
+			bin := Binaries{Mode: mode, Save: "ip6tables-" + mode + "-save", Restore: "ip6tables-" + mode + "-restore", Command: "ip6tables-" + mode}
+			if _, err := exec.LookPath(bin.Restore); err != nil {
+				t.Skip(err)
+			}
+			run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
+			cfg := proxier.Config{Family: proxier.IPv6, MasqueradeBit: 14, LocalDetector: proxier.LocalDetector{
+				Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10::/64")}}}
+			st := &proxier.State{Family: proxier.IPv6, Services: []*proxier.Service{
+				svc("ns", "v6", "", proxier.TCP, "fd00:96::10", 80, ep("fd00:10::2", 8080, true), ep("fd00:10::3", 8080, true)),
+			}}
+			ctx := context.Background()
+			p := New(cfg, Options{}, run)
+			if err := p.Sync(ctx, st); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 2; i++ {
+				if missing, err := p.Check(ctx); err != nil || missing != "" {
+					t.Fatalf("intact rules: Check = %q, %v", missing, err)
+				}
+			}
+			if p.checksIdle != 1 {
+				t.Errorf("%d idle checks, want 1", p.checksIdle)
+			}
+			for _, chain := range []string{"KUBE-SERVICES", ServiceChainName(st.Services[0])} {
+				if out, err := exec.Command("ip", "netns", "exec", ns, bin.Command, "-t", "nat", "-F", chain).CombinedOutput(); err != nil {
+					t.Fatalf("%v: %s", err, out)
+				}
+				if missing, err := p.Check(ctx); err != nil || missing == "" {
+					t.Fatalf("after flushing %s: Check = %q, %v", chain, missing, err)
+				}
+				p.ForceFullSync()
+				if err := p.Sync(ctx, st); err != nil {
+					t.Fatal(err)
+				}
+				if missing, err := p.Check(ctx); err != nil || missing != "" {
+					t.Fatalf("after repair: Check = %q, %v", missing, err)
+				}
+			}
+		})
+	}
+}
