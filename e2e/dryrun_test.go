@@ -48,6 +48,30 @@ func TestDryRun(t *testing.T) {
 	if got := dnats; strings.Join(got, ",") != strings.Join(want, ",") {
 		c.Errorf("dry-run DNATs %s/%s:tcp to %v, want %v", svc.Namespace, svc.Name, got, want)
 	}
+	// The cluster is dual-stack: both families are printed, and each is
+	// valid input for the command that would load it (checked, not
+	// applied).
+	checks := map[string][]string{}
+	if env.ProxyMode == "nftables" {
+		if !strings.Contains(out, "add table ip6 svcproxy") {
+			c.Errorf("dry-run output has no IPv6 table")
+		}
+		checks[out] = []string{"nft", "-c", "-f", "-"}
+	} else {
+		v4, v6, ok := strings.Cut(out, "# IPv6: ip6tables-restore input\n")
+		if !ok || !strings.Contains(v6, "*nat") {
+			c.Errorf("dry-run output has no IPv6 section")
+		}
+		checks[v4] = []string{"iptables-restore", "--test"}
+		checks[v6] = []string{"ip6tables-restore", "--test"}
+	}
+	for input, argv := range checks {
+		cmd := env.Node.Command(c.ctx, argv...)
+		cmd.Stdin = strings.NewReader(input)
+		if o, err := cmd.CombinedOutput(); err != nil {
+			c.Errorf("%s rejects the dry-run output: %v: %s", strings.Join(argv, " "), err, o)
+		}
+	}
 	if c.Failed() {
 		c.Logf("dry-run output:\n%s", out)
 	}

@@ -125,7 +125,14 @@ func run(ctx context.Context, o *options) error {
 				fmt.Print(nftables.DryRun(cfg, serviceCIDRs(o, f), states[f]))
 				continue
 			}
-			opt := iptables.Options{RandomFully: true, DropInvalid: true}
+			// iptables-restore input per family, each under a comment
+			// naming the command it is for.
+			restore := "iptables-restore"
+			if f == proxier.IPv6 {
+				restore = "ip6tables-restore"
+			}
+			fmt.Printf("# %v: %s input\n", f, restore)
+			opt := iptables.Options{RandomFully: true, DropInvalid: !tcpBeLiberal()}
 			os.Stdout.Write(iptables.DryRun(cfg, opt, states[f]))
 		}
 		return nil
@@ -218,6 +225,11 @@ func run(ctx context.Context, o *options) error {
 func usableFamilies(ctx context.Context, o *options) []proxier.IPFamily {
 	families := []proxier.IPFamily{proxier.IPv4}
 	if o.dryRun {
+		// No probing (the iptables probe can create tables): the
+		// configuration says whether the cluster is dual-stack.
+		if dualStackConfig(o) {
+			families = append(families, proxier.IPv6)
+		}
 		return families
 	}
 	var err error
@@ -236,6 +248,17 @@ func usableFamilies(ctx context.Context, o *options) []proxier.IPFamily {
 		klog.InfoS("IPv6 is not usable on this node; proxying IPv4 only", "err", err)
 	}
 	return families
+}
+
+// dualStackConfig reports whether the flags name IPv6 pod or service
+// ranges.
+func dualStackConfig(o *options) bool {
+	for _, p := range append(slices.Clone(o.clusterCIDRs), o.serviceCIDRs...) {
+		if p.Addr().Is6() {
+			return true
+		}
+	}
+	return false
 }
 
 // backend is one family's proxier, iptables or nftables.
