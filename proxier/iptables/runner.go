@@ -164,29 +164,52 @@ func Detect(ctx context.Context, family proxier.IPFamily) Binaries {
 	case errN != nil:
 		return legacy
 	}
-	for _, b := range []Binaries{nft, legacy} {
-		for _, hint := range []string{"KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"} {
-			if err := exec.CommandContext(ctx, b.Command, "-t", "mangle", "-S", hint).Run(); err == nil {
-				return b
+	// Only *-save without -t: it lists the tables that exist, where
+	// `iptables-legacy -t mangle ...` would create the legacy mangle table.
+	save := func(b Binaries) string {
+		var out []byte
+		for _, bin := range []string{"iptables-" + b.Mode + "-save", "ip6tables-" + b.Mode + "-save"} {
+			o, _ := exec.CommandContext(ctx, bin).Output()
+			out = append(out, o...)
+		}
+		return string(out)
+	}
+	if pickBackend(save(nft), save(legacy)) == "legacy" {
+		return legacy
+	}
+	return nft
+}
+
+// pickBackend decides between the nft and legacy backends from what their
+// save commands print (IPv4 and IPv6 together): kubelet's hint chains
+// decide; otherwise the one with more rules, nft on a tie.
+func pickBackend(nftSave, legacySave string) string {
+	hinted := func(save string) bool {
+		for _, l := range strings.Split(save, "\n") {
+			if strings.HasPrefix(l, ":KUBE-IPTABLES-HINT ") || strings.HasPrefix(l, ":KUBE-KUBELET-CANARY ") {
+				return true
 			}
 		}
+		return false
 	}
-	count := func(b Binaries) int {
+	rules := func(save string) int {
 		n := 0
-		for _, save := range []string{"iptables-" + b.Mode + "-save", "ip6tables-" + b.Mode + "-save"} {
-			out, _ := exec.CommandContext(ctx, save).Output()
-			for _, l := range strings.Split(string(out), "\n") {
-				if strings.HasPrefix(l, "-") {
-					n++
-				}
+		for _, l := range strings.Split(save, "\n") {
+			if strings.HasPrefix(l, "-") {
+				n++
 			}
 		}
 		return n
 	}
-	if count(legacy) > count(nft) {
-		return legacy
+	switch {
+	case hinted(nftSave):
+		return "nft"
+	case hinted(legacySave):
+		return "legacy"
+	case rules(legacySave) > rules(nftSave):
+		return "legacy"
 	}
-	return nft
+	return "nft"
 }
 
 // savedTable is a parsed iptables-save table: chain names, and the rules of
