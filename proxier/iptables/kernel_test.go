@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -254,6 +255,7 @@ func TestKernelCheckDetectsFlushes(t *testing.T) {
 						t.Errorf("intact rules: %d deep and %d idle checks, want 1 and 1", p.checksDeep, p.checksIdle)
 					}
 					tc.alter()
+					p.serviceReadAt = time.Time{} // no wait for the per-service read (serviceReadShare)
 					missing, err := p.Check(ctx)
 					if err != nil || missing == "" {
 						t.Fatalf("after %s: Check = %q, %v; want something missing", tc.name, missing, err)
@@ -347,6 +349,7 @@ func TestKernelCheckIPv6(t *testing.T) {
 				if out, err := exec.Command("ip", "netns", "exec", ns, bin.Command, "-t", "nat", "-F", chain).CombinedOutput(); err != nil {
 					t.Fatalf("%v: %s", err, out)
 				}
+				p.serviceReadAt = time.Time{}
 				if missing, err := p.Check(ctx); err != nil || missing == "" {
 					t.Fatalf("after flushing %s: Check = %q, %v", chain, missing, err)
 				}
@@ -359,5 +362,43 @@ func TestKernelCheckIPv6(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKernelCheckServiceReadShare: while someone keeps changing the
+// ruleset, per-service chains are read at most every serviceReadShare× the
+// cost of a read; the stamp is not taken as good in between, so damage to a
+// service chain is still found by a later tick.
+func TestKernelCheckServiceReadShare(t *testing.T) {
+	ns := kernelNetns(t)
+	run, bin := nsRunner(ns)
+	ctx := context.Background()
+	p := New(featureConfig(), Options{}, run)
+	if p.probe == nil {
+		t.Skip("no probe for this backend")
+	}
+	if err := p.Sync(ctx, featureState()); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := p.Check(ctx); err != nil || missing != "" {
+		t.Fatalf("Check = %q, %v", missing, err)
+	}
+	now, good := p.serviceReadAt, p.goodStamp
+	p.now = func() time.Time { return now }
+	p.serviceReadCost = time.Second
+	np := featureState().Services[4]
+	if out, err := exec.Command("ip", "netns", "exec", ns, bin.Command, "-t", "nat", "-F", ServiceChainName(np)).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	now = now.Add(5 * time.Second) // within 10 × 1s of the last read
+	if missing, err := p.Check(ctx); err != nil || missing != "" {
+		t.Fatalf("within the wait: Check = %q, %v; want the per-service read skipped", missing, err)
+	}
+	if p.goodStamp != good {
+		t.Errorf("new stamp taken as good without reading the per-service chains")
+	}
+	now = now.Add(6 * time.Second)
+	if missing, err := p.Check(ctx); err != nil || missing == "" {
+		t.Fatalf("after the wait: Check = %q, %v; want the flushed service chain", missing, err)
 	}
 }

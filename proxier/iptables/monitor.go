@@ -73,18 +73,28 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	p.checksDeep++
-	missing, err := p.checkDeep(ctx)
-	if err == nil && missing == "" {
+	missing, complete, err := p.checkDeep(ctx)
+	if err == nil && missing == "" && complete {
 		p.goodStamp = stamp
 	}
 	return missing, err
 }
 
+// serviceReadShare bounds the time spent reading per-service chains: after
+// a read that took d, the next one waits 10×d (at most a tenth of a core
+// while another agent changes the ruleset every second; 2-3 s reads every
+// 20-30 s with iptables-nft at 10,000 Services).
+const serviceReadShare = 10
+
 // checkDeep reads the rule count of every chain of our tables: the
 // top-level chains and the jump rules first, so that the usual damage (a
 // flushed table or top-level chain) is found without reading the
 // per-service chains (2-3 s at 10,000 Services with iptables-nft).
-func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
+//
+// complete is false when the per-service chains were not read this time
+// (see serviceReadShare); the stamp is then not remembered as good, so a
+// later tick reads them.
+func (p *Proxier) checkDeep(ctx context.Context) (missing string, complete bool, err error) {
 	want := p.appliedCounts()
 	reads := map[string]tableRead{}
 	for _, table := range []string{Filter, NAT} {
@@ -100,13 +110,13 @@ func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 		slices.Sort(top)
 		r, ok, err := p.probe.read(table, top)
 		if err != nil {
-			return "", err
+			return "", false, err
 		}
 		if !ok {
-			return "table " + table, nil
+			return "table " + table, true, nil
 		}
 		if missing := compareCounts(table, top, want[table], r.counts); missing != "" {
-			return missing, nil
+			return missing, true, nil
 		}
 		reads[table] = r
 	}
@@ -114,8 +124,13 @@ func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 		rules, ok := reads[table].rules[chain]
 		return rules, ok || reads[table].rules != nil
 	}); missing != "" || err != nil {
-		return missing, err
+		return missing, true, err
 	}
+	if !p.serviceReadAt.IsZero() && p.now().Sub(p.serviceReadAt) < serviceReadShare*p.serviceReadCost {
+		return "", false, nil
+	}
+	start := p.now()
+	defer func() { p.serviceReadAt, p.serviceReadCost = p.now(), p.now().Sub(start) }()
 	for _, table := range []string{Filter, NAT} {
 		var names []string
 		for c := range want[table] {
@@ -132,16 +147,16 @@ func (p *Proxier) checkDeep(ctx context.Context) (string, error) {
 			var ok bool
 			var err error
 			if r, ok, err = p.probe.read(table, nil); err != nil {
-				return "", err
+				return "", false, err
 			} else if !ok {
-				return "table " + table, nil
+				return "table " + table, true, nil
 			}
 		}
 		if missing := compareCounts(table, names, want[table], r.counts); missing != "" {
-			return missing, nil
+			return missing, true, nil
 		}
 	}
-	return "", nil
+	return "", true, nil
 }
 
 // compareCounts returns what differs between the wanted and the read rule

@@ -40,6 +40,10 @@ type Proxier struct {
 	probe                  probe
 	goodStamp              string
 	checksIdle, checksDeep int
+	// serviceReadAt and serviceReadCost are when the last read of the
+	// per-service chains ended and how long it took.
+	serviceReadAt   time.Time
+	serviceReadCost time.Duration
 }
 
 // OnSynced registers f to run with the plan after every successful sync
