@@ -129,13 +129,15 @@ func TestScale(t *testing.T) {
 	syncDur := firstFullSync(t)
 	t.Logf("RESULT cold start with %d Services x 10 endpoints: process start to first sync done %v; the full sync itself took %v",
 		n, startToSynced.Round(time.Millisecond), syncDur.Round(time.Millisecond))
-	// The bar is 3s on an idle 2-core node; the API server shares this one.
-	// The guard fails the run at twice the bar; the figure is reported.
-	if syncDur > 3*time.Second {
-		t.Logf("cold full sync %v is above the 3s bar", syncDur.Round(time.Millisecond))
+	// The bar (cold start ≤ 3 s) is from process start to the rules in
+	// place, on an idle 2-core node; here the API server shares the cores
+	// (it serves the 20,000 objects' initial lists meanwhile). The guard
+	// fails the run at twice the bar; the figure is reported.
+	if startToSynced > 3*time.Second {
+		t.Logf("cold start %v is above the 3s bar", startToSynced.Round(time.Millisecond))
 	}
-	if syncDur > 6*time.Second {
-		t.Errorf("cold full sync took %v, more than twice the 3s bar", syncDur)
+	if startToSynced > 6*time.Second {
+		t.Errorf("cold start took %v, more than twice the 3s bar", startToSynced)
 	}
 	c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
 
