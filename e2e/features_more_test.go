@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,6 +284,57 @@ func TestSessionAffinityAcrossAddresses(t *testing.T) {
 	t.Logf("RESULT affinity ClusterIP -> NodePort per round: %v", pairs)
 }
 
+// TestSessionAffinityHostEndpoint: ClientIP affinity also holds for an
+// endpoint on the host network (the node's own IP: its connections are
+// delivered to the node, not forwarded). kube-proxy records affinity where
+// it DNATs (recent --set / nft update in the endpoint chain), whatever the
+// endpoint is.
+func TestSessionAffinityHostEndpoint(t *testing.T) {
+	c := begin(t, true)
+	const timeout = 2 * time.Second
+	host, err := env.StartProcess(env.Node, "echo-host", env.Bins.Echo, "serve", "--name", "host", "--port", strconv.Itoa(harness.EchoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Stop(syscall.SIGTERM, 5*time.Second) })
+	a := backends[0]
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-host"}, Spec: v1.ServiceSpec{
+		SessionAffinity:       v1.ServiceAffinityClientIP,
+		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(timeout / time.Second))}}}})
+	c.writeSlice(svc, discovery.AddressTypeIPv4, []discovery.Endpoint{readyEndpoint(harness.NodeIP, harness.NodeName), readyEndpoint(a.IP, harness.NodeName)})
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	hostPod := &harness.Pod{Name: "host", IP: harness.NodeIP}
+	c.waitDNATs(svc, "tcp", hostPod, a)
+	c.eventually("the echo server on the node's network answers", func() string {
+		if exited, err := host.Exited(); exited {
+			t.Fatalf("echo server on the node's network exited: %v", err)
+		}
+		return landed(c.connect(client, harness.ClientOptions{Target: net.JoinHostPort(harness.NodeIP, strconv.Itoa(harness.EchoPort)), Count: 1}), []*harness.Pod{hostPod}, "", "")
+	})
+	// After expiry the first connection picks at random: wait until it
+	// picks the host endpoint (1/2 each time), then the next ones must
+	// follow it.
+	for round := 0; ; round++ {
+		time.Sleep(timeout + 600*time.Millisecond)
+		first := c.connect(client, harness.ClientOptions{Target: target, Count: 1})
+		if len(first) != 1 || first[0].Err != "" {
+			t.Fatalf("round %d: %v", round, first)
+		}
+		if first[0].Backend != "host" {
+			if round == 12 {
+				t.Fatalf("13 rounds never picked the host endpoint first: %s", first[0].Line)
+			}
+			continue
+		}
+		rs := c.connect(client, harness.ClientOptions{Target: target, Count: 10})
+		if only(rs) != "host" {
+			t.Errorf("pinned to the host-network endpoint by the first connection, the next 10 went to %s", harness.FormatTally(harness.Tally(rs)))
+		}
+		t.Logf("RESULT affinity to a host-network endpoint (%s): first connection to host, next 10: %s", harness.NodeIP, harness.FormatTally(harness.Tally(rs)))
+		break
+	}
+}
+
 // TestConntrackUDPZeroToN: conntrack entries of a UDP Service that goes
 // from 0 to N endpoints are cleaned (kube-proxy's reconciler deletes the
 // Service's UDP entries whose reply source is not a serving endpoint, once
@@ -533,12 +585,43 @@ func TestForwardDropInvalid(t *testing.T) {
 		if after >= before+n {
 			t.Logf("RESULT forward path %s -> %s: plain SYNs forwarded (%d), SYN+FIN (conntrack INVALID) dropped by %q (counter +%d)",
 				client.Name, dst.Name, valid, rule, after-before)
-			return
+			break
 		}
 		if attempt == 3 {
 			t.Fatalf("the INVALID DROP rule's counter went %d -> %d after %d invalid segments", before, after, n)
 		}
 	}
+
+	// Control: without the rule the same segments are forwarded, so the
+	// check above can fail. The rule is put back at once (and svcproxy's
+	// next full sync rewrites KUBE-FORWARD anyway).
+	del := []string{"iptables", "-t", "filter", "-D", "KUBE-FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+	if out, err := env.Node.Run(c.ctx, del...); err != nil {
+		t.Fatalf("%v: %v: %s", del, err, out)
+	}
+	restored := false
+	restore := func() {
+		if restored {
+			return
+		}
+		restored = true
+		if out, err := env.Node.Run(context.Background(), "iptables", "-t", "filter", "-I", "KUBE-FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"); err != nil {
+			t.Errorf("put the INVALID rule back: %v: %s", err, out)
+		}
+	}
+	defer restore()
+	const controlBase = 40500
+	for i := 0; i < n; i++ {
+		if err := send.send(dst.IP, uint16(controlBase+i), 9, uint32(3000+i), tcpSYN|tcpFIN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	restore()
+	if got := count(controlBase); got < n {
+		t.Fatalf("control: with the INVALID rule removed only %d of %d SYN+FIN segments reached %s: the check above proves nothing", got, n, dst.Name)
+	}
+	t.Logf("RESULT control: with the INVALID DROP rule removed, %d of %d SYN+FIN segments were forwarded", count(controlBase), n)
 }
 
 // TestJumpOrder: the rules svcproxy puts into built-in chains sit in
@@ -608,6 +691,7 @@ var kubeProxyJumps = map[string]map[string][]string{
 
 func (c *tc) checkIPTablesJumps(when string) {
 	c.Helper()
+	order := map[string]string{}
 	for _, save := range []string{"iptables-save", "ip6tables-save"} {
 		for _, table := range []string{"filter", "nat"} {
 			out, err := env.Node.Run(c.ctx, save, "-t", table)
@@ -634,6 +718,7 @@ func (c *tc) checkIPTablesJumps(when string) {
 						w = w[1:]
 					}
 				}
+				order[save+" "+table+" "+chain] = strings.Join(seen, ", ")
 				if strings.Join(seen, ", ") != strings.Join(w, ", ") {
 					c.Errorf("%s: %s -t %s %s jumps are [%s], want kube-proxy's [%s]:\n%s",
 						when, save, table, chain, strings.Join(seen, ", "), strings.Join(w, ", "), strings.Join(got[chain], "\n"))
@@ -646,7 +731,16 @@ func (c *tc) checkIPTablesJumps(when string) {
 			}
 		}
 	}
-	c.Logf("RESULT %s: iptables and ip6tables jumps into built-in chains in kube-proxy's order, each once", when)
+	keys := make([]string, 0, len(order))
+	for k := range order {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "\n\t%s: %s", k, order[k])
+	}
+	c.Logf("RESULT %s: jumps into built-in chains in kube-proxy's order, each once:%s", when, b.String())
 }
 
 // kubeProxyNFTHooks are kube-proxy's nftables base chains as
