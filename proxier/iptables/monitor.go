@@ -18,15 +18,24 @@ import (
 // one deleted rule is noticed at the next tick.
 //
 // Reading every chain each tick would cost seconds at 10,000 Services, so
-// Check works in two steps (see probe): every tick it reads a stamp that
-// moves whenever anyone changes the ruleset (the nf_tables generation for
-// iptables-nft, the x_tables blob headers for iptables-legacy), which costs
-// the same with 10 or 10,000 Services (measured well under 1 ms). Only when
-// the stamp moved and our own restore does not explain it does it read the
-// rule counts (iptables-nft: one netlink rule dump, no decoding;
-// iptables-legacy: one iptables-save per table). When all is in place the
-// new stamp is remembered as good, so a foreign agent's change is paid for
-// once.
+// Check works in steps (see probe). Every tick it reads a stamp that moves
+// whenever anyone changes the ruleset (the nf_tables generation for
+// iptables-nft, the x_tables blob headers for iptables-legacy); it costs the
+// same with 10 or 10,000 Services (measured at 10,000: 20-140 µs nft, 4-20
+// µs legacy). Only when the stamp moved and our own restore does not
+// explain it does it read rule counts: first the top-level chains and the
+// jumps (67 ms at 10,000 with iptables-nft: one netlink dump per chain, no
+// decoding), then the per-service chains (iptables-nft 2-3 s, one dump per
+// chain; iptables-legacy 0.6-0.9 s, one iptables-save that also serves the
+// first step). Per-service reads are spaced by serviceReadShare× their cost,
+// so an agent that changes the ruleset every second costs at most a tenth of
+// a core. When all is in place the new stamp is remembered as good, so a
+// foreign change is paid for once.
+//
+// For comparison, at 10,000 Services `iptables-nft -t nat -S KUBE-SERVICES`
+// alone takes 180-360 ms, and any iptables-legacy command 300-420 ms even
+// for a 3-rule chain (it parses the whole table): the previous check (five
+// nat chains read with -S) cost 2 s per tick with iptables-legacy.
 //
 // Without a probe (plain iptables whose backend was not detected), Check
 // falls back to exec: the jump rules and the rule counts of the top-level
