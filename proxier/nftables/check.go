@@ -95,6 +95,12 @@ func (p *Proxier) genAfter(ctx context.Context, before uint32, ok, full bool) {
 	switch {
 	case err != nil:
 		p.chk.known = false
+	case after == before && full:
+		// A full sync always commits: the one that wrote the table moved
+		// before past its own commit (coldLoad, whose element batch was
+		// empty).
+		p.chk.owned(before-1, before, true)
+		p.chk.gen, p.chk.known = before, true
 	case after == before:
 		// Nothing committed (a sync without operations).
 	default:

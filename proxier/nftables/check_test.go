@@ -332,7 +332,7 @@ func TestKernelEvents(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(t, fd, testConfig(), nil)
 	repairs := kernelWatch(t, p, fd)
 	none := func(what string) {
 		t.Helper()
@@ -342,6 +342,12 @@ func TestKernelEvents(t *testing.T) {
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+	// A cold load without elements for netlink (one transaction).
+	if err := p.Sync(ctx, &proxier.State{Family: proxier.IPv4, NodeName: "node-1"}); err != nil {
+		t.Fatal(err)
+	}
+	none("a cold load without elements")
+	// A partial sync, a full sync replacing the table.
 	st := testState()
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
