@@ -301,6 +301,49 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		t.Errorf("node (its IP in the ranges) to the LB IP: %s", m)
 	}
 	t.Logf("RESULT node to the LB IP (node IP in the ranges): %s", harness.FormatTally(harness.Tally(rs)))
+	// The node is let through by its node IP only (kube-proxy's nodeIPs),
+	// not by any local address: with the pod bridge's address in the
+	// ranges but not the node IP, the node is refused. Seen with the LB IP
+	// on the node itself, as VIP-style load balancers do: the node then
+	// reaches it from the LB IP, which only the node rule lets through.
+	const localLBIP = "10.99.0.103"
+	if out, err := env.Node.Run(c.ctx, "ip", "addr", "add", localLBIP+"/32", "dev", "lo"); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { env.Node.Run(context.Background(), "ip", "addr", "del", localLBIP+"/32", "dev", "lo") })
+	for _, tr := range []struct {
+		name, rangeIP string
+		allowed       bool
+	}{{"bridge-range", harness.BridgeIP, false}, {"node-range", harness.NodeIP, true}} {
+		s2 := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "source-ranges-" + tr.name}, Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", tr.rangeIP + "/32"}}})
+		s2.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: localLBIP}}
+		if s2, err = env.Client.CoreV1().Services(s2.Namespace).UpdateStatus(c.ctx, s2, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c.slice(s2, at(backends[0], harness.NodeName))
+		target := net.JoinHostPort(localLBIP, "80")
+		if tr.allowed {
+			c.eventually("node reaches its own LB IP (node IP in the ranges)", func() string {
+				rs = c.connectFrom(env.Node, target, 3, time.Second)
+				return landed(rs, backends[:1], "", "")
+			})
+		} else {
+			// The Service is programmed (its ClusterIP answers) before the
+			// LB IP is tried.
+			c.eventually("ClusterIP of "+s2.Name+" works", func() string {
+				return landed(c.connect(client, harness.ClientOptions{Target: net.JoinHostPort(s2.Spec.ClusterIP, "80"), Count: 2}), backends[:1], client.IP, "")
+			})
+			rs = c.connectFrom(env.Node, target, 3, time.Second)
+			if m := allTimedOut(rs); m != "" {
+				t.Errorf("node to its own LB IP with only the bridge address %s in the ranges (not a node IP): %s", harness.BridgeIP, m)
+			}
+		}
+		t.Logf("RESULT node to its own LB IP, ranges hold %s (%s): %s", tr.rangeIP, tr.name, harness.FormatTally(harness.Tally(rs)))
+		if err := env.Client.CoreV1().Services(s2.Namespace).Delete(c.ctx, s2.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// An ingress IP with ipMode Proxy is not programmed.
 	rs = c.external(harness.ExtAllowedIP, net.JoinHostPort(proxyIP, "80"), 2, 500*time.Millisecond)
 	for _, r := range rs {
