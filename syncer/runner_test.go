@@ -52,6 +52,22 @@ func startRunner(t *testing.T, r *runner) {
 	})
 }
 
+// blockingRunner runs a runner (with minInterval) whose call number n
+// signals entered and then blocks until release is closed.
+func blockingRunner(t *testing.T, c *calls, n int, minInterval time.Duration) (*runner, <-chan struct{}, chan struct{}) {
+	entered := make(chan struct{}, 10)
+	release := make(chan struct{})
+	r := newRunner(func(context.Context) error {
+		if c.add() == n {
+			entered <- struct{}{}
+			<-release
+		}
+		return nil
+	}, minInterval, time.Hour, time.Second, time.Hour)
+	startRunner(t, r)
+	return r, entered, release
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -67,16 +83,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // more call.
 func TestRunnerCoalesces(t *testing.T) {
 	var c calls
-	entered := make(chan struct{}, 10)
-	release := make(chan struct{})
-	r := newRunner(func(context.Context) error {
-		if c.add() == 1 {
-			entered <- struct{}{}
-			<-release
-		}
-		return nil
-	}, 0, time.Hour, time.Second, time.Hour)
-	startRunner(t, r)
+	r, entered, release := blockingRunner(t, &c, 1, 0)
 
 	r.Trigger()
 	<-entered
@@ -219,16 +226,7 @@ func TestRunnerStops(t *testing.T) {
 // plain triggers still wait.
 func TestRunnerTriggerNow(t *testing.T) {
 	var c calls
-	entered := make(chan struct{}, 10)
-	release := make(chan struct{})
-	r := newRunner(func(context.Context) error {
-		if c.add() == 3 {
-			entered <- struct{}{}
-			<-release
-		}
-		return nil
-	}, time.Hour, time.Hour, time.Hour, time.Hour)
-	startRunner(t, r)
+	r, entered, release := blockingRunner(t, &c, 3, time.Hour)
 	r.Trigger()
 	waitFor(t, "first call", func() bool { return c.count() == 1 })
 	// While waiting out minInterval for a plain trigger.

@@ -482,17 +482,13 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	nft, err := knftables.New(knftables.IPv4Family, TableName)
+	// As svcproxy makes it, with its sockets in the namespace.
+	p, err := NewKernel(testConfig(), []string{"10.96.0.0/16"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
-	p.runText = execNFT
-	p.writer = newElemWriter(proxier.IPv4)
+	p.reader.(*netlinkReader).netns = fd
 	p.writer.netns = fd
-	r := newNetlinkReader(knftables.IPv4Family)
-	r.netns = fd
-	p.reader = r
 	st := scaleState(10000)
 	if err := p.Sync(ctx, st); err != nil {
 		b.Fatal(err)
