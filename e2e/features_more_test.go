@@ -191,6 +191,38 @@ func TestTopologyNodeHints(t *testing.T) {
 		b)
 }
 
+// TestTopologyNodeHintsLocalPolicy: hints filter only the cluster set
+// (kube-proxy applies topology to Cluster-policy endpoints only): under
+// externalTrafficPolicy Local, external traffic goes to the local endpoint
+// even though its hint names another node, while pod traffic to the
+// ClusterIP follows the hints.
+func TestTopologyNodeHintsLocalPolicy(t *testing.T) {
+	c := begin(t, true)
+	if err := env.SetupExternalClients(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	a, b, cc := backends[0], backends[1], backends[2]
+	me, other := harness.NodeName, harness.Node2Name
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "node-hints-local"}, Spec: v1.ServiceSpec{
+		Type: v1.ServiceTypeNodePort, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal,
+		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferSameNode)}})
+	c.writeSlice(svc, discovery.AddressTypeIPv4, []discovery.Endpoint{
+		hintedEndpoint(a.IP, me, []string{other}, nil),
+		hintedEndpoint(b.IP, other, []string{me}, nil),
+		hintedEndpoint(cc.IP, other, []string{other}, nil)})
+	var rs []harness.Reply
+	c.eventually("external traffic to the local endpoint, hints ignored", func() string {
+		rs = c.external(harness.ExtAllowedIP, nodePortTarget(svc), 10, time.Second)
+		return landed(rs, []*harness.Pod{a}, harness.ExtAllowedIP, "")
+	})
+	t.Logf("RESULT ETP Local, a local but hinted for node-2, b remote hinted for node-1: external to NodePort %s", harness.FormatTally(harness.Tally(rs)))
+	rs = c.connect(client, harness.ClientOptions{Target: net.JoinHostPort(svc.Spec.ClusterIP, "80"), Count: 20})
+	if m := exactly(rs, []*harness.Pod{b}, client.IP); m != "" {
+		t.Errorf("pod to ClusterIP: want only b (hinted for this node): %s", m)
+	}
+	t.Logf("RESULT same Service, pod to ClusterIP: %s (cluster set filtered by node hints)", harness.FormatTally(harness.Tally(rs)))
+}
+
 // TestSessionAffinityTimeout: ClientIP affinity with timeoutSeconds 2 (the
 // API allows 1..86400). Connections keep landing on one endpoint while
 // each comes within the timeout of the previous one (kube-proxy refreshes
