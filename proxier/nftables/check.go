@@ -111,19 +111,6 @@ func (p *Proxier) genAfter(ctx context.Context, before uint32, ok, full bool) {
 	}
 }
 
-// runOwn runs a transaction of ours outside Sync (an after-sync step) so
-// that Check and the notification watcher know it for ours.
-func (p *Proxier) runOwn(ctx context.Context, tx *knftables.Transaction) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	gen, ok := p.genBefore(ctx)
-	if err := p.nft.Run(ctx, tx); err != nil {
-		return err
-	}
-	p.genAfter(ctx, gen, ok, false)
-	return nil
-}
-
 // expectedShape is the shape the last successful sync left. Callers hold p.mu.
 func (p *Proxier) expectedShape() *tableShape {
 	if p.skel == nil {

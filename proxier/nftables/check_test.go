@@ -196,6 +196,18 @@ func TestTxDecoder(t *testing.T) {
 			newGen(8),
 		}, true},
 		{[]netlink.Message{newGen(9)}, false},
+		// Affinity map entries are no damage; affinity-dests sets are.
+		{[]netlink.Message{notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
+			netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-tcp-10800\x00")}), newGen(10)}, false},
+		{[]netlink.Message{
+			notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
+				netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-tcp-10800\x00")}),
+			notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
+				netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-dests-tcp-10800\x00")}),
+			newGen(11),
+		}, true},
+		{[]netlink.Message{notif(unix.NFT_MSG_DELSET, unix.NFPROTO_IPV4, tableAttr(TableName),
+			netlink.Attribute{Type: unix.NFTA_SET_NAME, Data: []byte("affinity-tcp-10800\x00")}), newGen(12)}, true},
 	} {
 		var evs []txEvent
 		for _, m := range c.msgs {
@@ -384,6 +396,12 @@ func TestKernelEvents(t *testing.T) {
 	sh(t, "nft", "add table ip other; add chain ip other c; add rule ip other c counter; add table ip6 svcproxy; add chain ip6 svcproxy c")
 	sh(t, "iptables-nft", "-w", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
 	none("others' changes elsewhere")
+	// Entries of an affinity map come and go with the traffic and
+	// forgetAffinity; they are no damage.
+	aff := affinityMap(proxier.UDP, 600)
+	sh(t, "nft", "add element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 : 10.244.1.5 . 53 }")
+	sh(t, "nft", "delete element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 }")
+	none("changes to " + aff)
 
 	for _, damage := range []string{
 		"flush map ip svcproxy service-ips",

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,7 +22,9 @@ import (
 // transaction created or deleted, then NFT_MSG_NEWGEN with the transaction's
 // generation id and the pid and name of the process that committed it.
 // Object messages carry the table name as attribute 1 and the family in
-// their nfgenmsg, which is all we decode.
+// their nfgenmsg, which is all we decode (plus the set name of element
+// messages: entries of the dynamic affinity maps are traffic state, not
+// damage).
 //
 // A transaction that touched our table is ours when its generation is one
 // our own syncs produced (genAfter records them, under p.mu; the watcher
@@ -74,7 +77,7 @@ func (d *txDecoder) add(m netlink.Message) (txEvent, bool) {
 			// SET_ELEM_LIST_TABLE,OBJ_TABLE,FLOWTABLE_TABLE} are all 1.
 			// Without one, count it as ours, to be safe.
 			name, ok := attr(m.Data[4:], unix.NFTA_TABLE_NAME)
-			d.touched = !ok || str(name) == TableName
+			d.touched = !ok || str(name) == TableName && !dynamicElems(typ&0xff, m.Data[4:])
 		}
 		return txEvent{}, false
 	}
@@ -86,6 +89,24 @@ func (d *txDecoder) add(m netlink.Message) (txEvent, bool) {
 		ev.proc = str(a[unix.NFTA_GEN_PROC_NAME])
 	}
 	return ev, true
+}
+
+// nftMsgDestroySetElem is NFT_MSG_DESTROYSETELEM (Linux 6.3).
+const nftMsgDestroySetElem = 0x1a
+
+// dynamicElems reports a notification of elements added to or deleted from
+// an affinity map (see affinityMap): the packet path fills those and
+// session affinity prunes them (forgetAffinity), so their elements are not
+// the sync's to restore.
+func dynamicElems(msg uint16, attrs []byte) bool {
+	switch msg {
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM, nftMsgDestroySetElem:
+	default:
+		return false
+	}
+	set, ok := attr(attrs, unix.NFTA_SET_ELEM_LIST_SET)
+	name := str(set)
+	return ok && strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-")
 }
 
 // attr returns the value of the attribute typ in b, without allocating.
