@@ -202,7 +202,7 @@ func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync fu
 	if r, ok := p.reader.(*netlinkReader); ok {
 		gr := &netlinkReader{family: r.family, netns: r.netns}
 		go p.watch(ctx, watcher{
-			dial:   func() (eventConn, error) { return dialEvents(r.netns) },
+			dial:   func() (eventConn, error) { return dialEvents(r.netns, eventBuffer) },
 			gen:    func() (uint32, error) { return gr.generation(ctx) },
 			repair: func(what string) { proxier.Repair(p.cfg.Family, p, what, resync) },
 		})

@@ -435,6 +435,11 @@ func TestKernelEvents(t *testing.T) {
 // kernelWatch runs p.watch on the namespace fd until the test ends and
 // returns the repairs it asks for.
 func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
+	return kernelWatchBuffer(tb, p, fd, eventBuffer)
+}
+
+// kernelWatchBuffer is kernelWatch with a receive buffer of buffer bytes.
+func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int) <-chan string {
 	ctx, cancel := context.WithCancel(context.Background())
 	repairs := make(chan string, 100)
 	done := make(chan struct{})
@@ -442,7 +447,7 @@ func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
 	gr.netns = fd
 	go func() {
 		p.watch(ctx, watcher{
-			dial:   func() (eventConn, error) { return dialEvents(fd) },
+			dial:   func() (eventConn, error) { return dialEvents(fd, buffer) },
 			gen:    func() (uint32, error) { return gr.generation(ctx) },
 			repair: func(what string) { repairs <- what },
 		})
@@ -453,6 +458,54 @@ func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
 		<-done
 	})
 	return repairs
+}
+
+// TestKernelEventsOverflow: with a receive buffer too small for the
+// notifications of a full sync, notifications are lost; when every
+// transaction since the last one heard was ours nothing is repaired, and a
+// foreign transaction whose notifications were lost is.
+func TestKernelEventsOverflow(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	repairs := kernelWatchBuffer(t, p, fd, 1) // the kernel's minimum, a few KB
+	st := scaleState(100)
+	for i := 0; i < 3; i++ {
+		if err := p.Sync(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		p.ForceFullSync()
+	}
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case what := <-repairs:
+		t.Errorf("our own full syncs: repair %q, want none", what)
+	case <-time.After(300 * time.Millisecond):
+	}
+	lost := p.chk.overflows.Load()
+	if lost == 0 {
+		t.Fatalf("no notifications lost; the test needs a smaller buffer or more elements")
+	}
+	// Someone adds 3000 ClusterIPs to ours in one transaction.
+	var b strings.Builder
+	b.WriteString("add element ip svcproxy cluster-ips { ")
+	for i := 0; i < 3000; i++ {
+		fmt.Fprintf(&b, "10.97.%d.%d, ", i>>8, i&255)
+	}
+	b.WriteString("10.98.0.1 }\n")
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	select {
+	case what := <-repairs:
+		t.Logf("foreign transaction: %s (%d overflows before, %d after)", what, lost, p.chk.overflows.Load())
+	case <-time.After(time.Second):
+		t.Errorf("foreign transaction not noticed within 1s")
+	}
 }
 
 // benchNetns moves the benchmark's goroutine, locked to its OS thread, into

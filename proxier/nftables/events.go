@@ -225,8 +225,8 @@ type eventConn interface {
 }
 
 // dialEvents subscribes to the nf_tables notifications of a network
-// namespace (0: the current one).
-func dialEvents(netns int) (eventConn, error) {
+// namespace (0: the current one), with a receive buffer of buffer bytes.
+func dialEvents(netns, buffer int) (eventConn, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, err
@@ -236,11 +236,11 @@ func dialEvents(netns int) (eventConn, error) {
 	forced := false
 	if raw, err := c.SyscallConn(); err == nil {
 		raw.Control(func(fd uintptr) {
-			forced = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, eventBuffer) == nil
+			forced = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, buffer) == nil
 		})
 	}
 	if !forced {
-		c.SetReadBuffer(eventBuffer)
+		c.SetReadBuffer(buffer)
 	}
 	if err := c.JoinGroup(nfnlgrpNFTables); err != nil {
 		c.Close()
