@@ -543,10 +543,13 @@ func cpuTime() time.Duration {
 // BenchmarkKernelCheck10k measures, in a throwaway namespace holding
 // 10,000 services × 10 endpoints: one idle tick (the generation did not
 // move: b.N of them, ns/op); one tick after a foreign change (it reads the
-// shape: shape-ms, the mean of 10); and full syncs (wall and CPU time, the
-// mean of 3) without a subscriber to the notifications (full-ms, full-cpu-ms)
-// and with the watcher subscribed (full-sub-ms, full-sub-cpu-ms), which
-// must neither lose notifications nor call our own syncs foreign.
+// shape: shape-ms, the mean of 10); full syncs (wall and CPU time, the
+// mean of 3) without a subscriber to the notifications (full-ms,
+// full-cpu-ms) and with the watcher subscribed (full-sub-ms,
+// full-sub-cpu-ms), which must not call our own syncs foreign; and, for
+// one Service's element deleted by nft, the times from the start of the
+// command to its end (nft-delete-ms), to the watcher's verdict
+// (detect-ms) and to the end of the repairing full sync (repaired-ms).
 //
 //	go test -run XXX -bench KernelCheck10k -benchtime 1000x ./proxier/nftables/
 func BenchmarkKernelCheck10k(b *testing.B) {
@@ -588,6 +591,24 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 		b.Fatalf("our own full sync called foreign: %s", what)
 	default:
 	}
+	// Someone deletes one Service's element: the time from the start of
+	// the nft command to the watcher's verdict, and of the repair.
+	start := time.Now()
+	if out, err := exec.Command("nft", "delete", "element", "ip", TableName, mServiceIPs, "{ 10.96.0.1 . tcp . 80 }").CombinedOutput(); err != nil {
+		b.Fatalf("nft: %v: %s", err, out)
+	}
+	nftTime := time.Since(start)
+	select {
+	case <-repairs:
+	case <-time.After(10 * time.Second):
+		b.Fatalf("deleted element not noticed")
+	}
+	detect := time.Since(start)
+	p.ForceFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		b.Fatal(err)
+	}
+	repair := time.Since(start)
 
 	const shapeRuns = 10
 	var shape time.Duration
@@ -624,5 +645,8 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 	b.ReportMetric(float64(subWall.Milliseconds()), "full-sub-ms")
 	b.ReportMetric(float64(subCPU.Milliseconds()), "full-sub-cpu-ms")
 	b.ReportMetric(float64(overflows), "overflows")
+	b.ReportMetric(float64(nftTime.Microseconds())/1000, "nft-delete-ms")
+	b.ReportMetric(float64(detect.Microseconds())/1000, "detect-ms")
+	b.ReportMetric(float64(repair.Milliseconds()), "repaired-ms")
 	b.ReportMetric(float64(elems), "elements")
 }
