@@ -323,10 +323,10 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 			backoff = min(2*backoff, time.Minute)
 			continue
 		}
-		backoff = time.Second
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		// What was committed before the subscription went unheard.
 		loss()
+		d.touched = false
 		for {
 			if lossy && !queued(conn) {
 				// Nothing is dropped any more: what was is at most
@@ -350,6 +350,7 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 				}
 				break
 			}
+			backoff = time.Second
 			for _, m := range msgs {
 				if ev, ok := d.add(m); ok {
 					seen, seenOK = ev.gen, true
@@ -362,6 +363,11 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 		stop()
 		conn.Close()
 		loss()
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
 	}
 }
 
