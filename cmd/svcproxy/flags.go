@@ -44,6 +44,11 @@ type options struct {
 
 	serviceCIDRs     []netip.Prefix // --service-cluster-ip-range
 	cleanupKubeProxy bool
+
+	// With --config: the flags the file overrode, and the file's fields
+	// svcproxy accepted but does not use (each with why); both are logged.
+	ignoredFlags  []string
+	ignoredFields []string
 }
 
 // nftablesRuleCheckInterval is --rule-check-interval's default in nftables
@@ -51,17 +56,22 @@ type options struct {
 // well within a second.
 const nftablesRuleCheckInterval = 200 * time.Millisecond
 
-// parseFlags parses args (without the program name). Errors are one line
-// naming the offending flag.
-func parseFlags(args []string) (*options, error) {
-	o := &options{}
+// rawFlags are the flag values parseFlags converts after parsing.
+type rawFlags struct {
+	config, cidrs, bind, npa, scidrs *string
+}
+
+// newFlagSet defines svcproxy's flags on a new flag set, bound to o.
+func newFlagSet(o *options) (*flag.FlagSet, *rawFlags) {
+	r := &rawFlags{}
 	fs := flag.NewFlagSet("svcproxy", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	r.config = fs.String("config", "", "Path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as kube-proxy's --config. The flags the file covers are then ignored (and logged), as in kube-proxy; --hostname-override (which wins over the file's hostnameOverride), --master, --cleanup, --dry-run, the svcproxy-only flags and the logging flags still apply.")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; empty means in-cluster configuration.")
 	fs.StringVar(&o.master, "master", "", "Address of the Kubernetes API server (overrides the kubeconfig's).")
 	fs.StringVar(&o.hostnameOverride, "hostname-override", "", "Name of this node, if not the hostname.")
 	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables or nftables.")
-	cidrs := fs.String("cluster-cidr", "", "Comma-separated pod CIDRs of the cluster; traffic to ClusterIPs from outside them is masqueraded.")
+	r.cidrs = fs.String("cluster-cidr", "", "Comma-separated pod CIDRs of the cluster; traffic to ClusterIPs from outside them is masqueraded.")
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to ClusterIPs.")
 	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "The fwmark bit (0-31) flagging packets for SNAT.")
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", time.Second, "Minimum interval between rule syncs (e.g. 1s, 100ms).")
@@ -71,17 +81,69 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "host:port for /healthz and /livez; empty disables it.")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
-	bind := fs.String("bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
-	npa := fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all.")
+	r.bind = fs.String("bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
+	r.npa = fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all.")
 	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; sets route_localnet).")
 	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
 	fs.StringVar(&o.bridgeInterface, "pod-bridge-interface", "", "The pod bridge, for --detect-local-mode=BridgeInterface.")
 	fs.StringVar(&o.interfacePrefix, "pod-interface-name-prefix", "", "The pod interface name prefix, for --detect-local-mode=InterfaceNamePrefix.")
 	fs.DurationVar(&o.ruleCheckInterval, "rule-check-interval", time.Second, "How often to check that no one flushed or removed svcproxy's rules (0 disables; default 1s, 200ms in nftables mode).")
-	scidrs := fs.String("service-cluster-ip-range", "", "Comma-separated Service CIDRs (one per family); in nftables mode, traffic to an unallocated ClusterIP in them is dropped.")
+	r.scidrs = fs.String("service-cluster-ip-range", "", "Comma-separated Service CIDRs (one per family); in nftables mode, traffic to an unallocated ClusterIP in them is dropped.")
 	fs.BoolVar(&o.cleanupKubeProxy, "cleanup-kube-proxy", false, "nftables mode: at start, remove kube-proxy's iptables chains and its nftables tables (a one-step migration from kube-proxy).")
 	klog.InitFlags(fs)
+	return fs, r
+}
 
+// usage is --help's text: a usage line, then every flag with its type,
+// help text and default, svcproxy's own first, then klog's.
+func usage() string {
+	fs, _ := newFlagSet(&options{})
+	klogFS := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFS)
+	var b strings.Builder
+	b.WriteString(`Usage: svcproxy [flags]
+
+svcproxy is a drop-in replacement for kube-proxy: it watches Services and
+EndpointSlices and programs this node's iptables or nftables. Its flags are
+kube-proxy's where the meaning is the same, so a kube-proxy DaemonSet's
+arguments keep working, including --config for a KubeProxyConfiguration file.
+
+Flags:
+`)
+	var logging []*flag.Flag
+	fs.VisitAll(func(f *flag.Flag) {
+		if klogFS.Lookup(f.Name) != nil {
+			logging = append(logging, f)
+			return
+		}
+		writeFlagUsage(&b, f)
+	})
+	b.WriteString("\nLogging flags (klog):\n")
+	for _, f := range logging {
+		writeFlagUsage(&b, f)
+	}
+	return b.String()
+}
+
+func writeFlagUsage(b *strings.Builder, f *flag.Flag) {
+	typ, help := flag.UnquoteUsage(f)
+	fmt.Fprintf(b, "  --%s", f.Name)
+	if typ != "" {
+		fmt.Fprintf(b, " %s", typ)
+	}
+	def := f.DefValue
+	if typ == "string" || def == "" {
+		def = strconv.Quote(def)
+	}
+	fmt.Fprintf(b, "\n      %s (default %s)\n", help, def)
+}
+
+// parseFlags parses args (without the program name), and the
+// KubeProxyConfiguration file --config names, if any. Errors are one line
+// naming the offending flag, or the file and field.
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs, raw := newFlagSet(o)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -94,6 +156,33 @@ func parseFlags(args []string) (*options, error) {
 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if h := o.hostnameOverride; h != "" && strings.TrimSpace(h) == "" {
+		return nil, errors.New("--hostname-override: empty (only spaces) is invalid")
+	}
+	// fields maps the flags whose values came from the --config file to
+	// the file's field names, for error messages.
+	fields := map[string]string{}
+	if *raw.config != "" {
+		var err error
+		if fields, err = applyConfigFile(o, fs, set, *raw.config); err != nil {
+			return nil, err
+		}
+	}
+	// at names the source of a flag's value in an error's prefix; ref
+	// names it inside a message.
+	at := func(name string) string {
+		if f, ok := fields[name]; ok {
+			return "--config " + *raw.config + ": " + f
+		}
+		return "--" + name
+	}
+	ref := func(name string) string {
+		if f, ok := fields[name]; ok {
+			return f
+		}
+		return "--" + name
+	}
+
 	switch o.proxyMode {
 	case "", "iptables":
 		o.proxyMode = "iptables"
@@ -101,16 +190,22 @@ func parseFlags(args []string) (*options, error) {
 		if !set["rule-check-interval"] {
 			o.ruleCheckInterval = nftablesRuleCheckInterval
 		}
+	case "ipvs":
+		return nil, fmt.Errorf("%s: ipvs mode is not supported by svcproxy (use iptables or nftables)", at("proxy-mode"))
 	default:
-		return nil, fmt.Errorf("--proxy-mode: unknown mode %q (want iptables or nftables)", o.proxyMode)
+		return nil, fmt.Errorf("%s: unknown mode %q (want iptables or nftables)", at("proxy-mode"), o.proxyMode)
 	}
 	if o.cleanup && o.dryRun {
 		return nil, errors.New("--cleanup: cannot be combined with --dry-run (cleanup changes the kernel)")
 	}
 	if o.cleanupKubeProxy && o.proxyMode != "nftables" {
-		return nil, errors.New("--cleanup-kube-proxy: only with --proxy-mode=nftables (in iptables mode svcproxy adopts kube-proxy's chains)")
+		want := "--proxy-mode=nftables"
+		if _, ok := fields["proxy-mode"]; ok {
+			want = "mode: nftables in " + *raw.config
+		}
+		return nil, fmt.Errorf("--cleanup-kube-proxy: only with %s (in iptables mode svcproxy adopts kube-proxy's chains)", want)
 	}
-	for _, s := range strings.Split(*scidrs, ",") {
+	for _, s := range strings.Split(*raw.scidrs, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
 		}
@@ -120,33 +215,33 @@ func parseFlags(args []string) (*options, error) {
 		}
 		o.serviceCIDRs = append(o.serviceCIDRs, p.Masked())
 	}
-	for _, s := range strings.Split(*cidrs, ",") {
+	for _, s := range strings.Split(*raw.cidrs, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
 		}
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("--cluster-cidr: %q is not a CIDR", s)
+			return nil, fmt.Errorf("%s: %q is not a CIDR", at("cluster-cidr"), s)
 		}
 		o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
 	}
 	seen := map[bool]bool{}
 	for _, c := range o.clusterCIDRs {
 		if seen[c.Addr().Is4()] {
-			return nil, fmt.Errorf("--cluster-cidr: at most one CIDR per IP family, got %q", *cidrs)
+			return nil, fmt.Errorf("%s: at most one CIDR per IP family, got %q", at("cluster-cidr"), *raw.cidrs)
 		}
 		seen[c.Addr().Is4()] = true
 	}
-	if b := strings.TrimSpace(*bind); b != "" {
+	if b := strings.TrimSpace(*raw.bind); b != "" {
 		ip, ok := parseIPSloppy(b)
 		if !ok {
-			return nil, fmt.Errorf("--bind-address: %q is not an IP address", *bind)
+			return nil, fmt.Errorf("%s: %q is not an IP address", at("bind-address"), *raw.bind)
 		}
 		if !ip.IsUnspecified() {
 			o.bindAddress = ip
 		}
 	}
-	for _, s := range strings.Split(*npa, ",") {
+	for _, s := range strings.Split(*raw.npa, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "":
 		case "primary":
@@ -154,7 +249,7 @@ func parseFlags(args []string) (*options, error) {
 		default:
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
-				return nil, fmt.Errorf("--nodeport-addresses: %q is neither a CIDR nor \"primary\"", s)
+				return nil, fmt.Errorf("%s: %q is neither a CIDR nor \"primary\"", at("nodeport-addresses"), s)
 			}
 			o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
 		}
@@ -165,47 +260,47 @@ func parseFlags(args []string) (*options, error) {
 	case "NodeCIDR":
 	case "BridgeInterface":
 		if o.bridgeInterface == "" {
-			return nil, errors.New("--pod-bridge-interface: required with --detect-local-mode=BridgeInterface")
+			return nil, fmt.Errorf("%s: required with %s=BridgeInterface", at("pod-bridge-interface"), ref("detect-local-mode"))
 		}
 	case "InterfaceNamePrefix":
 		if o.interfacePrefix == "" {
-			return nil, errors.New("--pod-interface-name-prefix: required with --detect-local-mode=InterfaceNamePrefix")
+			return nil, fmt.Errorf("%s: required with %s=InterfaceNamePrefix", at("pod-interface-name-prefix"), ref("detect-local-mode"))
 		}
 	default:
-		return nil, fmt.Errorf("--detect-local-mode: unknown mode %q", o.detectLocalMode)
+		return nil, fmt.Errorf("%s: unknown mode %q", at("detect-local-mode"), o.detectLocalMode)
 	}
 	if o.ruleCheckInterval < 0 {
 		return nil, fmt.Errorf("--rule-check-interval: %v is negative", o.ruleCheckInterval)
 	}
 	if o.masqueradeBit < 0 || o.masqueradeBit > 31 {
-		return nil, fmt.Errorf("--iptables-masquerade-bit: %d is not in 0..31", o.masqueradeBit)
+		return nil, fmt.Errorf("%s: %d is not in 0..31", at("iptables-masquerade-bit"), o.masqueradeBit)
 	}
 	if o.minSyncPeriod < 0 {
-		return nil, fmt.Errorf("--iptables-min-sync-period: %v is negative", o.minSyncPeriod)
+		return nil, fmt.Errorf("%s: %v is negative", at("iptables-min-sync-period"), o.minSyncPeriod)
 	}
 	if o.syncPeriod <= 0 {
-		return nil, fmt.Errorf("--iptables-sync-period: %v must be positive", o.syncPeriod)
+		return nil, fmt.Errorf("%s: %v must be positive", at("iptables-sync-period"), o.syncPeriod)
 	}
 	if o.minSyncPeriod > o.syncPeriod {
-		return nil, fmt.Errorf("--iptables-min-sync-period: %v is longer than --iptables-sync-period %v", o.minSyncPeriod, o.syncPeriod)
+		return nil, fmt.Errorf("%s: %v is longer than %s %v", at("iptables-min-sync-period"), o.minSyncPeriod, ref("iptables-sync-period"), o.syncPeriod)
 	}
 	if o.configSyncPeriod < 0 {
-		return nil, fmt.Errorf("--config-sync-period: %v is negative", o.configSyncPeriod)
+		return nil, fmt.Errorf("%s: %v is negative", at("config-sync-period"), o.configSyncPeriod)
 	}
-	for _, a := range []struct{ flag, val string }{{"--metrics-bind-address", o.metricsAddr}, {"--healthz-bind-address", o.healthzAddr}} {
+	for _, a := range []struct{ flag, val string }{{"metrics-bind-address", o.metricsAddr}, {"healthz-bind-address", o.healthzAddr}} {
 		if a.val == "" {
 			continue
 		}
 		host, port, err := net.SplitHostPort(a.val)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %q is not host:port", a.flag, a.val)
+			return nil, fmt.Errorf("%s: %q is not host:port", at(a.flag), a.val)
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			return nil, fmt.Errorf("%s: invalid port in %q", a.flag, a.val)
+			return nil, fmt.Errorf("%s: invalid port in %q", at(a.flag), a.val)
 		}
 		if host != "" {
 			if _, err := netip.ParseAddr(host); err != nil {
-				return nil, fmt.Errorf("%s: %q is not an IP address", a.flag, host)
+				return nil, fmt.Errorf("%s: %q is not an IP address", at(a.flag), host)
 			}
 		}
 	}

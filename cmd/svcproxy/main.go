@@ -46,7 +46,7 @@ import (
 func main() {
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Println("usage: svcproxy [flags]; flags are kube-proxy's (--kubeconfig, --proxy-mode, --cluster-cidr, ...) plus --dry-run")
+		fmt.Print(usage())
 		os.Exit(0)
 	}
 	if err != nil {

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/kube-proxy/config/v1alpha1"
+	netutils "k8s.io/utils/net"
+	sjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+)
+
+// The --config file is kube-proxy's KubeProxyConfiguration
+// (kubeproxy.config.k8s.io/v1alpha1, the only version kube-proxy reads), as
+// kubeadm's kube-proxy DaemonSet passes it:
+//
+//	kube-proxy --config=/var/lib/kube-proxy/config.conf --hostname-override=$(NODE_NAME)
+//
+// As in kube-proxy (cmd/kube-proxy/app/options.go, Complete), the file
+// replaces every setting it covers: a flag for one of them is ignored
+// (svcproxy logs it; kube-proxy is silent), except --hostname-override,
+// which wins over the file's hostnameOverride when non-empty, and the
+// logging flags (-v, --vmodule), which win over the file's logging section.
+// Flags the file has no field for (--master, --cleanup, --dry-run and
+// svcproxy's own) keep working. Zero values in the file mean kube-proxy's
+// defaults (its SetDefaults_KubeProxyConfiguration), so kubeadm's file,
+// which spells out every field with zero values, gives the defaults.
+//
+// The file becomes flag values, which then go through the flags' own
+// checks; their errors name the file's field. A field svcproxy cannot
+// honour is an error naming it; fields that only tune what svcproxy leaves
+// to the node (conntrack sysctls, OOM score) or that no Linux proxy of the
+// chosen mode reads are accepted and logged as ignored.
+
+// configSetting is one flag value a KubeProxyConfiguration file gives.
+type configSetting struct {
+	flag  string // the flag it stands for
+	field string // the file's field, for messages
+	value string
+}
+
+// configFlags are the flags a --config file replaces (kube-proxy's, with
+// the file's field for each; a mode-dependent field is named for iptables).
+var configFlags = map[string]string{
+	"kubeconfig":                   "clientConnection.kubeconfig",
+	"hostname-override":            "hostnameOverride",
+	"proxy-mode":                   "mode",
+	"cluster-cidr":                 "clusterCIDR",
+	"masquerade-all":               "iptables.masqueradeAll",
+	"iptables-masquerade-bit":      "iptables.masqueradeBit",
+	"iptables-min-sync-period":     "iptables.minSyncPeriod",
+	"iptables-sync-period":         "iptables.syncPeriod",
+	"iptables-localhost-nodeports": "iptables.localhostNodePorts",
+	"config-sync-period":           "configSyncPeriod",
+	"metrics-bind-address":         "metricsBindAddress",
+	"healthz-bind-address":         "healthzBindAddress",
+	"bind-address":                 "bindAddress",
+	"nodeport-addresses":           "nodePortAddresses",
+	"detect-local-mode":            "detectLocalMode",
+	"pod-bridge-interface":         "detectLocal.bridgeInterface",
+	"pod-interface-name-prefix":    "detectLocal.interfaceNamePrefix",
+}
+
+// kube-proxy's defaults for what a KubeProxyConfiguration leaves zero
+// (pkg/proxy/apis/config/v1alpha1/defaults.go, pkg/cluster/ports).
+const (
+	defaultMasqueradeBit    = 14
+	defaultSyncPeriod       = 30 * time.Second
+	defaultMinSyncPeriod    = time.Second
+	defaultConfigSyncPeriod = 15 * time.Minute
+	healthzPort             = 10256
+	metricsPort             = 10249
+)
+
+// What svcproxy's API client does (main.go newClient, client-go's
+// defaults): the clientConnection values it can honour.
+const (
+	clientContentType = "application/vnd.kubernetes.protobuf"
+	clientAccept      = "application/vnd.kubernetes.protobuf,application/json"
+	clientQPS         = 5
+	clientBurst       = 10
+)
+
+// applyConfigFile reads the KubeProxyConfiguration at path and sets the
+// flags it covers in fs (set: the flags given on the command line). It
+// returns, for each flag it set, the file's field.
+func applyConfigFile(o *options, fs *flag.FlagSet, set map[string]bool, path string) (map[string]string, error) {
+	prefix := "--config " + path + ": "
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, errors.New("--config: " + oneLine(err))
+	}
+	cfg, err := decodeConfig(data)
+	if err != nil {
+		return nil, errors.New(prefix + oneLine(err))
+	}
+	settings, ignored, err := configSettings(cfg)
+	if err != nil {
+		return nil, errors.New(prefix + oneLine(err))
+	}
+	for name := range configFlags {
+		if set[name] && name != "hostname-override" {
+			o.ignoredFlags = append(o.ignoredFlags, "--"+name)
+		}
+	}
+	slices.Sort(o.ignoredFlags)
+	fields := map[string]string{}
+	for _, s := range settings {
+		switch {
+		case s.flag == "hostname-override" && o.hostnameOverride != "":
+			continue // kube-proxy's processHostnameOverrideFlag: the flag wins
+		case (s.flag == "v" || s.flag == "vmodule") && set[s.flag]:
+			continue // kube-proxy's copyLogsFromFlags: logging flags win
+		}
+		if err := fs.Set(s.flag, s.value); err != nil {
+			return nil, fmt.Errorf("%s%s: %s", prefix, s.field, oneLine(err))
+		}
+		fields[s.flag] = s.field
+	}
+	o.ignoredFields = ignored
+	if len(o.ignoredFlags) > 0 {
+		klog.InfoS("Flags ignored: --config gives these settings", "config", path, "flags", o.ignoredFlags)
+	}
+	if len(ignored) > 0 {
+		klog.InfoS("KubeProxyConfiguration fields ignored by svcproxy", "config", path, "fields", ignored)
+	}
+	return fields, nil
+}
+
+// decodeConfig decodes a KubeProxyConfiguration strictly, as kube-proxy's
+// codec first does: unknown and duplicate fields are errors naming them.
+// (kube-proxy then retries leniently and only logs them; svcproxy does not,
+// so a misspelt field cannot silently leave a default in place.)
+func decodeConfig(data []byte) (*v1alpha1.KubeProxyConfiguration, error) {
+	j, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	cfg := &v1alpha1.KubeProxyConfiguration{}
+	strict, err := sjson.UnmarshalStrict(j, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot decode: %w", err)
+	}
+	if want := v1alpha1.SchemeGroupVersion.String(); cfg.APIVersion != want || cfg.Kind != "KubeProxyConfiguration" {
+		return nil, fmt.Errorf("apiVersion %q, kind %q: want apiVersion %s, kind KubeProxyConfiguration", cfg.APIVersion, cfg.Kind, want)
+	}
+	if len(strict) > 0 {
+		msgs := make([]string, len(strict))
+		for i, e := range strict {
+			msgs[i] = e.Error()
+		}
+		return nil, fmt.Errorf("strict decoding: %s", strings.Join(msgs, ", "))
+	}
+	return cfg, nil
+}
+
+// configSettings maps a KubeProxyConfiguration onto flag values, with
+// kube-proxy's defaults for zero values. ignored lists the fields that are
+// set but that svcproxy (like kube-proxy in that mode, or on Linux) does not
+// use; an error names a field set to what svcproxy cannot honour.
+func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSetting, ignored []string, err error) {
+	add := func(flag, field, value string) {
+		settings = append(settings, configSetting{flag, field, value})
+	}
+	dur := func(d, def time.Duration) string {
+		if d == 0 {
+			d = def
+		}
+		return d.String()
+	}
+
+	// mode picks the section the masquerade and sync settings come from
+	// (kube-proxy's conversion to its internal config).
+	mode := string(cfg.Mode)
+	add("proxy-mode", "mode", mode)
+	sec, other := "iptables", "nftables"
+	masqAll, bit, minSync, sync := cfg.IPTables.MasqueradeAll, cfg.IPTables.MasqueradeBit, cfg.IPTables.MinSyncPeriod, cfg.IPTables.SyncPeriod
+	otherFields := setFields("nftables.", cfg.NFTables)
+	if mode == "nftables" {
+		sec, other = "nftables", "iptables"
+		masqAll, bit, minSync, sync = cfg.NFTables.MasqueradeAll, cfg.NFTables.MasqueradeBit, cfg.NFTables.MinSyncPeriod, cfg.NFTables.SyncPeriod
+		otherFields = setFields("iptables.", cfg.IPTables)
+		// kube-proxy validates iptables.masqueradeBit in every mode.
+		if b := cfg.IPTables.MasqueradeBit; b != nil && (*b < 0 || *b > 31) {
+			return nil, nil, fmt.Errorf("iptables.masqueradeBit: %d is not in 0..31", *b)
+		}
+	}
+	for _, f := range otherFields {
+		ignored = append(ignored, f+" ("+other+" mode only)")
+	}
+	add("masquerade-all", sec+".masqueradeAll", strconv.FormatBool(masqAll))
+	b := int32(defaultMasqueradeBit)
+	if bit != nil {
+		b = *bit
+	}
+	add("iptables-masquerade-bit", sec+".masqueradeBit", strconv.Itoa(int(b)))
+	add("iptables-min-sync-period", sec+".minSyncPeriod", dur(minSync.Duration, defaultMinSyncPeriod))
+	add("iptables-sync-period", sec+".syncPeriod", dur(sync.Duration, defaultSyncPeriod))
+	lnp := cfg.IPTables.LocalhostNodePorts == nil || *cfg.IPTables.LocalhostNodePorts
+	add("iptables-localhost-nodeports", "iptables.localhostNodePorts", strconv.FormatBool(lnp))
+
+	cc := cfg.ClientConnection
+	add("kubeconfig", "clientConnection.kubeconfig", cc.Kubeconfig)
+	switch {
+	case cc.ContentType != "" && cc.ContentType != clientContentType:
+		return nil, nil, fmt.Errorf("clientConnection.contentType: %q is not supported (svcproxy sends %s)", cc.ContentType, clientContentType)
+	case cc.AcceptContentTypes != "" && cc.AcceptContentTypes != clientAccept:
+		return nil, nil, fmt.Errorf("clientConnection.acceptContentTypes: %q is not supported (svcproxy accepts %s)", cc.AcceptContentTypes, clientAccept)
+	case cc.QPS != 0 && cc.QPS != clientQPS:
+		return nil, nil, fmt.Errorf("clientConnection.qps: %v is not supported (svcproxy uses %d, kube-proxy's default)", cc.QPS, clientQPS)
+	case cc.Burst != 0 && cc.Burst != clientBurst:
+		return nil, nil, fmt.Errorf("clientConnection.burst: %d is not supported (svcproxy uses %d, kube-proxy's default)", cc.Burst, clientBurst)
+	}
+	add("hostname-override", "hostnameOverride", cfg.HostnameOverride)
+
+	// bindAddress's family picks the defaults of the two server addresses;
+	// a bare IP gets the default port (kube-proxy's AppendPortIfNeeded).
+	bind := cfg.BindAddress
+	if bind == "" {
+		bind = "0.0.0.0"
+	}
+	add("bind-address", "bindAddress", bind)
+	healthzHost, metricsHost := "0.0.0.0", "127.0.0.1"
+	if netutils.ParseIPSloppy(bind).To4() == nil {
+		healthzHost, metricsHost = "::", "::1"
+	}
+	add("healthz-bind-address", "healthzBindAddress", hostPort(cfg.HealthzBindAddress, healthzHost, healthzPort))
+	add("metrics-bind-address", "metricsBindAddress", hostPort(cfg.MetricsBindAddress, metricsHost, metricsPort))
+	if cfg.BindAddressHardFail {
+		return nil, nil, errors.New("bindAddressHardFail: true is not supported (svcproxy logs a server that cannot bind and keeps running)")
+	}
+	if cfg.EnableProfiling {
+		return nil, nil, errors.New("enableProfiling: true is not supported (svcproxy serves no /debug/pprof)")
+	}
+
+	add("cluster-cidr", "clusterCIDR", cfg.ClusterCIDR)
+	add("nodeport-addresses", "nodePortAddresses", strings.Join(cfg.NodePortAddresses, ","))
+	add("detect-local-mode", "detectLocalMode", string(cfg.DetectLocalMode))
+	add("pod-bridge-interface", "detectLocal.bridgeInterface", cfg.DetectLocal.BridgeInterface)
+	add("pod-interface-name-prefix", "detectLocal.interfaceNamePrefix", cfg.DetectLocal.InterfaceNamePrefix)
+	add("config-sync-period", "configSyncPeriod", dur(cfg.ConfigSyncPeriod.Duration, defaultConfigSyncPeriod))
+
+	// logging: klog text output, its verbosity and vmodule.
+	l := cfg.Logging
+	if l.Format != "" && l.Format != "text" {
+		return nil, nil, fmt.Errorf("logging.format: %q is not supported (svcproxy logs klog text)", l.Format)
+	}
+	if l.Verbosity != 0 {
+		add("v", "logging.verbosity", strconv.FormatUint(uint64(l.Verbosity), 10))
+	}
+	if len(l.VModule) > 0 {
+		var vm []string
+		for _, m := range l.VModule {
+			vm = append(vm, fmt.Sprintf("%s=%d", m.FilePattern, m.Verbosity))
+		}
+		add("vmodule", "logging.vmodule", strings.Join(vm, ","))
+	}
+	if d := l.FlushFrequency.Duration.Duration; d != 0 && d != 5*time.Second {
+		ignored = append(ignored, "logging.flushFrequency (klog's own)")
+	}
+	for _, o := range []struct {
+		name  string
+		split bool
+		zero  bool
+	}{
+		{"text", l.Options.Text.SplitStream, l.Options.Text.InfoBufferSize.IsZero()},
+		{"json", l.Options.JSON.SplitStream, l.Options.JSON.InfoBufferSize.IsZero()},
+	} {
+		if o.split {
+			ignored = append(ignored, "logging.options."+o.name+".splitStream")
+		}
+		if !o.zero {
+			ignored = append(ignored, "logging.options."+o.name+".infoBufferSize")
+		}
+	}
+
+	// Accepted and ignored: what svcproxy leaves to the node, and what no
+	// proxy of these modes on Linux reads.
+	if len(cfg.FeatureGates) > 0 {
+		ignored = append(ignored, "featureGates (svcproxy has no feature gates)")
+	}
+	for _, f := range setFields("conntrack.", cfg.Conntrack) {
+		ignored = append(ignored, f+" (svcproxy does not set conntrack sysctls)")
+	}
+	if cfg.OOMScoreAdj != nil {
+		ignored = append(ignored, "oomScoreAdj (svcproxy does not adjust its OOM score)")
+	}
+	for _, f := range setFields("ipvs.", cfg.IPVS) {
+		ignored = append(ignored, f+" (ipvs mode only)")
+	}
+	for _, f := range setFields("winkernel.", cfg.Winkernel) {
+		ignored = append(ignored, f+" (Windows only)")
+	}
+	if cfg.WindowsRunAsService {
+		ignored = append(ignored, "windowsRunAsService (Windows only)")
+	}
+	if cfg.PortRange != "" {
+		ignored = append(ignored, "portRange (unused, as in kube-proxy)")
+	}
+	if cfg.ShowHiddenMetricsForVersion != "" {
+		ignored = append(ignored, "showHiddenMetricsForVersion (svcproxy hides no metrics)")
+	}
+	return settings, ignored, nil
+}
+
+// setFields are the JSON names, after prefix, of the fields of struct v that
+// are set (not zero; empty lists count as unset).
+func setFields(prefix string, v any) []string {
+	rv := reflect.ValueOf(v)
+	var out []string
+	for i := range rv.NumField() {
+		f := rv.Field(i)
+		zero := f.IsZero()
+		if k := f.Kind(); k == reflect.Slice || k == reflect.Map {
+			zero = f.Len() == 0
+		}
+		if !zero {
+			out = append(out, prefix+strings.Split(rv.Type().Field(i).Tag.Get("json"), ",")[0])
+		}
+	}
+	return out
+}
+
+// hostPort is a KubeProxyConfiguration server address: host:port with the
+// default host and port when empty, a bare IP with the default port.
+func hostPort(addr, defHost string, port int) string {
+	if addr == "" {
+		return net.JoinHostPort(defHost, strconv.Itoa(port))
+	}
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	if netutils.ParseIPSloppy(addr) != nil {
+		return net.JoinHostPort(addr, strconv.Itoa(port))
+	}
+	return addr // the flags' check reports it
+}
+
+// oneLine is err's message on one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}

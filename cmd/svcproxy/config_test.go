@@ -1,0 +1,416 @@
+package main
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// kubeadmConfig is a config.conf as kubeadm writes it into the kube-proxy
+// ConfigMap (every field spelt out, zero meaning the default), for a
+// dual-stack cluster, with what operators typically edit: mode,
+// metricsBindAddress for Prometheus, a conntrack timeout.
+const kubeadmConfig = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16,fd00:10:244::/56
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: 2h0m0s
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+kind: KubeProxyConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: 0.0.0.0:10249
+mode: iptables
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+`
+
+// edit returns kubeadmConfig with each "old" line (exact, with its
+// indentation) replaced by "new" (which may be several lines); it panics
+// when a line is missing, so a case cannot silently test the unedited file.
+func edit(pairs ...string) string {
+	s := "\n" + kubeadmConfig
+	for i := 0; i < len(pairs); i += 2 {
+		old := "\n" + pairs[i] + "\n"
+		if !strings.Contains(s, old) {
+			panic("kubeadmConfig has no line " + pairs[i])
+		}
+		s = strings.Replace(s, old, "\n"+pairs[i+1]+"\n", 1)
+	}
+	return s[1:]
+}
+
+func writeConfig(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.conf")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigFile(t *testing.T) {
+	pfx := netip.MustParsePrefix
+	for _, tc := range []struct {
+		name    string
+		config  string   // the file's content
+		args    []string // besides --config
+		wantErr string   // substrings, "|"-separated; "" means success
+		check   func(*testing.T, *options)
+	}{
+		{name: "kubeadm DaemonSet", config: kubeadmConfig, args: []string{"--hostname-override=Node-1"}, check: func(t *testing.T, o *options) {
+			if o.kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" || o.hostnameOverride != "Node-1" || o.proxyMode != "iptables" {
+				t.Errorf("kubeconfig %q, hostname %q, mode %q", o.kubeconfig, o.hostnameOverride, o.proxyMode)
+			}
+			if want := []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/56")}; !slices.Equal(o.clusterCIDRs, want) {
+				t.Errorf("cluster CIDRs %v, want %v", o.clusterCIDRs, want)
+			}
+			if o.metricsAddr != "0.0.0.0:10249" || o.healthzAddr != "0.0.0.0:10256" {
+				t.Errorf("metrics %q, healthz %q", o.metricsAddr, o.healthzAddr)
+			}
+			// Zero values are kube-proxy's defaults.
+			if o.masqueradeAll || o.masqueradeBit != 14 || o.minSyncPeriod != time.Second || o.syncPeriod != 30*time.Second ||
+				o.configSyncPeriod != 15*time.Minute || !o.localhostNodePorts || o.detectLocalMode != "ClusterCIDR" ||
+				o.bindAddress.IsValid() || o.nodePortPrimary || len(o.nodePortAddresses) != 0 || o.ruleCheckInterval != time.Second {
+				t.Errorf("defaults not applied: %+v", o)
+			}
+			if len(o.ignoredFlags) != 0 {
+				t.Errorf("ignored flags %v: --hostname-override applies with --config", o.ignoredFlags)
+			}
+			if want := []string{"conntrack.tcpEstablishedTimeout (svcproxy does not set conntrack sysctls)"}; !slices.Equal(o.ignoredFields, want) {
+				t.Errorf("ignored fields %q, want %q", o.ignoredFields, want)
+			}
+		}},
+		{name: "hostnameOverride from the file without the flag", config: edit(`hostnameOverride: ""`, `hostnameOverride: node-2`), check: func(t *testing.T, o *options) {
+			if o.hostnameOverride != "node-2" {
+				t.Errorf("hostname %q", o.hostnameOverride)
+			}
+		}},
+		{name: "--hostname-override wins over the file", config: edit(`hostnameOverride: ""`, `hostnameOverride: node-2`), args: []string{"--hostname-override", "node-1"},
+			check: func(t *testing.T, o *options) {
+				if o.hostnameOverride != "node-1" {
+					t.Errorf("hostname %q", o.hostnameOverride)
+				}
+			}},
+		{name: "flags the file covers are ignored", config: kubeadmConfig,
+			args: []string{"--proxy-mode=nftables", "--cluster-cidr=10.0.0.0/8", "--metrics-bind-address=", "--iptables-sync-period=1m", "--kubeconfig=/other"},
+			check: func(t *testing.T, o *options) {
+				if o.proxyMode != "iptables" || len(o.clusterCIDRs) != 2 || o.metricsAddr != "0.0.0.0:10249" || o.syncPeriod != 30*time.Second ||
+					o.kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" {
+					t.Errorf("a flag won over the file: %+v", o)
+				}
+				want := []string{"--cluster-cidr", "--iptables-sync-period", "--kubeconfig", "--metrics-bind-address", "--proxy-mode"}
+				if !slices.Equal(o.ignoredFlags, want) {
+					t.Errorf("ignored flags %v, want %v", o.ignoredFlags, want)
+				}
+			}},
+		{name: "flags the file has no field for still apply", config: kubeadmConfig,
+			args: []string{"--master=https://10.0.0.1:6443", "--dry-run", "--service-cluster-ip-range=10.96.0.0/12", "--rule-check-interval=5s"},
+			check: func(t *testing.T, o *options) {
+				if o.master != "https://10.0.0.1:6443" || !o.dryRun || len(o.serviceCIDRs) != 1 || o.ruleCheckInterval != 5*time.Second || len(o.ignoredFlags) != 0 {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{name: "nftables takes the nftables section", config: edit(
+			"mode: iptables", "mode: nftables",
+			"  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:",
+			"  masqueradeAll: false\n  masqueradeBit: 9\n  minSyncPeriod: 3s\n  syncPeriod: 10s\nipvs:",
+			"nftables:\n  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s",
+			"nftables:\n  masqueradeAll: true\n  masqueradeBit: 12\n  minSyncPeriod: 250ms\n  syncPeriod: 1m"),
+			args: []string{"--cleanup-kube-proxy"},
+			check: func(t *testing.T, o *options) {
+				if o.proxyMode != "nftables" || !o.masqueradeAll || o.masqueradeBit != 12 || o.minSyncPeriod != 250*time.Millisecond ||
+					o.syncPeriod != time.Minute || !o.cleanupKubeProxy || o.ruleCheckInterval != nftablesRuleCheckInterval {
+					t.Errorf("parsed %+v", o)
+				}
+				for _, f := range []string{"iptables.masqueradeBit", "iptables.minSyncPeriod", "iptables.syncPeriod"} {
+					if !slices.Contains(o.ignoredFields, f+" (iptables mode only)") {
+						t.Errorf("ignored fields %q lack %s", o.ignoredFields, f)
+					}
+				}
+			}},
+		{name: "iptables takes the iptables section", config: edit(
+			"  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:",
+			"  masqueradeAll: true\n  masqueradeBit: 9\n  minSyncPeriod: 3s\n  syncPeriod: 10s\nipvs:",
+			"  localhostNodePorts: null", "  localhostNodePorts: false",
+			"nftables:\n  masqueradeAll: false\n  masqueradeBit: null",
+			"nftables:\n  masqueradeAll: false\n  masqueradeBit: 12"),
+			check: func(t *testing.T, o *options) {
+				if !o.masqueradeAll || o.masqueradeBit != 9 || o.minSyncPeriod != 3*time.Second || o.syncPeriod != 10*time.Second || o.localhostNodePorts {
+					t.Errorf("parsed %+v", o)
+				}
+				if !slices.Contains(o.ignoredFields, "nftables.masqueradeBit (nftables mode only)") {
+					t.Errorf("ignored fields %q", o.ignoredFields)
+				}
+			}},
+		{name: "empty mode is iptables", config: edit("mode: iptables", `mode: ""`), check: func(t *testing.T, o *options) {
+			if o.proxyMode != "iptables" {
+				t.Errorf("mode %q", o.proxyMode)
+			}
+		}},
+		{name: "node and local-traffic settings", config: edit(
+			"bindAddress: 0.0.0.0", "bindAddress: 192.168.1.10",
+			"nodePortAddresses: null", "nodePortAddresses:\n- primary\n- 10.1.0.0/16",
+			`detectLocalMode: ""`, "detectLocalMode: BridgeInterface",
+			`  bridgeInterface: ""`, "  bridgeInterface: cbr0",
+			"configSyncPeriod: 0s", "configSyncPeriod: 5m",
+			"metricsBindAddress: 0.0.0.0:10249", "metricsBindAddress: 0.0.0.0",
+			`healthzBindAddress: ""`, "healthzBindAddress: 192.168.1.10"),
+			check: func(t *testing.T, o *options) {
+				if o.bindAddress != netip.MustParseAddr("192.168.1.10") || !o.nodePortPrimary || !slices.Equal(o.nodePortAddresses, []netip.Prefix{pfx("10.1.0.0/16")}) ||
+					o.detectLocalMode != "BridgeInterface" || o.bridgeInterface != "cbr0" || o.configSyncPeriod != 5*time.Minute {
+					t.Errorf("parsed %+v", o)
+				}
+				// A bare IP gets the default port, as kube-proxy's AppendPortIfNeeded.
+				if o.metricsAddr != "0.0.0.0:10249" || o.healthzAddr != "192.168.1.10:10256" {
+					t.Errorf("metrics %q, healthz %q", o.metricsAddr, o.healthzAddr)
+				}
+			}},
+		{name: "IPv6 bindAddress: IPv6 server defaults", config: edit("bindAddress: 0.0.0.0", "bindAddress: fd00::10", "metricsBindAddress: 0.0.0.0:10249", `metricsBindAddress: ""`),
+			check: func(t *testing.T, o *options) {
+				// An empty metricsBindAddress is the default, not "off": as in kube-proxy.
+				if o.metricsAddr != "[::1]:10249" || o.healthzAddr != "[::]:10256" || o.bindAddress != netip.MustParseAddr("fd00::10") {
+					t.Errorf("metrics %q, healthz %q, bind %v", o.metricsAddr, o.healthzAddr, o.bindAddress)
+				}
+			}},
+		{name: "interface prefix", config: edit(`detectLocalMode: ""`, "detectLocalMode: InterfaceNamePrefix", `  interfaceNamePrefix: ""`, "  interfaceNamePrefix: veth"),
+			check: func(t *testing.T, o *options) {
+				if o.detectLocalMode != "InterfaceNamePrefix" || o.interfacePrefix != "veth" {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{name: "accepted and ignored", config: edit(
+			"oomScoreAdj: null", "oomScoreAdj: -999",
+			"  maxPerCore: null", "  maxPerCore: 0",
+			"  tcpBeLiberal: false", "  tcpBeLiberal: true",
+			`  scheduler: ""`, "  scheduler: rr",
+			"kind: KubeProxyConfiguration", "kind: KubeProxyConfiguration\nfeatureGates:\n  SomeGate: true",
+			`portRange: ""`, "portRange: 30000-32767"),
+			check: func(t *testing.T, o *options) {
+				for _, f := range []string{"oomScoreAdj", "conntrack.maxPerCore", "conntrack.tcpBeLiberal", "conntrack.tcpEstablishedTimeout", "ipvs.scheduler", "featureGates", "portRange"} {
+					if !slices.ContainsFunc(o.ignoredFields, func(s string) bool { return strings.HasPrefix(s, f+" (") }) {
+						t.Errorf("ignored fields %q lack %s", o.ignoredFields, f)
+					}
+				}
+			}},
+		{name: "JSON works too", config: `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "nftables"}`,
+			check: func(t *testing.T, o *options) {
+				if o.proxyMode != "nftables" || o.metricsAddr != "127.0.0.1:10249" || o.minSyncPeriod != time.Second {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+
+		{name: "ipvs", config: edit("mode: iptables", "mode: ipvs"), wantErr: "config.conf: mode: ipvs mode is not supported"},
+		{name: "unknown mode", config: edit("mode: iptables", "mode: kernelspace"), wantErr: "mode: unknown mode \"kernelspace\""},
+		{name: "unknown field", config: edit("  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:",
+			"  masqueradeAll: false\n  masqueradeBits: 3\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"), wantErr: `unknown field "iptables.masqueradeBits"`},
+		{name: "top-level masqueradeAll is not v1alpha1", config: edit("mode: iptables", "mode: iptables\nmasqueradeAll: true\nsyncPeriod: 1s"),
+			wantErr: `unknown field "masqueradeAll"|unknown field "syncPeriod"`},
+		{name: "duplicate field", config: edit("mode: iptables", "mode: iptables\nmode: nftables"), wantErr: `"mode"`},
+		{name: "wrong version", config: edit("apiVersion: kubeproxy.config.k8s.io/v1alpha1", "apiVersion: kubeproxy.config.k8s.io/v1alpha2"), wantErr: "v1alpha2"},
+		{name: "wrong kind", config: edit("kind: KubeProxyConfiguration", "kind: KubeletConfiguration"), wantErr: "KubeletConfiguration"},
+		{name: "not a config", config: "just: [text", wantErr: "config.conf: not valid YAML"},
+		{name: "wrong type", config: edit("  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  masqueradeBit: fourteen\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"),
+			wantErr: "masqueradeBit"},
+		{name: "bad cluster CIDR names the field", config: edit("clusterCIDR: 10.244.0.0/16,fd00:10:244::/56", "clusterCIDR: 10.244.0.0/33"), wantErr: `config.conf: clusterCIDR: "10.244.0.0/33" is not a CIDR`},
+		{name: "bad bit names the field", config: edit("  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  masqueradeBit: 32\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"),
+			wantErr: "config.conf: iptables.masqueradeBit: 32 is not in 0..31"},
+		{name: "iptables bit is validated in nftables mode too", config: edit("mode: iptables", "mode: nftables",
+			"  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  masqueradeBit: 40\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"), wantErr: "iptables.masqueradeBit: 40"},
+		{name: "nftables min above max", config: edit("mode: iptables", "mode: nftables",
+			"nftables:\n  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s", "nftables:\n  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 2m"),
+			wantErr: "nftables.minSyncPeriod: 2m0s is longer than nftables.syncPeriod 30s"},
+		{name: "negative sync period", config: edit("  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  minSyncPeriod: 0s\n  syncPeriod: -1s\nipvs:"), wantErr: "iptables.syncPeriod: -1s must be positive"},
+		{name: "bridge mode needs the bridge", config: edit(`detectLocalMode: ""`, "detectLocalMode: BridgeInterface"), wantErr: "detectLocal.bridgeInterface: required with detectLocalMode=BridgeInterface"},
+		{name: "bad detect mode", config: edit(`detectLocalMode: ""`, "detectLocalMode: Magic"), wantErr: "detectLocalMode: unknown mode"},
+		{name: "bad node port address", config: edit("nodePortAddresses: null", "nodePortAddresses: [eth0]"), wantErr: "nodePortAddresses: \"eth0\""},
+		{name: "bad bind address", config: edit("bindAddress: 0.0.0.0", "bindAddress: node-1"), wantErr: "bindAddress: \"node-1\" is not an IP address"},
+		{name: "bad metrics address", config: edit("metricsBindAddress: 0.0.0.0:10249", "metricsBindAddress: localhost:10249"), wantErr: "metricsBindAddress: \"localhost\" is not an IP address"},
+		{name: "cleanup-kube-proxy needs nftables in the file", config: kubeadmConfig, args: []string{"--cleanup-kube-proxy", "--proxy-mode=nftables"},
+			wantErr: "--cleanup-kube-proxy: only with mode: nftables in"},
+		{name: "profiling cannot be honoured", config: edit("enableProfiling: false", "enableProfiling: true"), wantErr: "enableProfiling"},
+		{name: "hard fail cannot be honoured", config: edit("bindAddressHardFail: false", "bindAddressHardFail: true"), wantErr: "bindAddressHardFail"},
+		{name: "qps cannot be honoured", config: edit("  qps: 0", "  qps: 50"), wantErr: "clientConnection.qps: 50"},
+		{name: "json content cannot be honoured", config: edit(`  contentType: ""`, "  contentType: application/json"), wantErr: "clientConnection.contentType"},
+		{name: "json logging cannot be honoured", config: edit("logging:", "logging:\n  format: json"), wantErr: "logging.format: \"json\""},
+		{name: "blank --hostname-override", config: kubeadmConfig, args: []string{"--hostname-override= "}, wantErr: "--hostname-override"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.config)
+			o, err := parseFlags(append([]string{"--config", path}, tc.args...))
+			if tc.wantErr != "" {
+				if err == nil {
+					t.Fatalf("no error, want one naming %q", tc.wantErr)
+				}
+				for _, w := range strings.Split(tc.wantErr, "|") {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("err = %v, want one naming %q", err, w)
+					}
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				if !strings.HasPrefix(tc.wantErr, "--") && !strings.HasPrefix(err.Error(), "--config "+path+": ") {
+					t.Errorf("error does not start with --config and the file: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+	if _, err := parseFlags([]string{"--config", filepath.Join(t.TempDir(), "missing.conf")}); err == nil || !strings.Contains(err.Error(), "missing.conf") {
+		t.Errorf("missing file: err = %v", err)
+	}
+}
+
+// TestConfigLogging: the file's verbosity and vmodule become -v and
+// --vmodule (which parseFlags leaves alone when given on the command line).
+func TestConfigLogging(t *testing.T) {
+	cfg, err := decodeConfig([]byte(edit("  verbosity: 0", "  verbosity: 4\n  vmodule:\n  - filePattern: proxier*\n    verbosity: 6")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings, _, err := configSettings(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, s := range settings {
+		got[s.flag] = s.value
+	}
+	if got["v"] != "4" || got["vmodule"] != "proxier*=6" {
+		t.Errorf("v %q, vmodule %q", got["v"], got["vmodule"])
+	}
+	// Every flag the file stands for gets a value, so no command-line
+	// value of one survives.
+	for name := range configFlags {
+		if _, ok := got[name]; !ok {
+			t.Errorf("the file sets no value for --%s", name)
+		}
+	}
+}
+
+// TestHelp: --help lists every flag with its help text and default, and
+// explains --config.
+func TestHelp(t *testing.T) {
+	out := usage()
+	if !strings.HasPrefix(out, "Usage: svcproxy [flags]\n") {
+		t.Errorf("no usage line:\n%s", out)
+	}
+	fs, _ := newFlagSet(&options{})
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		_, help := flag.UnquoteUsage(f)
+		i := strings.Index(out, "  --"+f.Name+" ")
+		if i < 0 {
+			i = strings.Index(out, "  --"+f.Name+"\n")
+		}
+		if i < 0 {
+			t.Errorf("--%s is not listed", f.Name)
+			return
+		}
+		entry := out[i:]
+		if j := strings.Index(entry[4:], "\n  --"); j >= 0 {
+			entry = entry[:j+4]
+		}
+		if !strings.Contains(entry, help) || !strings.Contains(entry, "(default ") || !strings.Contains(entry, f.DefValue) {
+			t.Errorf("--%s lacks its help text or default %q:\n%s", f.Name, f.DefValue, entry)
+		}
+	})
+	if n < 30 {
+		t.Errorf("only %d flags", n)
+	}
+	for _, want := range []string{`--metrics-bind-address string`, `(default "127.0.0.1:10249")`, "--config string", "KubeProxyConfiguration", "--v value"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}
+
+// TestHelpExit runs main with --help: the usage on stdout, nothing on
+// stderr, exit status 0.
+func TestHelpExit(t *testing.T) {
+	if os.Getenv("SVCPROXY_TEST_MAIN") == "1" {
+		os.Args = []string{"svcproxy", "--help"}
+		main()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelpExit$")
+	cmd.Env = append(os.Environ(), "SVCPROXY_TEST_MAIN=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("svcproxy --help: %v; stderr:\n%s", err, stderr.String())
+	}
+	if string(out) != usage() {
+		t.Errorf("stdout is not the usage:\n%s", out)
+	}
+	if stderr.Len() > 0 {
+		t.Errorf("stderr: %s", stderr.String())
+	}
+}
