@@ -233,47 +233,110 @@ func TestSessionAffinityTimeout(t *testing.T) {
 	c := begin(t, true)
 	const timeout = 2 * time.Second
 	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-timeout"}, Spec: v1.ServiceSpec{
+		Ports: []v1.ServicePort{
+			{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)},
+			{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}},
 		SessionAffinity:       v1.ServiceAffinityClientIP,
 		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(timeout / time.Second))}}}})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode))
 	c.waitDNATs(svc, "tcp", backends...)
+	c.waitDNATs(svc, "udp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-	var rs []harness.Reply
-	c.eventually("ClientIP affinity: one endpoint", func() string {
-		rs = c.connect(client, harness.ClientOptions{Target: target, Count: 10})
-		if m := landed(rs, backends, client.IP, ""); m != "" {
-			return m
+	// UDP: every attempt is a new socket with its own source port, so a
+	// new conntrack flow: only affinity keeps it on one endpoint.
+	for _, proto := range []string{"tcp", "udp"} {
+		t.Run(proto, func(t *testing.T) {
+			c := &tc{T: t, ctx: c.ctx, start: time.Now()}
+			var rs []harness.Reply
+			c.eventually("ClientIP affinity: one endpoint", func() string {
+				rs = c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 10})
+				if m := landed(rs, backends, client.IP, ""); m != "" {
+					return m
+				}
+				if only(rs) == "" {
+					return "spread over " + harness.FormatTally(harness.Tally(rs))
+				}
+				return ""
+			})
+			pinned := only(rs)
+			// 6 attempts 700ms apart: 3.5s in all, longer than the
+			// timeout, but never idle for as long.
+			rs = c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 6, Interval: 700 * time.Millisecond})
+			if only(rs) != pinned {
+				t.Errorf("attempts 700ms apart (timeout %v) left %s: %s", timeout, pinned, harness.FormatTally(harness.Tally(rs)))
+			}
+			t.Logf("RESULT %s affinity timeout %v: 10 back-to-back attempts and 6 more 700ms apart all to %s", proto, timeout, pinned)
+
+			// Idle longer than the timeout, then one attempt, a few times:
+			// with 3 endpoints, all of up to 8 landing on the pinned one
+			// has probability (1/3)^8 < 2e-4 when the affinity expires.
+			got := []string{pinned}
+			moved := func() bool { return slices.ContainsFunc(got, func(s string) bool { return s != pinned }) }
+			for round := 0; round < 8 && !moved(); round++ {
+				time.Sleep(timeout + 600*time.Millisecond)
+				r := c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 1})
+				if m := landed(r, backends, client.IP, ""); m != "" {
+					t.Fatalf("after %v idle: %s", timeout+600*time.Millisecond, m)
+				}
+				got = append(got, r[0].Backend)
+			}
+			if !moved() {
+				t.Errorf("after idling longer than the %v timeout, %d attempts all still went to %s: affinity never expired", timeout, len(got)-1, pinned)
+			}
+			t.Logf("RESULT %s after idling %v before each attempt: %v (affinity expired)", proto, timeout+600*time.Millisecond, got[1:])
+		})
+	}
+}
+
+// TestSessionAffinityEndpointRemoved: a client pinned by ClientIP affinity
+// (long timeout) to endpoint X moves to another endpoint when X leaves the
+// EndpointSlice (its server still running), is pinned there, and stays
+// there when X comes back: the affinity to X went with X (kube-proxy
+// deletes X's KUBE-SEP chain and its recent list, or its affinity set).
+func TestSessionAffinityEndpointRemoved(t *testing.T) {
+	c := begin(t, true)
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-removed"}, Spec: v1.ServiceSpec{
+		SessionAffinity:       v1.ServiceAffinityClientIP,
+		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}}})
+	all := func() []harness.Endpoint {
+		return []harness.Endpoint{at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode)}
+	}
+	c.slice(svc, all()...)
+	c.waitDNATs(svc, "tcp", backends...)
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	pinnedTo := func(pods []*harness.Pod) (string, string) {
+		rs := c.connect(client, harness.ClientOptions{Target: target, Count: 10})
+		if m := landed(rs, pods, client.IP, ""); m != "" {
+			return "", m
 		}
 		if only(rs) == "" {
-			return "spread over " + harness.FormatTally(harness.Tally(rs))
+			return "", "spread over " + harness.FormatTally(harness.Tally(rs))
 		}
-		return ""
-	})
-	pinned := only(rs)
-	// 6 connections 700ms apart: 3.5s in all, longer than the timeout, but
-	// never idle for as long.
-	rs = c.connect(client, harness.ClientOptions{Target: target, Count: 6, Interval: 700 * time.Millisecond})
-	if only(rs) != pinned {
-		t.Errorf("connections 700ms apart (timeout %v) left %s: %s", timeout, pinned, harness.FormatTally(harness.Tally(rs)))
+		return only(rs), ""
 	}
-	t.Logf("RESULT affinity timeout %v: 10 back-to-back connections and 6 more 700ms apart all to %s", timeout, pinned)
-
-	// Idle longer than the timeout, then one connection, a few times: with
-	// 3 endpoints, all of up to 8 landing on the pinned one has probability
-	// (1/3)^8 < 2e-4 when the affinity really expires.
-	got := []string{pinned}
-	for round := 0; round < 8 && !slices.ContainsFunc(got, func(s string) bool { return s != pinned }); round++ {
-		time.Sleep(timeout + 600*time.Millisecond)
-		r := c.connect(client, harness.ClientOptions{Target: target, Count: 1})
-		if m := landed(r, backends, client.IP, ""); m != "" {
-			t.Fatalf("after %v idle: %s", timeout+600*time.Millisecond, m)
+	var x string
+	c.eventually("pinned", func() (m string) { x, m = pinnedTo(backends); return m })
+	var rest []*harness.Pod
+	var eps []harness.Endpoint
+	for _, p := range backends {
+		if p.Name != x {
+			rest = append(rest, p)
+			eps = append(eps, at(p, harness.NodeName))
 		}
-		got = append(got, r[0].Backend)
 	}
-	if !slices.ContainsFunc(got, func(s string) bool { return s != pinned }) {
-		t.Errorf("after idling longer than the %v timeout, %d connections all still went to %s: affinity never expired", timeout, len(got)-1, pinned)
+	c.slice(svc, eps...)
+	c.waitDNATs(svc, "tcp", rest...)
+	y, m := pinnedTo(rest)
+	if m != "" {
+		t.Fatalf("after %s left the slice: %s", x, m)
 	}
-	t.Logf("RESULT after idling %v before each connection: %v (affinity expired)", timeout+600*time.Millisecond, got[1:])
+	c.slice(svc, all()...)
+	c.waitDNATs(svc, "tcp", backends...)
+	z, m := pinnedTo(backends)
+	if m != "" || z != y {
+		t.Errorf("after %s came back: want still pinned to %s, got %s%s", x, y, z, m)
+	}
+	t.Logf("RESULT affinity (300s): pinned to %s; %s removed -> pinned to %s; %s back -> %s", x, x, y, x, z)
 }
 
 // TestSessionAffinityAcrossAddresses: kube-proxy keys ClientIP affinity by
