@@ -625,6 +625,80 @@ func TestConntrackUDPNodePort(t *testing.T) {
 	}
 }
 
+// TestConntrackUDPExternalAddresses: the same cleanup for UDP flows from
+// outside to an external IP, a load-balancer IP and the NodePort of one
+// Service (kube-proxy's reconciler covers every Service address): flows
+// pinned to a and b move to c when the slice is replaced by c alone.
+func TestConntrackUDPExternalAddresses(t *testing.T) {
+	c := begin(t, true)
+	if err := env.SetupExternalClients(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	const extIP, lbIP = "10.99.0.70", "10.99.0.71"
+	for _, ip := range []string{extIP, lbIP} {
+		if err := env.RouteToNode(c.ctx, ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, cc := backends[0], backends[1], backends[2]
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ct-udp-external"}, Spec: v1.ServiceSpec{
+		Type:        v1.ServiceTypeLoadBalancer,
+		ExternalIPs: []string{extIP},
+		Ports:       []v1.ServicePort{{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}}})
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}}
+	svc, err := env.Client.CoreV1().Services(svc.Namespace).UpdateStatus(c.ctx, svc, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.slice(svc, at(a, harness.NodeName), at(b, harness.NodeName))
+	c.waitDNATs(svc, "udp", a, b)
+	flows := []struct {
+		name    string
+		target  string
+		srcPort int
+	}{
+		{"NodePort", nodePortTarget(svc), 40321},
+		{"external IP", net.JoinHostPort(extIP, "80"), 40322},
+		{"load-balancer IP", net.JoinHostPort(lbIP, "80"), 40323},
+	}
+	send := func(target string, port int) []harness.Reply {
+		rs, err := env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "udp", Target: target, Count: 5, SrcPort: port, SrcIP: harness.ExtAllowedIP,
+			Interval: 20 * time.Millisecond, Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	pinned := map[string]string{}
+	for _, f := range flows {
+		var rs []harness.Reply
+		c.eventually(f.name+" answers", func() string {
+			rs = send(f.target, f.srcPort)
+			return landed(rs, []*harness.Pod{a, b}, "", "")
+		})
+		if pinned[f.name] = only(rs); pinned[f.name] == "" {
+			t.Fatalf("%s: datagrams from one source port spread over %s", f.name, harness.FormatTally(harness.Tally(rs)))
+		}
+	}
+	before := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
+	c.slice(svc, at(cc, harness.NodeName))
+	c.waitDNATs(svc, "udp", cc)
+	var res []string
+	for _, f := range flows {
+		var rs []harness.Reply
+		c.eventually(f.name+" flow moves to c", func() string {
+			rs = send(f.target, f.srcPort)
+			return landed(rs, []*harness.Pod{cc}, "", "")
+		})
+		res = append(res, fmt.Sprintf("%s from port %d: %s -> %s", f.name, f.srcPort, pinned[f.name], harness.FormatTally(harness.Tally(rs))))
+	}
+	deleted := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
+	t.Logf("RESULT external UDP flows, endpoints {a,b} replaced by {c}: %s; conntrack entries deleted: %v", strings.Join(res, "; "), deleted)
+	if deleted < float64(len(flows)) {
+		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= %d", deleted, len(flows))
+	}
+}
+
 // TestForwardDropInvalid (iptables mode): KUBE-FORWARD drops forwarded
 // packets conntrack marks INVALID (kube-proxy's workaround for issue 74839,
 // unless nf_conntrack_tcp_be_liberal is set). A pod sends, through the
