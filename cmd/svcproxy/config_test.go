@@ -414,3 +414,15 @@ func TestHelpExit(t *testing.T) {
 		t.Errorf("stderr: %s", stderr.String())
 	}
 }
+
+// TestDeployConfigFile: the example in deploy/config-file parses, with the
+// settings the base DaemonSet gives as flags.
+func TestDeployConfigFile(t *testing.T) {
+	o, err := parseFlags([]string{"--config", "../../deploy/config-file/config.conf", "--hostname-override=n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.proxyMode != "iptables" || o.metricsAddr != "0.0.0.0:10249" || o.healthzAddr != "0.0.0.0:10256" || o.hostnameOverride != "n1" || len(o.ignoredFields) != 0 {
+		t.Errorf("parsed %+v", o)
+	}
+}
