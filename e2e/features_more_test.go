@@ -62,6 +62,19 @@ func TestETPLocalTerminatingFallback(t *testing.T) {
 		t.Errorf("pod to ClusterIP: want only the ready remote endpoints b and c: %s", m)
 	}
 	t.Logf("RESULT same Service, pod to ClusterIP: %s (ready endpoints only)", harness.FormatTally(harness.Tally(rs)))
+	// Pods and the node itself reaching the NodePort are short-circuited to
+	// the cluster set (kube-proxy's EXT chain: pod traffic and LOCAL
+	// traffic go to KUBE-SVC), so not to the terminating endpoint either.
+	rs = c.connect(client, harness.ClientOptions{Target: nodePortTarget(svc), Count: 30})
+	if m := exactly(rs, []*harness.Pod{b, cc}, ""); m != "" {
+		t.Errorf("pod to NodePort: want the cluster set b and c: %s", m)
+	}
+	rs2 := c.connectFrom(env.Node, nodePortTarget(svc), 30, time.Second)
+	if m := exactly(rs2, []*harness.Pod{b, cc}, ""); m != "" {
+		t.Errorf("node to NodePort: want the cluster set b and c: %s", m)
+	}
+	t.Logf("RESULT same Service, pod to NodePort: %s; node to NodePort: %s (short-circuited to the cluster set)",
+		harness.FormatTally(harness.Tally(rs)), harness.FormatTally(harness.Tally(rs2)))
 
 	// Health check: a terminating endpoint is not a local ready one.
 	hc := fmt.Sprintf("http://%s:%d/", harness.NodeIP, svc.Spec.HealthCheckNodePort)
@@ -74,9 +87,9 @@ func TestETPLocalTerminatingFallback(t *testing.T) {
 			LocalEndpoints *int `json:"localEndpoints"`
 		}
 		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 503 || got.LocalEndpoints == nil || *got.LocalEndpoints != 0 {
-			return fmt.Sprintf("%d %s", code, strings.TrimSpace(body))
+			return fmt.Sprintf("%d %s", code, strings.Join(strings.Fields(body), " "))
 		}
-		t.Logf("RESULT health check with only a terminating local endpoint: %d %s", code, strings.TrimSpace(body))
+		t.Logf("RESULT health check with only a terminating local endpoint: %d %s", code, strings.Join(strings.Fields(body), " "))
 		return ""
 	})
 
