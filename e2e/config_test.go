@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/svcproxy/svcproxy/e2e/harness"
+)
+
+// TestConfigFile: svcproxy run as kubeadm runs kube-proxy, with --config (a
+// KubeProxyConfiguration) and --hostname-override. The file's settings
+// apply: its mode's section turns on masqueradeAll (no flag does), so a
+// pod's connection to a ClusterIP arrives from the bridge address; the
+// flag's node name wins over the file's hostnameOverride, so
+// internalTrafficPolicy: Local picks this node's endpoint. The harness's
+// usual flags for what the file covers are logged as ignored, and so is the
+// conntrack section. svcproxy is restarted with its usual flags afterwards.
+func TestConfigFile(t *testing.T) {
+	c := begin(t, true)
+	path := filepath.Join(env.WorkDir, "kube-proxy-config.conf")
+	config := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: %s
+hostnameOverride: not-this-node
+mode: %s
+clusterCIDR: %s,%s
+metricsBindAddress: %s
+healthzBindAddress: %s
+%s:
+  masqueradeAll: true
+  minSyncPeriod: 100ms
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 24h0m0s
+`, env.Kubeconfig, env.ProxyMode, harness.ClusterCIDR, harness.ClusterCIDR6, harness.MetricsAddr, harness.HealthzAddr, env.ProxyMode)
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	a, b := backends[0], backends[1]
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "config-file"}, Spec: v1.ServiceSpec{
+		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)}})
+	c.slice(svc, at(a, harness.NodeName), at(b, otherNode))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+
+	c.restartSvcproxy("--config", path)
+	var rs []harness.Reply
+	c.eventually("with --config: local endpoint only, masqueraded", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+		return landed(rs, []*harness.Pod{a}, harness.BridgeIP, "")
+	})
+	t.Logf("RESULT --config: %s, source %s", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
+
+	log, err := os.ReadFile(env.Svcproxy().LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Flags ignored: --config gives these settings", `"--proxy-mode"`, "conntrack.maxPerCore"} {
+		if !strings.Contains(string(log), want) {
+			t.Errorf("svcproxy's log lacks %q", want)
+		}
+	}
+}
