@@ -184,6 +184,11 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	var err error
 	gen, genOK := p.genBefore(ctx)
 	switch {
+	case pd.full && textMode && p.writer != nil && p.tableAbsent(ctx):
+		// A cold start (or the table was deleted): nothing to replace
+		// atomically, so nft writes the rules and netlink the elements,
+		// several times faster than nft parsing them.
+		err = p.coldLoad(ctx, pd, &gen, &genOK)
 	case pd.full && textMode:
 		// A full sync loads every element: one command per set or map
 		// instead of one per element makes nft several times faster, and
