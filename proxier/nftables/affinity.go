@@ -236,7 +236,46 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 // kernel's maps of the affinity keys in use. Errors only lose affinity:
 // they are logged, not returned.
 func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) []string {
-	byMap := map[string]map[[2]string]map[[2]string]bool{} // map → dest → live endpoints
+	byMap := validAffinity(renders)
+	names := make([]string, 0, len(byMap))
+	for n := range byMap {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var lines []string
+	for _, name := range names {
+		entries, err := p.readAffinity(ctx, string(p.f.family), name)
+		if err != nil {
+			// Most often the map does not exist yet.
+			klog.V(4).InfoS("Could not read an affinity map", "family", p.cfg.Family, "map", name, "err", err)
+			continue
+		}
+		var elems []string
+		for _, e := range entries {
+			if byMap.valid(name, e) && e.expires > 0 {
+				elems = append(elems, fmt.Sprintf("%s . %s . %s timeout %ds : %s . %s", e.key[0], e.key[1], e.key[2], e.expires, e.value[0], e.value[1]))
+			}
+		}
+		for len(elems) > 0 {
+			n := min(len(elems), maxGroup)
+			lines = append(lines, fmt.Sprintf("add element %s %s %s { %s }", p.f.family, TableName, name, strings.Join(elems[:n], ", ")))
+			elems = elems[n:]
+		}
+	}
+	return lines
+}
+
+// affinityTargets is, per affinity map, per service address and port, the
+// endpoints the service balances over.
+type affinityTargets map[string]map[[2]string]map[[2]string]bool
+
+func (t affinityTargets) valid(mapName string, e affinityEntry) bool {
+	return t[mapName][[2]string{e.key[1], e.key[2]}][e.value]
+}
+
+// validAffinity is what affinity entries may point to under renders.
+func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
+	byMap := affinityTargets{}
 	for _, r := range renders {
 		if r.affinity == nil {
 			continue
@@ -253,30 +292,53 @@ func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Serv
 			}
 		}
 	}
-	names := make([]string, 0, len(byMap))
-	for n := range byMap {
-		names = append(names, n)
+	return byMap
+}
+
+// pruneAffinity deletes, after a full sync that kept the affinity maps
+// (refill), the entries no longer valid under renders: those of services
+// gone or without affinity, and those pinned to endpoints gone.
+func (p *Proxier) pruneAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) {
+	if p.reader == nil {
+		return
+	}
+	shape, err := p.reader.readShape(ctx)
+	if err != nil {
+		klog.V(2).InfoS("Could not list maps to prune session affinity", "family", p.cfg.Family, "err", err)
+		return
+	}
+	byMap := validAffinity(renders)
+	var names []string
+	for name := range shape.sets {
+		if shape.maps[name] && strings.HasPrefix(name, "affinity-") {
+			names = append(names, name)
+		}
 	}
 	slices.Sort(names)
-	var lines []string
 	for _, name := range names {
-		entries, err := p.readAffinity(ctx, string(p.f.family), name)
-		if err != nil {
-			// Most often the map does not exist yet.
-			klog.V(4).InfoS("Could not read an affinity map", "family", p.cfg.Family, "map", name, "err", err)
-			continue
-		}
-		var elems []string
-		for _, e := range entries {
-			if live := byMap[name][[2]string{e.key[1], e.key[2]}]; live[e.value] && e.expires > 0 {
-				elems = append(elems, fmt.Sprintf("%s . %s . %s timeout %ds : %s . %s", e.key[0], e.key[1], e.key[2], e.expires, e.value[0], e.value[1]))
+		// An entry may expire between the read and the delete, failing
+		// the transaction: it is then read and tried once more.
+		var err error
+		for try := 0; try < 2; try++ {
+			var entries []affinityEntry
+			if entries, err = p.readAffinity(ctx, string(p.f.family), name); err != nil {
+				break
+			}
+			tx := p.nft.NewTransaction()
+			for _, e := range entries {
+				if !byMap.valid(name, e) {
+					tx.Delete(&knftables.Element{Map: name, Key: slices.Clone(e.key[:])})
+				}
+			}
+			if tx.NumOperations() == 0 {
+				break
+			}
+			if err = p.nft.Run(ctx, tx); err == nil {
+				break
 			}
 		}
-		for len(elems) > 0 {
-			n := min(len(elems), maxGroup)
-			lines = append(lines, fmt.Sprintf("add element %s %s %s { %s }", p.f.family, TableName, name, strings.Join(elems[:n], ", ")))
-			elems = elems[n:]
+		if err != nil {
+			klog.V(2).InfoS("Could not prune session affinity", "family", p.cfg.Family, "map", name, "err", err)
 		}
 	}
-	return lines
 }

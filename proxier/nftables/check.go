@@ -38,6 +38,8 @@ type tableShape struct {
 	exists bool
 	chains map[string]int
 	sets   map[string]bool
+	// maps tells which of sets are maps (filled by the kernel reader).
+	maps map[string]bool
 }
 
 // shapeReader reads the table from the kernel.
@@ -321,7 +323,7 @@ func (r *netlinkReader) dump(msgType uint16, attrs []netlink.Attribute) ([]map[u
 func str(b []byte) string { return strings.TrimRight(string(b), "\x00") }
 
 func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
-	shape := &tableShape{chains: map[string]int{}, sets: map[string]bool{}}
+	shape := &tableShape{chains: map[string]int{}, sets: map[string]bool{}, maps: map[string]bool{}}
 	tables, err := r.dump(unix.NFT_MSG_GETTABLE, nil)
 	if err != nil {
 		return nil, fmt.Errorf("list tables: %w", err)
@@ -362,6 +364,7 @@ func (r *netlinkReader) readShape(context.Context) (*tableShape, error) {
 		flags, _ := be32(s[unix.NFTA_SET_FLAGS])
 		if str(s[unix.NFTA_SET_TABLE]) == TableName && flags&unix.NFT_SET_ANONYMOUS == 0 {
 			shape.sets[str(s[unix.NFTA_SET_NAME])] = true
+			shape.maps[str(s[unix.NFTA_SET_NAME])] = flags&unix.NFT_SET_MAP != 0
 		}
 	}
 	return shape, nil

@@ -11,6 +11,10 @@ import (
 // tableAbsent reports whether the kernel has no table of ours (an error
 // reading it counts as present: the caller then takes the atomic path).
 func (p *Proxier) tableAbsent(ctx context.Context) bool {
+	if p.reader != nil {
+		shape, err := p.reader.readShape(ctx)
+		return err == nil && !shape.exists
+	}
 	_, err := p.nft.List(ctx, "chains")
 	return knftables.IsNotFound(err)
 }
@@ -39,11 +43,7 @@ func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK 
 	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
 		return err
 	}
-	if g, ok := p.genBefore(ctx); ok && *genOK && g == *gen+1 {
-		*gen = g
-	} else {
-		*genOK = false
-	}
+	p.stepOwn(ctx, gen, genOK)
 	sets := make([]string, 0, len(bySet))
 	n := 0
 	for s, ops := range bySet {
@@ -56,4 +56,16 @@ func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK 
 		ops = append(ops, bySet[s]...)
 	}
 	return p.writer.apply(ops)
+}
+
+// stepOwn accounts for one of several transactions of a sync: when exactly
+// one transaction was committed since *gen, it was this one and *gen moves
+// past it (so that genAfter, after the last one, sees one transaction of
+// ours); otherwise *genOK is cleared.
+func (p *Proxier) stepOwn(ctx context.Context, gen *uint32, genOK *bool) {
+	if g, ok := p.genBefore(ctx); ok && *genOK && g == *gen+1 {
+		*gen = g
+	} else {
+		*genOK = false
+	}
 }

@@ -110,10 +110,12 @@ func appendEncoded(out []byte, layout []field, parts []string) ([]byte, error) {
 	return out, nil
 }
 
-// elemOp is one element to add or delete.
+// elemOp is one element to add or delete or, with flush, the removal of
+// every element of set e.set.
 type elemOp struct {
-	add bool
-	e   elem
+	add   bool
+	flush bool
+	e     elem
 }
 
 // netlinkWritable reports whether every op can go over netlink.
@@ -245,13 +247,25 @@ func (w *elemWriter) messages(ops []elemOp) ([]netlink.Message, error) {
 	var msgs []netlink.Message
 	for i := 0; i < len(ops); {
 		op := ops[i]
+		if op.flush {
+			// A DELSETELEM without elements flushes the set.
+			data := []byte{w.family, unix.NFNETLINK_V0, 0, 0}
+			data = appendString(data, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
+			data = appendString(data, unix.NFTA_SET_ELEM_LIST_SET, op.e.set)
+			msgs = append(msgs, netlink.Message{
+				Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM), Flags: netlink.Request | netlink.Acknowledge},
+				Data:   data,
+			})
+			i++
+			continue
+		}
 		// nfgenmsg: family, version, resource id; then table and set.
 		data := append(make([]byte, 0, maxElemBytes+2<<10), w.family, unix.NFNETLINK_V0, 0, 0)
 		data = appendString(data, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
 		data = appendString(data, unix.NFTA_SET_ELEM_LIST_SET, op.e.set)
 		keyLayout, valLayout, verdict, _ := setLayout(op.e.set)
 		data, at := beginAttr(data)
-		for start := len(data); i < len(ops) && ops[i].e.set == op.e.set && ops[i].add == op.add && len(data)-start < maxElemBytes; i++ {
+		for start := len(data); i < len(ops) && ops[i].e.set == op.e.set && ops[i].add == op.add && !ops[i].flush && len(data)-start < maxElemBytes; i++ {
 			var err error
 			if data, err = appendElem(data, ops[i], keyLayout, valLayout, verdict); err != nil {
 				return nil, err

@@ -135,6 +135,13 @@ type pending struct {
 	// the affinity entries a full sync writes back (see carriedAffinity).
 	renders map[*proxier.Service]*svcRender
 	carried []string
+	// sk and lbChains are the skeleton and lb chains of a full sync.
+	sk       *skeleton
+	lbChains map[string]int
+	// err is the error of a refill that got under way; refilled says
+	// one ran (and kept the affinity maps).
+	err      error
+	refilled bool
 }
 
 // writeText writes pd as nft -f input: tx, then pd.elems with one command
@@ -189,6 +196,11 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		// atomically, so nft writes the rules and netlink the elements,
 		// several times faster than nft parsing them.
 		err = p.coldLoad(ctx, pd, &gen, &genOK)
+	case pd.full && textMode && p.writer != nil && p.refill(ctx, pd, &gen, &genOK):
+		// The table is there: rules rewritten in place, sets refilled
+		// over netlink (refill.go).
+		err = pd.err
+		pd.refilled = true
 	case pd.full && textMode:
 		// A full sync loads every element: one command per set or map
 		// instead of one per element makes nft several times faster, and
@@ -217,6 +229,9 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	p.mu.Unlock()
 	if len(pd.staleAffinity) > 0 {
 		p.forgetAffinity(ctx, pd.staleAffinity)
+	}
+	if pd.refilled && p.readAffinity != nil {
+		p.pruneAffinity(ctx, pd.renders)
 	}
 	for _, f := range after {
 		if err := f(plan); err != nil {
@@ -456,7 +471,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	}
 	pd := &pending{tx: tx, full: full, commit: commit, staleAffinity: staleAff}
 	if full {
-		pd.renders = renders
+		pd.renders, pd.sk, pd.lbChains = renders, sk, lbChains
 	}
 	if elemOnly && netlinkWritable(ops) {
 		pd.ops = ops
