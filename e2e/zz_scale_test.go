@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"regexp"
@@ -178,6 +179,53 @@ func TestScale(t *testing.T) {
 	if p50 > 40*time.Millisecond {
 		t.Errorf("single-change latency p50 %v, more than twice the 20ms bar", p50)
 	}
+
+	// Self-repair at scale: damage the table, time until svcproxy's
+	// repairing full sync is done (its log line), then check a Service.
+	for _, damage := range [][]string{
+		{"nft", "flush", "map", "ip", "svcproxy", "endpoints-ip-tcp"},
+		{"nft", "flush", "chain", "ip", "svcproxy", "services"},
+		{"nft", "delete", "table", "ip", "svcproxy"},
+	} {
+		time.Sleep(time.Second)
+		d := repairTime(t, damage)
+		t.Logf("RESULT self-repair with %d Services: after `%s` the repairing full sync was done in %v", n, strings.Join(damage, " "), d.Round(time.Millisecond))
+		if d > time.Second {
+			t.Logf("repair took %v, above the 1s bar", d.Round(time.Millisecond))
+		}
+		c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
+	}
+}
+
+// repairTime runs damage in the node namespace and returns the time until
+// svcproxy logs the end of an IPv4 full sync that followed it.
+func repairTime(t *testing.T, damage []string) time.Duration {
+	t.Helper()
+	path := env.Svcproxy().LogPath
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offset := st.Size()
+	t0 := time.Now()
+	if out, err := env.Node.Run(context.Background(), damage...); err != nil {
+		t.Fatalf("%v: %v: %s", damage, err, out)
+	}
+	for time.Since(t0) < 30*time.Second {
+		time.Sleep(5 * time.Millisecond)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Seek(offset, io.SeekStart)
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if fullSyncRe.Match(b) && bytes.Contains(b, []byte("Rules altered")) {
+			return time.Since(t0)
+		}
+	}
+	t.Fatalf("no full sync within 30s of %v", damage)
+	return 0
 }
 
 // scaleIPs are the 10 endpoint IPs of scale Service i at generation g.

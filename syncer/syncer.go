@@ -373,6 +373,12 @@ func (s *Syncer) onNode(old, cur any) {
 	}
 }
 
+// fullReporter is a Proxier that tells whether its last sync rewrote
+// everything (a periodic full sync, a repair), for the sync's log line.
+type fullReporter interface {
+	LastSyncFull() bool
+}
+
 // sync is the runner's function: one sync of every proxier.
 func (s *Syncer) sync(ctx context.Context) error {
 	taken := time.Now()
@@ -403,6 +409,9 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 	took := end.Sub(start)
 	s.m.syncDuration.WithLabelValues(family).Observe(took.Seconds())
 
+	if fr, ok := p.(fullReporter); ok && err == nil {
+		full = full || fr.LastSyncFull()
+	}
 	kv := []any{"ipFamily", family, "duration", took, "servicePorts", len(res.state.Services),
 		"endpoints", res.endpoints, "changedServices", res.changed, "fullRebuild", full}
 	if err != nil {

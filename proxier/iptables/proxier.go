@@ -87,6 +87,9 @@ func (p *Proxier) LastResult() SyncResult {
 	return p.last
 }
 
+// LastSyncFull reports whether the last sync was a full one.
+func (p *Proxier) LastSyncFull() bool { return p.LastResult().Full }
+
 // ForceFullSync makes the next sync re-read the kernel and rewrite everything.
 func (p *Proxier) ForceFullSync() {
 	p.mu.Lock()

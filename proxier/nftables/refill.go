@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"slices"
+	"time"
 
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
@@ -36,6 +37,13 @@ import (
 // After that, errors are returned in pd.err.
 func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *bool) bool {
 	sk := pd.sk
+	start := time.Now()
+	var tList, t1, t2 time.Duration
+	defer func() {
+		if t1 > 0 {
+			klog.V(2).InfoS("Refilled the table", "family", p.cfg.Family, "list", tList, "rules", t1-tList, "elements", t2-t1, "stale", time.Since(start)-t2)
+		}
+	}()
 	if p.reader == nil {
 		return false
 	}
@@ -45,6 +53,8 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		klog.V(2).InfoS("Cannot list the table; replacing it", "family", p.cfg.Family, "err", err)
 		return false
 	}
+
+	tList = time.Since(start)
 
 	// Step 1.
 	tx := p.nft.NewTransaction()
@@ -122,6 +132,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		return false
 	}
 	p.stepOwn(ctx, gen, genOK)
+	t1 = time.Since(start)
 
 	// Step 2.
 	slices.Sort(netlinkSets)
@@ -130,7 +141,9 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		ops = append(ops, elemOp{flush: true, e: elem{set: s}})
 		ops = append(ops, bySet[s]...)
 	}
-	if err := p.writer.apply(ops); err != nil {
+	err = p.writer.apply(ops)
+	t2 = time.Since(start)
+	if err != nil {
 		pd.err = err
 		return true
 	}
