@@ -10,6 +10,7 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"sigs.k8s.io/knftables"
@@ -204,9 +205,12 @@ func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync fu
 	if r, ok := p.reader.(*netlinkReader); ok {
 		gr := &netlinkReader{family: r.family, netns: r.netns}
 		go p.watch(ctx, watcher{
-			dial:   func() (eventConn, error) { return dialEvents(r.netns, eventBuffer) },
-			gen:    func() (uint32, error) { return gr.generation(ctx) },
-			repair: func(what string) { proxier.Repair(p.cfg.Family, p, what, resync) },
+			dial: func() (eventConn, error) { return dialEvents(r.netns, eventBuffer) },
+			gen:  func() (uint32, error) { return gr.generation(ctx) },
+			repair: func(what, rewrite string) {
+				klog.InfoS("Rules altered by someone else; rewriting them", "family", p.cfg.Family, "altered", what, "rewrite", rewrite)
+				resync()
+			},
 		})
 	}
 	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)

@@ -221,6 +221,67 @@ func TestTxDecoder(t *testing.T) {
 	}
 }
 
+// TestTxDecoderDamage: what a foreign transaction's notifications say it
+// changed, and when that is too much or too vague to repair narrowly.
+func TestTxDecoderDamage(t *testing.T) {
+	setAttr := func(n string) netlink.Attribute {
+		return netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(n + "\x00")}
+	}
+	chainAttr := func(n string) netlink.Attribute {
+		return netlink.Attribute{Type: unix.NFTA_RULE_CHAIN, Data: []byte(n + "\x00")}
+	}
+	v4, tbl := uint8(unix.NFPROTO_IPV4), tableAttr(TableName)
+	many := []netlink.Message{}
+	for i := 0; i <= maxDamaged; i++ {
+		many = append(many, notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr(fmt.Sprint("c", i))))
+	}
+	for _, c := range []struct {
+		name string
+		msgs []netlink.Message
+		want string
+	}{
+		{"a map flushed", []netlink.Message{
+			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
+			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
+		}, "[elements of service-ips]"},
+		{"a chain flushed, a rule added", []netlink.Message{
+			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
+			notif(nftMsgDestroyRule, v4, tbl, chainAttr("services")),
+			notif(unix.NFT_MSG_NEWRULE, v4, tbl, chainAttr("nat-prerouting")),
+		}, "[chain nat-prerouting chain services]"},
+		{"elements deleted and added", []netlink.Message{
+			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("cluster-ips")),
+			notif(unix.NFT_MSG_NEWSETELEM, v4, tbl, setAttr("cluster-ips")),
+			notif(nftMsgDestroySetElem, v4, tbl, setAttr("firewall-allow")),
+			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("affinity-tcp-10800")),
+		}, "[elements of cluster-ips elements of firewall-allow]"},
+		{"a chain deleted", []netlink.Message{
+			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
+			notif(unix.NFT_MSG_DELCHAIN, v4, tbl),
+		}, "the table"},
+		{"no table name", []netlink.Message{notif(unix.NFT_MSG_DELSETELEM, v4, setAttr("cluster-ips"))}, "the table"},
+		{"a rule without its chain", []netlink.Message{notif(unix.NFT_MSG_DELRULE, v4, tbl)}, "the table"},
+		{"too many objects", many, "the table"},
+	} {
+		d := txDecoder{family: v4}
+		var evs []txEvent
+		for _, m := range append(c.msgs, newGen(7)) {
+			if ev, ok := d.add(m); ok {
+				evs = append(evs, ev)
+			}
+		}
+		if len(evs) != 1 || !evs[0].touched || evs[0].dmg == nil {
+			t.Fatalf("%s: %+v, want one transaction touching our table", c.name, evs)
+		}
+		if got := evs[0].dmg.String(); got != c.want {
+			t.Errorf("%s: damage %s, want %s", c.name, got, c.want)
+		}
+		if c.name == "elements deleted and added" && (!evs[0].dmg.sets["cluster-ips"] || evs[0].dmg.sets["firewall-allow"]) {
+			t.Errorf("%s: added-to %v, want cluster-ips only", c.name, evs[0].dmg.sets)
+		}
+	}
+}
+
 // fakeConn delivers notification batches; a nil batch is an overflow.
 type fakeConn struct {
 	ch   chan []netlink.Message
@@ -271,11 +332,14 @@ func TestFakeWatch(t *testing.T) {
 				defer p.mu.Unlock()
 				return r.generation(ctx)
 			},
-			repair: func(what string) { repairs <- what },
+			repair: func(what, _ string) { repairs <- what },
 		})
 		close(done)
 	}()
-	ours := notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName))
+	// Narrow damage (one map's elements), so that a repair leaves the
+	// proxier synced and the next foreign transaction is judged too.
+	ours := notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
+		netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(mServiceIPs + "\x00")})
 	// expect sends a foreign transaction (a marker, generation 1001 on)
 	// and checks that the first repair that follows names want (the
 	// marker's own when want is ""), and then waits for the marker's.
@@ -331,7 +395,21 @@ func TestFakeWatch(t *testing.T) {
 	r.gen = marker + 5
 	p.mu.Unlock()
 	conn.ch <- nil
-	expect("an overflow after a foreign transaction", "lost")
+	select {
+	case got := <-repairs:
+		if !strings.Contains(got, "lost") {
+			t.Errorf("an overflow after a foreign transaction: repair %q, want it to name the loss", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an overflow after a foreign transaction: no repair")
+	}
+	// What was lost may be anything: the next sync is a full one.
+	p.mu.Lock()
+	synced := p.synced
+	p.mu.Unlock()
+	if synced {
+		t.Error("after lost notifications, the next sync is not a full one")
+	}
 	cancel()
 	<-done
 }
@@ -403,30 +481,87 @@ func TestKernelEvents(t *testing.T) {
 	sh(t, "nft", "delete element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 }")
 	none("changes to " + aff)
 
-	for _, damage := range []string{
-		"flush map ip svcproxy service-ips",
-		"delete element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 }",
-		"delete element ip svcproxy cluster-ips { 10.96.0.2 }",
-		"flush map ip svcproxy endpoints-ip-tcp",
-		"flush set ip svcproxy firewall-allow",
-		"flush chain ip svcproxy services",
-		"delete table ip svcproxy",
-		"flush ruleset",
+	// Narrow damage is repaired by rewriting what it names, over a
+	// partial sync; the rest by a full sync. Either way the table is
+	// what it was.
+	want := content(t, p.nft)
+	lb := ""
+	for c := range p.lbChains {
+		lb = c
+	}
+	for _, c := range []struct {
+		damage string
+		full   bool
+	}{
+		{"flush map ip svcproxy service-ips", false},
+		{"delete element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 }", false},
+		{"delete element ip svcproxy cluster-ips { 10.96.0.2 }", false},
+		{"flush map ip svcproxy endpoints-ip-tcp", false},
+		{"flush set ip svcproxy firewall-allow", false},
+		{"flush chain ip svcproxy services", false},
+		{"flush chain ip svcproxy " + lb, false},
+		{"add rule ip svcproxy services accept", false},
+		// A value changed: the map is flushed and refilled.
+		{"delete element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 }; add element ip svcproxy service-ips { 10.96.0.1 . tcp . 80 : drop }", false},
+		{"add element ip svcproxy cluster-ips { 10.96.0.200 }", false},
+		// Two objects in two transactions before the sync.
+		{"flush map ip svcproxy service-ips\nflush chain ip svcproxy services", false},
+		{"add chain ip svcproxy extra", true},
+		{"delete table ip svcproxy", true},
+		{"flush ruleset", true},
 	} {
 		start := time.Now()
-		sh(t, "nft", damage)
-		select {
-		case what := <-repairs:
-			t.Logf("%s: noticed after %v: %s", damage, time.Since(start).Round(time.Microsecond), what)
-		case <-time.After(time.Second):
-			t.Errorf("%s: not noticed within 1s", damage)
+		txs := strings.Split(c.damage, "\n")
+		for _, tx := range txs {
+			sh(t, "nft", tx)
 		}
-		p.ForceFullSync()
+		for range txs {
+			select {
+			case what := <-repairs:
+				t.Logf("%s: noticed after %v: %s", c.damage, time.Since(start).Round(time.Microsecond), what)
+			case <-time.After(time.Second):
+				t.Errorf("%s: not noticed within 1s", c.damage)
+			}
+		}
 		if err := p.Sync(ctx, &st3); err != nil {
-			t.Fatalf("repair after %s: %v", damage, err)
+			t.Fatalf("repair after %s: %v", c.damage, err)
 		}
-		none("our repair of " + damage)
+		if r := p.LastResult(); r.Full != c.full {
+			t.Errorf("%s: repaired by a full sync %v, want %v", c.damage, r.Full, c.full)
+		}
+		if d := diffLines(content(t, p.nft), want); d != "" {
+			t.Errorf("after repairing %s:\n%s", c.damage, d)
+		}
+		none("our repair of " + c.damage)
 	}
+	// A transaction of someone else's while a bulk write of ours has left
+	// the group goes unheard, and is found when it rejoins.
+	p.mu.Lock()
+	unmute := p.mute(ctx)
+	p.mu.Unlock()
+	if unmute == nil {
+		t.Fatal("the watcher's connection cannot be muted")
+	}
+	sh(t, "nft", "flush chain ip svcproxy services")
+	none("a foreign transaction while muted")
+	p.mu.Lock()
+	unmute()
+	p.mu.Unlock()
+	select {
+	case what := <-repairs:
+		if !strings.Contains(what, "may not be ours") {
+			t.Errorf("after a foreign transaction while muted: repair %q", what)
+		}
+	case <-time.After(time.Second):
+		t.Error("a foreign transaction while muted: not repaired")
+	}
+	if err := p.Sync(ctx, &st3); err != nil {
+		t.Fatal(err)
+	}
+	if d := diffLines(content(t, p.nft), want); d != "" {
+		t.Errorf("after repairing a change made while muted:\n%s", d)
+	}
+	none("our repair of a change made while muted")
 	if n := p.chk.overflows.Load(); n != 0 {
 		t.Errorf("%d overflows", n)
 	}
@@ -435,11 +570,12 @@ func TestKernelEvents(t *testing.T) {
 // kernelWatch runs p.watch on the namespace fd until the test ends and
 // returns the repairs it asks for.
 func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
-	return kernelWatchBuffer(tb, p, fd, eventBuffer)
+	return kernelWatchBuffer(tb, p, fd, eventBuffer, true)
 }
 
-// kernelWatchBuffer is kernelWatch with a receive buffer of buffer bytes.
-func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int) <-chan string {
+// kernelWatchBuffer is kernelWatch with a receive buffer of buffer bytes,
+// and bulk writes muted (mute.go) only when mute.
+func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int, mute bool) <-chan string {
 	ctx, cancel := context.WithCancel(context.Background())
 	repairs := make(chan string, 100)
 	done := make(chan struct{})
@@ -447,9 +583,19 @@ func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int) <-chan string 
 	gr.netns = fd
 	go func() {
 		p.watch(ctx, watcher{
-			dial:   func() (eventConn, error) { return dialEvents(fd, buffer) },
+			dial: func() (eventConn, error) {
+				c, err := dialEvents(fd, buffer)
+				if err != nil {
+					return nil, err
+				}
+				if !mute {
+					// Without JoinGroup and LeaveGroup: never muted.
+					return struct{ eventConn }{c}, nil
+				}
+				return c, nil
+			},
 			gen:    func() (uint32, error) { return gr.generation(ctx) },
-			repair: func(what string) { repairs <- what },
+			repair: func(what, _ string) { repairs <- what },
 		})
 		close(done)
 	}()
@@ -468,7 +614,7 @@ func TestKernelEventsOverflow(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
 	p, _ := kernelProxier(t, fd, testConfig(), nil)
-	repairs := kernelWatchBuffer(t, p, fd, 1) // the kernel's minimum, a few KB
+	repairs := kernelWatchBuffer(t, p, fd, 1, false) // the kernel's minimum, a few KB
 	st := scaleState(100)
 	for i := 0; i < 3; i++ {
 		if err := p.Sync(ctx, st); err != nil {

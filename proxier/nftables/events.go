@@ -1,11 +1,11 @@
 package nftables
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 	"syscall"
 	"time"
 
@@ -54,35 +54,63 @@ type txEvent struct {
 	touched bool // it changed our table in our family
 	pid     uint32
 	proc    string
+	// dmg is what it changed in our table (when touched).
+	dmg *damage
 }
 
 // txDecoder turns notifications into transactions.
 type txDecoder struct {
 	family  uint8
 	touched bool // the current transaction touched our table so far
+	dmg     damage
 }
 
+// tableName is TableName as notifications carry it.
+var tableName = []byte(TableName)
+
 // add takes one notification and returns the transaction it ends, if it is
-// a NEWGEN. It decodes one attribute of the first notification of a
-// transaction in our family that names our table, and none of the others (a
-// full sync of ours sends one per element).
+// a NEWGEN. Of a notification in our family it decodes the table name and
+// the chain or set name, without allocating unless the name differs from
+// the previous notification's (a full sync of ours sends one per element).
 func (d *txDecoder) add(m netlink.Message) (txEvent, bool) {
 	typ := uint16(m.Header.Type)
 	if typ>>8 != unix.NFNL_SUBSYS_NFTABLES || len(m.Data) < 4 {
 		return txEvent{}, false
 	}
 	if typ&0xff != unix.NFT_MSG_NEWGEN {
-		if !d.touched && m.Data[0] == d.family {
-			// NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,
-			// SET_ELEM_LIST_TABLE,OBJ_TABLE,FLOWTABLE_TABLE} are all 1.
-			// Without one, count it as ours, to be safe.
-			name, ok := attr(m.Data[4:], unix.NFTA_TABLE_NAME)
-			d.touched = !ok || str(name) == TableName && !dynamicElems(typ&0xff, m.Data[4:])
+		if m.Data[0] != d.family {
+			return txEvent{}, false
+		}
+		// NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,
+		// SET_ELEM_LIST_TABLE,OBJ_TABLE,FLOWTABLE_TABLE} are all 1.
+		// Without one, count it as ours, to be safe.
+		attrs := m.Data[4:]
+		msg := typ & 0xff
+		switch msg {
+		case nftMsgDestroyRule:
+			msg = unix.NFT_MSG_DELRULE
+		case nftMsgDestroySetElem:
+			msg = unix.NFT_MSG_DELSETELEM
+		}
+		name, ok := attr(attrs, unix.NFTA_TABLE_NAME)
+		switch {
+		case !ok:
+			d.touched = true
+			d.dmg.broad = true
+		case bytes.Equal(bytes.TrimRight(name, "\x00"), tableName) && !dynamicElems(msg, attrs):
+			d.touched = true
+			d.dmg.note(msg, attrs)
 		}
 		return txEvent{}, false
 	}
 	ev := txEvent{touched: d.touched}
+	if d.touched {
+		dmg := d.dmg
+		dmg.last = nil
+		ev.dmg = &dmg
+	}
 	d.touched = false
+	d.dmg = damage{last: d.dmg.last[:0]}
 	if a, err := attrsOf(m); err == nil {
 		ev.gen, _ = be32(a[unix.NFTA_GEN_ID])
 		ev.pid, _ = be32(a[unix.NFTA_GEN_PROC_PID])
@@ -91,8 +119,12 @@ func (d *txDecoder) add(m netlink.Message) (txEvent, bool) {
 	return ev, true
 }
 
-// nftMsgDestroySetElem is NFT_MSG_DESTROYSETELEM (Linux 6.3).
-const nftMsgDestroySetElem = 0x1a
+// NFT_MSG_DESTROYRULE and NFT_MSG_DESTROYSETELEM (Linux 6.3), should a
+// kernel notify them as such.
+const (
+	nftMsgDestroyRule    = 0x1c
+	nftMsgDestroySetElem = 0x1e
+)
 
 // dynamicElems reports a notification of elements added to or deleted from
 // an affinity map (see affinityMap): the packet path fills those and
@@ -100,14 +132,15 @@ const nftMsgDestroySetElem = 0x1a
 // the sync's to restore.
 func dynamicElems(msg uint16, attrs []byte) bool {
 	switch msg {
-	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM, nftMsgDestroySetElem:
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM:
 	default:
 		return false
 	}
 	set, ok := attr(attrs, unix.NFTA_SET_ELEM_LIST_SET)
-	name := str(set)
-	return ok && strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-")
+	return ok && bytes.HasPrefix(set, affinityPrefix) && !bytes.HasPrefix(set, affinityDestsPrefix)
 }
+
+var affinityPrefix, affinityDestsPrefix = []byte("affinity-"), []byte("affinity-dests-")
 
 // attr returns the value of the attribute typ in b, without allocating.
 func attr(b []byte, typ uint16) ([]byte, bool) {
@@ -254,8 +287,10 @@ type watcher struct {
 	dial func() (eventConn, error)
 	// gen reads the ruleset generation (on a connection of its own).
 	gen func() (uint32, error)
-	// repair is called with what was altered.
-	repair func(string)
+	// repair is called, once the next sync is set to rewrite what
+	// (what the table or a list of chains and sets), with what was
+	// altered.
+	repair func(what, rewrite string)
 }
 
 // judgement is what the reader hands the decider, in order: a transaction
@@ -280,17 +315,26 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 		for j := range judgements {
 			p.mu.Lock()
 			var what string
+			dmg := &damage{broad: true}
 			switch {
 			case !j.lost:
-				what = p.judge(j.tx)
+				what, dmg = p.judge(j.tx), j.tx.dmg
 			case !j.curOK:
 				what = "notifications lost, and the generation unreadable"
 			default:
 				what = p.lost(j.cur, j.from, j.fromOK)
 			}
+			var rewrite string
+			if what != "" {
+				p.noteDamage(dmg)
+				rewrite = "the table"
+				if p.damage != nil {
+					rewrite = p.damage.String()
+				}
+			}
 			p.mu.Unlock()
 			if what != "" {
-				w.repair(what)
+				w.repair(what, rewrite)
 			}
 		}
 	}()
@@ -324,6 +368,7 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		p.ev.attach(conn, judgements)
 		// What was committed before the subscription went unheard.
 		loss()
 		d.touched = false
@@ -354,12 +399,14 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 			for _, m := range msgs {
 				if ev, ok := d.add(m); ok {
 					seen, seenOK = ev.gen, true
+					p.ev.seen.Store(uint64(ev.gen) + 1)
 					if ev.touched {
 						judgements <- judgement{tx: ev}
 					}
 				}
 			}
 		}
+		p.ev.attach(nil, nil)
 		stop()
 		conn.Close()
 		loss()

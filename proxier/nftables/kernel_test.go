@@ -81,7 +81,7 @@ func kernelProxier(t *testing.T, fd int, cfg proxier.Config, cidrs []string) (*P
 }
 
 // content is the table's rules and elements, sorted, as knftables lists them.
-func content(t *testing.T, nft knftables.Interface) []string {
+func content(t testing.TB, nft knftables.Interface) []string {
 	t.Helper()
 	ctx := context.Background()
 	var out []string

@@ -49,6 +49,10 @@ type Proxier struct {
 	// (affinity.go); nil: full syncs start affinity afresh.
 	readAffinity affinityReader
 	chk          checkState // what Check remembers (check.go)
+	// damage is others' narrow damage the next sync repairs (repair.go).
+	damage *damage
+	// ev is the watcher's connection, which bulk writes mute (mute.go).
+	ev eventMute
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
 	runText func(ctx context.Context, write func(io.Writer) error) error
@@ -191,6 +195,20 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	textMode := p.runText != nil
 	pd := p.transaction(st, !textMode)
 	tx := pd.tx
+	if pd.full {
+		// It rewrites what others damaged too.
+		p.damage = nil
+	}
+	var unmute func()
+	if pd.full || tx.NumOperations() > muteAbove || len(pd.ops) > muteAbove || p.damage != nil && len(p.damage.sets) > 0 {
+		unmute = p.mute(ctx)
+	}
+	unlock := func() {
+		if unmute != nil {
+			unmute()
+		}
+		p.mu.Unlock()
+	}
 	var err error
 	gen, genOK := p.genBefore(ctx)
 	switch {
@@ -220,7 +238,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	}
 	if err != nil {
 		p.synced = false
-		p.mu.Unlock()
+		unlock()
 		if klog.V(4).Enabled() {
 			klog.InfoS("Failed nftables transaction", "family", p.cfg.Family, "transaction", tx.String())
 		}
@@ -228,8 +246,17 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	}
 	p.genAfter(ctx, gen, genOK, pd.full)
 	plan := pd.commit()
+	if d := p.damage; d != nil {
+		// Others' narrow damage, repaired over the table now up to date.
+		p.damage = nil
+		if err := p.repairDamage(ctx, d); err != nil {
+			p.synced = false
+			unlock()
+			return fmt.Errorf("%v nftables repair of %v: %w", p.cfg.Family, d, err)
+		}
+	}
 	after := slices.Clone(p.after)
-	p.mu.Unlock()
+	unlock()
 	if len(pd.staleAffinity) > 0 {
 		p.forgetAffinity(ctx, pd.staleAffinity)
 	}
