@@ -239,14 +239,7 @@ func (s *Syncer) Healthy() bool {
 	return s.health.status().Healthy
 }
 
-// Resync asks for a sync now, as if something changed. The flush monitor
-// uses it after it found the kernel's rules altered by someone else.
-func (s *Syncer) Resync() {
-	s.queue()
-}
-
-// ResyncNow asks for a sync at once: unlike Resync it does not wait out
-// MinSyncPeriod. The rule monitors use it to repair rules someone else
+// ResyncNow asks for a sync at once, without waiting out MinSyncPeriod. The rule monitors use it to repair rules someone else
 // altered.
 func (s *Syncer) ResyncNow() {
 	s.queue()
