@@ -19,16 +19,7 @@ import (
 func BenchmarkKernelRepair10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	p, err := NewKernel(testConfig(), []string{"10.96.0.0/16"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p.reader.(*netlinkReader).netns = fd
-	p.writer.netns = fd
-	st := scaleState(10000)
-	if err := p.Sync(ctx, st); err != nil {
-		b.Fatal(err)
-	}
+	p, st := benchKernel10k(b, fd)
 	repairs := kernelWatch(b, p, fd)
 	for _, c := range []struct {
 		name, cmd string
