@@ -25,11 +25,16 @@ func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 		SessionAffinity:       v1.ServiceAffinityClientIP,
 		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](900)}}}})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], harness.NodeName))
+	c.waitDNATs(svc, "tcp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	pinned := func(what string) string {
 		var pod string
 		c.eventually(what, func() string {
 			rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+			// Every attempt answered by a backend (a refusal is no pin).
+			if m := landed(rs, backends, client.IP, ""); m != "" {
+				return m
+			}
 			tally := harness.Tally(rs)
 			if len(tally) != 1 || len(rs) != 10 {
 				return "spread over " + harness.FormatTally(tally)

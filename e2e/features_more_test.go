@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -355,22 +354,13 @@ func TestSessionAffinityEndpointRemoved(t *testing.T) {
 // TestSessionAffinityAcrossAddresses: kube-proxy keys ClientIP affinity by
 // the client's IP per service port and endpoint (iptables: one recent list
 // per KUBE-SEP chain, reached from the ClusterIP and the NodePort alike;
-// nftables: one affinity set per endpoint chain, matched on ip saddr in
-// the service chain that every address of the Service port goes to). So a
-// client pinned through the ClusterIP lands on the same endpoint through
-// the NodePort.
+// upstream nftables: one affinity set per endpoint chain, matched on ip
+// saddr in the service chain that every address of the Service port goes
+// to; svcproxy's nftables mode: the entry written under every address of
+// the Service port). So a client pinned through the ClusterIP lands on the
+// same endpoint through the NodePort.
 func TestSessionAffinityAcrossAddresses(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode == "nftables" && os.Getenv("SVCPROXY_E2E_KNOWN_BUGS") == "" {
-		// Known bug (set SVCPROXY_E2E_KNOWN_BUGS=1 to see it fail): the
-		// nftables backend keys its affinity maps by client IP, service
-		// address and port (proxier/nftables/layout.go, the pick chains'
-		// "ip saddr . ip daddr . th dport map @affinity-*" lookup and
-		// affinity-record's "update @affinity-* { ip saddr . ct original
-		// ip daddr . ct original proto-dst : ... }"), so the ClusterIP and
-		// the NodePort of one Service port have separate affinities.
-		t.Skip("known bug in nftables mode: ClientIP affinity is per service address, not per Service port as in kube-proxy (proxier/nftables/layout.go affinity maps keyed by ip daddr . th dport)")
-	}
 	const timeout = 2 * time.Second
 	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-shared"}, Spec: v1.ServiceSpec{
 		Type:                  v1.ServiceTypeNodePort,

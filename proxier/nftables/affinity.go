@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -45,24 +46,26 @@ func affinityEndpoints(r *svcRender) map[[2]string]bool {
 }
 
 // staleAffinityOf compares a service's render before and after a sync (after
-// is nil when the service went away) and returns what to forget, or nil.
-func staleAffinityOf(before, after *svcRender) *staleAffinity {
+// is nil when the service went away) and returns what to forget (in its
+// map and in the local pools' map), or nil.
+func staleAffinityOf(before, after *svcRender) []*staleAffinity {
 	if before == nil || before.affinity == nil {
 		return nil
 	}
-	set := affinitySet(before.affinity.proto, before.affinity.timeout)
-	s := &staleAffinity{mapName: affinityMap(before.affinity.proto, before.affinity.timeout), dests: map[[2]string]bool{}, live: map[[2]string]bool{}}
-	for _, e := range before.elems {
-		if e.set == set && len(e.key) == 2 {
-			s.dests[[2]string{e.key[0], e.key[1]}] = true
-		}
+	dests, live := map[[2]string]bool{}, map[[2]string]bool{}
+	for _, d := range before.affDests {
+		dests[d] = true
 	}
 	if after != nil && after.affinity != nil && *after.affinity == *before.affinity {
-		s.live = affinityEndpoints(after)
+		live = affinityEndpoints(after)
 	}
 	for ep := range affinityEndpoints(before) {
-		if !s.live[ep] {
-			return s
+		if !live[ep] {
+			a := before.affinity
+			return []*staleAffinity{
+				{mapName: affinityMap(a.proto, a.timeout), dests: dests, live: live},
+				{mapName: affinityLocalMap(a.proto, a.timeout), dests: dests, live: live},
+			}
 		}
 	}
 	return nil
@@ -85,16 +88,12 @@ func staleAffinities(removed []*svcRender, changed []*proxier.Service, renders m
 	var out []*staleAffinity
 	for _, svc := range changed {
 		if old, ok := before[svc.Name]; ok {
-			if s := staleAffinityOf(old, renders[svc]); s != nil {
-				out = append(out, s)
-			}
+			out = append(out, staleAffinityOf(old, renders[svc])...)
 			delete(before, svc.Name)
 		}
 	}
 	for _, old := range before {
-		if s := staleAffinityOf(old, nil); s != nil {
-			out = append(out, s)
-		}
+		out = append(out, staleAffinityOf(old, nil)...)
 	}
 	return out
 }
@@ -125,15 +124,17 @@ func (p *Proxier) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
 	}
 }
 
-func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*staleAffinity) (int, error) {
+// staleEntries reads the affinity map name and returns the keys of the
+// entries ss names.
+func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffinity) ([][]string, error) {
 	elems, err := p.nft.ListElements(ctx, "map", name)
 	if knftables.IsNotFound(err) {
-		return 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	tx := p.nft.NewTransaction()
+	var keys [][]string
 	for _, e := range elems {
 		if len(e.Key) != 3 || len(e.Value) != 2 {
 			continue
@@ -141,13 +142,44 @@ func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*sta
 		dest, ep := [2]string{e.Key[1], e.Key[2]}, [2]string{e.Value[0], e.Value[1]}
 		for _, s := range ss {
 			if s.dests[dest] && !s.live[ep] {
-				tx.Delete(&knftables.Element{Map: name, Key: e.Key})
+				keys = append(keys, e.Key)
 				break
 			}
 		}
 	}
-	if tx.NumOperations() == 0 {
-		return 0, nil
+	return keys, nil
+}
+
+// staleAffinityOps returns the deletion of the entries stale names, to go
+// into the same netlink batch as the sync that removes their endpoints (so
+// that no new connection follows an entry to an endpoint already gone). ok
+// is false when a map could not be read.
+func (p *Proxier) staleAffinityOps(ctx context.Context, stale []*staleAffinity) (ops []elemOp, ok bool) {
+	byMap := map[string][]*staleAffinity{}
+	for _, s := range stale {
+		byMap[s.mapName] = append(byMap[s.mapName], s)
+	}
+	names := slices.Sorted(maps.Keys(byMap))
+	for _, name := range names {
+		keys, err := p.staleEntries(ctx, name, byMap[name])
+		if err != nil {
+			return nil, false
+		}
+		for _, k := range keys {
+			ops = append(ops, elemOp{e: elem{set: name, key: k}})
+		}
+	}
+	return ops, true
+}
+
+func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*staleAffinity) (int, error) {
+	keys, err := p.staleEntries(ctx, name, ss)
+	if err != nil || len(keys) == 0 {
+		return 0, err
+	}
+	tx := p.nft.NewTransaction()
+	for _, k := range keys {
+		tx.Delete(&knftables.Element{Map: name, Key: k})
 	}
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return 0, fmt.Errorf("delete %d entries: %w", tx.NumOperations(), err)
@@ -280,15 +312,13 @@ func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
 		if r.affinity == nil {
 			continue
 		}
-		name := affinityMap(r.affinity.proto, r.affinity.timeout)
-		if byMap[name] == nil {
-			byMap[name] = map[[2]string]map[[2]string]bool{}
-		}
 		live := affinityEndpoints(r)
-		set := affinitySet(r.affinity.proto, r.affinity.timeout)
-		for _, e := range r.elems {
-			if e.set == set && len(e.key) == 2 {
-				byMap[name][[2]string{e.key[0], e.key[1]}] = live
+		for _, name := range []string{affinityMap(r.affinity.proto, r.affinity.timeout), affinityLocalMap(r.affinity.proto, r.affinity.timeout)} {
+			if byMap[name] == nil {
+				byMap[name] = map[[2]string]map[[2]string]bool{}
+			}
+			for _, d := range r.affDests {
+				byMap[name][d] = live
 			}
 		}
 	}
@@ -310,7 +340,7 @@ func (p *Proxier) pruneAffinity(ctx context.Context, renders map[*proxier.Servic
 	byMap := validAffinity(renders)
 	var names []string
 	for name := range shape.sets {
-		if shape.maps[name] && strings.HasPrefix(name, "affinity-") {
+		if shape.maps[name] && strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-") {
 			names = append(names, name)
 		}
 	}

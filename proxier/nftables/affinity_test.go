@@ -21,19 +21,22 @@ func stickyState(eps ...proxier.Endpoint) *proxier.State {
 func TestStaleAffinityOf(t *testing.T) {
 	cfg := testConfig()
 	render := func(st *proxier.State) *svcRender {
-		return renderAll(cfg, st, st.Services[:1])[0]
+		return renderAll(cfg, st, st.Services[:1], false)[0]
 	}
 	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
 	three, two, grown := render(stickyState(a, b, c)), render(stickyState(a, c)), render(stickyState(a, b, c, ep("10.244.2.9", 8080, false)))
 	if s := staleAffinityOf(three, grown); s != nil {
 		t.Errorf("an endpoint added: %+v, want nothing to forget", s)
 	}
-	s := staleAffinityOf(three, two)
-	if s == nil || s.mapName != affinityMap(proxier.TCP, 600) || !s.dests[[2]string{"10.96.0.9", "80"}] ||
+	ss := staleAffinityOf(three, two)
+	if len(ss) != 2 || ss[0].mapName != affinityMap(proxier.TCP, 600) || ss[1].mapName != affinityLocalMap(proxier.TCP, 600) {
+		t.Fatalf("an endpoint removed: %+v, want the entries of both maps", ss)
+	}
+	if s := ss[0]; !s.dests[[2]string{"10.96.0.9", "80"}] ||
 		!s.live[[2]string{"10.244.1.2", "8080"}] || s.live[[2]string{"10.244.1.3", "8080"}] {
 		t.Fatalf("an endpoint removed: %+v", s)
 	}
-	if s := staleAffinityOf(three, nil); s == nil || len(s.live) != 0 {
+	if s := staleAffinityOf(three, nil); len(s) != 2 || len(s[0].live) != 0 {
 		t.Errorf("service removed: %+v, want every entry forgotten", s)
 	}
 	plain := render(&proxier.State{Family: proxier.IPv4, Services: []*proxier.Service{svc("ns", "p", proxier.TCP, "10.96.0.5", 80, a, b)}})
@@ -80,6 +83,37 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	want := []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080", "10.0.0.8 . 10.96.0.9 . 80 : 10.244.1.2 . 8080"}
 	if !slices.Equal(got, want) {
 		t.Errorf("affinity entries after b left:\n got %q\nwant %q", got, want)
+	}
+
+	// An endpoint replaced (the count unchanged: elements only): the
+	// entries pinned to it go in the same netlink batch, one transaction,
+	// so no new connection follows them to the endpoint gone.
+	d := ep("10.244.2.9", 8080, false)
+	st3 := st2
+	st3.Services = slices.Clone(st2.Services)
+	st3.Services[0] = stickyState(d, c).Services[0]
+	g0, err := p.reader.generation(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches := p.writer.batches
+	if err := p.Sync(ctx, &st3); err != nil {
+		t.Fatal(err)
+	}
+	g1, _ := p.reader.generation(ctx)
+	if p.writer.batches != batches+1 || g1 != g0+1 {
+		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.writer.batches-batches, g1-g0)
+	}
+	elems, err = nft.ListElements(ctx, "map", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, e := range elems {
+		got = append(got, strings.Join(e.Key, " . ")+" : "+strings.Join(e.Value, " . "))
+	}
+	if want := []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080"}; !slices.Equal(got, want) {
+		t.Errorf("affinity entries after a was replaced:\n got %q\nwant %q", got, want)
 	}
 }
 

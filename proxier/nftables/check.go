@@ -126,6 +126,9 @@ func (p *Proxier) expectedShape() *tableShape {
 	for lb := range p.lbChains {
 		want.chains[lb] = 1
 	}
+	for c, rules := range p.affChains {
+		want.chains[c] = len(rules)
+	}
 	for _, s := range p.skel.sets {
 		want.sets[s.Name] = true
 	}

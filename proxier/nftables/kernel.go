@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -67,7 +68,32 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	p.runText = execNFT
 	p.writer = newElemWriter(cfg.Family)
 	p.readAffinity = execReadAffinity
+	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
+		p.noAffinity = true
+		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
+	}
 	return p, nil
+}
+
+// ipv6AffinityWorks checks (nft -c, nothing committed) that nft can write
+// the IPv6 form of an affinity record chain's rule.
+func ipv6AffinityWorks(ctx context.Context) bool {
+	cmd := exec.CommandContext(ctx, "nft", "-c", "-f", "-")
+	cmd.Stdin = strings.NewReader(`table ip6 svcproxy-probe {
+	map m { typeof ip6 saddr . ip6 daddr . th dport : ip6 daddr . tcp dport; flags dynamic,timeout; timeout 1s; }
+	chain c { update @m { ip6 saddr . fd00::1 . 80 : ip6 daddr . th dport }; }
+}
+`)
+	return cmd.Run() == nil
+}
+
+// nftVersion is nft's own account of its version, for logs.
+func nftVersion(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "nft", "--version").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // deleteTables deletes the named table in the ip and ip6 families, where it

@@ -81,6 +81,7 @@ var (
 )
 
 func (p pool) pickChain() string { return "pick-" + p.name }
+func (p pool) local() bool       { return strings.HasSuffix(p.name, "-local") }
 func (p pool) countMap() string  { return "count-" + p.name }
 
 // protocols are the Service protocols. Endpoint maps and lb chains are per
@@ -123,17 +124,50 @@ const (
 	sHairpin            = "hairpin"
 )
 
+// Session affinity is per Service port, as kube-proxy's (whose recent
+// lists are per endpoint chain, reached from every address of the Service
+// port): a client pinned through the ClusterIP stays on its endpoint
+// through the NodePort or an external IP. The pick chains look a client up
+// by (saddr . daddr . dport), with the packet's own destination; so when a
+// new connection of a Service port with affinity has been DNATed, its
+// record chain (one per such Service port, reached from the
+// affinity-dests vmap by the original destination) writes the client's
+// entry under every destination of the Service port at once. nft 1.0.6
+// cannot look a map up with constants in the key, but it can update one
+// so.
+//
+// Local traffic policies must not reuse an entry that points to a remote
+// endpoint: the local pools look clients up in a map of their own,
+// written only when the endpoint chosen is one of this node's
+// (affinity-dests-local-eps).
+
 // affinityMap is the dynamic map remembering the endpoint each client was
 // sent to, per protocol and timeout.
 func affinityMap(proto proxier.Protocol, timeout int32) string {
 	return fmt.Sprintf("affinity-%s-%d", proto.Lower(), timeout)
 }
 
-// affinitySet holds the destinations (daddr . dport) whose affinity is
-// recorded in affinityMap(proto, timeout).
-func affinitySet(proto proxier.Protocol, timeout int32) string {
+// affinityLocalMap is affinityMap for the local pools: only endpoints on
+// this node.
+func affinityLocalMap(proto proxier.Protocol, timeout int32) string {
+	return fmt.Sprintf("affinity-local-%s-%d", proto.Lower(), timeout)
+}
+
+// affinityDests maps the original destinations (daddr . dport) of the
+// Service ports whose affinity is kept in affinityMap(proto, timeout) to
+// their record chains.
+func affinityDests(proto proxier.Protocol, timeout int32) string {
 	return fmt.Sprintf("affinity-dests-%s-%d", proto.Lower(), timeout)
 }
+
+// sAffinityLocalEPs holds the endpoints on this node (addr . proto . port)
+// of Service ports with affinity and a Local traffic policy.
+const sAffinityLocalEPs = "affinity-dests-local-eps"
+
+// affinityChainPrefix starts the name of a Service port's record chain.
+const affinityChainPrefix = "affinity-rec-"
+
+func isAffinityChain(name string) bool { return strings.HasPrefix(name, affinityChainPrefix) }
 
 // fam is the per-family spelling of types and expressions.
 type fam struct {
@@ -249,12 +283,17 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 		add(&knftables.Chain{Name: lc.name}, rules...)
 	}
 
-	// Pick chains: affinity first, then the endpoint count.
+	// Pick chains: affinity first (a client with an entry is DNATed to its
+	// endpoint), then the endpoint count.
 	for _, p := range pools {
 		var rules []string
 		for _, a := range affinity {
-			rules = append(rules, fmt.Sprintf("meta l4proto %s %s daddr . th dport @%s dnat %s to %s saddr . %s daddr . th dport map @%s",
-				a.proto.Lower(), f.ip, affinitySet(a.proto, a.timeout), f.ip, f.ip, f.ip, affinityMap(a.proto, a.timeout)))
+			m := affinityMap(a.proto, a.timeout)
+			if p.local() {
+				m = affinityLocalMap(a.proto, a.timeout)
+			}
+			rules = append(rules, fmt.Sprintf("meta l4proto %s dnat %s to %s saddr . %s daddr . th dport map @%s",
+				a.proto.Lower(), f.ip, f.ip, f.ip, m))
 		}
 		rules = append(rules, p.keyExpr(f)+" vmap @"+p.countMap())
 		add(&knftables.Chain{Name: p.pickChain()}, rules...)
@@ -262,8 +301,8 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	if len(affinity) > 0 {
 		var rules []string
 		for _, a := range affinity {
-			rules = append(rules, fmt.Sprintf("meta l4proto %s ct original %s daddr . ct original proto-dst @%s update @%s { %s saddr . ct original %s daddr . ct original proto-dst : %s daddr . th dport }",
-				a.proto.Lower(), f.ip, affinitySet(a.proto, a.timeout), affinityMap(a.proto, a.timeout), f.ip, f.ip, f.ip))
+			rules = append(rules, fmt.Sprintf("meta l4proto %s ct original %s daddr . ct original proto-dst vmap @%s",
+				a.proto.Lower(), f.ip, affinityDests(a.proto, a.timeout)))
 		}
 		add(&knftables.Chain{Name: chAffinityRecord}, rules...)
 	}
@@ -304,12 +343,17 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 		&knftables.Set{Name: sFirewallAllow, Type: svcKey + " . " + f.addr, Flags: []knftables.SetFlag{knftables.IntervalFlag}},
 		&knftables.Set{Name: sHairpin, Type: f.addr + " . " + f.addr},
 	)
+	if len(affinity) > 0 {
+		sk.sets = append(sk.sets, &knftables.Set{Name: sAffinityLocalEPs, Type: svcKey})
+	}
 	for _, a := range affinity {
-		sk.sets = append(sk.sets, &knftables.Set{Name: affinitySet(a.proto, a.timeout), TypeOf: f.ip + " daddr . th dport"})
-		sk.maps = append(sk.maps, &knftables.Map{Name: affinityMap(a.proto, a.timeout),
-			TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . " + a.proto.Lower() + " dport",
-			Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
-			Timeout: ptr(secondsDuration(a.timeout))})
+		sk.maps = append(sk.maps, &knftables.Map{Name: affinityDests(a.proto, a.timeout), TypeOf: f.ip + " daddr . th dport : verdict"})
+		for _, m := range []string{affinityMap(a.proto, a.timeout), affinityLocalMap(a.proto, a.timeout)} {
+			sk.maps = append(sk.maps, &knftables.Map{Name: m,
+				TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . " + a.proto.Lower() + " dport",
+				Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+				Timeout: ptr(secondsDuration(a.timeout))})
+		}
 	}
 	return sk
 }

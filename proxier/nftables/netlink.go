@@ -39,8 +39,15 @@ func setLayout(name string) (key, value []field, verdict, ok bool) {
 		return []field{fAddr, fProto, fPort}, nil, false, true
 	case name == sHairpin:
 		return []field{fAddr, fAddr}, nil, false, true
+	case strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-"):
+		// The dynamic affinity maps: client . daddr . dport → endpoint
+		// (written here only to delete entries).
+		return []field{fAddr, fAddr, fPort}, []field{fAddr, fPort}, false, true
+	case name == sAffinityLocalEPs:
+		return []field{fAddr, fProto, fPort}, nil, false, true
 	case strings.HasPrefix(name, "affinity-dests-"):
-		return []field{fAddr, fPort}, nil, false, true
+		// A vmap: daddr . dport → goto the record chain.
+		return []field{fAddr, fPort}, nil, true, true
 	case name == mServiceIPs || name == mNoEndpointServices || name == poolIP.countMap() || name == poolIPLocal.countMap():
 		return []field{fAddr, fProto, fPort}, nil, true, true
 	case name == mServiceNodePorts || name == mNoEndpointNodePort || name == poolNP.countMap() || name == poolNPLocal.countMap():

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"runtime"
 	"slices"
 	"sort"
@@ -53,6 +54,9 @@ type Proxier struct {
 	damage *damage
 	// ev is the watcher's connection, which bulk writes mute (mute.go).
 	ev eventMute
+	// noAffinity: this nft cannot write the affinity rules of the family
+	// (see ipv6AffinityWorks); Services are balanced without affinity.
+	noAffinity bool
 	// runText runs a transaction given as nft -f text (full syncs); nil:
 	// every transaction goes through nft.Run.
 	runText func(ctx context.Context, write func(io.Writer) error) error
@@ -62,8 +66,11 @@ type Proxier struct {
 	elems    map[string]*elemRef
 	lbChains map[string]int
 	affinity map[affinityKey]int
-	last     SyncResult
-	after    []func(*proxier.Plan) error
+	// affChains are the record chains of the Service ports with affinity
+	// (name → rules).
+	affChains map[string][]string
+	last      SyncResult
+	after     []func(*proxier.Plan) error
 }
 
 type elemRef struct {
@@ -142,9 +149,11 @@ type pending struct {
 	// the affinity entries a full sync writes back (see carriedAffinity).
 	renders map[*proxier.Service]*svcRender
 	carried []string
-	// sk and lbChains are the skeleton and lb chains of a full sync.
-	sk       *skeleton
-	lbChains map[string]int
+	// sk, lbChains and affChains are the skeleton, lb chains and
+	// affinity record chains of a full sync.
+	sk        *skeleton
+	lbChains  map[string]int
+	affChains map[string][]string
 	// err is the error of a refill that got under way; refilled says
 	// one ran (and kept the affinity maps).
 	err      error
@@ -209,6 +218,24 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		}
 		p.mu.Unlock()
 	}
+	// Affinity entries pinned to endpoints this partial sync removes go in
+	// its netlink batch (else they are deleted after it).
+	var affOps []elemOp
+	forgotten, affInTx := false, false
+	switch {
+	case pd.full || len(pd.staleAffinity) == 0:
+	case pd.ops != nil && p.writer != nil:
+		affOps, forgotten = p.staleAffinityOps(ctx, pd.staleAffinity)
+	case tx.NumOperations() > 0:
+		// Or in its nft transaction.
+		var ops []elemOp
+		if ops, forgotten = p.staleAffinityOps(ctx, pd.staleAffinity); forgotten {
+			for _, op := range ops {
+				tx.Delete(&knftables.Element{Map: op.e.set, Key: op.e.key})
+			}
+			affInTx = len(ops) > 0
+		}
+	}
 	var err error
 	gen, genOK := p.genBefore(ctx)
 	switch {
@@ -232,9 +259,25 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		err = p.runText(ctx, func(w io.Writer) error { return p.writeText(w, pd) })
 	case tx.NumOperations() == 0:
 	case pd.ops != nil && p.writer != nil:
-		err = p.writer.apply(pd.ops)
+		err = p.writer.apply(append(pd.ops[:len(pd.ops):len(pd.ops)], affOps...))
+		if err != nil && len(affOps) > 0 {
+			// An entry may have timed out since it was read: without
+			// them, and forget them afterwards.
+			// The failed batch committed nothing.
+			forgotten = false
+			err = p.writer.apply(pd.ops)
+		}
 	default:
 		err = p.nft.Run(ctx, tx)
+		if err != nil && affInTx {
+			// An entry may have timed out since it was read: the same
+			// sync without them (nothing was committed), and forget
+			// them afterwards.
+			forgotten = false
+			pd = p.transaction(st, !textMode)
+			tx = pd.tx
+			err = p.nft.Run(ctx, tx)
+		}
 	}
 	if err != nil {
 		p.synced = false
@@ -257,7 +300,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	}
 	after := slices.Clone(p.after)
 	unlock()
-	if len(pd.staleAffinity) > 0 {
+	if len(pd.staleAffinity) > 0 && !forgotten {
 		p.forgetAffinity(ctx, pd.staleAffinity)
 	}
 	if pd.refilled && p.readAffinity != nil {
@@ -294,7 +337,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		}
 		changed = append(changed, svc)
 	}
-	for i, r := range renderAll(p.cfg, st, changed) {
+	for i, r := range renderAll(p.cfg, st, changed, p.noAffinity) {
 		renders[changed[i]] = r
 	}
 	for _, svc := range st.Services {
@@ -325,6 +368,43 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		addRender(elems, lbChains, affinity, cidrR, 1)
 	} else {
 		elems, lbChains, affinity = p.elems, p.lbChains, p.affinity
+	}
+
+	affChains := p.affChains
+	if full {
+		affChains = map[string][]string{}
+		for _, r := range renders {
+			if r.affChain != "" {
+				affChains[r.affChain] = r.affRules
+			}
+		}
+	} else {
+		touched := false
+		for _, r := range removed {
+			touched = touched || r.affChain != ""
+		}
+		for _, svc := range changed {
+			touched = touched || renders[svc].affChain != "" || p.services[svc] != nil && p.services[svc].affChain != ""
+		}
+		if touched {
+			affChains = maps.Clone(p.affChains)
+			if affChains == nil {
+				affChains = map[string][]string{}
+			}
+			for _, r := range removed {
+				delete(affChains, r.affChain)
+			}
+			for _, svc := range changed {
+				if old := p.services[svc]; old != nil {
+					delete(affChains, old.affChain)
+				}
+			}
+			for _, svc := range changed {
+				if r := renders[svc]; r.affChain != "" {
+					affChains[r.affChain] = r.affRules
+				}
+			}
+		}
 	}
 
 	// The delta of a partial sync, computed without touching the index.
@@ -404,7 +484,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	var ops []elemOp // a partial sync's element changes, as tx has them
 	elemOnly := false
 	if full {
-		p.writeFull(tx, sk, elems, lbChains, elemsInTx)
+		p.writeFull(tx, sk, dynChains(p.f, lbChains, affChains), elems, elemsInTx)
 	} else {
 		// New lb chains first, so elements can refer to them; stale ones
 		// last, once no element refers to them.
@@ -420,9 +500,26 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		}
 		slices.Sort(newLB)
 		slices.Sort(staleLB)
-		elemOnly = len(newLB) == 0 && len(staleLB) == 0
+		// Record chains created or rewritten first too, deleted last.
+		var newRec, staleRec []string
+		for c, rules := range affChains {
+			if old, ok := p.affChains[c]; !ok || !slices.Equal(old, rules) {
+				newRec = append(newRec, c)
+			}
+		}
+		for c := range p.affChains {
+			if _, ok := affChains[c]; !ok {
+				staleRec = append(staleRec, c)
+			}
+		}
+		slices.Sort(newRec)
+		slices.Sort(staleRec)
+		elemOnly = len(newLB) == 0 && len(staleLB) == 0 && len(newRec) == 0 && len(staleRec) == 0
 		for _, lb := range newLB {
-			p.addLBChain(tx, lb)
+			addChain(tx, lb, dynRules(p.f, lb, nil))
+		}
+		for _, c := range newRec {
+			addChain(tx, c, affChains[c])
 		}
 		ids := make([]string, 0, len(delta))
 		for id := range delta {
@@ -457,6 +554,10 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		for _, lb := range staleLB {
 			tx.Delete(&knftables.Chain{Name: lb})
 		}
+		for _, c := range staleRec {
+			tx.Flush(&knftables.Chain{Name: c})
+			tx.Delete(&knftables.Chain{Name: c})
+		}
 	}
 	res.Operations = tx.NumOperations()
 
@@ -489,7 +590,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		} else {
 			p.lastFull = p.now()
 		}
-		p.elems, p.lbChains, p.affinity = elems, lbChains, affinity
+		p.elems, p.lbChains, p.affinity, p.affChains = elems, lbChains, affinity, affChains
 		res.Elements = len(elems)
 		p.services = renders
 		p.cidrs = cidrR
@@ -501,7 +602,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	}
 	pd := &pending{tx: tx, full: full, commit: commit, staleAffinity: staleAff}
 	if full {
-		pd.renders, pd.sk, pd.lbChains = renders, sk, lbChains
+		pd.renders, pd.sk, pd.lbChains, pd.affChains = renders, sk, lbChains, affChains
 	}
 	if elemOnly && netlinkWritable(ops) {
 		pd.ops = ops
@@ -533,7 +634,7 @@ func addRender(elems map[string]*elemRef, lb map[string]int, aff map[affinityKey
 
 // writeFull replaces the whole table, atomically: packets see either the old
 // table or the new one, never none.
-func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[string]*elemRef, lbChains map[string]int, withElems bool) {
+func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, dyn []dynChain, elems map[string]*elemRef, withElems bool) {
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
 	tx.Delete(&knftables.Table{})
@@ -541,13 +642,8 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 	for _, c := range sk.chains {
 		tx.Add(c)
 	}
-	var lbs []string
-	for lb := range lbChains {
-		lbs = append(lbs, lb)
-	}
-	slices.Sort(lbs)
-	for _, lb := range lbs {
-		tx.Add(&knftables.Chain{Name: lb})
+	for _, c := range dyn {
+		tx.Add(&knftables.Chain{Name: c.name})
 	}
 	for _, s := range sk.sets {
 		tx.Add(s)
@@ -560,9 +656,10 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 			tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
 		}
 	}
-	for _, lb := range lbs {
-		pl, proto, k, _ := lbChainPool(lb)
-		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
+	for _, c := range dyn {
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
+		}
 	}
 	for _, e := range sk.elems {
 		tx.Add(p.element(e))
@@ -580,20 +677,51 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, elems map[s
 	}
 }
 
-func (p *Proxier) addLBChain(tx *knftables.Transaction, lb string) {
-	pl, proto, k, _ := lbChainPool(lb)
-	tx.Add(&knftables.Chain{Name: lb})
-	tx.Flush(&knftables.Chain{Name: lb})
-	tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
+// dynChain is a chain outside the skeleton: an lb chain (its rule follows
+// from its name) or an affinity record chain.
+type dynChain struct {
+	name  string
+	rules []string
+}
+
+// dynChains lists the lb chains and affinity record chains, sorted.
+func dynChains(f fam, lbChains map[string]int, affChains map[string][]string) []dynChain {
+	out := make([]dynChain, 0, len(lbChains)+len(affChains))
+	for lb := range lbChains {
+		out = append(out, dynChain{lb, dynRules(f, lb, nil)})
+	}
+	for c, rules := range affChains {
+		out = append(out, dynChain{c, rules})
+	}
+	slices.SortFunc(out, func(a, b dynChain) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// dynRules returns the rules of the dynamic chain name: an lb chain's from
+// its name, a record chain's from affChains.
+func dynRules(f fam, name string, affChains map[string][]string) []string {
+	if pl, proto, k, ok := lbChainPool(name); ok {
+		return []string{lbRule(f, pl, proto, k)}
+	}
+	return affChains[name]
+}
+
+// addChain creates chain name (or empties it) and gives it rules.
+func addChain(tx *knftables.Transaction, name string, rules []string) {
+	tx.Add(&knftables.Chain{Name: name})
+	tx.Flush(&knftables.Chain{Name: name})
+	for _, r := range rules {
+		tx.Add(&knftables.Rule{Chain: name, Rule: r})
+	}
 }
 
 // isMap reports whether name is a map (elements carry values).
 func isMap(name string) bool {
 	switch name {
-	case sClusterIPs, sServiceCIDRs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin:
+	case sClusterIPs, sServiceCIDRs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin, sAffinityLocalEPs:
 		return false
 	}
-	return !strings.HasPrefix(name, "affinity-dests-")
+	return true
 }
 
 func (p *Proxier) element(e elem) *knftables.Element {
@@ -631,8 +759,9 @@ func deref[T any](v *T) any {
 	return *v
 }
 
-// renderAll plans and renders svcs, on every CPU when there are many.
-func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service) []*svcRender {
+// renderAll plans and renders svcs, on every CPU when there are many;
+// without session affinity when noAffinity.
+func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, noAffinity bool) []*svcRender {
 	out := make([]*svcRender, len(svcs))
 	workers := runtime.GOMAXPROCS(0)
 	if len(svcs) < 1000 || workers < 2 {
@@ -645,7 +774,7 @@ func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service) [
 			defer wg.Done()
 			for i := w; i < len(svcs); i += workers {
 				sp := proxier.PlanService(cfg, st, svcs[i])
-				out[i] = renderService(cfg, &sp)
+				out[i] = renderService(cfg, &sp, noAffinity)
 			}
 		}(w)
 	}

@@ -60,21 +60,17 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	tx := p.nft.NewTransaction()
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
-	lbs := make([]string, 0, len(pd.lbChains))
-	for lb := range pd.lbChains {
-		lbs = append(lbs, lb)
-	}
-	slices.Sort(lbs)
+	dyn := dynChains(p.f, pd.lbChains, pd.affChains)
 	want := map[string]bool{}
 	for _, c := range sk.chains {
 		tx.Add(c)
 		tx.Flush(c)
 		want[c.Name] = true
 	}
-	for _, lb := range lbs {
-		tx.Add(&knftables.Chain{Name: lb})
-		tx.Flush(&knftables.Chain{Name: lb})
-		want[lb] = true
+	for _, c := range dyn {
+		tx.Add(&knftables.Chain{Name: c.name})
+		tx.Flush(&knftables.Chain{Name: c.name})
+		want[c.name] = true
 	}
 	var netlinkSets []string
 	textSet := map[string]bool{}
@@ -107,9 +103,10 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 			tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
 		}
 	}
-	for _, lb := range lbs {
-		pl, proto, k, _ := lbChainPool(lb)
-		tx.Add(&knftables.Rule{Chain: lb, Rule: lbRule(p.f, pl, proto, k)})
+	for _, c := range dyn {
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
+		}
 	}
 	bySet := map[string][]elemOp{}
 	add := func(e elem) {
@@ -163,11 +160,11 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	}
 	slices.Sort(staleChains)
 	slices.Sort(staleSets)
+	// Stale chains are emptied first (their rules may name stale sets),
+	// then stale sets and maps deleted (their elements may jump to stale
+	// chains), then the chains.
 	for _, c := range staleChains {
 		stale.Flush(&knftables.Chain{Name: c})
-	}
-	for _, c := range staleChains {
-		stale.Delete(&knftables.Chain{Name: c})
 	}
 	for _, s := range staleSets {
 		if kernel.maps[s] {
@@ -175,6 +172,9 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		} else {
 			stale.Delete(&knftables.Set{Name: s})
 		}
+	}
+	for _, c := range staleChains {
+		stale.Delete(&knftables.Chain{Name: c})
 	}
 	if stale.NumOperations() > 0 {
 		p.stepOwn(ctx, gen, genOK)

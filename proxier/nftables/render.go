@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -33,12 +34,18 @@ type svcRender struct {
 	elems    []elem
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
+	// affDests are the destinations (address, port) of a Service port
+	// with affinity, affChain its record chain and affRules the chain's
+	// rules.
+	affDests [][2]string
+	affChain string
+	affRules []string
 }
 
 func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // renderService computes one service port's elements from its plan.
-func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
+func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 	svc := sp.Svc
 	r := &svcRender{plan: *sp, lbCounts: map[string]int{}}
 	proto := svc.Protocol.Lower()
@@ -136,22 +143,64 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan) *svcRender {
 		}
 	}
 
-	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints {
+	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints && !noAffinity {
 		r.affinity = &affinityKey{svc.Protocol, t}
-		set := affinitySet(svc.Protocol, t)
-		add(set, []string{svc.ClusterIP.String(), port})
+		r.affDests = [][2]string{{svc.ClusterIP.String(), port}}
 		for _, ip := range append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...) {
-			add(set, []string{ip.String(), port})
+			r.affDests = append(r.affDests, [2]string{ip.String(), port})
 		}
 		if svc.NodePort != 0 {
 			for _, ip := range cfg.NodeIPs {
 				if cfg.Family.Matches(ip) {
-					add(set, []string{ip.String(), strconv.Itoa(int(svc.NodePort))})
+					r.affDests = append(r.affDests, [2]string{ip.String(), strconv.Itoa(int(svc.NodePort))})
 				}
 			}
 		}
+		r.affChain = affinityChain(svc.Name)
+		for _, d := range r.affDests {
+			add(affinityDests(svc.Protocol, t), d[:], "goto "+r.affChain)
+		}
+		local := svc.ExternalPolicyLocal || svc.InternalPolicyLocal
+		if local {
+			for _, e := range sp.AllEndpoints {
+				if e.IsLocal {
+					add(sAffinityLocalEPs, []string{e.IP.String(), proto, strconv.Itoa(int(e.Port))})
+				}
+			}
+		}
+		r.affRules = affinityRules(famOf(cfg.Family), *r.affinity, r.affDests, local)
 	}
 	return r
+}
+
+// affinityChain names the record chain of a Service port with affinity:
+// stable across syncs and restarts, and short.
+func affinityChain(n proxier.ServicePortName) string {
+	h := fnv.New64a()
+	h.Write([]byte(n.String()))
+	return fmt.Sprintf("%s%016x", affinityChainPrefix, h.Sum64())
+}
+
+// affinityRules are the rules of a record chain: the client's entry
+// written under every destination of the Service port, and into the local
+// pools' map too when the endpoint is on this node and a Local policy may
+// look it up.
+func affinityRules(f fam, a affinityKey, dests [][2]string, local bool) []string {
+	updates := func(m string) string {
+		var b strings.Builder
+		for i, d := range dests {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			fmt.Fprintf(&b, "update @%s { %s saddr . %s . %s : %s daddr . th dport }", m, f.ip, d[0], d[1], f.ip)
+		}
+		return b.String()
+	}
+	rules := []string{updates(affinityMap(a.proto, a.timeout))}
+	if local {
+		rules = append(rules, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s %s", f.ip, sAffinityLocalEPs, updates(affinityLocalMap(a.proto, a.timeout))))
+	}
+	return rules
 }
 
 // lbRule is the single rule of a load-balancing chain.

@@ -139,7 +139,8 @@ func (p *Proxier) noteDamage(d *damage) {
 }
 
 // repairable reports whether every object d names is one the last sync
-// wrote: a chain of the skeleton or an lb chain, a set or map of the
+// wrote: a chain of the skeleton, an lb chain or an affinity record
+// chain, a set or map of the
 // skeleton that is not dynamic.
 func (p *Proxier) repairable(d *damage) bool {
 	sk := p.skel
@@ -147,7 +148,7 @@ func (p *Proxier) repairable(d *damage) bool {
 		return false
 	}
 	for c := range d.chains {
-		if _, ok := sk.rules[c]; !ok && p.lbChains[c] == 0 {
+		if _, ok := sk.rules[c]; !ok && p.lbChains[c] == 0 && p.affChains[c] == nil {
 			return false
 		}
 	}
@@ -195,8 +196,9 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 				tx.Add(&knftables.Rule{Chain: c, Rule: r})
 			}
 		} else {
-			pl, proto, k, _ := lbChainPool(c)
-			tx.Add(&knftables.Rule{Chain: c, Rule: lbRule(p.f, pl, proto, k)})
+			for _, r := range dynRules(p.f, c, p.affChains) {
+				tx.Add(&knftables.Rule{Chain: c, Rule: r})
+			}
 		}
 	}
 	sets := make([]string, 0, len(d.sets))
