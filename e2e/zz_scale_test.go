@@ -226,7 +226,16 @@ func repairTime(t *testing.T, damage []string) time.Duration {
 		b, _ := io.ReadAll(f)
 		f.Close()
 		if bytes.Contains(b, []byte("Rules altered")) && (fullSyncRe.Match(b) || bytes.Contains(b, []byte(`"Repaired the table" family="IPv4"`))) {
-			return time.Since(t0)
+			d := time.Since(t0)
+			// The steps, with svcproxy's timestamps, for whoever
+			// wants to know where the time went.
+			for _, l := range bytes.Split(b, []byte("\n")) {
+				if bytes.Contains(l, []byte("Rules altered")) || bytes.Contains(l, []byte("Repaired the table")) ||
+					bytes.Contains(l, []byte("Refilled the table")) || bytes.Contains(l, []byte(`"Synced" ipFamily="IPv4"`)) {
+					t.Logf("svcproxy: %.300s", l)
+				}
+			}
+			return d
 		}
 	}
 	t.Fatalf("no full sync within 30s of %v", damage)

@@ -99,9 +99,13 @@ func applyConfigFile(o *options, fs *flag.FlagSet, set map[string]bool, path str
 	if err != nil {
 		return nil, errors.New("--config: " + oneLine(err))
 	}
-	cfg, err := decodeConfig(data)
+	cfg, lenient, err := decodeConfig(data)
 	if err != nil {
 		return nil, errors.New(prefix + oneLine(err))
+	}
+	if len(lenient) > 0 {
+		o.lenientFields = lenient
+		klog.ErrorS(nil, "Using lenient decoding as strict decoding failed (as kube-proxy does): these fields are not used", "config", path, "errors", lenient)
 	}
 	settings, ignored, err := configSettings(cfg)
 	if err != nil {
@@ -136,31 +140,33 @@ func applyConfigFile(o *options, fs *flag.FlagSet, set map[string]bool, path str
 	return fields, nil
 }
 
-// decodeConfig decodes a KubeProxyConfiguration strictly, as kube-proxy's
-// codec first does: unknown and duplicate fields are errors naming them.
-// (kube-proxy then retries leniently and only logs them; svcproxy does not,
-// so a misspelt field cannot silently leave a default in place.)
-func decodeConfig(data []byte) (*v1alpha1.KubeProxyConfiguration, error) {
+// decodeConfig decodes a KubeProxyConfiguration as kube-proxy's codec does:
+// strictly first, and when only unknown or duplicate fields fail that,
+// leniently (unknown fields dropped, the last of duplicates kept), with
+// what strict decoding found returned in lenient for the log. A file
+// written for a newer kube-proxy thus keeps working, as with kube-proxy.
+func decodeConfig(data []byte) (cfg *v1alpha1.KubeProxyConfiguration, lenient []string, err error) {
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fmt.Errorf("not valid YAML: %w", err)
+		// Duplicate keys, or not YAML at all.
+		if j, err = yaml.YAMLToJSON(data); err != nil {
+			return nil, nil, fmt.Errorf("not valid YAML: %w", err)
+		}
+		_, serr := yaml.YAMLToJSONStrict(data)
+		lenient = append(lenient, oneLine(serr))
 	}
-	cfg := &v1alpha1.KubeProxyConfiguration{}
+	cfg = &v1alpha1.KubeProxyConfiguration{}
 	strict, err := sjson.UnmarshalStrict(j, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot decode: %w", err)
+		return nil, nil, fmt.Errorf("cannot decode: %w", err)
 	}
 	if want := v1alpha1.SchemeGroupVersion.String(); cfg.APIVersion != want || cfg.Kind != "KubeProxyConfiguration" {
-		return nil, fmt.Errorf("apiVersion %q, kind %q: want apiVersion %s, kind KubeProxyConfiguration", cfg.APIVersion, cfg.Kind, want)
+		return nil, nil, fmt.Errorf("apiVersion %q, kind %q: want apiVersion %s, kind KubeProxyConfiguration", cfg.APIVersion, cfg.Kind, want)
 	}
-	if len(strict) > 0 {
-		msgs := make([]string, len(strict))
-		for i, e := range strict {
-			msgs[i] = e.Error()
-		}
-		return nil, fmt.Errorf("strict decoding: %s", strings.Join(msgs, ", "))
+	for _, e := range strict {
+		lenient = append(lenient, e.Error())
 	}
-	return cfg, nil
+	return cfg, lenient, nil
 }
 
 // configSettings maps a KubeProxyConfiguration onto flag values, with

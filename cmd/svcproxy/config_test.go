@@ -262,11 +262,15 @@ func TestConfigFile(t *testing.T) {
 
 		{name: "ipvs", config: edit("mode: iptables", "mode: ipvs"), wantErr: "config.conf: mode: ipvs mode is not supported"},
 		{name: "unknown mode", config: edit("mode: iptables", "mode: kernelspace"), wantErr: "mode: unknown mode \"kernelspace\""},
+		// Unknown and duplicate fields: decoded leniently, as kube-proxy
+		// does, and named for the log.
 		{name: "unknown field", config: edit("  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:",
-			"  masqueradeAll: false\n  masqueradeBits: 3\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"), wantErr: `unknown field "iptables.masqueradeBits"`},
+			"  masqueradeAll: false\n  masqueradeBits: 3\n  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:"),
+			check: lenientCheck(`unknown field "iptables.masqueradeBits"`, func(o *options) bool { return o.masqueradeBit == 14 })},
 		{name: "top-level masqueradeAll is not v1alpha1", config: edit("mode: iptables", "mode: iptables\nmasqueradeAll: true\nsyncPeriod: 1s"),
-			wantErr: `unknown field "masqueradeAll"|unknown field "syncPeriod"`},
-		{name: "duplicate field", config: edit("mode: iptables", "mode: iptables\nmode: nftables"), wantErr: `"mode"`},
+			check: lenientCheck(`unknown field "masqueradeAll"`, func(o *options) bool { return !o.masqueradeAll })},
+		{name: "duplicate field", config: edit("mode: iptables", "mode: iptables\nmode: nftables"),
+			check: lenientCheck(`"mode"`, func(o *options) bool { return o.proxyMode == "nftables" })},
 		{name: "wrong version", config: edit("apiVersion: kubeproxy.config.k8s.io/v1alpha1", "apiVersion: kubeproxy.config.k8s.io/v1alpha2"), wantErr: "v1alpha2"},
 		{name: "wrong kind", config: edit("kind: KubeProxyConfiguration", "kind: KubeletConfiguration"), wantErr: "KubeletConfiguration"},
 		{name: "not a config", config: "just: [text", wantErr: "config.conf: not valid YAML"},
@@ -329,7 +333,7 @@ func TestConfigFile(t *testing.T) {
 // TestConfigLogging: the file's verbosity and vmodule become -v and
 // --vmodule (which parseFlags leaves alone when given on the command line).
 func TestConfigLogging(t *testing.T) {
-	cfg, err := decodeConfig([]byte(edit("  verbosity: 0", "  verbosity: 4\n  vmodule:\n  - filePattern: proxier*\n    verbosity: 6")))
+	cfg, _, err := decodeConfig([]byte(edit("  verbosity: 0", "  verbosity: 4\n  vmodule:\n  - filePattern: proxier*\n    verbosity: 6")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,5 +428,18 @@ func TestDeployConfigFile(t *testing.T) {
 	}
 	if o.proxyMode != "iptables" || o.metricsAddr != "0.0.0.0:10249" || o.healthzAddr != "0.0.0.0:10256" || o.hostnameOverride != "n1" || len(o.ignoredFields) != 0 {
 		t.Errorf("parsed %+v", o)
+	}
+}
+
+// lenientCheck checks that --config was decoded leniently, strict decoding
+// having found want, and that ok holds of the result.
+func lenientCheck(want string, ok func(*options) bool) func(*testing.T, *options) {
+	return func(t *testing.T, o *options) {
+		if !slices.ContainsFunc(o.lenientFields, func(s string) bool { return strings.Contains(s, want) }) {
+			t.Errorf("lenient decoding errors %q lack %s", o.lenientFields, want)
+		}
+		if !ok(o) {
+			t.Errorf("leniently decoded options %+v", o)
+		}
 	}
 }

@@ -49,6 +49,9 @@ type options struct {
 	// svcproxy accepted but does not use (each with why); both are logged.
 	ignoredFlags  []string
 	ignoredFields []string
+	// lenientFields are the unknown or duplicate fields of --config that
+	// strict decoding found (and that were dropped).
+	lenientFields []string
 }
 
 // nftablesRuleCheckInterval is --rule-check-interval's default in nftables

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -181,6 +182,7 @@ func (sk *skeleton) static(name string) knftables.Object {
 // write, one netlink batch for the other sets. Each is recorded as ours.
 // Callers hold p.mu.
 func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
+	start := time.Now()
 	sk := p.skel
 	tx := p.nft.NewTransaction()
 	chains := make([]string, 0, len(d.chains))
@@ -257,7 +259,7 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 			return err
 		}
 	}
-	klog.V(2).InfoS("Repaired the table", "family", p.cfg.Family, "rewritten", d.String(), "elements", len(ops))
+	klog.V(2).InfoS("Repaired the table", "family", p.cfg.Family, "rewritten", d.String(), "elements", len(ops), "took", time.Since(start))
 	return nil
 }
 
