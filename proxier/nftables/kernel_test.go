@@ -330,23 +330,7 @@ func TestKernelNftablesTraffic(t *testing.T) {
 //
 //	go test -run XXX -bench KernelNftables10k -benchtime 50x ./proxier/nftables/
 func BenchmarkKernelNftables10k(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	ns := "svpn-bench-" + fmt.Sprint(os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		b.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer unix.Close(fd)
-	runtime.LockOSThread()
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		b.Fatal(err)
-	}
+	fd := benchNetns(b)
 	ctx := context.Background()
 	nft, err := knftables.New(knftables.IPv4Family, TableName)
 	if err != nil {

@@ -2,16 +2,12 @@ package nftables
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -94,23 +90,7 @@ func diffLines(got, want []string) string {
 // existing one (refill), and replacing it through nft alone (the
 // fallback). Run: go test -run XXX -bench KernelFullSync10k -benchtime 1x ./proxier/nftables/
 func BenchmarkKernelFullSync10k(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	ns := "svpn-bench-" + fmt.Sprint(os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		b.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	defer exec.Command("ip", "netns", "del", ns).Run()
-	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer unix.Close(fd)
-	runtime.LockOSThread()
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		b.Fatal(err)
-	}
+	fd := benchNetns(b)
 	ctx := context.Background()
 	nft, err := knftables.New(knftables.IPv4Family, TableName)
 	if err != nil {
