@@ -102,11 +102,7 @@ func staleAffinities(removed []*svcRender, changed []*proxier.Service, renders m
 // An entry may time out between the read and the delete, which fails the
 // transaction: it is then read and tried once more.
 func (p *Proxier) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
-	byMap := map[string][]*staleAffinity{}
-	for _, s := range stale {
-		byMap[s.mapName] = append(byMap[s.mapName], s)
-	}
-	for name, ss := range byMap {
+	for name, ss := range byAffinityMap(stale) {
 		var err error
 		n := 0
 		for try := 0; try < 2; try++ {
@@ -122,6 +118,15 @@ func (p *Proxier) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
 			klog.V(2).InfoS("Forgot session affinity to removed endpoints", "family", p.cfg.Family, "map", name, "entries", n)
 		}
 	}
+}
+
+// byAffinityMap groups stale by map.
+func byAffinityMap(stale []*staleAffinity) map[string][]*staleAffinity {
+	byMap := map[string][]*staleAffinity{}
+	for _, s := range stale {
+		byMap[s.mapName] = append(byMap[s.mapName], s)
+	}
+	return byMap
 }
 
 // staleEntries reads the affinity map name and returns the keys of the
@@ -155,10 +160,7 @@ func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffi
 // that no new connection follows an entry to an endpoint already gone). ok
 // is false when a map could not be read.
 func (p *Proxier) staleAffinityOps(ctx context.Context, stale []*staleAffinity) (ops []elemOp, ok bool) {
-	byMap := map[string][]*staleAffinity{}
-	for _, s := range stale {
-		byMap[s.mapName] = append(byMap[s.mapName], s)
-	}
+	byMap := byAffinityMap(stale)
 	names := slices.Sorted(maps.Keys(byMap))
 	for _, name := range names {
 		keys, err := p.staleEntries(ctx, name, byMap[name])
@@ -340,7 +342,7 @@ func (p *Proxier) pruneAffinity(ctx context.Context, renders map[*proxier.Servic
 	byMap := validAffinity(renders)
 	var names []string
 	for name := range shape.sets {
-		if shape.maps[name] && strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-") {
+		if shape.maps[name] && isAffinityMap(name) {
 			names = append(names, name)
 		}
 	}

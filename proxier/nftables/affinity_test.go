@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"sigs.k8s.io/knftables"
+
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
@@ -71,15 +73,7 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	if p.LastResult().Full {
 		t.Fatal("want a partial sync")
 	}
-	elems, err := nft.ListElements(ctx, "map", m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, e := range elems {
-		got = append(got, strings.Join(e.Key, " . ")+" : "+strings.Join(e.Value, " . "))
-	}
-	slices.Sort(got)
+	got := mapEntries(t, nft, m)
 	want := []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080", "10.0.0.8 . 10.96.0.9 . 80 : 10.244.1.2 . 8080"}
 	if !slices.Equal(got, want) {
 		t.Errorf("affinity entries after b left:\n got %q\nwant %q", got, want)
@@ -104,17 +98,24 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	if p.writer.batches != batches+1 || g1 != g0+1 {
 		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.writer.batches-batches, g1-g0)
 	}
-	elems, err = nft.ListElements(ctx, "map", m)
+	if got, want := mapEntries(t, nft, m), []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080"}; !slices.Equal(got, want) {
+		t.Errorf("affinity entries after a was replaced:\n got %q\nwant %q", got, want)
+	}
+}
+
+// mapEntries lists map m's entries as "key : value", sorted.
+func mapEntries(t *testing.T, nft knftables.Interface, m string) []string {
+	t.Helper()
+	elems, err := nft.ListElements(context.Background(), "map", m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got = nil
+	var got []string
 	for _, e := range elems {
 		got = append(got, strings.Join(e.Key, " . ")+" : "+strings.Join(e.Value, " . "))
 	}
-	if want := []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080"}; !slices.Equal(got, want) {
-		t.Errorf("affinity entries after a was replaced:\n got %q\nwant %q", got, want)
-	}
+	slices.Sort(got)
+	return got
 }
 
 func TestParseAffinityJSON(t *testing.T) {

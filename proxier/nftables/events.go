@@ -137,10 +137,11 @@ func dynamicElems(msg uint16, attrs []byte) bool {
 		return false
 	}
 	set, ok := attr(attrs, unix.NFTA_SET_ELEM_LIST_SET)
-	return ok && bytes.HasPrefix(set, affinityPrefix) && !bytes.HasPrefix(set, affinityDestsPrefix)
+	return ok && bytes.HasPrefix(set, affinityPrefixBytes) && !bytes.HasPrefix(set, affinityDestsPrefixBytes)
 }
 
-var affinityPrefix, affinityDestsPrefix = []byte("affinity-"), []byte("affinity-dests-")
+// The prefixes of isAffinityMap, for names read without allocating.
+var affinityPrefixBytes, affinityDestsPrefixBytes = []byte(affinityPrefix), []byte(affinityDestsPrefix)
 
 // attr returns the value of the attribute typ in b, without allocating.
 func attr(b []byte, typ uint16) ([]byte, bool) {
@@ -371,7 +372,7 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 		p.ev.attach(conn, judgements)
 		// What was committed before the subscription went unheard.
 		loss()
-		d.touched = false
+		d.touched, d.dmg = false, damage{}
 		for {
 			if lossy && !queued(conn) {
 				// Nothing is dropped any more: what was is at most

@@ -102,7 +102,6 @@ func (p pool) endpointsKeyExpr(f fam, proto string) string {
 	}
 	return f.ip + " daddr . " + proto + " dport"
 }
-func isLBChain(name string) bool { return strings.HasPrefix(name, "lb-") }
 func (p pool) keyExpr(f fam) string {
 	if p.byPort {
 		return "meta l4proto . th dport"
@@ -141,6 +140,18 @@ const (
 // written only when the endpoint chosen is one of this node's
 // (affinity-dests-local-eps).
 
+// Affinity maps and sets are named affinity-*: the dynamic maps the
+// packet path fills, and the static affinity-dests-* the syncs write.
+const (
+	affinityPrefix      = "affinity-"
+	affinityDestsPrefix = "affinity-dests-"
+)
+
+// isAffinityMap reports whether name is a dynamic affinity map.
+func isAffinityMap(name string) bool {
+	return strings.HasPrefix(name, affinityPrefix) && !strings.HasPrefix(name, affinityDestsPrefix)
+}
+
 // affinityMap is the dynamic map remembering the endpoint each client was
 // sent to, per protocol and timeout.
 func affinityMap(proto proxier.Protocol, timeout int32) string {
@@ -166,8 +177,6 @@ const sAffinityLocalEPs = "affinity-dests-local-eps"
 
 // affinityChainPrefix starts the name of a Service port's record chain.
 const affinityChainPrefix = "affinity-rec-"
-
-func isAffinityChain(name string) bool { return strings.HasPrefix(name, affinityChainPrefix) }
 
 // fam is the per-family spelling of types and expressions.
 type fam struct {

@@ -39,13 +39,13 @@ func setLayout(name string) (key, value []field, verdict, ok bool) {
 		return []field{fAddr, fProto, fPort}, nil, false, true
 	case name == sHairpin:
 		return []field{fAddr, fAddr}, nil, false, true
-	case strings.HasPrefix(name, "affinity-") && !strings.HasPrefix(name, "affinity-dests-"):
+	case isAffinityMap(name):
 		// The dynamic affinity maps: client . daddr . dport → endpoint
 		// (written here only to delete entries).
 		return []field{fAddr, fAddr, fPort}, []field{fAddr, fPort}, false, true
 	case name == sAffinityLocalEPs:
 		return []field{fAddr, fProto, fPort}, nil, false, true
-	case strings.HasPrefix(name, "affinity-dests-"):
+	case strings.HasPrefix(name, affinityDestsPrefix):
 		// A vmap: daddr . dport → goto the record chain.
 		return []field{fAddr, fPort}, nil, true, true
 	case name == mServiceIPs || name == mNoEndpointServices || name == poolIP.countMap() || name == poolIPLocal.countMap():

@@ -370,40 +370,32 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		elems, lbChains, affinity = p.elems, p.lbChains, p.affinity
 	}
 
+	// The affinity record chains: all of them on a full sync; else those
+	// of the last sync, less the removed renders', plus the new ones' (a
+	// copy only when one of them has any).
 	affChains := p.affChains
 	if full {
 		affChains = map[string][]string{}
-		for _, r := range renders {
-			if r.affChain != "" {
-				affChains[r.affChain] = r.affRules
-			}
-		}
-	} else {
-		touched := false
-		for _, r := range removed {
-			touched = touched || r.affChain != ""
-		}
-		for _, svc := range changed {
-			touched = touched || renders[svc].affChain != "" || p.services[svc] != nil && p.services[svc].affChain != ""
-		}
-		if touched {
-			affChains = maps.Clone(p.affChains)
+	}
+	copied := full
+	edit := func() {
+		if !copied {
+			affChains, copied = maps.Clone(p.affChains), true
 			if affChains == nil {
 				affChains = map[string][]string{}
 			}
-			for _, r := range removed {
-				delete(affChains, r.affChain)
-			}
-			for _, svc := range changed {
-				if old := p.services[svc]; old != nil {
-					delete(affChains, old.affChain)
-				}
-			}
-			for _, svc := range changed {
-				if r := renders[svc]; r.affChain != "" {
-					affChains[r.affChain] = r.affRules
-				}
-			}
+		}
+	}
+	for _, r := range removed {
+		if r.affChain != "" {
+			edit()
+			delete(affChains, r.affChain)
+		}
+	}
+	for _, svc := range changed {
+		if r := renders[svc]; r.affChain != "" {
+			edit()
+			affChains[r.affChain] = r.affRules
 		}
 	}
 

@@ -65,20 +65,29 @@ func (d *damage) note(msg uint16, attrs []byte) {
 	}
 	n := string(bytes.TrimRight(name, "\x00"))
 	if msg == unix.NFT_MSG_NEWRULE || msg == unix.NFT_MSG_DELRULE {
-		if d.chains == nil {
-			d.chains = map[string]bool{}
-		}
-		d.chains[n] = true
+		d.addChain(n)
 	} else {
-		if d.sets == nil {
-			d.sets = map[string]bool{}
-		}
-		d.sets[n] = d.sets[n] || add
+		d.addSet(n, add)
 	}
 	d.last, d.lastKind = append(d.last[:0], name...), msg
-	if len(d.chains)+len(d.sets) > maxDamaged {
-		d.broad = true
+}
+
+// addChain and addSet record a damaged chain, or set (added: someone added
+// elements to it); more than maxDamaged objects are broad damage.
+func (d *damage) addChain(name string) {
+	if d.chains == nil {
+		d.chains = map[string]bool{}
 	}
+	d.chains[name] = true
+	d.broad = d.broad || len(d.chains)+len(d.sets) > maxDamaged
+}
+
+func (d *damage) addSet(name string, added bool) {
+	if d.sets == nil {
+		d.sets = map[string]bool{}
+	}
+	d.sets[name] = d.sets[name] || added
+	d.broad = d.broad || len(d.chains)+len(d.sets) > maxDamaged
 }
 
 // merge adds o's damage to d.
@@ -88,19 +97,10 @@ func (d *damage) merge(o *damage) {
 		return
 	}
 	for c := range o.chains {
-		if d.chains == nil {
-			d.chains = map[string]bool{}
-		}
-		d.chains[c] = true
+		d.addChain(c)
 	}
-	for s, add := range o.sets {
-		if d.sets == nil {
-			d.sets = map[string]bool{}
-		}
-		d.sets[s] = d.sets[s] || add
-	}
-	if len(d.chains)+len(d.sets) > maxDamaged {
-		d.broad = true
+	for s, added := range o.sets {
+		d.addSet(s, added)
 	}
 }
 
@@ -141,8 +141,7 @@ func (p *Proxier) noteDamage(d *damage) {
 
 // repairable reports whether every object d names is one the last sync
 // wrote: a chain of the skeleton, an lb chain or an affinity record
-// chain, a set or map of the
-// skeleton that is not dynamic.
+// chain, a set or map of the skeleton that is not dynamic.
 func (p *Proxier) repairable(d *damage) bool {
 	sk := p.skel
 	if sk == nil {
@@ -191,16 +190,13 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 	}
 	sort.Strings(chains)
 	for _, c := range chains {
-		ch := &knftables.Chain{Name: c}
-		tx.Flush(ch)
-		if rules, ok := sk.rules[c]; ok {
-			for _, r := range rules {
-				tx.Add(&knftables.Rule{Chain: c, Rule: r})
-			}
-		} else {
-			for _, r := range dynRules(p.f, c, p.affChains) {
-				tx.Add(&knftables.Rule{Chain: c, Rule: r})
-			}
+		rules, ok := sk.rules[c]
+		if !ok {
+			rules = dynRules(p.f, c, p.affChains)
+		}
+		tx.Flush(&knftables.Chain{Name: c})
+		for _, r := range rules {
+			tx.Add(&knftables.Rule{Chain: c, Rule: r})
 		}
 	}
 	sets := make([]string, 0, len(d.sets))
