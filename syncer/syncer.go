@@ -397,6 +397,7 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 	start := time.Now()
 	res := fs.update(s.caches, pc.services, full, s.opts.NodeName, zone, s.rep)
 	res.state.ServiceCIDRs = s.caches.serviceCIDRs(fs.family)
+	converted := time.Now()
 	err := p.Sync(ctx, res.state)
 	end := time.Now()
 	took := end.Sub(start)
@@ -405,7 +406,7 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 	if fr, ok := p.(fullReporter); ok && err == nil {
 		full = full || fr.LastSyncFull()
 	}
-	kv := []any{"ipFamily", family, "duration", took, "servicePorts", len(res.state.Services),
+	kv := []any{"ipFamily", family, "duration", took, "convert", converted.Sub(start), "servicePorts", len(res.state.Services),
 		"endpoints", res.endpoints, "changedServices", res.changed, "fullRebuild", full}
 	if err != nil {
 		s.m.syncFailures.WithLabelValues(family).Inc()

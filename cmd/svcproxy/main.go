@@ -192,6 +192,15 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	// The nftables proxiers share this namespace's notifications: a bulk
+	// write of one family mutes both families' watchers.
+	var nftProxiers []*nftables.Proxier
+	for _, p := range proxiers {
+		if np, ok := p.(*nftables.Proxier); ok {
+			nftProxiers = append(nftProxiers, np)
+		}
+	}
+	nftables.Share(nftProxiers...)
 	for i, f := range families {
 		hcServers[i].SetHealthy(s.Healthy)
 		defer hcServers[i].Close()

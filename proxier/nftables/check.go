@@ -108,6 +108,9 @@ func (p *Proxier) genAfter(ctx context.Context, before uint32, ok, full bool) {
 		// Nothing committed (a sync without operations).
 	default:
 		p.chk.owned(before, after, full)
+		if after == before+1 {
+			p.group.own(after)
+		}
 		if after == before+1 && (full || p.chk.known && p.chk.gen == before) {
 			p.chk.gen, p.chk.known = after, true
 		}

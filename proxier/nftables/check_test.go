@@ -806,3 +806,78 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 	b.ReportMetric(float64(repair.Milliseconds()), "repaired-ms")
 	b.ReportMetric(float64(elems), "elements")
 }
+
+// TestKernelSharedListeners: the two families' proxiers of one namespace
+// (Share) mute each other's watchers during bulk writes, since the kernel
+// builds a notification per element while any socket listens, and neither
+// calls the other's transactions in the muted gap foreign; a foreign
+// transaction in the gap is found when the watchers rejoin.
+func TestKernelSharedListeners(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	p4, _ := kernelProxier(t, fd, testConfig(), nil)
+	cfg6 := testConfig()
+	cfg6.Family = proxier.IPv6
+	cfg6.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
+	cfg6.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
+	p6, _ := kernelProxier(t, fd, cfg6, nil)
+	Share(p4, p6)
+	st6 := &proxier.State{Family: proxier.IPv6, NodeName: "node-1", Services: []*proxier.Service{
+		svc("ns", "web6", proxier.TCP, "fd00:10:96::8", 80, ep("fd00:10:244:1::6", 8080, true))}}
+	if err := p4.Sync(ctx, testState()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p6.Sync(ctx, st6); err != nil {
+		t.Fatal(err)
+	}
+	r4, r6 := kernelWatch(t, p4, fd), kernelWatch(t, p6, fd)
+	none := func(what string) {
+		t.Helper()
+		select {
+		case got := <-r4:
+			t.Errorf("%s: IPv4 repair %q, want none", what, got)
+		case got := <-r6:
+			t.Errorf("%s: IPv6 repair %q, want none", what, got)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	none("the watchers' start")
+
+	// An IPv4 full sync of 300 Services (3,000+ elements) mutes both
+	// watchers; its two transactions are the IPv6 watcher's own too.
+	p4.ForceFullSync()
+	if err := p4.Sync(ctx, scaleState(300)); err != nil {
+		t.Fatal(err)
+	}
+	none("an IPv4 full sync")
+
+	// While IPv4 has the group muted, IPv6 does not hear a foreign flush
+	// of its chain; it judges the gap when it rejoins.
+	p4.mu.Lock()
+	unmute := p4.mute(ctx)
+	p4.mu.Unlock()
+	if unmute == nil {
+		t.Fatal("nothing muted")
+	}
+	sh(t, "nft", "flush chain ip6 svcproxy services")
+	none("a foreign IPv6 transaction while IPv4 muted the group")
+	p4.mu.Lock()
+	unmute()
+	p4.mu.Unlock()
+	select {
+	case what := <-r6:
+		if !strings.Contains(what, "may not be ours") {
+			t.Errorf("IPv6 repair %q, want a judgement of lost notifications", what)
+		}
+	case what := <-r4:
+		t.Errorf("IPv4 repair %q for an IPv6 transaction", what)
+	case <-time.After(time.Second):
+		t.Error("the foreign IPv6 transaction was never judged")
+	}
+	if err := p6.Sync(ctx, st6); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(t, "nft", "list", "chain", "ip6", TableName, "services"); !strings.Contains(out, "vmap @service-ips") {
+		t.Errorf("IPv6 services chain not repaired:\n%s", out)
+	}
+}

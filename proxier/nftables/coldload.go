@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"io"
+	"maps"
 	"slices"
 
 	"sigs.k8s.io/knftables"
@@ -31,31 +32,47 @@ func (p *Proxier) tableAbsent(ctx context.Context) bool {
 // caller's genAfter sees one transaction of ours, or clears *genOK when it
 // cannot tell.
 func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK *bool) error {
-	bySet := map[string][]elemOp{}
+	text, ops := splitColdLoad(pd)
+	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
+		return err
+	}
+	p.stepOwn(ctx, gen, genOK)
+	return p.writer.apply(ops)
+}
+
+// splitColdLoad splits a full sync's elements into what nft writes (the
+// transaction and the elements netlink cannot write) and the element ops
+// netlink writes, grouped per set in set order.
+func splitColdLoad(pd *pending) (*pending, []elemOp) {
 	text := &pending{tx: pd.tx, elems: map[string]*elemRef{}}
+	// Counted first, so that every set's run is allocated once (at
+	// 100,000 elements, growing the slices cost more than the kernel's
+	// work).
+	count := map[string]int{}
 	for id, r := range pd.elems {
 		if _, _, _, ok := setLayout(r.e.set); !ok {
 			text.elems[id] = r
 			continue
 		}
-		bySet[r.e.set] = append(bySet[r.e.set], elemOp{add: true, e: r.e})
+		count[r.e.set]++
 	}
-	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
-		return err
-	}
-	p.stepOwn(ctx, gen, genOK)
-	sets := make([]string, 0, len(bySet))
+	sets := slices.Sorted(maps.Keys(count))
+	at := make(map[string]int, len(sets))
 	n := 0
-	for s, ops := range bySet {
-		sets = append(sets, s)
-		n += len(ops)
-	}
-	slices.Sort(sets)
-	ops := make([]elemOp, 0, n)
 	for _, s := range sets {
-		ops = append(ops, bySet[s]...)
+		at[s] = n
+		n += count[s]
 	}
-	return p.writer.apply(ops)
+	ops := make([]elemOp, n)
+	for _, r := range pd.elems {
+		i, ok := at[r.e.set]
+		if !ok {
+			continue
+		}
+		ops[i] = elemOp{add: true, e: r.e}
+		at[r.e.set] = i + 1
+	}
+	return text, ops
 }
 
 // stepOwn accounts for one of several transactions of a sync: when exactly
@@ -65,6 +82,7 @@ func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK 
 func (p *Proxier) stepOwn(ctx context.Context, gen *uint32, genOK *bool) {
 	if g, ok := p.genBefore(ctx); ok && *genOK && g == *gen+1 {
 		*gen = g
+		p.group.own(g)
 	} else {
 		*genOK = false
 	}

@@ -225,9 +225,10 @@ func (p *Proxier) judge(ev txEvent) string {
 }
 
 // lost decides after notifications may have been lost (a full receive
-// buffer, or none read before the subscription): each transaction after
-// generation from (when fromOK) up to the present one, cur, must be ours,
-// or the table may have been altered. Callers hold p.mu.
+// buffer, none read before the subscription, a bulk write muted): each
+// transaction after generation from (when fromOK) up to the present one,
+// cur, must be ours or one of the namespace's other proxiers', or the
+// table may have been altered. Callers hold p.mu.
 func (p *Proxier) lost(cur, from uint32, fromOK bool) string {
 	c := &p.chk
 	switch {
@@ -245,7 +246,9 @@ func (p *Proxier) lost(cur, from uint32, fromOK bool) string {
 		return fmt.Sprintf("notifications lost for up to %d transactions", cur-from)
 	}
 	for g := from + 1; genLE(g, cur); g++ {
-		if s := c.findSpan(g); s == nil || s.lo != s.hi {
+		// Ours, or the namespace's other proxier's (which writes only
+		// its own family's table).
+		if s := c.findSpan(g); (s == nil || s.lo != s.hi) && !p.group.owns(g) {
 			return fmt.Sprintf("notifications lost, and transaction %d may not be ours", g)
 		}
 	}

@@ -18,6 +18,14 @@ import (
 // are (see Proxier.lost): every transaction from the one that may have
 // been committing when the group was left up to the generation after
 // rejoining must be one of ours, or the table is rewritten.
+//
+// Every listener of the namespace must leave: the kernel builds the
+// notifications as long as one socket is subscribed. svcproxy runs one
+// proxier per family in the same namespace, each with its watcher, so the
+// proxiers of a namespace share a listeners group (Share): a bulk write of
+// either family mutes both watchers, and the transactions of either count
+// as ours when a watcher judges what it missed. (A transaction of one
+// family's proxier writes only that family's table.)
 
 // muteAbove is how many element operations a sync writes before it leaves
 // the group for them.
@@ -40,6 +48,9 @@ type eventMute struct {
 	// seen is 1 + the generation of the last transaction whose end the
 	// watcher read, or 0.
 	seen atomic.Uint64
+	// overrun is set when a loss could not be queued (the watcher's
+	// decider is behind): the owner's next sync rewrites everything.
+	overrun atomic.Bool
 }
 
 // attach makes conn (nil: none) the connection a sync mutes.
@@ -49,18 +60,95 @@ func (m *eventMute) attach(conn eventConn, judgements chan<- judgement) {
 	m.mu.Unlock()
 }
 
-// mute leaves the notification group when a watcher is subscribed and
-// returns the function that joins it again, or nil. Callers hold p.mu.
+// ownGens is how many of the group's own single-transaction generations
+// are remembered.
+const ownGens = 256
+
+// listeners are the notification watchers of one network namespace and
+// the generations of their proxiers' own transactions.
+type listeners struct {
+	mu      sync.Mutex
+	members []*eventMute
+	// gens is a ring of generations committed by exactly one transaction
+	// of one of the members' proxiers.
+	gens [ownGens]uint32
+	next int
+}
+
+func newListeners(m *eventMute) *listeners { return &listeners{members: []*eventMute{m}} }
+
+// Share makes the proxiers, which program the same network namespace,
+// mute each other's watchers during bulk writes and count each other's
+// transactions as their own when judging lost notifications. Call it
+// before the proxiers sync or watch.
+func Share(ps ...*Proxier) {
+	g := &listeners{}
+	for _, p := range ps {
+		p.group = g
+		g.members = append(g.members, &p.ev)
+	}
+}
+
+// own records generation gen as committed by one transaction of a member.
+func (g *listeners) own(gen uint32) {
+	g.mu.Lock()
+	g.gens[g.next%ownGens] = gen
+	g.next++
+	g.mu.Unlock()
+}
+
+// owns reports whether gen was committed by one transaction of a member.
+func (g *listeners) owns(gen uint32) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, x := range g.gens[:min(g.next, ownGens)] {
+		if x == gen {
+			return true
+		}
+	}
+	return false
+}
+
+// muted is one member's connection out of the group, and the loss its
+// watcher is to judge once it is back.
+type muted struct {
+	m      *eventMute
+	gc     groupConn
+	conn   eventConn
+	from   uint32
+	fromOK bool
+}
+
+// mute takes every watcher of the group out of the notification group and
+// returns the function that puts them back, or nil when none was
+// subscribed. Callers hold p.mu.
 func (p *Proxier) mute(ctx context.Context) func() {
-	m := &p.ev
+	var out []muted
+	for _, m := range p.group.members {
+		if mm, ok := p.leave(ctx, m); ok {
+			out = append(out, mm)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return func() {
+		for _, mm := range out {
+			p.rejoin(ctx, mm)
+		}
+	}
+}
+
+// leave takes m's connection out of the notification group.
+func (p *Proxier) leave(ctx context.Context, m *eventMute) (muted, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gc, ok := m.conn.(groupConn)
 	if !ok || m.judgements == nil {
-		return nil
+		return muted{}, false
 	}
 	if err := gc.LeaveGroup(nfnlgrpNFTables); err != nil {
-		return nil
+		return muted{}, false
 	}
 	// A transaction committing as the group was left may be heard only
 	// in part, so the range starts before the generation read after,
@@ -70,25 +158,29 @@ func (p *Proxier) mute(ctx context.Context) func() {
 	if s := m.seen.Load(); !fromOK || s != uint64(from)+1 {
 		from--
 	}
-	conn := m.conn
-	return func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if m.conn != conn {
-			// The watcher redialled meanwhile, and judges that loss.
-			return
-		}
-		if err := gc.JoinGroup(nfnlgrpNFTables); err != nil {
-			klog.V(2).InfoS("Cannot rejoin the nf_tables notifications; reconnecting", "family", p.cfg.Family, "err", err)
-			conn.Close()
-			return
-		}
-		cur, curOK := p.genBefore(ctx)
-		select {
-		case m.judgements <- judgement{lost: true, from: from, fromOK: fromOK, cur: cur, curOK: curOK}:
-		default:
-			// The decider is behind: rewrite everything.
-			p.synced = false
-		}
+	return muted{m: m, gc: gc, conn: m.conn, from: from, fromOK: fromOK}, true
+}
+
+// rejoin puts a muted connection back and queues the loss for its
+// watcher to judge.
+func (p *Proxier) rejoin(ctx context.Context, mm muted) {
+	m := mm.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conn != mm.conn {
+		// The watcher redialled meanwhile, and judges that loss.
+		return
+	}
+	if err := mm.gc.JoinGroup(nfnlgrpNFTables); err != nil {
+		klog.V(2).InfoS("Cannot rejoin the nf_tables notifications; reconnecting", "family", p.cfg.Family, "err", err)
+		mm.conn.Close()
+		return
+	}
+	cur, curOK := p.genBefore(ctx)
+	select {
+	case m.judgements <- judgement{lost: true, from: mm.from, fromOK: mm.fromOK, cur: cur, curOK: curOK}:
+	default:
+		// The decider is behind: its proxier rewrites everything.
+		m.overrun.Store(true)
 	}
 }

@@ -28,40 +28,65 @@ const (
 	fIndex       // the numgen random index (a 32-bit integer in host order)
 )
 
+// layout is how a set's or map's elements are encoded: its key and (for
+// data maps) value fields, and whether it is a verdict map.
+type layout struct {
+	key, value []field
+	verdict    bool
+}
+
+var (
+	addrProtoPort = []field{fAddr, fProto, fPort}
+	protoPort     = []field{fProto, fPort}
+	addrPort      = []field{fAddr, fPort}
+	// fixedLayouts are the layouts of the sets and maps whose names do
+	// not depend on the Services (all but the affinity ones), computed
+	// once: setLayout runs for every element of a full sync.
+	fixedLayouts = func() map[string]layout {
+		m := map[string]layout{
+			sClusterIPs:            {key: []field{fAddr}},
+			sNodePortIPs:           {key: []field{fAddr}},
+			sFirewallDests:         {key: addrProtoPort},
+			sHairpin:               {key: []field{fAddr, fAddr}},
+			sAffinityLocalEPs:      {key: addrProtoPort},
+			mServiceIPs:            {key: addrProtoPort, verdict: true},
+			mNoEndpointServices:    {key: addrProtoPort, verdict: true},
+			poolIP.countMap():      {key: addrProtoPort, verdict: true},
+			poolIPLocal.countMap(): {key: addrProtoPort, verdict: true},
+			mServiceNodePorts:      {key: protoPort, verdict: true},
+			mNoEndpointNodePort:    {key: protoPort, verdict: true},
+			poolNP.countMap():      {key: protoPort, verdict: true},
+			poolNPLocal.countMap(): {key: protoPort, verdict: true},
+		}
+		for _, p := range pools {
+			for _, proto := range protocols {
+				// An endpoint map: [daddr .] dport . index → addr . port.
+				key := []field{fAddr, fPort, fIndex}
+				if p.byPort {
+					key = []field{fPort, fIndex}
+				}
+				m[p.endpointsMap(proto)] = layout{key: key, value: addrPort}
+			}
+		}
+		return m
+	}()
+)
+
 // setLayout is the key (and, for data maps, value) layout of a set or map
 // of our table; verdict reports a verdict map; ok is false for sets netlink
 // does not write here (the interval set).
 func setLayout(name string) (key, value []field, verdict, ok bool) {
+	if l, found := fixedLayouts[name]; found {
+		return l.key, l.value, l.verdict, true
+	}
 	switch {
-	case name == sClusterIPs || name == sNodePortIPs:
-		return []field{fAddr}, nil, false, true
-	case name == sFirewallDests:
-		return []field{fAddr, fProto, fPort}, nil, false, true
-	case name == sHairpin:
-		return []field{fAddr, fAddr}, nil, false, true
 	case isAffinityMap(name):
 		// The dynamic affinity maps: client . daddr . dport → endpoint
 		// (written here only to delete entries).
-		return []field{fAddr, fAddr, fPort}, []field{fAddr, fPort}, false, true
-	case name == sAffinityLocalEPs:
-		return []field{fAddr, fProto, fPort}, nil, false, true
+		return []field{fAddr, fAddr, fPort}, addrPort, false, true
 	case strings.HasPrefix(name, affinityDestsPrefix):
 		// A vmap: daddr . dport → goto the record chain.
-		return []field{fAddr, fPort}, nil, true, true
-	case name == mServiceIPs || name == mNoEndpointServices || name == poolIP.countMap() || name == poolIPLocal.countMap():
-		return []field{fAddr, fProto, fPort}, nil, true, true
-	case name == mServiceNodePorts || name == mNoEndpointNodePort || name == poolNP.countMap() || name == poolNPLocal.countMap():
-		return []field{fProto, fPort}, nil, true, true
-	}
-	for _, p := range pools {
-		for _, proto := range protocols {
-			if name == p.endpointsMap(proto) {
-				if p.byPort {
-					return []field{fPort, fIndex}, []field{fAddr, fPort}, false, true
-				}
-				return []field{fAddr, fPort, fIndex}, []field{fAddr, fPort}, false, true
-			}
-		}
+		return addrPort, nil, true, true
 	}
 	return nil, nil, false, false
 }

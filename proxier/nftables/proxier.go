@@ -52,8 +52,10 @@ type Proxier struct {
 	chk          checkState // what Check remembers (check.go)
 	// damage is others' narrow damage the next sync repairs (repair.go).
 	damage *damage
-	// ev is the watcher's connection, which bulk writes mute (mute.go).
-	ev eventMute
+	// ev is the watcher's connection, which bulk writes mute (mute.go);
+	// group holds it and those of the namespace's other proxiers.
+	ev    eventMute
+	group *listeners
 	// noAffinity: this nft cannot write the affinity rules of the family
 	// (see ipv6AffinityWorks); Services are balanced without affinity.
 	noAffinity bool
@@ -90,8 +92,10 @@ type SyncResult struct {
 // New returns a Proxier for cfg.Family using nft, whose table must be
 // TableName in that family.
 func New(cfg proxier.Config, nft knftables.Interface, serviceCIDRs []string) *Proxier {
-	return &Proxier{cfg: cfg, f: famOf(cfg.Family), nft: nft, flagCIDRs: serviceCIDRElems(cfg.Family, parseCIDRs(serviceCIDRs)),
+	p := &Proxier{cfg: cfg, f: famOf(cfg.Family), nft: nft, flagCIDRs: serviceCIDRElems(cfg.Family, parseCIDRs(serviceCIDRs)),
 		FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
+	p.group = newListeners(&p.ev)
+	return p
 }
 
 // Family is the address family this proxier programs.
@@ -201,8 +205,13 @@ func (p *Proxier) writeText(w io.Writer, pd *pending) error {
 // Sync makes the table hold the rules for st, then runs the after-sync steps.
 func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	p.mu.Lock()
+	if p.ev.overrun.Swap(false) {
+		p.synced = false
+	}
 	textMode := p.runText != nil
+	t0 := time.Now()
 	pd := p.transaction(st, !textMode)
+	tRender := time.Since(t0)
 	tx := pd.tx
 	if pd.full {
 		// It rewrites what others damaged too.
@@ -237,19 +246,24 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		}
 	}
 	var err error
+	t0 = time.Now()
 	gen, genOK := p.genBefore(ctx)
+	way := "partial"
 	switch {
 	case pd.full && textMode && p.writer != nil && p.tableAbsent(ctx):
 		// A cold start (or the table was deleted): nothing to replace
 		// atomically, so nft writes the rules and netlink the elements,
 		// several times faster than nft parsing them.
+		way = "load"
 		err = p.coldLoad(ctx, pd, &gen, &genOK)
 	case pd.full && textMode && p.writer != nil && p.refill(ctx, pd, &gen, &genOK):
 		// The table is there: rules rewritten in place, sets refilled
 		// over netlink (refill.go).
+		way = "refill"
 		err = pd.err
 		pd.refilled = true
 	case pd.full && textMode:
+		way = "replace"
 		// A full sync loads every element: one command per set or map
 		// instead of one per element makes nft several times faster, and
 		// the text streams into nft as it is written.
@@ -288,7 +302,13 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		return fmt.Errorf("%v nftables sync: %w", p.cfg.Family, err)
 	}
 	p.genAfter(ctx, gen, genOK, pd.full)
+	tApply := time.Since(t0)
+	t0 = time.Now()
 	plan := pd.commit()
+	if pd.full {
+		klog.V(2).InfoS("Full sync", "family", p.cfg.Family, "way", way, "render", tRender, "apply", tApply, "commit", time.Since(t0),
+			"muted", unmute != nil)
+	}
 	if d := p.damage; d != nil {
 		// Others' narrow damage, repaired over the table now up to date.
 		p.damage = nil

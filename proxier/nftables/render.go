@@ -20,7 +20,24 @@ type elem struct {
 	value []string
 }
 
-func (e elem) id() string { return e.set + "\x00" + strings.Join(e.key, " . ") }
+// id identifies an element within the table: its set and key.
+func (e elem) id() string {
+	n := len(e.set) + 1
+	for _, k := range e.key {
+		n += len(k) + 3
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(e.set)
+	b.WriteByte(0)
+	for i, k := range e.key {
+		if i > 0 {
+			b.WriteString(" . ")
+		}
+		b.WriteString(k)
+	}
+	return b.String()
+}
 
 // affinityKey identifies an affinity map: one per protocol and timeout in use.
 type affinityKey struct {
