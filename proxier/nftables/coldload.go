@@ -5,7 +5,9 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"time"
 
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
 )
 
@@ -32,12 +34,17 @@ func (p *Proxier) tableAbsent(ctx context.Context) bool {
 // caller's genAfter sees one transaction of ours, or clears *genOK when it
 // cannot tell.
 func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK *bool) error {
+	start := time.Now()
 	text, ops := splitColdLoad(pd)
+	tSplit := time.Since(start)
 	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
 		return err
 	}
+	tText := time.Since(start)
 	p.stepOwn(ctx, gen, genOK)
-	return p.writer.apply(ops)
+	err := p.writer.apply(ops)
+	klog.V(2).InfoS("Loaded the table", "family", p.cfg.Family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
+	return err
 }
 
 // splitColdLoad splits a full sync's elements into what nft writes (the

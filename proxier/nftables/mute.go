@@ -91,6 +91,9 @@ func Share(ps ...*Proxier) {
 
 // own records generation gen as committed by one transaction of a member.
 func (g *listeners) own(gen uint32) {
+	if g == nil {
+		return
+	}
 	g.mu.Lock()
 	g.gens[g.next%ownGens] = gen
 	g.next++
@@ -99,6 +102,9 @@ func (g *listeners) own(gen uint32) {
 
 // owns reports whether gen was committed by one transaction of a member.
 func (g *listeners) owns(gen uint32) bool {
+	if g == nil {
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, x := range g.gens[:min(g.next, ownGens)] {
@@ -124,7 +130,11 @@ type muted struct {
 // subscribed. Callers hold p.mu.
 func (p *Proxier) mute(ctx context.Context) func() {
 	var out []muted
-	for _, m := range p.group.members {
+	members := []*eventMute{&p.ev}
+	if p.group != nil {
+		members = p.group.members
+	}
+	for _, m := range members {
 		if mm, ok := p.leave(ctx, m); ok {
 			out = append(out, mm)
 		}

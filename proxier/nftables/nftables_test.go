@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"slices"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/knftables"
 
@@ -229,5 +231,64 @@ func BenchmarkFullTransaction10k(b *testing.B) {
 		if _, err := w.messages(ops); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestFullSyncReusesRenders: a full sync that is due only because the
+// table must be rewritten (ForceFullSync, as a repair) starts from the last
+// sync's renders and index, and writes exactly what a fresh proxier writes;
+// the periodic full sync and a node change render everything anew.
+func TestFullSyncReusesRenders(t *testing.T) {
+	ctx := context.Background()
+	st1 := testState()
+	// st2: one Service changed, one removed, one added; the others keep
+	// their pointers, as the syncer hands them over.
+	st2 := *st1
+	st2.Services = slices.Clone(st1.Services)
+	web := *st2.Services[3]
+	web.Endpoints = append(slices.Clone(web.Endpoints), ep("10.244.2.9", 8080, false))
+	st2.Services[3] = &web
+	st2.Services = append(st2.Services[:0:0], st2.Services[1:]...)
+	st2.Services = append(st2.Services, svc("ns", "new", proxier.UDP, "10.96.0.9", 53, ep("10.244.1.9", 53, true)))
+
+	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
+	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	want := fresh.Dump()
+
+	nft := knftables.NewFake(knftables.IPv4Family, TableName)
+	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	clock := time.Unix(1000, 0)
+	p.now = func() time.Time { return clock }
+	if err := p.Sync(ctx, st1); err != nil {
+		t.Fatal(err)
+	}
+	rendered := p.services[st1.Services[1]]
+	p.ForceFullSync()
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	// Changed counts the two new renders and the two dropped.
+	if r := p.LastResult(); !r.Full || r.Changed != 4 {
+		t.Errorf("repairing sync: full %v, changed %d; want a full sync with 4 changes", r.Full, r.Changed)
+	}
+	if p.services[st2.Services[0]] != rendered {
+		t.Error("an unchanged Service was rendered anew by a repairing full sync")
+	}
+	if got := nft.Dump(); got != want {
+		t.Errorf("a repairing full sync wrote\n%s\nwant (a fresh proxier's)\n%s", got, want)
+	}
+
+	// The periodic full sync starts afresh.
+	clock = clock.Add(p.FullSyncPeriod + time.Second)
+	if err := p.Sync(ctx, &st2); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); !r.Full || p.services[st2.Services[0]] == rendered {
+		t.Errorf("periodic sync: full %v, unchanged Service rendered anew %v; want both", r.Full, p.services[st2.Services[0]] != rendered)
+	}
+	if got := nft.Dump(); got != want {
+		t.Errorf("the periodic full sync wrote\n%s\nwant\n%s", got, want)
 	}
 }

@@ -139,6 +139,9 @@ func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string
 type pending struct {
 	tx   *knftables.Transaction
 	full bool
+	// fresh: a full sync that rendered everything anew; a full sync
+	// that is not fresh moved the last sync's index in place.
+	fresh bool
 	// elems is every element of a full sync whose elements are not in tx
 	// (they are written as text, grouped per set).
 	elems map[string]*elemRef
@@ -295,6 +298,10 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	}
 	if err != nil {
 		p.synced = false
+		if pd.full && !pd.fresh {
+			// The index is already moved: start afresh.
+			p.services = nil
+		}
 		unlock()
 		if klog.V(4).Enabled() {
 			klog.InfoS("Failed nftables transaction", "family", p.cfg.Family, "transaction", tx.String())
@@ -306,7 +313,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 	t0 = time.Now()
 	plan := pd.commit()
 	if pd.full {
-		klog.V(2).InfoS("Full sync", "family", p.cfg.Family, "way", way, "render", tRender, "apply", tApply, "commit", time.Since(t0),
+		klog.V(2).InfoS("Full sync", "family", p.cfg.Family, "way", way, "fresh", pd.fresh, "render", tRender, "apply", tApply, "commit", time.Since(t0),
 			"muted", unmute != nil)
 	}
 	if d := p.damage; d != nil {
@@ -341,7 +348,15 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	tx := p.nft.NewTransaction()
 	node := [2]string{st.NodeName, st.NodeZone}
-	full := !p.synced || node != p.node || p.now().Sub(p.lastFull) > p.FullSyncPeriod
+	periodic := p.now().Sub(p.lastFull) > p.FullSyncPeriod
+	full := !p.synced || node != p.node || periodic
+	// fresh: every Service is planned and rendered anew and the element
+	// index rebuilt. A full sync that is due only because the kernel's
+	// table must be rewritten (a repair, a retry) starts from the last
+	// sync's renders and index instead, as a partial sync does: they
+	// depend only on the Services, the node and the config. At 10,000
+	// Services that saves most of half a second.
+	fresh := full && (p.services == nil || node != p.node || periodic)
 
 	// Render the services that changed (all of them on a full sync); keep
 	// the renders of unchanged *Service pointers.
@@ -351,7 +366,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	for _, svc := range st.Services {
 		// An unchanged *Service keeps its plan and render: the plan depends
 		// only on the service and the node, and a node change is a full sync.
-		if r, ok := p.services[svc]; ok && !full {
+		if r, ok := p.services[svc]; ok && !fresh {
 			renders[svc] = r
 			continue
 		}
@@ -364,7 +379,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		plan.Services = append(plan.Services, renders[svc].plan)
 	}
 	var removed []*svcRender
-	if !full {
+	if !fresh {
 		for svc, r := range p.services {
 			if _, ok := renders[svc]; !ok {
 				removed = append(removed, r)
@@ -376,7 +391,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	var elems map[string]*elemRef
 	var lbChains map[string]int
 	var affinity map[affinityKey]int
-	if full {
+	if fresh {
 		n := 0
 		for _, r := range renders {
 			n += len(r.elems)
@@ -394,10 +409,10 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	// of the last sync, less the removed renders', plus the new ones' (a
 	// copy only when one of them has any).
 	affChains := p.affChains
-	if full {
+	if fresh {
 		affChains = map[string][]string{}
 	}
-	copied := full
+	copied := fresh
 	edit := func() {
 		if !copied {
 			affChains, copied = maps.Clone(p.affChains), true
@@ -429,7 +444,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	lbDelta := map[string]int{}
 	affDelta := map[affinityKey]int{}
 	var staleAff []*staleAffinity
-	if !full {
+	if !fresh {
 		apply := func(r *svcRender, sign int) {
 			for _, e := range r.elems {
 				c := delta[e.id()]
@@ -458,7 +473,9 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 			}
 			apply(renders[svc], 1)
 		}
-		staleAff = staleAffinities(removed, changed, renders)
+		if !full {
+			staleAff = staleAffinities(removed, changed, renders)
+		}
 		if p.cidrs == nil || !sameElems(p.cidrs.elems, cidrR.elems) {
 			if p.cidrs != nil {
 				apply(p.cidrs, -1)
@@ -493,9 +510,44 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	}
 
 	res := SyncResult{Full: full, Services: len(st.Services), Changed: len(changed) + len(removed)}
+	// applyDelta moves the index to the desired state: at commit for a
+	// partial sync, before writing for a full one that is not fresh (a
+	// failure then discards the index: see Sync).
+	applied := false
+	applyDelta := func() {
+		if applied {
+			return
+		}
+		applied = true
+		for id, c := range delta {
+			r := elems[id]
+			if r == nil {
+				r = &elemRef{}
+				elems[id] = r
+			}
+			r.refs += c.refs
+			if c.pos {
+				r.e = c.e
+			}
+			if r.refs <= 0 {
+				delete(elems, id)
+			}
+		}
+		for lb, d := range lbDelta {
+			if lbChains[lb] += d; lbChains[lb] <= 0 {
+				delete(lbChains, lb)
+			}
+		}
+		for k, d := range affDelta {
+			if affinity[k] += d; affinity[k] <= 0 {
+				delete(affinity, k)
+			}
+		}
+	}
 	var ops []elemOp // a partial sync's element changes, as tx has them
 	elemOnly := false
 	if full {
+		applyDelta()
 		p.writeFull(tx, sk, dynChains(p.f, lbChains, affChains), elems, elemsInTx)
 	} else {
 		// New lb chains first, so elements can refer to them; stale ones
@@ -574,32 +626,8 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	res.Operations = tx.NumOperations()
 
 	commit := func() *proxier.Plan {
-		if !full {
-			for id, c := range delta {
-				r := elems[id]
-				if r == nil {
-					r = &elemRef{}
-					elems[id] = r
-				}
-				r.refs += c.refs
-				if c.pos {
-					r.e = c.e
-				}
-				if r.refs <= 0 {
-					delete(elems, id)
-				}
-			}
-			for lb, d := range lbDelta {
-				if lbChains[lb] += d; lbChains[lb] <= 0 {
-					delete(lbChains, lb)
-				}
-			}
-			for k, d := range affDelta {
-				if affinity[k] += d; affinity[k] <= 0 {
-					delete(affinity, k)
-				}
-			}
-		} else {
+		applyDelta()
+		if fresh {
 			p.lastFull = p.now()
 		}
 		p.elems, p.lbChains, p.affinity, p.affChains = elems, lbChains, affinity, affChains
@@ -612,7 +640,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		p.last = res
 		return plan
 	}
-	pd := &pending{tx: tx, full: full, commit: commit, staleAffinity: staleAff}
+	pd := &pending{tx: tx, full: full, fresh: fresh, commit: commit, staleAffinity: staleAff}
 	if full {
 		pd.renders, pd.sk, pd.lbChains, pd.affChains = renders, sk, lbChains, affChains
 	}
