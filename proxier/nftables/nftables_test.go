@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
-	"slices"
 	"testing"
 	"time"
 
