@@ -111,36 +111,52 @@ func TestScale(t *testing.T) {
 	}
 	c.since(fmt.Sprintf("created %d Services and EndpointSlices (10 endpoints each)", n), start)
 
-	// Cold start: no table, everything already in the API.
-	if _, err := env.Node.Run(ctx, "nft", "delete", "table", "ip", "svcproxy"); err != nil {
-		t.Fatalf("delete table: %v", err)
-	}
+	// Cold start: no table, everything already in the API; three times,
+	// for the spread.
 	last := svcs[n-1]
-	// The API server shares this machine's two cores (on a real node it does
-	// not): let it finish digesting the writes before measuring svcproxy.
-	c.since(fmt.Sprintf("waited for an idle machine (%s)", waitIdle(time.Minute)), time.Now())
-	restart := time.Now()
-	if _, err := env.StartSvcproxy(ctx); err != nil {
-		t.Fatal(err)
+	var colds []time.Duration
+	for k := 0; k < coldStarts; k++ {
+		if k > 0 {
+			if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+				t.Logf("svcproxy stop: %v", err)
+			}
+		}
+		for _, fam := range []string{"ip", "ip6"} {
+			if _, err := env.Node.Run(ctx, "nft", "delete", "table", fam, "svcproxy"); err != nil {
+				t.Fatalf("delete table: %v", err)
+			}
+		}
+		// The API server shares this machine's two cores (on a real node
+		// it does not): let it finish digesting the writes before
+		// measuring svcproxy.
+		c.since(fmt.Sprintf("waited for an idle machine (%s)", waitIdle(time.Minute)), time.Now())
+		restart := time.Now()
+		if _, err := env.StartSvcproxy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.WaitSvcproxySynced(ctx, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		startToSynced := time.Since(restart)
+		colds = append(colds, startToSynced)
+		t.Logf("RESULT cold start %d with %d Services x 10 endpoints: process start to first sync done %v; the full sync itself took %v",
+			k+1, n, startToSynced.Round(time.Millisecond), firstFullSync(t).Round(time.Millisecond))
+		logColdStart(t)
+		c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
 	}
-	if err := env.WaitSvcproxySynced(ctx, 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	startToSynced := time.Since(restart)
-	syncDur := firstFullSync(t)
-	t.Logf("RESULT cold start with %d Services x 10 endpoints: process start to first sync done %v; the full sync itself took %v",
-		n, startToSynced.Round(time.Millisecond), syncDur.Round(time.Millisecond))
+	slices.Sort(colds)
+	median := colds[len(colds)/2]
+	t.Logf("RESULT cold start with %d Services x 10 endpoints: median %v of %v", n, median.Round(time.Millisecond), colds)
 	// The bar (cold start ≤ 3 s) is from process start to the rules in
 	// place, on an idle 2-core node; here the API server shares the cores
 	// (it serves the 20,000 objects' initial lists meanwhile). The guard
 	// fails the run at twice the bar; the figure is reported.
-	if startToSynced > 3*time.Second {
-		t.Logf("cold start %v is above the 3s bar", startToSynced.Round(time.Millisecond))
+	if median > 3*time.Second {
+		t.Logf("cold start %v is above the 3s bar", median.Round(time.Millisecond))
 	}
-	if startToSynced > 6*time.Second {
-		t.Errorf("cold start took %v, more than twice the 3s bar", startToSynced)
+	if median > 6*time.Second {
+		t.Errorf("cold start took %v, more than twice the 3s bar", median)
 	}
-	c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
 
 	// Single-change latency, seen in the kernel: nf_tables announces every
 	// new element on a netlink multicast group, read here directly (`nft
@@ -187,6 +203,7 @@ func TestScale(t *testing.T) {
 	// Self-repair at scale: damage the table, time until svcproxy's
 	// repairing full sync is done (its log line), then check a Service.
 	for _, damage := range [][]string{
+		{"nft", "flush", "ruleset"},
 		{"nft", "flush", "map", "ip", "svcproxy", "endpoints-ip-tcp"},
 		{"nft", "flush", "chain", "ip", "svcproxy", "services"},
 		{"nft", "delete", "table", "ip", "svcproxy"},
@@ -240,6 +257,31 @@ func repairTime(t *testing.T, damage []string) time.Duration {
 	}
 	t.Fatalf("no full sync within 30s of %v", damage)
 	return 0
+}
+
+// coldStarts is how many cold starts TestScale measures.
+const coldStarts = 3
+
+// logColdStart logs the steps of the last svcproxy run's start, with
+// svcproxy's timestamps: caches filled, the full syncs and their parts.
+func logColdStart(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(env.Svcproxy().LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := strings.Split(string(b), "\n=== ")
+	run := runs[len(runs)-1]
+	t.Logf("svcproxy: process started %s", strings.SplitN(run, ": ", 2)[0])
+	for _, l := range strings.Split(run, "\n") {
+		for _, s := range []string{`"Starting svcproxy"`, `"Caches populated" type="*v1.Service"`, `"Caches populated" type="*v1.EndpointSlice"`,
+			`"Caches synced`, `"Full sync"`, `"Loaded the table"`, `fullRebuild=true`} {
+			if strings.Contains(l, s) {
+				t.Logf("svcproxy: %.260s", l)
+				break
+			}
+		}
+	}
 }
 
 // scaleIPs are the 10 endpoint IPs of scale Service i at generation g.
