@@ -122,7 +122,7 @@ func TestScale(t *testing.T) {
 			}
 		}
 		for _, fam := range []string{"ip", "ip6"} {
-			if _, err := env.Node.Run(ctx, "nft", "delete", "table", fam, "svcproxy"); err != nil {
+			if out, err := env.Node.Run(ctx, "nft", "delete", "table", fam, "svcproxy"); err != nil && !strings.Contains(out+err.Error(), "No such file") {
 				t.Fatalf("delete table: %v", err)
 			}
 		}
@@ -209,8 +209,9 @@ func TestScale(t *testing.T) {
 		{"nft", "delete", "table", "ip", "svcproxy"},
 	} {
 		time.Sleep(time.Second)
-		d := repairTime(t, damage)
-		t.Logf("RESULT self-repair with %d Services: after `%s` the repair was done in %v", n, strings.Join(damage, " "), d.Round(time.Millisecond))
+		d, cmd := repairTime(t, damage)
+		t.Logf("RESULT self-repair with %d Services: after `%s` the repair was done in %v (%v after the command returned)",
+			n, strings.Join(damage, " "), d.Round(time.Millisecond), (d - cmd).Round(time.Millisecond))
 		if d > time.Second {
 			t.Logf("repair took %v, above the 1s bar", d.Round(time.Millisecond))
 		}
@@ -219,9 +220,13 @@ func TestScale(t *testing.T) {
 }
 
 // repairTime runs damage in the node namespace and returns the time until
-// svcproxy logs the end of the IPv4 repair that followed it: a narrow one
-// (only what the damage named rewritten) or a full sync.
-func repairTime(t *testing.T, damage []string) time.Duration {
+// svcproxy logs the end of the IPv4 repair that followed it (a narrow one,
+// only what the damage named rewritten, or a full sync), and the time the
+// damaging command took. (While anyone listens to nf_tables notifications,
+// as svcproxy does, the kernel builds one per element a transaction
+// deletes: a flush of a 100,000-element map then takes the command a
+// second or more.)
+func repairTime(t *testing.T, damage []string) (time.Duration, time.Duration) {
 	t.Helper()
 	path := env.Svcproxy().LogPath
 	st, err := os.Stat(path)
@@ -233,6 +238,7 @@ func repairTime(t *testing.T, damage []string) time.Duration {
 	if out, err := env.Node.Run(context.Background(), damage...); err != nil {
 		t.Fatalf("%v: %v: %s", damage, err, out)
 	}
+	cmd := time.Since(t0)
 	for time.Since(t0) < 30*time.Second {
 		time.Sleep(5 * time.Millisecond)
 		f, err := os.Open(path)
@@ -252,11 +258,11 @@ func repairTime(t *testing.T, damage []string) time.Duration {
 					t.Logf("svcproxy: %.300s", l)
 				}
 			}
-			return d
+			return d, cmd
 		}
 	}
 	t.Fatalf("no full sync within 30s of %v", damage)
-	return 0
+	return 0, 0
 }
 
 // coldStarts is how many cold starts TestScale measures.
