@@ -211,8 +211,9 @@ func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync fu
 	if r, ok := p.reader.(*netlinkReader); ok {
 		gr := &netlinkReader{family: r.family, netns: r.netns}
 		go p.watch(ctx, watcher{
-			dial: func() (eventConn, error) { return dialEvents(r.netns, eventBuffer) },
-			gen:  func() (uint32, error) { return gr.generation(ctx) },
+			dial:     func() (eventConn, error) { return dialEvents(r.netns, eventBuffer) },
+			gen:      func() (uint32, error) { return gr.generation(ctx) },
+			sentinel: newSentinelConns(&netlinkReader{family: r.family, netns: r.netns}),
 			repair: func(what, rewrite string) {
 				klog.InfoS("Rules altered by someone else; rewriting them", "family", p.cfg.Family, "altered", what, "rewrite", rewrite)
 				resync()

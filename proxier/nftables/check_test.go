@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -573,10 +574,26 @@ func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
 	return kernelWatchBuffer(tb, p, fd, eventBuffer, true)
 }
 
+// kernelWatchSentinel is kernelWatch with the sentinel (sentinel.go), as
+// Monitor runs it.
+func kernelWatchSentinel(tb testing.TB, p *Proxier, fd int) <-chan string {
+	return watchKernel(tb, p, fd, eventBuffer, true, true)
+}
+
 // kernelWatchBuffer is kernelWatch with a receive buffer of buffer bytes,
 // and bulk writes muted (mute.go) only when mute.
 func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int, mute bool) <-chan string {
+	return watchKernel(tb, p, fd, buffer, mute, false)
+}
+
+func watchKernel(tb testing.TB, p *Proxier, fd, buffer int, mute, sentinel bool) <-chan string {
 	ctx, cancel := context.WithCancel(context.Background())
+	var sc *sentinelConns
+	if sentinel {
+		r := newNetlinkReader(p.f.family)
+		r.netns = fd
+		sc = newSentinelConns(r)
+	}
 	repairs := make(chan string, 100)
 	done := make(chan struct{})
 	gr := newNetlinkReader(p.f.family)
@@ -594,8 +611,9 @@ func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int, mute bool) <-c
 				}
 				return c, nil
 			},
-			gen:    func() (uint32, error) { return gr.generation(ctx) },
-			repair: func(what, _ string) { repairs <- what },
+			gen:      func() (uint32, error) { return gr.generation(ctx) },
+			repair:   func(what, _ string) { repairs <- what },
+			sentinel: sc,
 		})
 		close(done)
 	}()
@@ -864,15 +882,20 @@ func TestKernelSharedListeners(t *testing.T) {
 	p4.mu.Lock()
 	unmute()
 	p4.mu.Unlock()
-	select {
-	case what := <-r6:
-		if !strings.Contains(what, "may not be ours") {
-			t.Errorf("IPv6 repair %q, want a judgement of lost notifications", what)
+	// Neither watcher heard it, so neither knows which table it touched:
+	// both rewrite.
+	for fam, r := range map[string]<-chan string{"IPv4": r4, "IPv6": r6} {
+		select {
+		case what := <-r:
+			if !strings.Contains(what, "may not be ours") {
+				t.Errorf("%s repair %q, want a judgement of lost notifications", fam, what)
+			}
+		case <-time.After(time.Second):
+			t.Errorf("%s: the unheard foreign transaction was never judged", fam)
 		}
-	case what := <-r4:
-		t.Errorf("IPv4 repair %q for an IPv6 transaction", what)
-	case <-time.After(time.Second):
-		t.Error("the foreign IPv6 transaction was never judged")
+	}
+	if err := p4.Sync(ctx, testState()); err != nil {
+		t.Fatal(err)
 	}
 	if err := p6.Sync(ctx, st6); err != nil {
 		t.Fatal(err)
@@ -880,4 +903,70 @@ func TestKernelSharedListeners(t *testing.T) {
 	if out := sh(t, "nft", "list", "chain", "ip6", TableName, "services"); !strings.Contains(out, "vmap @service-ips") {
 		t.Errorf("IPv6 services chain not repaired:\n%s", out)
 	}
+}
+
+// TestKernelSentinel: while someone's commit deletes many elements of our
+// table, the sentinel takes the watchers out of the notification group
+// (the kernel then builds no notification per element), and the gap is
+// judged as lost notifications once the commit is over; our own syncs,
+// full and partial, never set it off.
+func TestKernelSentinel(t *testing.T) {
+	_, fd := enterNetns(t)
+	ctx := context.Background()
+	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	st := scaleState(10000) // 100,000 endpoints
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	repairs := kernelWatchSentinel(t, p, fd)
+	none := func(what string) {
+		t.Helper()
+		select {
+		case got := <-repairs:
+			t.Errorf("%s: repair %q, want none", what, got)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	none("the watcher's start")
+	p.ForceFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	none("our full sync")
+	for i := 0; i < 5; i++ {
+		changed := *st.Services[i]
+		changed.Endpoints = slices.Clone(changed.Endpoints)
+		changed.Endpoints[5] = ep(fmt.Sprintf("10.250.0.%d", i), 8080, false)
+		st2 := *st
+		st2.Services = slices.Clone(st.Services)
+		st2.Services[i] = &changed
+		if err := p.Sync(ctx, &st2); err != nil {
+			t.Fatal(err)
+		}
+		st = &st2
+	}
+	none("our partial syncs")
+
+	start := time.Now()
+	sh(t, "nft", "flush map ip svcproxy endpoints-ip-tcp")
+	took := time.Since(start)
+	select {
+	case what := <-repairs:
+		t.Logf("the flush of 100,000 elements took %v; repair: %s", took.Round(time.Millisecond), what)
+		if !strings.Contains(what, "notifications lost") {
+			t.Errorf("repair %q: the flush was heard, not sat out", what)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the flush was never noticed")
+	}
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if !p.LastResult().Full {
+		t.Error("the flush was not repaired by a full sync")
+	}
+	if n := strings.Count(sh(t, "nft", "list map ip svcproxy endpoints-ip-tcp"), " : "); n < 100000 {
+		t.Errorf("endpoints-ip-tcp holds %d elements after the repair, want 100,000", n)
+	}
+	none("our repair")
 }

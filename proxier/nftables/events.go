@@ -295,6 +295,9 @@ type watcher struct {
 	// (what the table or a list of chains and sets), with what was
 	// altered.
 	repair func(what, rewrite string)
+	// sentinel, when set, is what the group's sentinel (sentinel.go)
+	// uses; it runs beside the group's first watcher.
+	sentinel *sentinelConns
 }
 
 // judgement is what the reader hands the decider, in order: a transaction
@@ -373,6 +376,10 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		p.ev.attach(conn, judgements)
+		sctx, stopSentinel := context.WithCancel(ctx)
+		if w.sentinel != nil && (p.group == nil || p.group.members[0] == &p.ev) {
+			go p.sentinel(sctx, &p.ev, w.sentinel)
+		}
 		// What was committed before the subscription went unheard.
 		loss()
 		d.touched, d.dmg = false, damage{}
@@ -382,6 +389,9 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 				// up to the present generation.
 				cur, err := w.gen()
 				judgements <- judgement{lost: true, from: lossFrom, fromOK: lossFromOK, cur: cur, curOK: err == nil}
+				if err == nil {
+					p.ev.heard(cur)
+				}
 				lossy = false
 			}
 			msgs, err := conn.Receive()
@@ -403,13 +413,14 @@ func (p *Proxier) watch(ctx context.Context, w watcher) {
 			for _, m := range msgs {
 				if ev, ok := d.add(m); ok {
 					seen, seenOK = ev.gen, true
-					p.ev.seen.Store(uint64(ev.gen) + 1)
+					p.ev.heard(ev.gen)
 					if ev.touched {
 						judgements <- judgement{tx: ev}
 					}
 				}
 			}
 		}
+		stopSentinel()
 		p.ev.attach(nil, nil)
 		stop()
 		conn.Close()

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -51,6 +52,23 @@ type eventMute struct {
 	// overrun is set when a loss could not be queued (the watcher's
 	// decider is behind): the owner's next sync rewrites everything.
 	overrun atomic.Bool
+	// muted counts the bulk writes (and sentinel) that have the
+	// connection out of the group.
+	muted atomic.Int32
+}
+
+// heard records that everything up to generation gen is heard or judged:
+// seen only moves forward.
+func (m *eventMute) heard(gen uint32) {
+	for {
+		s := m.seen.Load()
+		if s != 0 && genLE(gen, uint32(s-1)) {
+			return
+		}
+		if m.seen.CompareAndSwap(s, uint64(gen)+1) {
+			return
+		}
+	}
 }
 
 // attach makes conn (nil: none) the connection a sync mutes.
@@ -168,12 +186,27 @@ func (p *Proxier) leave(ctx context.Context, m *eventMute) (muted, bool) {
 	if s := m.seen.Load(); !fromOK || s != uint64(from)+1 {
 		from--
 	}
+	m.muted.Add(1)
 	return muted{m: m, gc: gc, conn: m.conn, from: from, fromOK: fromOK}, true
 }
 
 // rejoin puts a muted connection back and queues the loss for its
-// watcher to judge.
+// watcher to judge. Callers hold p.mu.
 func (p *Proxier) rejoin(ctx context.Context, mm muted) {
+	mm.m.muted.Add(-1)
+	p.rejoinWith(mm, func() (uint32, error) {
+		g, ok := p.genBefore(ctx)
+		if !ok {
+			return 0, errNoGeneration
+		}
+		return g, nil
+	})
+}
+
+var errNoGeneration = errors.New("generation unreadable")
+
+// rejoinWith is rejoin, with gen reading the generation.
+func (p *Proxier) rejoinWith(mm muted, gen func() (uint32, error)) {
 	m := mm.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -186,11 +219,15 @@ func (p *Proxier) rejoin(ctx context.Context, mm muted) {
 		mm.conn.Close()
 		return
 	}
-	cur, curOK := p.genBefore(ctx)
+	cur, err := gen()
 	select {
-	case m.judgements <- judgement{lost: true, from: mm.from, fromOK: mm.fromOK, cur: cur, curOK: curOK}:
+	case m.judgements <- judgement{lost: true, from: mm.from, fromOK: mm.fromOK, cur: cur, curOK: err == nil}:
 	default:
 		// The decider is behind: its proxier rewrites everything.
 		m.overrun.Store(true)
+	}
+	if err == nil {
+		// Up to cur, the judgement covers what was not heard.
+		m.heard(cur)
 	}
 }
