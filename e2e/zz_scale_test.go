@@ -215,6 +215,10 @@ func TestScale(t *testing.T) {
 		if d > time.Second {
 			t.Logf("repair took %v, above the 1s bar", d.Round(time.Millisecond))
 		}
+		// The guard, as for the other figures: twice the bar.
+		if d > 2*time.Second {
+			t.Errorf("repair after `%s` took %v, more than twice the 1s bar", strings.Join(damage, " "), d.Round(time.Millisecond))
+		}
 		c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
 	}
 }

@@ -425,14 +425,7 @@ func TestKernelEvents(t *testing.T) {
 	defer cancel()
 	p, _ := kernelProxier(t, fd, testConfig(), nil)
 	repairs := kernelWatch(t, p, fd)
-	none := func(what string) {
-		t.Helper()
-		select {
-		case got := <-repairs:
-			t.Errorf("%s: repair %q, want none", what, got)
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
+	none := noRepair(t, repairs)
 	// A cold load without elements for netlink (one transaction).
 	if err := p.Sync(ctx, &proxier.State{Family: proxier.IPv4, NodeName: "node-1"}); err != nil {
 		t.Fatal(err)
@@ -537,17 +530,7 @@ func TestKernelEvents(t *testing.T) {
 	}
 	// A transaction of someone else's while a bulk write of ours has left
 	// the group goes unheard, and is found when it rejoins.
-	p.mu.Lock()
-	unmute := p.mute(ctx)
-	p.mu.Unlock()
-	if unmute == nil {
-		t.Fatal("the watcher's connection cannot be muted")
-	}
-	sh(t, "nft", "flush chain ip svcproxy services")
-	none("a foreign transaction while muted")
-	p.mu.Lock()
-	unmute()
-	p.mu.Unlock()
+	foreignWhileMuted(t, p, "flush chain ip svcproxy services", none)
 	select {
 	case what := <-repairs:
 		if !strings.Contains(what, "may not be ours") {
@@ -572,6 +555,36 @@ func TestKernelEvents(t *testing.T) {
 // returns the repairs it asks for.
 func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
 	return kernelWatchBuffer(tb, p, fd, eventBuffer, true)
+}
+
+// noRepair returns a check that repairs reports nothing for 300 ms.
+func noRepair(t *testing.T, repairs <-chan string) func(what string) {
+	return func(what string) {
+		t.Helper()
+		select {
+		case got := <-repairs:
+			t.Errorf("%s: repair %q, want none", what, got)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// foreignWhileMuted runs `nft cmd` while a bulk write of p's would have
+// the watchers out of the notification group, and checks with none that
+// nothing is heard meanwhile.
+func foreignWhileMuted(t *testing.T, p *Proxier, cmd string, none func(string)) {
+	t.Helper()
+	p.mu.Lock()
+	unmute := p.mute(context.Background())
+	p.mu.Unlock()
+	if unmute == nil {
+		t.Fatal("no watcher to mute")
+	}
+	sh(t, "nft", cmd)
+	none("a foreign transaction while muted: " + cmd)
+	p.mu.Lock()
+	unmute()
+	p.mu.Unlock()
 }
 
 // kernelWatchSentinel is kernelWatch with the sentinel (sentinel.go), as
@@ -871,17 +884,7 @@ func TestKernelSharedListeners(t *testing.T) {
 
 	// While IPv4 has the group muted, IPv6 does not hear a foreign flush
 	// of its chain; it judges the gap when it rejoins.
-	p4.mu.Lock()
-	unmute := p4.mute(ctx)
-	p4.mu.Unlock()
-	if unmute == nil {
-		t.Fatal("nothing muted")
-	}
-	sh(t, "nft", "flush chain ip6 svcproxy services")
-	none("a foreign IPv6 transaction while IPv4 muted the group")
-	p4.mu.Lock()
-	unmute()
-	p4.mu.Unlock()
+	foreignWhileMuted(t, p4, "flush chain ip6 svcproxy services", none)
 	// Neither watcher heard it, so neither knows which table it touched:
 	// both rewrite.
 	for fam, r := range map[string]<-chan string{"IPv4": r4, "IPv6": r6} {
@@ -919,14 +922,7 @@ func TestKernelSentinel(t *testing.T) {
 		t.Fatal(err)
 	}
 	repairs := kernelWatchSentinel(t, p, fd)
-	none := func(what string) {
-		t.Helper()
-		select {
-		case got := <-repairs:
-			t.Errorf("%s: repair %q, want none", what, got)
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
+	none := noRepair(t, repairs)
 	none("the watcher's start")
 	p.ForceFullSync()
 	if err := p.Sync(ctx, st); err != nil {
