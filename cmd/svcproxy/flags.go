@@ -85,7 +85,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *rawFlags) {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
 	r.bind = fs.String("bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
-	r.npa = fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all.")
+	r.npa = fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all in iptables mode, primary in nftables mode.")
 	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; sets route_localnet).")
 	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
 	fs.StringVar(&o.bridgeInterface, "pod-bridge-interface", "", "The pod bridge, for --detect-local-mode=BridgeInterface.")
@@ -256,6 +256,12 @@ func parseFlags(args []string) (*options, error) {
 			}
 			o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
 		}
+	}
+	if o.proxyMode == "nftables" && !o.nodePortPrimary && len(o.nodePortAddresses) == 0 {
+		// kube-proxy's nftables mode answers NodePorts on the node's
+		// primary IPs unless told otherwise (iptables mode: on every
+		// local address).
+		o.nodePortPrimary = true
 	}
 	switch o.detectLocalMode {
 	case "", "ClusterCIDR":

@@ -76,6 +76,21 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("parsed %+v %v", o.nodePortPrimary, o.nodePortAddresses)
 			}
 		}},
+		{name: "nodeport addresses default: all in iptables mode", check: func(t *testing.T, o *options) {
+			if o.nodePortPrimary || len(o.nodePortAddresses) != 0 {
+				t.Errorf("parsed %+v %v, want all addresses", o.nodePortPrimary, o.nodePortAddresses)
+			}
+		}},
+		{name: "nodeport addresses default: primary in nftables mode", args: []string{"--proxy-mode=nftables"}, check: func(t *testing.T, o *options) {
+			if !o.nodePortPrimary || len(o.nodePortAddresses) != 0 {
+				t.Errorf("parsed %+v %v, want primary", o.nodePortPrimary, o.nodePortAddresses)
+			}
+		}},
+		{name: "nodeport addresses in nftables mode", args: []string{"--proxy-mode=nftables", "--nodeport-addresses=192.168.0.0/24"}, check: func(t *testing.T, o *options) {
+			if o.nodePortPrimary || len(o.nodePortAddresses) != 1 {
+				t.Errorf("parsed %+v %v, want the CIDR only", o.nodePortPrimary, o.nodePortAddresses)
+			}
+		}},
 		{name: "bad nodeport address", args: []string{"--nodeport-addresses=eth0"}, wantErr: "--nodeport-addresses"},
 		{name: "bridge mode needs bridge", args: []string{"--detect-local-mode=BridgeInterface"}, wantErr: "--pod-bridge-interface"},
 		{name: "prefix mode needs prefix", args: []string{"--detect-local-mode=InterfaceNamePrefix"}, wantErr: "--pod-interface-name-prefix"},
