@@ -153,7 +153,7 @@ func (p *Proxier) mute(ctx context.Context) func() {
 		members = p.group.members
 	}
 	for _, m := range members {
-		if mm, ok := p.leave(ctx, m); ok {
+		if mm, ok := m.leave(func() (uint32, bool) { return p.bulkFrom(ctx, m) }); ok {
 			out = append(out, mm)
 		}
 	}
@@ -167,8 +167,9 @@ func (p *Proxier) mute(ctx context.Context) func() {
 	}
 }
 
-// leave takes m's connection out of the notification group.
-func (p *Proxier) leave(ctx context.Context, m *eventMute) (muted, bool) {
+// leave takes m's connection out of the notification group; from, called
+// once it is out, is where the loss to judge on rejoining starts.
+func (m *eventMute) leave(from func() (uint32, bool)) (muted, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	gc, ok := m.conn.(groupConn)
@@ -178,16 +179,22 @@ func (p *Proxier) leave(ctx context.Context, m *eventMute) (muted, bool) {
 	if err := gc.LeaveGroup(nfnlgrpNFTables); err != nil {
 		return muted{}, false
 	}
-	// A transaction committing as the group was left may be heard only
-	// in part, so the range starts before the generation read after,
-	// unless the watcher has heard that transaction's end (NEWGEN, its
-	// last notification) already.
+	f, fromOK := from()
+	m.muted.Add(1)
+	return muted{m: m, gc: gc, conn: m.conn, from: f, fromOK: fromOK}, true
+}
+
+// bulkFrom is where the loss of a bulk write's mute starts: a transaction
+// committing as the group was left may be heard only in part, so the range
+// starts before the generation read after, unless the watcher has heard
+// that transaction's end (NEWGEN, its last notification) already. Callers
+// hold p.mu.
+func (p *Proxier) bulkFrom(ctx context.Context, m *eventMute) (uint32, bool) {
 	from, fromOK := p.genBefore(ctx)
 	if s := m.seen.Load(); !fromOK || s != uint64(from)+1 {
 		from--
 	}
-	m.muted.Add(1)
-	return muted{m: m, gc: gc, conn: m.conn, from: from, fromOK: fromOK}, true
+	return from, fromOK
 }
 
 // rejoin puts a muted connection back and queues the loss for its

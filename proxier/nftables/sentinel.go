@@ -132,13 +132,13 @@ func (p *Proxier) sitOut(sc *sentinelConns) {
 	start := time.Now()
 	var out []muted
 	for _, m := range p.group.members {
-		m.mu.Lock()
-		if gc, ok := m.conn.(groupConn); ok && m.judgements != nil && gc.LeaveGroup(nfnlgrpNFTables) == nil {
-			s := m.seen.Load()
-			out = append(out, muted{m: m, gc: gc, conn: m.conn, from: uint32(s - 1), fromOK: s != 0})
-			m.muted.Add(1)
+		// The loss starts after the last transaction the watcher heard.
+		if mm, ok := m.leave(func() (uint32, bool) { s := m.seen.Load(); return uint32(s - 1), s != 0 }); ok {
+			out = append(out, mm)
 		}
-		m.mu.Unlock()
+	}
+	if len(out) == 0 {
+		return
 	}
 	err := sc.barrier()
 	for _, mm := range out {
