@@ -5,7 +5,6 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the proxier-side metrics; the syncer owns the sync metrics.
 type Metrics struct {
 	ConntrackDeleted  *prometheus.CounterVec
-	RulesRepaired     *prometheus.CounterVec
 	HealthCheckErrors *prometheus.CounterVec
 	Rules             *prometheus.GaugeVec
 }
@@ -17,10 +16,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kubeproxy_conntrack_reconciler_deleted_entries_total",
 			Help: "Stale UDP conntrack entries deleted after syncs.",
 		}, []string{"ip_family"}),
-		RulesRepaired: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "svcproxy_rules_repaired_total",
-			Help: "Times the kernel's rules were found altered by someone else and rewritten.",
-		}, []string{"ip_family"}),
 		HealthCheckErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "svcproxy_healthcheck_server_errors_total",
 			Help: "Health-check node ports that could not be opened.",
@@ -31,7 +26,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"table", "ip_family"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ConntrackDeleted, m.RulesRepaired, m.HealthCheckErrors, m.Rules)
+		reg.MustRegister(m.ConntrackDeleted, m.HealthCheckErrors, m.Rules)
 	}
 	return m
 }

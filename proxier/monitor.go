@@ -7,6 +7,23 @@ import (
 	"k8s.io/klog/v2"
 )
 
+// Signal is a guard's request for a sync now, outside the informers' and
+// the timer's schedule. It holds at most one request and never blocks the
+// guard. What the guard saw travels into that sync through its backend; the
+// syncer only learns that a sync is wanted.
+type Signal chan struct{}
+
+// NewSignal returns an empty Signal.
+func NewSignal() Signal { return make(Signal, 1) }
+
+// Raise asks for a sync; a request already pending absorbs it.
+func (s Signal) Raise() {
+	select {
+	case s <- struct{}{}:
+	default:
+	}
+}
+
 // Checker is a backend whose kernel state can be checked cheaply and
 // rewritten on demand.
 type Checker interface {
@@ -19,8 +36,8 @@ type Checker interface {
 
 // Monitor runs c.Check every interval until ctx ends. When something is
 // gone — another agent flushed a table or removed our rules — it forces a
-// full sync and calls resync so that it happens now.
-func Monitor(ctx context.Context, family IPFamily, c Checker, interval time.Duration, resync func()) {
+// full sync and raises sig so that it happens now.
+func Monitor(ctx context.Context, family IPFamily, c Checker, interval time.Duration, sig Signal) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -37,16 +54,9 @@ func Monitor(ctx context.Context, family IPFamily, c Checker, interval time.Dura
 			continue
 		}
 		if missing != "" {
-			Repair(family, c, missing, resync)
+			klog.InfoS("Rules altered by someone else; rewriting them", "family", family, "missing", missing)
+			c.ForceFullSync()
+			sig.Raise()
 		}
 	}
-}
-
-// Repair has the rules rewritten at once after someone else altered them
-// (what says how): it forces a full sync and calls resync so that it
-// happens now.
-func Repair(family IPFamily, c Checker, what string, resync func()) {
-	klog.InfoS("Rules altered by someone else; rewriting them", "family", family, "missing", what)
-	c.ForceFullSync()
-	resync()
 }

@@ -19,6 +19,7 @@ type metrics struct {
 	livez                  *prometheus.CounterVec
 	invalidObjects         *prometheus.CounterVec
 	syncFailures           *prometheus.CounterVec
+	rulesRepaired          *prometheus.CounterVec
 }
 
 // programmingLatencyBuckets are kube-proxy's buckets for
@@ -84,6 +85,10 @@ func newMetrics() *metrics {
 			Name: "svcproxy_sync_failures_total",
 			Help: "Syncs that a proxier reported as failed",
 		}, []string{"ip_family"}),
+		rulesRepaired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "svcproxy_rules_repaired_total",
+			Help: "Times the kernel's rules were found altered by someone else and rewritten.",
+		}, []string{"ip_family"}),
 	}
 }
 
@@ -92,7 +97,7 @@ func (m *metrics) collectors() []prometheus.Collector {
 		m.syncDuration, m.lastSync, m.lastQueued, m.programmingLatency,
 		m.endpointChangesTotal, m.endpointChangesPending,
 		m.serviceChangesTotal, m.serviceChangesPending,
-		m.healthz, m.livez, m.invalidObjects, m.syncFailures,
+		m.healthz, m.livez, m.invalidObjects, m.syncFailures, m.rulesRepaired,
 	}
 }
 

@@ -70,6 +70,16 @@ type Options struct {
 	// Recorder, if set, gets a Warning Event for each skipped piece of bad
 	// input.
 	Recorder events.EventRecorder
+	// Triggers are the backends' guards: each receive asks for a sync at
+	// once, without waiting out MinSyncPeriod, to repair rules someone else
+	// altered. What was altered travels into that sync through the backend.
+	Triggers []Trigger
+}
+
+// Trigger is one family's guard channel (see Options.Triggers).
+type Trigger struct {
+	Family proxier.IPFamily
+	C      <-chan struct{}
 }
 
 // Syncer feeds a node's proxiers. Create it with New and start it with Run.
@@ -217,9 +227,25 @@ func (s *Syncer) Run(ctx context.Context) error {
 	s.caches.waitForServiceCIDRs(ctx, s.cidrSync)
 	klog.InfoS("Caches synced; starting sync loop", "node", s.opts.NodeName,
 		"minSyncPeriod", s.opts.MinSyncPeriod, "syncPeriod", s.opts.SyncPeriod)
+	for _, t := range s.opts.Triggers {
+		go s.follow(ctx, t)
+	}
 	s.runner.Trigger()
 	s.runner.Loop(ctx)
 	return nil
+}
+
+// follow counts t's repairs and asks for a sync at once on each.
+func (s *Syncer) follow(ctx context.Context, t Trigger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.m.rulesRepaired.WithLabelValues(t.Family.String()).Inc()
+			s.resyncNow()
+		}
+	}
 }
 
 // HealthHandler serves /healthz and /livez with kube-proxy's JSON body
@@ -239,9 +265,8 @@ func (s *Syncer) Healthy() bool {
 	return s.health.status().Healthy
 }
 
-// ResyncNow asks for a sync at once, without waiting out MinSyncPeriod. The rule monitors use it to repair rules someone else
-// altered.
-func (s *Syncer) ResyncNow() {
+// resyncNow asks for a sync at once, without waiting out MinSyncPeriod.
+func (s *Syncer) resyncNow() {
 	s.queue()
 	s.runner.TriggerNow()
 }

@@ -412,3 +412,27 @@ func TestPreferList(t *testing.T) {
 		t.Error("WatchListClient still on")
 	}
 }
+
+// A guard's signal syncs at once, even inside MinSyncPeriod, and counts as
+// a repair of its family.
+func TestRunFollowsTriggers(t *testing.T) {
+	client := fake.NewClientset(testObjects()...)
+	v4 := &fakeProxier{family: proxier.IPv4}
+	sig := proxier.NewSignal()
+	s, err := New(client, Options{
+		NodeName:      "node-a",
+		MinSyncPeriod: time.Hour,
+		SyncPeriod:    time.Hour,
+		Triggers:      []Trigger{{Family: proxier.IPv4, C: sig}},
+	}, v4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSyncer(t, s)
+	waitFor(t, "first sync", func() bool { return v4.calls() >= 1 })
+	sig.Raise()
+	waitFor(t, "sync after the guard's signal", func() bool { return v4.calls() >= 2 })
+	if got := metricValue(t, s.m.rulesRepaired.WithLabelValues("IPv4")); got != 1 {
+		t.Errorf("IPv4 repairs = %v, want 1", got)
+	}
+}

@@ -179,9 +179,22 @@ func run(ctx context.Context, o *options) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, "svcproxy")
 
+	// The nftables proxiers share this namespace's notifications: a bulk
+	// write of one family mutes both families' watchers.
+	var nftProxiers []*nftables.Proxier
 	backends := make([]syncer.Proxier, len(proxiers))
 	for i, p := range proxiers {
 		backends[i] = p
+		if np, ok := p.(*nftables.Proxier); ok {
+			nftProxiers = append(nftProxiers, np)
+		}
+	}
+	nftables.Share(nftProxiers...)
+	var triggers []syncer.Trigger
+	if o.ruleCheckInterval > 0 {
+		for i, f := range families {
+			triggers = append(triggers, syncer.Trigger{Family: f, C: proxiers[i].Watch(ctx, o.ruleCheckInterval)})
+		}
 	}
 	s, err := syncer.New(client, syncer.Options{
 		NodeName:         nodeName,
@@ -190,29 +203,14 @@ func run(ctx context.Context, o *options) error {
 		ConfigSyncPeriod: o.configSyncPeriod,
 		Registerer:       reg,
 		Recorder:         recorder,
+		Triggers:         triggers,
 	}, backends...)
 	if err != nil {
 		return err
 	}
-	// The nftables proxiers share this namespace's notifications: a bulk
-	// write of one family mutes both families' watchers.
-	var nftProxiers []*nftables.Proxier
-	for _, p := range proxiers {
-		if np, ok := p.(*nftables.Proxier); ok {
-			nftProxiers = append(nftProxiers, np)
-		}
-	}
-	nftables.Share(nftProxiers...)
-	for i, f := range families {
+	for i := range families {
 		hcServers[i].SetHealthy(s.Healthy)
 		defer hcServers[i].Close()
-		if o.ruleCheckInterval > 0 {
-			p, family := proxiers[i], f.String()
-			go p.Monitor(ctx, o.ruleCheckInterval, func() {
-				metrics.RulesRepaired.WithLabelValues(family).Inc()
-				s.ResyncNow()
-			})
-		}
 	}
 	if o.metricsAddr != "" {
 		mux := http.NewServeMux()
@@ -276,7 +274,7 @@ func dualStackConfig(o *options) bool {
 type backend interface {
 	syncer.Proxier
 	OnSynced(func(*proxier.Plan) error)
-	Monitor(ctx context.Context, interval time.Duration, resync func())
+	Watch(ctx context.Context, interval time.Duration) <-chan struct{}
 }
 
 func newBackend(ctx context.Context, o *options, cfg proxier.Config, metrics *proxier.Metrics) (backend, error) {

@@ -242,8 +242,11 @@ func (p *Proxier) checkByExec(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-// Monitor checks every interval that the rules are in place (see Check) and
-// has them rewritten at once when they are not (see proxier.Monitor).
-func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync func()) {
-	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)
+// Watch starts the guard: every interval it checks that the rules are in
+// place (see Check). The channel asks for a sync when they are not; that
+// sync rewrites everything (see proxier.Monitor).
+func (p *Proxier) Watch(ctx context.Context, interval time.Duration) <-chan struct{} {
+	sig := proxier.NewSignal()
+	go proxier.Monitor(ctx, p.cfg.Family, p, interval, sig)
+	return sig
 }

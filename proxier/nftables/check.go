@@ -203,11 +203,12 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 	return "", nil
 }
 
-// Monitor checks every interval that the rules are in place (see Check),
-// watches the nf_tables notifications for others' changes to our table
-// (see watch), and has the table rewritten at once when either finds it
-// altered (see proxier.Monitor).
-func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync func()) {
+// Watch starts the guard: it checks every interval that the rules are in
+// place (see Check) and watches the nf_tables notifications for others'
+// changes to our table (see watch). The channel asks for a sync when either
+// finds the table altered; that sync rewrites what was damaged.
+func (p *Proxier) Watch(ctx context.Context, interval time.Duration) <-chan struct{} {
+	sig := proxier.NewSignal()
 	if r, ok := p.reader.(*netlinkReader); ok {
 		gr := &netlinkReader{family: r.family, netns: r.netns}
 		go p.watch(ctx, watcher{
@@ -216,11 +217,12 @@ func (p *Proxier) Monitor(ctx context.Context, interval time.Duration, resync fu
 			sentinel: newSentinelConns(&netlinkReader{family: r.family, netns: r.netns}),
 			repair: func(what, rewrite string) {
 				klog.InfoS("Rules altered by someone else; rewriting them", "family", p.cfg.Family, "altered", what, "rewrite", rewrite)
-				resync()
+				sig.Raise()
 			},
 		})
 	}
-	proxier.Monitor(ctx, p.cfg.Family, p, interval, resync)
+	go proxier.Monitor(ctx, p.cfg.Family, p, interval, sig)
+	return sig
 }
 
 // netlinkReader reads the generation with one request and the shape with
