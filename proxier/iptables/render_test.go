@@ -137,3 +137,30 @@ func TestLocalhostNodePorts(t *testing.T) {
 		}
 	}
 }
+
+func TestMatchLocalTraffic(t *testing.T) {
+	two := proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("10.245.0.0/16")}}
+	for _, tc := range []struct {
+		name      string
+		d         proxier.LocalDetector
+		local     string
+		notLocal  string
+		implement bool
+	}{
+		{"every CIDR of the family", two, "-s 10.244.0.0/16,10.245.0.0/16", "! -s 10.244.0.0/16,10.245.0.0/16", true},
+		{"bridge", proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}, "-i cbr0", "! -i cbr0", true},
+		{"prefix", proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}, "-i veth+", "! -i veth+", true},
+		{"none", proxier.LocalDetector{}, "", "", false},
+	} {
+		l := proxier.LocalPodTraffic(tc.d, proxier.IPv4)
+		if got := match(l); got != tc.local {
+			t.Errorf("%s: local = %q, want %q", tc.name, got, tc.local)
+		}
+		if got := match(l.Not()); got != tc.notLocal {
+			t.Errorf("%s: not local = %q, want %q", tc.name, got, tc.notLocal)
+		}
+		if l.Implemented() != tc.implement {
+			t.Errorf("%s: implemented = %v", tc.name, l.Implemented())
+		}
+	}
+}
