@@ -121,7 +121,9 @@ func familyPrefixes(ps []netip.Prefix, f IPFamily) []netip.Prefix {
 // ModeTraits are the behaviours in which kube-proxy's iptables and
 // nftables modes legitimately differ, as data: a backend states its own
 // (IPTablesMode, NFTablesMode) and the plan and the tracer read the fields,
-// never a mode's name. The zero value is iptables mode.
+// never a mode's name. The zero value is iptables mode, the only one the
+// iptables backend renders: it reads NoLocalhostNodePorts through
+// Plan.NodePorts, and its rules are what the other traits, unset, say.
 type ModeTraits struct {
 	// GuardServiceIPs: new traffic to a ClusterIP on a port (or protocol)
 	// none of its Service ports serves is rejected, and traffic to an
