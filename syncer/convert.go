@@ -475,7 +475,3 @@ func convertEndpoint(es *discovery.EndpointSlice, e *discovery.Endpoint, port in
 	}
 	return ep, true
 }
-
-// NodeInfoOf converts a Node object into what startup reads of it (see
-// GetNodeInfo), for watching it for changes.
-func NodeInfoOf(node *v1.Node) NodeInfo { return nodeInfo(node) }
