@@ -79,11 +79,6 @@ func NodeInfoOf(node *v1.Node) NodeInfo {
 	return info
 }
 
-// ParseIP parses an IP address as kube-proxy does (leading zeros in IPv4
-// octets accepted, surrounding spaces ignored); IPv4-mapped IPv6 addresses
-// become plain IPv4. Flags that name addresses parse them the same way.
-func ParseIP(s string) (netip.Addr, bool) { return parseAddr(s) }
-
 // NodeChangedError is what Run returns when this node changed in a way the
 // proxiers' configuration cannot follow (see Options.Node): the restart
 // reads the Node anew, and adopts the rules, which stay in place.

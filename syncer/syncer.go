@@ -121,6 +121,9 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 	if opts.MinSyncPeriod < 0 || opts.SyncPeriod < 0 || opts.ConfigSyncPeriod < 0 {
 		return nil, errors.New("syncer: negative period")
 	}
+	if opts.Node != nil && opts.NodeName == "" {
+		return nil, errors.New("syncer: Options.Node without NodeName")
+	}
 	if opts.SyncPeriod == 0 {
 		opts.SyncPeriod = DefaultSyncPeriod
 	}
@@ -164,7 +167,7 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 	retryMin := max(opts.MinSyncPeriod, time.Second)
 	s.runner = newRunner(s.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.SyncPeriod)
 
-	if opts.Node != nil && opts.NodeName != "" {
+	if opts.Node != nil {
 		s.nodeWatch = &nodeWatch{name: opts.NodeName, podCIDRs: opts.WatchPodCIDRs, cur: *opts.Node}
 	}
 	if err := s.handle(c); err != nil {

@@ -359,6 +359,7 @@ func TestNewValidates(t *testing.T) {
 		"same family":     {Options{}, []Proxier{&fakeProxier{family: proxier.IPv4}, &fakeProxier{family: proxier.IPv4}}},
 		"bad family":      {Options{}, []Proxier{&fakeProxier{family: 5}}},
 		"negative period": {Options{MinSyncPeriod: -1}, []Proxier{&fakeProxier{family: proxier.IPv4}}},
+		"node, no name":   {Options{Node: &NodeInfo{}}, []Proxier{&fakeProxier{family: proxier.IPv4}}},
 	} {
 		if _, err := New(client, tc.opts, tc.proxiers...); err == nil {
 			t.Errorf("%s: New succeeded", name)
