@@ -99,6 +99,14 @@ func TestKernelShape(t *testing.T) {
 	if ok, err := c.HasTable(ctx, IPv4, "gone"); ok || err != nil {
 		t.Errorf("HasTable(gone) = %v, %v", ok, err)
 	}
+	for _, tc := range []struct {
+		table, chain string
+		want         bool
+	}{{"t", "empty", true}, {"t", "gone", false}, {"gone", "a", false}} {
+		if ok, err := c.HasChain(ctx, IPv4, tc.table, tc.chain); ok != tc.want || err != nil {
+			t.Errorf("HasChain(%s, %s) = %v, %v; want %v", tc.table, tc.chain, ok, err, tc.want)
+		}
+	}
 	if c.nl != nl {
 		t.Errorf("a refused request redialled the socket")
 	}

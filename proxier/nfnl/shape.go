@@ -48,13 +48,24 @@ func nameAttr(typ uint16, name string) netlink.Attribute {
 
 // HasTable reports whether table exists in family f.
 func (c *Conn) HasTable(ctx context.Context, f Family, table string) (bool, error) {
-	err := c.request(ctx, f, unix.NFT_MSG_GETTABLE, false,
-		[]netlink.Attribute{nameAttr(unix.NFTA_TABLE_NAME, table)}, func([]byte) error { return nil })
+	return c.exists(ctx, f, unix.NFT_MSG_GETTABLE, "table "+table, nameAttr(unix.NFTA_TABLE_NAME, table))
+}
+
+// HasChain reports whether chain exists in table of family f (a rule
+// dump, see RuleCounts, does not tell).
+func (c *Conn) HasChain(ctx context.Context, f Family, table, chain string) (bool, error) {
+	return c.exists(ctx, f, unix.NFT_MSG_GETCHAIN, "chain "+table+"/"+chain,
+		nameAttr(unix.NFTA_CHAIN_TABLE, table), nameAttr(unix.NFTA_CHAIN_NAME, chain))
+}
+
+// exists asks for one object, named by attrs, with request msg.
+func (c *Conn) exists(ctx context.Context, f Family, msg uint16, what string, attrs ...netlink.Attribute) (bool, error) {
+	err := c.request(ctx, f, msg, false, attrs, func([]byte) error { return nil })
 	switch {
 	case IsNotFound(err):
 		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("get table %s: %w", table, err)
+		return false, fmt.Errorf("get %s: %w", what, err)
 	}
 	return true, nil
 }
