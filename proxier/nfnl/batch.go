@@ -280,8 +280,10 @@ func (c *Conn) Send(ctx context.Context, batch *Batch) error {
 	if err := c.grow(nl, msgs); err != nil {
 		return err
 	}
-	defer deadline(ctx, nl, batchTimeout)()
-	if err := commit(nl, msgs); err != nil {
+	done := c.deadline(ctx, nl, batchTimeout)
+	err = commit(nl, msgs)
+	done()
+	if err != nil {
 		// Answers to the rest of the batch may be queued still.
 		c.reset()
 		if ctx.Err() != nil {

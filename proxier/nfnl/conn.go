@@ -27,7 +27,7 @@ const (
 
 // Default timeouts of one call, when its context has no earlier deadline.
 const (
-	genTimeout     = 5 * time.Second
+	requestTimeout = 5 * time.Second
 	dumpTimeout    = 30 * time.Second
 	batchTimeout   = 10 * time.Second
 	barrierTimeout = time.Minute
@@ -130,15 +130,21 @@ func refused(err error) bool {
 }
 
 // deadline sets nl's deadline to the earlier of ctx's and timeout from now,
-// and moves it to the past when ctx ends first; the returned function
-// stops that.
-func deadline(ctx context.Context, nl *netlink.Conn, timeout time.Duration) func() bool {
+// and moves it to the past when ctx ends first. The returned function ends
+// the call: when ctx ended during it, the socket is reset, as that late
+// deadline could still land on the next call. Callers hold c.mu.
+func (c *Conn) deadline(ctx context.Context, nl *netlink.Conn, timeout time.Duration) func() {
 	d := time.Now().Add(timeout)
 	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
 		d = cd
 	}
 	nl.SetDeadline(d)
-	return context.AfterFunc(ctx, func() { nl.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { nl.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		if !stop() {
+			c.reset()
+		}
+	}
 }
 
 // header is the nfgenmsg that starts every nf_tables message: family,
@@ -164,7 +170,7 @@ func (c *Conn) request(ctx context.Context, f Family, msg uint16, dump bool, att
 		}
 		data = append(data, b...)
 	}
-	flags, timeout := netlink.Request, genTimeout
+	flags, timeout := netlink.Request, requestTimeout
 	if dump {
 		flags, timeout = netlink.Request|netlink.Dump, dumpTimeout
 	}
@@ -174,8 +180,9 @@ func (c *Conn) request(ctx context.Context, f Family, msg uint16, dump bool, att
 	if err != nil {
 		return err
 	}
-	defer deadline(ctx, nl, timeout)()
+	done := c.deadline(ctx, nl, timeout)
 	err = exchange(nl, netlink.Message{Header: netlink.Header{Type: msgType(msg), Flags: flags}, Data: data}, each)
+	done()
 	if err != nil && !refused(err) {
 		c.reset()
 	}
@@ -239,8 +246,10 @@ func (c *Conn) Barrier(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer deadline(ctx, nl, barrierTimeout)()
-	if _, err := nl.SendMessages([]netlink.Message{batchMsg(unix.NFNL_MSG_BATCH_BEGIN), batchMsg(unix.NFNL_MSG_BATCH_END)}); err != nil {
+	done := c.deadline(ctx, nl, barrierTimeout)
+	_, err = nl.SendMessages([]netlink.Message{batchMsg(unix.NFNL_MSG_BATCH_BEGIN), batchMsg(unix.NFNL_MSG_BATCH_END)})
+	done()
+	if err != nil {
 		c.reset()
 		return fmt.Errorf("nf_tables barrier: %w", err)
 	}
