@@ -104,7 +104,8 @@ type Batch struct {
 func NewBatch(f Family, table string) *Batch { return &Batch{family: f, table: table} }
 
 // Add adds e to set (a map element with its data). The kernel refuses an
-// element that exists already, with other data.
+// element that exists already, with other data. Add and Delete copy e
+// into the batch: the caller may reuse its slices.
 func (b *Batch) Add(set string, e Elem) { b.elem(unix.NFT_MSG_NEWSETELEM, set, e) }
 
 // Delete deletes e from set. The kernel refuses an element that does not
@@ -271,27 +272,18 @@ func (c *Conn) Send(ctx context.Context, batch *Batch) error {
 	}
 	msgs := make([]netlink.Message, 0, len(body)+2)
 	msgs = append(append(append(msgs, batchMsg(unix.NFNL_MSG_BATCH_BEGIN)), body...), batchMsg(unix.NFNL_MSG_BATCH_END))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	nl, err := c.socket(ctx)
-	if err != nil {
-		return err
-	}
-	if err := c.grow(nl, msgs); err != nil {
-		return err
-	}
-	done := c.deadline(ctx, nl, batchTimeout)
-	err = commit(nl, msgs)
-	done()
-	if err != nil {
-		// Answers to the rest of the batch may be queued still.
-		c.reset()
-		if ctx.Err() != nil {
-			return ctx.Err()
+	// After a failure, answers to the rest of the batch may be queued
+	// still: call resets the socket.
+	err := c.call(ctx, batchTimeout, nil, func(nl *netlink.Conn) error {
+		if err := c.grow(nl, msgs); err != nil {
+			return err
 		}
+		return commit(nl, msgs)
+	})
+	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("nf_tables batch: %w", err)
 	}
-	return nil
+	return err
 }
 
 // grow makes the socket's send buffer hold msgs and its receive buffer an

@@ -174,6 +174,14 @@ func (c *Conn) request(ctx context.Context, f Family, msg uint16, dump bool, att
 	if dump {
 		flags, timeout = netlink.Request|netlink.Dump, dumpTimeout
 	}
+	req := netlink.Message{Header: netlink.Header{Type: msgType(msg), Flags: flags}, Data: data}
+	return c.call(ctx, timeout, refused, func(nl *netlink.Conn) error { return exchange(nl, req, each) })
+}
+
+// call runs f on the kept socket, with c.mu held and a deadline from ctx
+// and timeout. After f fails the socket is reset, unless keep (when set)
+// says the error left it in step.
+func (c *Conn) call(ctx context.Context, timeout time.Duration, keep func(error) bool, f func(nl *netlink.Conn) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	nl, err := c.socket(ctx)
@@ -181,9 +189,9 @@ func (c *Conn) request(ctx context.Context, f Family, msg uint16, dump bool, att
 		return err
 	}
 	done := c.deadline(ctx, nl, timeout)
-	err = exchange(nl, netlink.Message{Header: netlink.Header{Type: msgType(msg), Flags: flags}, Data: data}, each)
+	err = f(nl)
 	done()
-	if err != nil && !refused(err) {
+	if err != nil && (keep == nil || !keep(err)) {
 		c.reset()
 	}
 	if err != nil && ctx.Err() != nil {
@@ -240,17 +248,11 @@ func (c *Conn) Generation(ctx context.Context) (uint32, error) {
 // kernel runs one batch at a time, so any commit under way when Barrier
 // was called has ended. Nothing is committed and nobody is notified.
 func (c *Conn) Barrier(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	nl, err := c.socket(ctx)
-	if err != nil {
+	err := c.call(ctx, barrierTimeout, nil, func(nl *netlink.Conn) error {
+		_, err := nl.SendMessages([]netlink.Message{batchMsg(unix.NFNL_MSG_BATCH_BEGIN), batchMsg(unix.NFNL_MSG_BATCH_END)})
 		return err
-	}
-	done := c.deadline(ctx, nl, barrierTimeout)
-	_, err = nl.SendMessages([]netlink.Message{batchMsg(unix.NFNL_MSG_BATCH_BEGIN), batchMsg(unix.NFNL_MSG_BATCH_END)})
-	done()
+	})
 	if err != nil {
-		c.reset()
 		return fmt.Errorf("nf_tables barrier: %w", err)
 	}
 	return nil

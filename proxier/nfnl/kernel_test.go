@@ -20,7 +20,15 @@ import (
 
 const nsPrefix = "svnfnl-"
 
+// dialNS makes a namespace and a Conn to it, and returns its name and
+// the Conn.
 func dialNS(t *testing.T) (string, *Conn) {
+	ns, _, c := dialNSFD(t)
+	return ns, c
+}
+
+// dialNSFD is dialNS, with the namespace's fd.
+func dialNSFD(t *testing.T) (string, int, *Conn) {
 	t.Helper()
 	ns, fd := nfnltest.Netns(t, nsPrefix)
 	c, err := Dial(fd)
@@ -28,7 +36,7 @@ func dialNS(t *testing.T) (string, *Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return ns, c
+	return ns, fd, c
 }
 
 const shapeScript = `
@@ -339,12 +347,7 @@ func receive(t *testing.T, s *Subscription, done func(msg uint16, attrs []byte, 
 }
 
 func TestKernelSubscription(t *testing.T) {
-	ns, fd := nfnltest.Netns(t, nsPrefix)
-	c, err := Dial(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ns, fd, c := dialNSFD(t)
 	ctx := context.Background()
 	s, err := Subscribe(fd, 1<<20)
 	if err != nil {
@@ -403,12 +406,7 @@ func TestKernelSubscription(t *testing.T) {
 // TestKernelSubscriptionLost: a receive queue too small for a
 // transaction's notifications loses them, and says so.
 func TestKernelSubscriptionLost(t *testing.T) {
-	ns, fd := nfnltest.Netns(t, nsPrefix)
-	c, err := Dial(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ns, fd, c := dialNSFD(t)
 	nfnltest.NFT(t, ns, "table ip t { set s { type ipv4_addr; }; }")
 	s, err := Subscribe(fd, 4096)
 	if err != nil {
