@@ -36,41 +36,37 @@ const (
 // Conn is a netlink socket to the nf_tables of one network namespace. The
 // socket is kept between calls. After an error that may have left it out
 // of step with the kernel (a timeout, a half-read reply, a failed batch)
-// it is closed, and the next call dials again, in the same namespace; a
+// it is closed, and the next call dials again (see Dial for where); a
 // request the kernel refused (see IsNotFound) keeps it. Calls take turns,
 // so a Conn is safe for concurrent use; give a caller that must not wait
 // for another its own Conn.
 type Conn struct {
 	mu sync.Mutex
-	// ns is the network namespace every dial goes to.
-	ns *os.File
-	nl *netlink.Conn
+	// ns is the network namespace every dial goes to (nil: the dialling
+	// thread's); closed is set by Close.
+	ns     *os.File
+	closed bool
+	nl     *netlink.Conn
 	// sndbuf and rcvbuf are the buffer sizes set on nl (0: the default).
 	sndbuf, rcvbuf int
 }
 
-// Dial connects to the nf_tables of the network namespace netns (an open
-// file descriptor of it; 0 for the namespace of the calling thread). The
-// Conn keeps its own descriptor of the namespace, so the caller may close
-// netns; Close releases it.
+// Dial connects to the nf_tables of the network namespace netns, an open
+// file descriptor of it, which the Conn duplicates (the caller may close
+// its own). With netns 0 every dial goes to the namespace of the thread
+// that dials: in a process whose threads share one namespace, the
+// process's. That needs no setns, and so no CAP_SYS_ADMIN.
 func Dial(netns int) (*Conn, error) {
-	var ns *os.File
-	if netns == 0 {
-		f, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			return nil, fmt.Errorf("nfnl: this thread's network namespace: %w", err)
-		}
-		ns = f
-	} else {
+	c := &Conn{}
+	if netns != 0 {
 		fd, err := unix.FcntlInt(uintptr(netns), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("nfnl: network namespace fd %d: %w", netns, err)
 		}
-		ns = os.NewFile(uintptr(fd), "netns")
+		c.ns = os.NewFile(uintptr(fd), "netns")
 	}
-	c := &Conn{ns: ns}
 	if _, err := c.socket(context.Background()); err != nil {
-		ns.Close()
+		c.Close()
 		return nil, err
 	}
 	return c, nil
@@ -81,6 +77,7 @@ func (c *Conn) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reset()
+	c.closed = true
 	if c.ns == nil {
 		return nil
 	}
@@ -98,10 +95,14 @@ func (c *Conn) socket(ctx context.Context) (*netlink.Conn, error) {
 	if c.nl != nil {
 		return c.nl, nil
 	}
-	if c.ns == nil {
+	if c.closed {
 		return nil, errors.New("nfnl: connection closed")
 	}
-	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(c.ns.Fd())})
+	cfg := &netlink.Config{}
+	if c.ns != nil {
+		cfg.NetNS = int(c.ns.Fd())
+	}
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("nfnl: dial: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +154,37 @@ func TestKernelGeneration(t *testing.T) {
 	}
 	if _, err := c.Generation(ctx); err == nil {
 		t.Errorf("a closed Conn answered")
+	}
+}
+
+// TestKernelDialCurrent: Dial(0) connects to the namespace of the thread
+// that dials.
+func TestKernelDialCurrent(t *testing.T) {
+	ns, fd := nfnltest.Netns(t, nsPrefix)
+	nfnltest.NFT(t, ns, "", "add", "table", "ip", "dial-current")
+	conns := make(chan *Conn, 1)
+	go func() {
+		// The thread is never unlocked: it ends with the goroutine, so it
+		// is never reused in the test's namespace.
+		runtime.LockOSThread()
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			t.Error(err)
+			conns <- nil
+			return
+		}
+		c, err := Dial(0)
+		if err != nil {
+			t.Error(err)
+		}
+		conns <- c
+	}()
+	c := <-conns
+	if c == nil {
+		t.FailNow()
+	}
+	defer c.Close()
+	if ok, err := c.HasTable(context.Background(), IPv4, "dial-current"); !ok || err != nil {
+		t.Errorf("the namespace's table: %v, %v", ok, err)
 	}
 }
 
