@@ -61,17 +61,17 @@ func libAdd(b testing.TB, c *nftables.Conn, set *nftables.Set, elems []nftables.
 // cpu-ms counts user and system time of the whole process, the kernel's
 // commit and the garbage collector included.
 //
-// Measured on 2 cores shared with other work (load 4-5; Linux 6.18, Go
-// 1.26; go test -run XXX -bench ElementBatch100k -benchtime 10x -count 3
-// ./proxier/nfnl/), ranges over the runs:
+// Measured on 2 cores shared with other work (load about 2; Linux 6.18,
+// Go 1.26; go test -run XXX -bench ElementBatch100k -benchtime 10x
+// -count 3 ./proxier/nfnl/), ranges over the three runs:
 //
-//	encode/nfnl               8 ms, 10 cpu-ms,     132 allocs,  4.6 MB
-//	encode/google-nftables   33-48 ms, 46-63 cpu-ms, 502,009 allocs, 36.9 MB
-//	kernel: nfnl             272-323 ms, 250-291 cpu-ms
-//	kernel: google-nftables  324-429 ms, 281-341 cpu-ms
+//	encode/nfnl               6-10 ms,   7-10 cpu-ms,     132 allocs,  4.6 MB
+//	encode/google-nftables   38-44 ms,  50-58 cpu-ms, 502,009 allocs, 36.9 MB
+//	kernel: nfnl            197-211 ms, 201-207 cpu-ms
+//	kernel: google-nftables 237-256 ms, 239-269 cpu-ms
 //
-// The library's encoding takes five to six times the CPU, and the whole
-// batch a fifth to a third longer, so batches are encoded here.
+// The library's encoding takes five to seven times the CPU, and the whole
+// batch takes 13-28% longer with it, so batches are encoded here.
 func BenchmarkElementBatch100k(b *testing.B) {
 	keys, values := benchKeys()
 	elems := make([]nftables.SetElement, len(keys))
