@@ -216,7 +216,7 @@ func (t *nftTable) parseStmt(words []string, i int) (stmt, int, error) {
 	case w == "update" || w == "add":
 		return t.parseUpdate(words, i)
 	case w == "ct" && (word(1) == "state" || word(1) == "status"):
-		return parseCT(word(1), word(2), i+3)
+		return parseCT(words, i)
 	case w == "fib":
 		return parseFib(words[i:], i)
 	}
@@ -308,13 +308,24 @@ func eachAlt(e expr, b branch, f func(branch, []nftVal) (step, error)) ([]step, 
 	return out, nil
 }
 
-func parseCT(key, list string, next int) (stmt, int, error) {
+// parseCT parses "ct state a,b" or "ct status a,b" at words[i].
+func parseCT(words []string, i int) (stmt, int, error) {
+	key := words[i+1]
 	known := map[string][]string{"state": {"new", "established", "related", "invalid", "untracked"}, "status": {"dnat", "snat"}}[key]
-	states := strings.Split(list, ",")
-	for _, s := range states {
-		if !slices.Contains(known, s) {
-			return stmt{}, 0, fmt.Errorf("unknown ct %s %q", key, s)
+	var states []string
+	next := i + 2
+	for ; next < len(words); next += 2 {
+		if !slices.Contains(known, words[next]) {
+			return stmt{}, 0, fmt.Errorf("unknown ct %s %q", key, words[next])
 		}
+		states = append(states, words[next])
+		if next+1 == len(words) || words[next+1] != "," {
+			next++
+			break
+		}
+	}
+	if len(states) == 0 {
+		return stmt{}, 0, fmt.Errorf("ct %s without states", key)
 	}
 	return stmt{run: func(_ *walker, b branch) ([]step, error) {
 		// The first packet of a connection is new; its status is dnat
