@@ -31,34 +31,47 @@ var pendingPlanTranslation = []string{
 	"nft-extra/remote pod of the second cluster CIDR to ClusterIP",
 }
 
-// extraFlows are flows the shared table lacks, on the decisions the plan
-// took over from the backends. They are held to the tracer as well
-// (TestExtraFlowsTrace), so what they expect is the plan's answer.
+// extraFlows are flows the shared table lacks: on the decisions the plan
+// took over from the backends, and on the interface-prefix detector. They
+// are held to the tracer as well (TestExtraFlowsTrace), so what they
+// expect is the plan's answer.
 func extraFlows() []pt.Flow {
 	web := pt.Service("ns/web:http", proxier.TCP, "10.96.0.10", 80,
 		pt.Endpoints(pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.2.2", 8080, pt.OnNode(pt.OtherNode))))
 	lb := pt.Service("ns/lb:https", proxier.TCP, "10.96.0.12", 443, pt.NodePort(30012), pt.ExternalLocal,
 		pt.Endpoints(pt.Endpoint("10.244.1.4", 8443, pt.Local), pt.Endpoint("10.244.2.4", 8443, pt.OnNode(pt.OtherNode))))
-	twoCIDRs := pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode),
-		pt.Detector(proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: pt.Prefixes(pt.PodCIDR, "10.245.0.0/16")}))
-	base := pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode))
-	st := pt.State(proxier.IPv4, web, lb)
-	webEPs := []string{"10.244.1.2:8080", "10.244.2.2:8080"}
-	hairpin := pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonClusterEndpoints, Port: "ns/web:http", Via: proxier.ViaClusterIP,
-		Endpoints: webEPs, Hairpin: "10.244.2.2:8080"}
+	sticky := pt.Service("ns/sticky-local", proxier.TCP, "10.96.0.30", 80, pt.NodePort(30030), pt.LoadBalancer("5.6.7.30"), pt.ExternalLocal, pt.Affinity(60),
+		pt.Endpoints(pt.Endpoint("10.244.1.30", 8080, pt.Local), pt.Endpoint("10.244.2.30", 8080, pt.OnNode(pt.OtherNode))))
+	st := pt.State(proxier.IPv4, web, lb, sticky)
+	config := func(d proxier.LocalDetector) proxier.Config {
+		return pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode), pt.Detector(d))
+	}
+	twoCIDRs := config(proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: pt.Prefixes(pt.PodCIDR, "10.245.0.0/16")})
+	prefix := config(proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"})
+	toWeb := func(masq bool, hairpin string) pt.Want {
+		return pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonClusterEndpoints, Port: "ns/web:http", Via: proxier.ViaClusterIP,
+			Endpoints: []string{"10.244.1.2:8080", "10.244.2.2:8080"}, Masquerade: masq, Hairpin: hairpin}
+	}
+	shortCircuit := pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonShortCircuitPod, Port: "ns/lb:https", Via: proxier.ViaNodePort,
+		Endpoints: []string{"10.244.1.4:8443", "10.244.2.4:8443"}}
+	flow := func(name string, cfg proxier.Config, kind proxier.SourceKind, src, dst string, want pt.Want) pt.Flow {
+		return pt.Flow{Name: "nft-extra/" + name, Config: cfg, State: st, Packet: pt.Pkt(kind, src, dst), Want: want}
+	}
 	return []pt.Flow{
-		{Name: "nft-extra/remote endpoint to its own ClusterIP (hairpin)", Config: base, State: st,
-			Packet: pt.Pkt(proxier.FromRemotePod, "10.244.2.2", "10.96.0.10:80"), Want: hairpin},
-		{Name: "nft-extra/local pod of the second cluster CIDR to ClusterIP", Config: twoCIDRs, State: st,
-			Packet: pt.Pkt(proxier.FromLocalPod, "10.245.1.5", "10.96.0.10:80"),
-			Want:   pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonClusterEndpoints, Port: "ns/web:http", Via: proxier.ViaClusterIP, Endpoints: webEPs}},
-		{Name: "nft-extra/local pod of the second cluster CIDR short-circuits", Config: twoCIDRs, State: st,
-			Packet: pt.Pkt(proxier.FromLocalPod, "10.245.1.5", pt.NodeIP+":30012"),
-			Want: pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonShortCircuitPod, Port: "ns/lb:https", Via: proxier.ViaNodePort,
-				Endpoints: []string{"10.244.1.4:8443", "10.244.2.4:8443"}}},
-		{Name: "nft-extra/remote pod of the second cluster CIDR to ClusterIP", Config: twoCIDRs, State: st,
-			Packet: pt.Pkt(proxier.FromRemotePod, "10.245.2.5", "10.96.0.10:80"),
-			Want:   pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonClusterEndpoints, Port: "ns/web:http", Via: proxier.ViaClusterIP, Endpoints: webEPs}},
+		flow("remote endpoint to its own ClusterIP (hairpin)", pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode)),
+			proxier.FromRemotePod, "10.244.2.2", "10.96.0.10:80", toWeb(false, "10.244.2.2:8080")),
+		flow("local pod of the second cluster CIDR to ClusterIP", twoCIDRs, proxier.FromLocalPod, "10.245.1.5", "10.96.0.10:80", toWeb(false, "")),
+		flow("local pod of the second cluster CIDR short-circuits", twoCIDRs, proxier.FromLocalPod, "10.245.1.5", pt.NodeIP+":30012", shortCircuit),
+		flow("remote pod of the second cluster CIDR to ClusterIP", twoCIDRs, proxier.FromRemotePod, "10.245.2.5", "10.96.0.10:80", toWeb(false, "")),
+		flow("interface prefix: local pod to ClusterIP", prefix, proxier.FromLocalPod, pt.LocalPodIP, "10.96.0.10:80", toWeb(false, "")),
+		flow("interface prefix: remote pod to ClusterIP", prefix, proxier.FromRemotePod, pt.RemotePodIP, "10.96.0.10:80", toWeb(true, "")),
+		flow("affinity to a Local service through its ClusterIP", pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode)),
+			proxier.FromOutside, pt.OutsideIP, "10.96.0.30:80", pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonClusterEndpoints,
+				Port: "ns/sticky-local", Via: proxier.ViaClusterIP, Endpoints: []string{"10.244.1.30:8080", "10.244.2.30:8080"}, Masquerade: true, Affinity: true}),
+		flow("affinity to a Local service through its LB IP", pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(proxier.NFTablesMode)),
+			proxier.FromOutside, pt.OutsideIP, "5.6.7.30:80", pt.Want{Verdict: proxier.OutcomeDNAT, Reason: proxier.ReasonLocalEndpoints,
+				Port: "ns/sticky-local", Via: proxier.ViaLoadBalancerIP, Endpoints: []string{"10.244.1.30:8080"}, Affinity: true}),
+		flow("interface prefix: local pod short-circuits", prefix, proxier.FromLocalPod, pt.LocalPodIP, pt.NodeIP+":30012", shortCircuit),
 	}
 }
 
@@ -95,15 +108,64 @@ func renderFlow(f pt.Flow) string {
 	return nftables.DryRun(f.Config, cidrs, f.State)
 }
 
-// observeFlow walks f's packet through ruleset, the nft text of f's
-// State and Config.
-func observeFlow(f pt.Flow, ruleset string) (pt.Observed, error) {
+// flowWalker parses ruleset, the nft text of f's State and Config, and
+// walks packets on f's node: its node IPs and loopback are local.
+func flowWalker(f pt.Flow, ruleset string) (*walker, error) {
 	rs, err := parseNFT(ruleset)
+	if err != nil {
+		return nil, err
+	}
+	return &walker{rs: rs, local: func(a netip.Addr) bool { return a.IsLoopback() || slices.Contains(f.Config.NodeIPs, a) }}, nil
+}
+
+// observeFlow walks f's packet through ruleset.
+func observeFlow(f pt.Flow, ruleset string) (pt.Observed, error) {
+	w, err := flowWalker(f, ruleset)
 	if err != nil {
 		return pt.Observed{}, err
 	}
-	w := &walker{rs: rs, local: func(a netip.Addr) bool { return a.IsLoopback() || slices.Contains(f.Config.NodeIPs, a) }}
 	return w.observe(flowPacket(f))
+}
+
+// affinityShared lists how a client that f's packet pins to an endpoint
+// fails to be treated as the plan says at the other destinations sharing
+// its entry: where the endpoint may serve the client, its next connection
+// goes there; where it may not (a Local policy, a remote endpoint), the
+// entry is not followed.
+func affinityShared(f pt.Flow, ruleset string) ([]string, error) {
+	plan := proxier.MakePlan(f.Config, f.State)
+	tr := plan.Trace(f.Packet)
+	w, err := flowWalker(f, ruleset)
+	if err != nil || tr.Affinity == nil {
+		return nil, err
+	}
+	pkt := flowPacket(f)
+	results, err := w.walk(pkt)
+	if err != nil {
+		return nil, err
+	}
+	var errs []string
+	for _, r := range results {
+		for _, d := range tr.Affinity.Destinations {
+			again, next := pkt, f.Packet
+			again.dst, again.dport, next.Dest = d.Addr(), d.Port(), d
+			var allowed []netip.AddrPort
+			for _, c := range plan.Trace(next).Endpoints {
+				allowed = append(allowed, c.Endpoint)
+			}
+			res, err := w.seeded(r).walk(again)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case slices.Contains(allowed, r.dnat) && !surelyTo(res, r.dnat):
+				errs = append(errs, fmt.Sprintf("a client sent to %s is not sent there again through %s", r.dnat, d))
+			case !slices.Contains(allowed, r.dnat) && slices.ContainsFunc(res, func(x nftResult) bool { return !slices.Contains(allowed, x.dnat) }):
+				errs = append(errs, fmt.Sprintf("a client sent to %s is sent outside %v through %s", r.dnat, allowed, d))
+			}
+		}
+	}
+	return errs, nil
 }
 
 // observe sums up the ways pkt goes as a verdict: DNAT when every way ends
@@ -157,12 +219,40 @@ func (w *walker) follows(pkt nftPacket, r nftResult) (bool, error) {
 	if len(r.updates) == 0 {
 		return false, nil
 	}
+	res, err := w.seeded(r).walk(pkt)
+	return surelyTo(res, r.dnat), err
+}
+
+// seeded is w with the dynamic entries r's way recorded.
+func (w *walker) seeded(r nftResult) *walker {
 	again := &walker{rs: w.rs, local: w.local, seed: map[*nftSet][]nftElem{}}
 	for _, u := range r.updates {
 		again.seed[u.set] = append(again.seed[u.set], u.elem)
 	}
-	res, err := again.walk(pkt)
-	return len(res) == 1 && res[0].verdict == "" && res[0].dnat == r.dnat && math.Abs(res[0].prob-1) < 1e-9, err
+	return again
+}
+
+// surelyTo reports whether the one way of res is DNAT to ap.
+func surelyTo(res []nftResult, ap netip.AddrPort) bool {
+	return len(res) == 1 && res[0].verdict == "" && res[0].dnat == ap && math.Abs(res[0].prob-1) < 1e-9
+}
+
+// flowErrors lists how ruleset disagrees with f: its verdict, endpoints,
+// masquerading and affinity, and where affinity is shared.
+func flowErrors(f pt.Flow, ruleset string) ([]string, error) {
+	o, err := observeFlow(f, ruleset)
+	if err != nil {
+		return nil, err
+	}
+	errs := f.Want.Check(o)
+	if f.Want.Affinity {
+		shared, err := affinityShared(f, ruleset)
+		if err != nil {
+			return nil, err
+		}
+		errs = append(errs, shared...)
+	}
+	return errs, nil
 }
 
 // TestNFTablesFlows holds the nftables ruleset to the packet-flow table.
@@ -175,11 +265,11 @@ func TestNFTablesFlows(t *testing.T) {
 	}
 	for _, f := range flows {
 		t.Run(f.Name, func(t *testing.T) {
-			o, err := observeFlow(f, renderFlow(f))
+			ruleset := renderFlow(f)
+			errs, err := flowErrors(f, ruleset)
 			if err != nil {
-				t.Fatalf("%v\nruleset:\n%s", err, renderFlow(f))
+				t.Fatalf("%v\nruleset:\n%s", err, ruleset)
 			}
-			errs := f.Want.Check(o)
 			pending := slices.Contains(pendingPlanTranslation, f.Name)
 			switch {
 			case pending && len(errs) == 0:
@@ -187,7 +277,7 @@ func TestNFTablesFlows(t *testing.T) {
 			case pending:
 				t.Logf("pending plan translation, still disagrees:\n%s", strings.Join(errs, "\n"))
 			case len(errs) > 0:
-				t.Errorf("%s\nruleset:\n%s", strings.Join(errs, "\n"), renderFlow(f))
+				t.Errorf("%s\nruleset:\n%s", strings.Join(errs, "\n"), ruleset)
 			}
 		})
 	}
@@ -217,7 +307,7 @@ func TestExtraFlowsTrace(t *testing.T) {
 // TestNFTablesFlowsCatch shows that the flow check fails when the ruleset
 // is wrong: each mutation of the rendered text makes a flow disagree.
 func TestNFTablesFlowsCatch(t *testing.T) {
-	flows := pt.Flows(proxier.NFTablesMode)
+	flows := append(pt.Flows(proxier.NFTablesMode), extraFlows()...)
 	for _, tc := range []struct {
 		flow, old, new string
 	}{
@@ -226,6 +316,8 @@ func TestNFTablesFlowsCatch(t *testing.T) {
 		{"main/local pod to ClusterIP", "numgen random mod 2 map @endpoints-ip-tcp", "numgen random mod 1 map @endpoints-ip-tcp"},
 		{"main/outside the source range to LB IP", "!= @firewall-allow drop", "!= @firewall-allow accept"},
 		{"main/affinity", "update @affinity-tcp-10800 { ip saddr . 10.96.0.18 . 80 :", "update @affinity-tcp-10800 { ip saddr . 10.96.0.18 . 81 :"},
+		{"main/affinity", " update @affinity-tcp-10800 { ip saddr . 192.168.0.2 . 30018 : ip daddr . th dport }", ""},
+		{"nft-extra/affinity to a Local service through its ClusterIP", "@affinity-dests-local-eps update @affinity-local-tcp-60", "update @affinity-local-tcp-60"},
 		{"main/node short-circuits, masqueraded", "nodeport-local fib saddr type local jump mark-for-masquerade", "nodeport-local fib saddr type local counter"},
 		{"main/unknown port of a ClusterIP", "cluster-ips-check ip daddr @cluster-ips reject", "cluster-ips-check ip daddr @cluster-ips drop"},
 		{"main/outside, no local endpoint, NodePort", "tcp . 30013 : drop", "tcp . 30013 : accept"},
@@ -240,8 +332,8 @@ func TestNFTablesFlowsCatch(t *testing.T) {
 			if !strings.Contains(text, tc.old) {
 				t.Fatalf("the ruleset has no %q", tc.old)
 			}
-			o, err := observeFlow(flows[i], strings.Replace(text, tc.old, tc.new, 1))
-			if err == nil && len(flows[i].Want.Check(o)) == 0 {
+			errs, err := flowErrors(flows[i], strings.Replace(text, tc.old, tc.new, 1))
+			if err == nil && len(errs) == 0 {
 				t.Errorf("replacing %q with %q went unnoticed", tc.old, tc.new)
 			}
 		})
