@@ -127,47 +127,6 @@ func observeFlow(f pt.Flow, ruleset string) (pt.Observed, error) {
 	return w.observe(flowPacket(f))
 }
 
-// affinityShared lists how a client that f's packet pins to an endpoint
-// fails to be treated as the plan says at the other destinations sharing
-// its entry: where the endpoint may serve the client, its next connection
-// goes there; where it may not (a Local policy, a remote endpoint), the
-// entry is not followed.
-func affinityShared(f pt.Flow, ruleset string) ([]string, error) {
-	plan := proxier.MakePlan(f.Config, f.State)
-	tr := plan.Trace(f.Packet)
-	w, err := flowWalker(f, ruleset)
-	if err != nil || tr.Affinity == nil {
-		return nil, err
-	}
-	pkt := flowPacket(f)
-	results, err := w.walk(pkt)
-	if err != nil {
-		return nil, err
-	}
-	var errs []string
-	for _, r := range results {
-		for _, d := range tr.Affinity.Destinations {
-			again, next := pkt, f.Packet
-			again.dst, again.dport, next.Dest = d.Addr(), d.Port(), d
-			var allowed []netip.AddrPort
-			for _, c := range plan.Trace(next).Endpoints {
-				allowed = append(allowed, c.Endpoint)
-			}
-			res, err := w.seeded(r).walk(again)
-			if err != nil {
-				return nil, err
-			}
-			switch {
-			case slices.Contains(allowed, r.dnat) && !surelyTo(res, r.dnat):
-				errs = append(errs, fmt.Sprintf("a client sent to %s is not sent there again through %s", r.dnat, d))
-			case !slices.Contains(allowed, r.dnat) && slices.ContainsFunc(res, func(x nftResult) bool { return !slices.Contains(allowed, x.dnat) }):
-				errs = append(errs, fmt.Sprintf("a client sent to %s is sent outside %v through %s", r.dnat, allowed, d))
-			}
-		}
-	}
-	return errs, nil
-}
-
 // observe sums up the ways pkt goes as a verdict: DNAT when every way ends
 // at an endpoint, DROP or REJECT when every way is refused, NOT-OURS when
 // no rule touched the packet. Affinity holds when every way records an
@@ -235,6 +194,50 @@ func (w *walker) seeded(r nftResult) *walker {
 // surelyTo reports whether the one way of res is DNAT to ap.
 func surelyTo(res []nftResult, ap netip.AddrPort) bool {
 	return len(res) == 1 && res[0].verdict == "" && res[0].dnat == ap && math.Abs(res[0].prob-1) < 1e-9
+}
+
+// affinityShared lists how a client that f's packet pins to an endpoint
+// fails to be treated as the plan says at the other destinations sharing
+// its entry: where the endpoint may serve the client, its next connection
+// goes there; where it may not (a Local policy, a remote endpoint), the
+// entry is not followed.
+func affinityShared(f pt.Flow, ruleset string) ([]string, error) {
+	plan := proxier.MakePlan(f.Config, f.State)
+	tr := plan.Trace(f.Packet)
+	w, err := flowWalker(f, ruleset)
+	if err != nil || tr.Affinity == nil {
+		return nil, err
+	}
+	pkt := flowPacket(f)
+	results, err := w.walk(pkt)
+	if err != nil {
+		return nil, err
+	}
+	var errs []string
+	for _, r := range results {
+		if !r.dnat.IsValid() {
+			continue
+		}
+		for _, d := range tr.Affinity.Destinations {
+			again, next := pkt, f.Packet
+			again.dst, again.dport, next.Dest = d.Addr(), d.Port(), d
+			var allowed []netip.AddrPort
+			for _, c := range plan.Trace(next).Endpoints {
+				allowed = append(allowed, c.Endpoint)
+			}
+			res, err := w.seeded(r).walk(again)
+			if err != nil {
+				return nil, err
+			}
+			switch {
+			case slices.Contains(allowed, r.dnat) && !surelyTo(res, r.dnat):
+				errs = append(errs, fmt.Sprintf("a client sent to %s is not sent there again through %s", r.dnat, d))
+			case !slices.Contains(allowed, r.dnat) && slices.ContainsFunc(res, func(x nftResult) bool { return !slices.Contains(allowed, x.dnat) }):
+				errs = append(errs, fmt.Sprintf("a client sent to %s is sent outside %v through %s", r.dnat, allowed, d))
+			}
+		}
+	}
+	return errs, nil
 }
 
 // flowErrors lists how ruleset disagrees with f: its verdict, endpoints,

@@ -218,7 +218,7 @@ func (t *nftTable) parseStmt(words []string, i int) (stmt, int, error) {
 	case w == "ct" && (word(1) == "state" || word(1) == "status"):
 		return parseCT(words, i)
 	case w == "fib":
-		return parseFib(words[i:], i)
+		return parseFib(words, i)
 	}
 	return t.parseMatch(words, i)
 }
@@ -248,7 +248,7 @@ func (t *nftTable) parseMatch(words []string, i int) (stmt, int, error) {
 		}
 		return stmt{run: func(wk *walker, b branch) ([]step, error) {
 			return eachAlt(e, b, func(b branch, vals []nftVal) (step, error) {
-				return step{b: b, stop: (s.lookup(wk.elems(s), vals) != nil) == neg}, nil
+				return step{b: b, stop: (wk.lookup(s, vals) != nil) == neg}, nil
 			})
 		}}, j + 1, err
 	case w == "vmap" && !neg:
@@ -261,7 +261,7 @@ func (t *nftTable) parseMatch(words []string, i int) (stmt, int, error) {
 		}
 		return stmt{run: func(wk *walker, b branch) ([]step, error) {
 			return eachAlt(e, b, func(b branch, vals []nftVal) (step, error) {
-				if el := s.lookup(wk.elems(s), vals); el != nil {
+				if el := wk.lookup(s, vals); el != nil {
 					return step{b: b, v: el.verdict}, nil
 				}
 				return step{b: b, stop: true}, nil
@@ -336,35 +336,28 @@ func parseCT(words []string, i int) (stmt, int, error) {
 	}}, next, nil
 }
 
+// parseFib parses "fib saddr|daddr type [!=] local" at words[i].
 func parseFib(words []string, i int) (stmt, int, error) {
-	if len(words) < 4 || (words[1] != "saddr" && words[1] != "daddr") || words[2] != "type" {
-		return stmt{}, 0, fmt.Errorf("unknown fib expression %q", strings.Join(words, " "))
-	}
-	neg := words[3] == "!="
-	typ := words[3]
-	if neg {
-		if len(words) < 5 {
-			return stmt{}, 0, fmt.Errorf("fib type != what")
-		}
-		typ = words[4]
-	}
-	if typ != "local" {
-		return stmt{}, 0, fmt.Errorf("fib type %q", typ)
-	}
-	src := words[1] == "saddr"
+	w := words[i:]
+	neg := len(w) > 3 && w[3] == "!="
 	n := 4
 	if neg {
 		n = 5
 	}
-	return stmt{run: func(w *walker, b branch) ([]step, error) {
+	if len(w) < n || (w[1] != "saddr" && w[1] != "daddr") || w[2] != "type" || w[n-1] != "local" {
+		return stmt{}, 0, fmt.Errorf("fib other than saddr or daddr type local at %q", strings.Join(w, " "))
+	}
+	src := w[1] == "saddr"
+	return stmt{run: func(wk *walker, b branch) ([]step, error) {
 		a := b.p.dst
 		if src {
 			a = b.p.src
 		}
-		return []step{{b: b, stop: w.local(a) == neg}}, nil
+		return []step{{b: b, stop: wk.local(a) == neg}}, nil
 	}}, i + n, nil
 }
 
+// parseMarkSet parses "[meta] mark set [mark or|xor|and] V" at words[i].
 func (t *nftTable) parseMarkSet(words []string, i int) (stmt, int, error) {
 	if words[i] == "meta" {
 		i++
@@ -494,15 +487,16 @@ func (t *nftTable) parseDNAT(words []string, i int) (stmt, int, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if len(s.value) == 0 || s.value[0] == tVerdict || s.value[0] == tPort || len(s.value) > 2 || len(s.value) == 2 && s.value[1] != tPort {
+	family := map[nftType]string{tAddr4: "ip", tAddr6: "ip6"}[s.value[0]]
+	if family == "" || len(s.value) > 2 || len(s.value) == 2 && s.value[1] != tPort {
 		return fail(fmt.Errorf("dnat through @%s, whose values are %v", s.name, s.value))
 	}
-	if _, err := t.addrType(map[nftType]string{tAddr4: "ip", tAddr6: "ip6"}[s.value[0]]); err != nil {
+	if _, err := t.addrType(family); err != nil {
 		return fail(err)
 	}
 	return stmt{run: func(w *walker, b branch) ([]step, error) {
 		return eachAlt(key, b, func(b branch, vals []nftVal) (step, error) {
-			el := s.lookup(w.elems(s), vals)
+			el := w.lookup(s, vals)
 			if el == nil {
 				return step{b: b, stop: true}, nil
 			}

@@ -9,14 +9,13 @@ import (
 
 // The walk: the first packet of a connection goes through the base chains
 // of its family's tables, hook by hook as the kernel sends it (prerouting,
-// then input or forward, then postrouting; from the node output, then
-// postrouting, and prerouting and input again when it is for the node
-// itself), each hook's
-// chains in priority order. A numgen splits the walk, so every endpoint is
-// reached with its probability. Dynamic maps hold only what seed gives
-// (nothing for a new client); what the packet writes into them is kept
-// with its branch, so a second walk can show whether a later connection
-// follows it.
+// then input or forward, then postrouting; from the node output and
+// postrouting, then prerouting and input again through loopback when it
+// is for the node itself), each hook's chains in priority order. A numgen
+// splits the walk, so every endpoint is reached with its probability.
+// Dynamic maps hold only what the walker is seeded with (nothing for a new
+// client); what the packet writes into them stays with its branch, so a
+// second walk can show whether a later connection follows it.
 
 // pktState is a packet and what the rules did to it so far.
 type pktState struct {
@@ -110,12 +109,19 @@ type walker struct {
 	curType, curHook string
 }
 
-// elems are the elements a lookup in s sees.
-func (w *walker) elems(s *nftSet) []nftElem {
+// lookup finds the element of s whose key holds vals. A dynamic set or
+// map holds only what the walker was seeded with.
+func (w *walker) lookup(s *nftSet, vals []nftVal) *nftElem {
+	elems := s.elems
 	if s.dynamic {
-		return w.seed[s]
+		elems = w.seed[s]
 	}
-	return s.elems
+	for i, e := range elems {
+		if slices.EqualFunc(e.key, vals, nftVal.contains) {
+			return &elems[i]
+		}
+	}
+	return nil
 }
 
 // dnat DNATs b to ap (port 0: the address only) and ends the base chain,
@@ -249,6 +255,9 @@ func (w *walker) hook(hook string, bs []branch) (pass []branch, ended []outcome,
 		t *nftTable
 		c *nftChain
 	}
+	if len(bs) == 0 {
+		return nil, nil, nil
+	}
 	var chains []base
 	family := "ip6"
 	if bs[0].p.src.Is4() {
@@ -351,9 +360,6 @@ func (w *walker) walk(pkt nftPacket) ([]nftResult, error) {
 				return nil, err
 			}
 			ended = append(ended, e...)
-			if len(bs) == 0 {
-				break
-			}
 		}
 		for _, b := range bs {
 			ended = append(ended, outcome{b, ""})
