@@ -9,6 +9,9 @@
 // kube-apiserver and etcd (about 8-10 minutes on 2 cores) into a cache,
 // see harness.CacheBase. SVCPROXY_E2E_ARGS adds flags to every svcproxy
 // the tests run (e.g. "--masquerade-all" to see the source checks fail).
+//
+// The tests run one at a time, in file order, sharing the cluster; only
+// TestScale calls t.Parallel, which makes it run after all the others.
 package e2e
 
 import (
@@ -19,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,4 +192,34 @@ func mainLogs(paths []string) []string {
 		}
 	}
 	return out
+}
+
+// restartSvcproxy restarts svcproxy with extra flags; when the test ends it
+// is restarted with the usual ones.
+func (c *tc) restartSvcproxy(extra ...string) {
+	c.Helper()
+	start := func(extra ...string) error {
+		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "exit status 0") {
+			c.Logf("svcproxy stop: %v", err)
+		}
+		if _, err := env.StartSvcproxy(context.Background(), extra...); err != nil {
+			return err
+		}
+		return env.WaitSvcproxySynced(context.Background(), 30*time.Second)
+	}
+	if err := start(extra...); err != nil {
+		c.Fatalf("restart svcproxy with %v: %v", extra, err)
+	}
+	c.Cleanup(func() {
+		if err := start(); err != nil {
+			c.Errorf("restart svcproxy with its usual flags: %v", err)
+		}
+	})
+}
+
+func mustRun(c *tc, ns *harness.Netns, argv ...string) {
+	c.Helper()
+	if out, err := ns.Run(c.ctx, argv...); err != nil {
+		c.Fatalf("%s in %s: %v: %s", strings.Join(argv, " "), ns.Name, err, out)
+	}
 }

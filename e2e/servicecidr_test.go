@@ -155,13 +155,6 @@ func TestServiceCIDR(t *testing.T) {
 	}
 }
 
-func mustRun(c *tc, ns *harness.Netns, argv ...string) {
-	c.Helper()
-	if out, err := ns.Run(c.ctx, argv...); err != nil {
-		c.Fatalf("%s in %s: %v: %s", strings.Join(argv, " "), ns.Name, err, out)
-	}
-}
-
 // createServiceAt creates a ClusterIP Service at clusterIP (port 80 to the
 // echo port), retrying while the API server's allocator has not yet taken
 // up a just-created ServiceCIDR, and deletes it when the test ends.

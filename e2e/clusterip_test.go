@@ -9,6 +9,9 @@ import (
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
 
+// ClusterIP traffic from pods: spread over the endpoints, source kept,
+// rejected without endpoints, hairpin.
+
 // TestPodToPod checks the harness itself: pods reach each other directly
 // over the bridge, and each echo server sees the client's own address.
 func TestPodToPod(t *testing.T) {

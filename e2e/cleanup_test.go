@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"net"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +14,71 @@ import (
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
+
+// Removing rules: svcproxy --cleanup, and kube-proxy's leftovers when
+// svcproxy takes over a node.
+
+// TestCleanup: `svcproxy --cleanup` removes every rule, chain and table it
+// (or kube-proxy) made, and exits 0; traffic to Services then stops, and a
+// restarted svcproxy brings it back.
+func TestCleanup(t *testing.T) {
+	c := begin(t, true)
+	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "cleanup"}})
+	c.slice(svc, at(backends[0], harness.NodeName))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	c.eventually("service works", func() string {
+		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 2}), backends[:1], client.IP, "")
+	})
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Logf("stop: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := env.StartSvcproxy(context.Background()); err != nil {
+			t.Errorf("restart svcproxy: %v", err)
+		} else if err := env.WaitSvcproxySynced(context.Background(), 30*time.Second); err != nil {
+			t.Errorf("restart svcproxy: %v", err)
+		}
+	})
+	out, err := env.Node.Command(c.ctx, env.Bins.Svcproxy, "--cleanup").CombinedOutput()
+	if err != nil {
+		t.Fatalf("svcproxy --cleanup: %v: %s", err, out)
+	}
+	for _, cmd := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}} {
+		got, err := env.Node.Run(c.ctx, cmd...)
+		if err != nil {
+			if _, lookErr := exec.LookPath(cmd[0]); lookErr != nil {
+				continue
+			}
+			t.Errorf("%s: %v", cmd[0], err)
+		}
+		for _, line := range strings.Split(got, "\n") {
+			// KUBE-FIREWALL (the localnet martian guard) is shared with
+			// kubelet; like kube-proxy, --cleanup leaves it.
+			if strings.Contains(line, "KUBE-FIREWALL") {
+				continue
+			}
+			if strings.Contains(line, "KUBE-") || strings.Contains(line, "svcproxy") {
+				t.Errorf("%s after --cleanup still has %q", cmd[0], line)
+			}
+		}
+	}
+	rs := c.connect(client, harness.ClientOptions{Target: target, Count: 2, Timeout: 500 * time.Millisecond})
+	for _, r := range rs {
+		if r.Err == "" {
+			t.Errorf("ClusterIP still answered after --cleanup: %s", r.Line)
+		}
+	}
+	t.Logf("RESULT --cleanup: exit 0, no KUBE-* chain or svcproxy table left but the shared KUBE-FIREWALL, ClusterIP %s", harness.FormatTally(harness.Tally(rs)))
+	if _, err := env.StartSvcproxy(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually("a restarted svcproxy brings the Service back", func() string {
+		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 2}), backends[:1], client.IP, "")
+	})
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Logf("stop: %v", err)
+	}
+}
 
 // TestMigrationFromKubeProxy (nftables mode): kube-proxy's leftovers on a
 // node (its nftables tables, here with a stale firewall rule dropping a
