@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -11,8 +12,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
@@ -22,23 +21,27 @@ import (
 // coming back, across the Service port's addresses, under
 // externalTrafficPolicy Local, across a restart of svcproxy.
 
+// affinity is spec with ClientIP affinity of timeoutSeconds.
+func affinity(timeoutSeconds int32, spec v1.ServiceSpec) v1.ServiceSpec {
+	spec.SessionAffinity = v1.ServiceAffinityClientIP
+	spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(timeoutSeconds)}}
+	return spec
+}
+
+// twoHereOneThere places backends a and b on this node and c on the other.
+func twoHereOneThere() []harness.Endpoint {
+	return append(atNode(harness.NodeName, backends[:2]...), at(backends[2], otherNode))
+}
+
 func TestSessionAffinity(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity"}, Spec: v1.ServiceSpec{
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode))
+	svc := c.createService("affinity", affinity(300, v1.ServiceSpec{}))
+	c.slice(svc, twoHereOneThere()...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
 	c.eventually("ClientIP affinity: one endpoint", func() string {
 		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
-		if m := landed(rs, backends, client.IP, ""); m != "" {
-			return m
-		}
-		if len(harness.Tally(rs)) != 1 {
-			return "spread over " + harness.FormatTally(harness.Tally(rs))
-		}
-		return ""
+		return pinned(rs, backends, client.IP)
 	})
 	t.Logf("RESULT session affinity ClientIP: 30 connections, %s", harness.FormatTally(harness.Tally(rs)))
 }
@@ -52,13 +55,9 @@ func TestSessionAffinity(t *testing.T) {
 func TestSessionAffinityTimeout(t *testing.T) {
 	c := begin(t, true)
 	const timeout = 2 * time.Second
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-timeout"}, Spec: v1.ServiceSpec{
-		Ports: []v1.ServicePort{
-			{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)},
-			{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}},
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(timeout / time.Second))}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode))
+	svc := c.createService("affinity-timeout", affinity(int32(timeout/time.Second), v1.ServiceSpec{
+		Ports: ports(harness.TCP, harness.UDP)}))
+	c.slice(svc, twoHereOneThere()...)
 	c.waitDNATs(svc, "tcp", backends...)
 	c.waitDNATs(svc, "udp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
@@ -70,28 +69,22 @@ func TestSessionAffinityTimeout(t *testing.T) {
 			var rs []harness.Reply
 			c.eventually("ClientIP affinity: one endpoint", func() string {
 				rs = c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 10})
-				if m := landed(rs, backends, client.IP, ""); m != "" {
-					return m
-				}
-				if only(rs) == "" {
-					return "spread over " + harness.FormatTally(harness.Tally(rs))
-				}
-				return ""
+				return pinned(rs, backends, client.IP)
 			})
-			pinned := only(rs)
+			pin := only(rs)
 			// 6 attempts 700ms apart: 3.5s in all, longer than the
 			// timeout, but never idle for as long.
 			rs = c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 6, Interval: 700 * time.Millisecond})
-			if only(rs) != pinned {
-				t.Errorf("attempts 700ms apart (timeout %v) left %s: %s", timeout, pinned, harness.FormatTally(harness.Tally(rs)))
+			if only(rs) != pin {
+				t.Errorf("attempts 700ms apart (timeout %v) left %s: %s", timeout, pin, harness.FormatTally(harness.Tally(rs)))
 			}
-			t.Logf("RESULT %s affinity timeout %v: 10 back-to-back attempts and 6 more 700ms apart all to %s", proto, timeout, pinned)
+			t.Logf("RESULT %s affinity timeout %v: 10 back-to-back attempts and 6 more 700ms apart all to %s", proto, timeout, pin)
 
 			// Idle longer than the timeout, then one attempt, a few times:
-			// with 3 endpoints, all of up to 8 landing on the pinned one
+			// with 3 endpoints, all of up to 8 landing on the pin one
 			// has probability (1/3)^8 < 2e-4 when the affinity expires.
-			got := []string{pinned}
-			moved := func() bool { return slices.ContainsFunc(got, func(s string) bool { return s != pinned }) }
+			got := []string{pin}
+			moved := func() bool { return slices.ContainsFunc(got, func(s string) bool { return s != pin }) }
 			for round := 0; round < 8 && !moved(); round++ {
 				time.Sleep(timeout + 600*time.Millisecond)
 				r := c.connect(client, harness.ClientOptions{Proto: proto, Target: target, Count: 1})
@@ -101,7 +94,7 @@ func TestSessionAffinityTimeout(t *testing.T) {
 				got = append(got, r[0].Backend)
 			}
 			if !moved() {
-				t.Errorf("after idling longer than the %v timeout, %d attempts all still went to %s: affinity never expired", timeout, len(got)-1, pinned)
+				t.Errorf("after idling longer than the %v timeout, %d attempts all still went to %s: affinity never expired", timeout, len(got)-1, pin)
 			}
 			t.Logf("RESULT %s after idling %v before each attempt: %v (affinity expired)", proto, timeout+600*time.Millisecond, got[1:])
 		})
@@ -115,42 +108,24 @@ func TestSessionAffinityTimeout(t *testing.T) {
 // deletes X's KUBE-SEP chain and its recent list, or its affinity set).
 func TestSessionAffinityEndpointRemoved(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-removed"}, Spec: v1.ServiceSpec{
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}}})
-	all := func() []harness.Endpoint {
-		return []harness.Endpoint{at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode)}
-	}
-	c.slice(svc, all()...)
+	svc := c.createService("affinity-removed", affinity(300, v1.ServiceSpec{}))
+	c.slice(svc, twoHereOneThere()...)
 	c.waitDNATs(svc, "tcp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	pinnedTo := func(pods []*harness.Pod) (string, string) {
 		rs := c.connect(client, harness.ClientOptions{Target: target, Count: 10})
-		if m := landed(rs, pods, client.IP, ""); m != "" {
-			return "", m
-		}
-		if only(rs) == "" {
-			return "", "spread over " + harness.FormatTally(harness.Tally(rs))
-		}
-		return only(rs), ""
+		return only(rs), pinned(rs, pods, client.IP)
 	}
 	var x string
 	c.eventually("pinned", func() (m string) { x, m = pinnedTo(backends); return m })
-	var rest []*harness.Pod
-	var eps []harness.Endpoint
-	for _, p := range backends {
-		if p.Name != x {
-			rest = append(rest, p)
-			eps = append(eps, at(p, harness.NodeName))
-		}
-	}
-	c.slice(svc, eps...)
+	rest := except(backends, x)
+	c.slice(svc, atNode(harness.NodeName, rest...)...)
 	c.waitDNATs(svc, "tcp", rest...)
 	y, m := pinnedTo(rest)
 	if m != "" {
 		t.Fatalf("after %s left the slice: %s", x, m)
 	}
-	c.slice(svc, all()...)
+	c.slice(svc, twoHereOneThere()...)
 	c.waitDNATs(svc, "tcp", backends...)
 	z, m := pinnedTo(backends)
 	if m != "" || z != y {
@@ -170,11 +145,8 @@ func TestSessionAffinityEndpointRemoved(t *testing.T) {
 func TestSessionAffinityAcrossAddresses(t *testing.T) {
 	c := begin(t, true)
 	const timeout = 2 * time.Second
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-shared"}, Spec: v1.ServiceSpec{
-		Type:                  v1.ServiceTypeNodePort,
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(timeout / time.Second))}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], otherNode))
+	svc := c.createService("affinity-shared", affinity(int32(timeout/time.Second), v1.ServiceSpec{Type: v1.ServiceTypeNodePort}))
+	c.slice(svc, twoHereOneThere()...)
 	c.waitDNATs(svc, "tcp", backends...)
 	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	nodePort := nodePortTarget(svc)
@@ -215,9 +187,7 @@ func TestSessionAffinityHostEndpoint(t *testing.T) {
 	}
 	t.Cleanup(func() { host.Stop(syscall.SIGTERM, 5*time.Second) })
 	a := backends[0]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-host"}, Spec: v1.ServiceSpec{
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(int32(timeout / time.Second))}}}})
+	svc := c.createService("affinity-host", affinity(int32(timeout/time.Second), v1.ServiceSpec{}))
 	c.writeSlice(svc, discovery.AddressTypeIPv4, []discovery.Endpoint{readyEndpoint(harness.NodeIP, harness.NodeName), readyEndpoint(a.IP, harness.NodeName)})
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	hostPod := &harness.Pod{Name: "host", IP: harness.NodeIP}
@@ -259,62 +229,29 @@ func TestSessionAffinityHostEndpoint(t *testing.T) {
 // restart of svcproxy.
 func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-follows"}, Spec: v1.ServiceSpec{
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](900)}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], harness.NodeName))
+	svc := c.createService("affinity-follows", affinity(900, v1.ServiceSpec{}))
+	c.slice(svc, atNode(harness.NodeName, backends...)...)
 	c.waitDNATs(svc, "tcp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-	pinned := func(what string) string {
-		var pod string
-		c.eventually(what, func() string {
-			rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+	pinnedTo := func(what string, pods []*harness.Pod) (string, time.Duration) {
+		var rs []harness.Reply
+		took := c.eventually(what, func() string {
+			rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
 			// Every attempt answered by a backend (a refusal is no pin).
-			if m := landed(rs, backends, client.IP, ""); m != "" {
-				return m
+			if len(rs) != 10 {
+				return fmt.Sprintf("%d replies to 10 attempts", len(rs))
 			}
-			tally := harness.Tally(rs)
-			if len(tally) != 1 || len(rs) != 10 {
-				return "spread over " + harness.FormatTally(tally)
-			}
-			for p := range tally {
-				pod = p
-			}
-			return ""
+			return pinned(rs, pods, client.IP)
 		})
-		return pod
+		return only(rs), took
 	}
-	first := pinned("pinned to one endpoint")
-	var rest []harness.Endpoint
-	var restPods []*harness.Pod
-	for _, p := range backends {
-		if p.Name != first {
-			rest = append(rest, at(p, harness.NodeName))
-			restPods = append(restPods, p)
-		}
-	}
-	c.slice(svc, rest...)
-	var rs []harness.Reply
-	took := c.eventually("the pin follows the endpoints", func() string {
-		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
-		if m := landed(rs, restPods, client.IP, ""); m != "" {
-			return m
-		}
-		if len(harness.Tally(rs)) != 1 {
-			return "spread over " + harness.FormatTally(harness.Tally(rs))
-		}
-		return ""
-	})
-	second := pinned("pinned again")
+	first, _ := pinnedTo("pinned to one endpoint", backends)
+	c.slice(svc, atNode(harness.NodeName, except(backends, first)...)...)
+	_, took := pinnedTo("the pin follows the endpoints", except(backends, first))
+	second, _ := pinnedTo("pinned again", backends)
 	t.Logf("RESULT affinity: pinned to %s; after %s left the slice, pinned to %s within %v of the API write", first, first, second, took.Round(time.Millisecond))
 
-	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-		t.Fatalf("stop svcproxy: %v", err)
-	}
-	if _, err := env.StartSvcproxy(c.ctx); err != nil {
-		t.Fatalf("start svcproxy: %v", err)
-	}
-	if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+	if err := env.RestartSvcproxy(c.ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if env.ProxyMode == "nftables" {
@@ -325,7 +262,7 @@ func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 			t.Fatalf("after the restart the affinity map has no entry for %s: %v\n%s", client.IP, err, out)
 		}
 	}
-	rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+	rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
 	if tally := harness.Tally(rs); len(rs) != 10 || tally[second] != 10 {
 		t.Fatalf("after a restart of svcproxy: %s, want all 10 on %s", harness.FormatTally(tally), second)
 	}
@@ -339,17 +276,8 @@ func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 // the local endpoints' recent lists in KUBE-SVL).
 func TestSessionAffinityExternalLocal(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
-	remote, err := env.AddRemotePod(c.ctx, "remote-aff")
-	if err != nil {
-		t.Fatalf("remote pod: %v", err)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "affinity-ext-local"}, Spec: v1.ServiceSpec{
-		Type:                  v1.ServiceTypeNodePort,
-		SessionAffinity:       v1.ServiceAffinityClientIP,
-		SessionAffinityConfig: &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](300)}}}})
+	remote := c.remotePod("remote-aff")
+	svc := c.createService("affinity-ext-local", affinity(300, v1.ServiceSpec{Type: v1.ServiceTypeNodePort}))
 	// Only the remote endpoint at first: the outside client is pinned to it.
 	c.slice(svc, at(remote, harness.Node2Name))
 	var rs []harness.Reply
@@ -366,18 +294,10 @@ func TestSessionAffinityExternalLocal(t *testing.T) {
 		t.Fatalf("policy Cluster, endpoints added: %s (want still pinned to the remote endpoint)", m)
 	}
 	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
-	if _, err := env.Client.CoreV1().Services(svc.Namespace).Update(c.ctx, svc, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.update(svc)
 	c.eventually("policy Local: a local endpoint, the client's source kept, and pinned", func() string {
 		rs = c.external(harness.ExtAllowedIP, nodePortTarget(svc), 10, time.Second)
-		if m := landed(rs, locals, harness.ExtAllowedIP, ""); m != "" {
-			return m
-		}
-		if only(rs) == "" {
-			return "spread over " + harness.FormatTally(harness.Tally(rs))
-		}
-		return ""
+		return pinned(rs, locals, harness.ExtAllowedIP)
 	})
 	t.Logf("RESULT affinity, outside client through the NodePort: pinned to %s under policy Cluster; under Local pinned to %s", remote.Name, harness.FormatTally(harness.Tally(rs)))
 }

@@ -20,11 +20,11 @@ import (
 // Service keeps working.
 func TestBadInput(t *testing.T) {
 	c := begin(t, true)
-	good := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "good"}})
+	good := c.createService("good", v1.ServiceSpec{})
 	c.slice(good, at(backends[0], harness.NodeName))
-	bad := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "bad"}, Spec: v1.ServiceSpec{
+	bad := c.createService("bad", v1.ServiceSpec{
 		// An IPv6 external IP on an IPv4 Service: the wrong family.
-		ExternalIPs: []string{"2001:db8::1"}}})
+		ExternalIPs: []string{"2001:db8::1"}})
 	before := metricValue(c, "svcproxy_invalid_objects_total")
 	// Each cause has its own series, so one cause cannot stand in for
 	// another.
@@ -37,7 +37,7 @@ func TestBadInput(t *testing.T) {
 	for what, name := range series {
 		was[what] = metricValue(c, name)
 	}
-	slices := env.Client.DiscoveryV1().EndpointSlices("features")
+	sliceClient := env.Client.DiscoveryV1().EndpointSlices("features")
 	for _, es := range []*discovery.EndpointSlice{
 		{ // no kubernetes.io/service-name label
 			ObjectMeta:  metav1.ObjectMeta{Name: "no-label"},
@@ -52,11 +52,11 @@ func TestBadInput(t *testing.T) {
 			Ports:       []discovery.EndpointPort{{Name: ptr.To("tcp")}},
 		},
 	} {
-		if _, err := slices.Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
+		if _, err := sliceClient.Create(c.ctx, es, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create EndpointSlice %s: %v", es.Name, err)
 		}
 		name := es.Name
-		t.Cleanup(func() { slices.Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() { sliceClient.Delete(context.Background(), name, metav1.DeleteOptions{}) })
 	}
 	target := net.JoinHostPort(good.Spec.ClusterIP, "80")
 	var rs []harness.Reply

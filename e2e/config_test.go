@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
@@ -51,8 +51,8 @@ conntrack:
 	}
 
 	a, b := backends[0], backends[1]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "config-file"}, Spec: v1.ServiceSpec{
-		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)}})
+	svc := c.createService("config-file", v1.ServiceSpec{
+		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 
@@ -80,13 +80,9 @@ conntrack:
 // external client, routed to the Service CIDR) is masqueraded.
 func TestDetectLocalModes(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := env.Ext.Run(c.ctx, "ip", "route", "replace", harness.ServiceCIDR, "via", harness.NodeIP); err != nil {
-		t.Fatalf("route: %v: %s", err, out)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "detect-local"}})
+	mustRun(c, env.Ext, "ip", "route", "replace", harness.ServiceCIDR, "via", harness.NodeIP)
+	t.Cleanup(func() { env.Ext.Run(context.Background(), "ip", "route", "del", harness.ServiceCIDR) })
+	svc := c.createService("detect-local", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	for _, mode := range [][]string{

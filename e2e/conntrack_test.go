@@ -12,7 +12,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -26,9 +25,9 @@ import (
 // datagrams reach another endpoint.
 func TestConntrackUDP(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "conntrack-udp"}, Spec: v1.ServiceSpec{
-		Ports: []v1.ServicePort{{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], harness.NodeName))
+	svc := c.createService("conntrack-udp", v1.ServiceSpec{
+		Ports: ports(harness.UDP)})
+	c.slice(svc, atNode(harness.NodeName, backends...)...)
 	c.waitDNATs(svc, "udp", backends...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	opts := harness.ClientOptions{Proto: "udp", Target: target, Count: 5, SrcPort: 40123, Interval: 20 * time.Millisecond}
@@ -40,28 +39,15 @@ func TestConntrackUDP(t *testing.T) {
 	if len(harness.Tally(rs)) != 1 {
 		t.Fatalf("datagrams from one source port spread over %s; conntrack should pin them", harness.FormatTally(harness.Tally(rs)))
 	}
-	before := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
-	var rest []*harness.Pod
-	var eps []harness.Endpoint
-	for _, p := range backends {
-		if p.Name != pinned {
-			rest = append(rest, p)
-			eps = append(eps, at(p, harness.NodeName))
-		}
-	}
-	c.slice(svc, eps...)
-	c.waitDNATs(svc, "udp", rest...)
+	before := metricValue(c, conntrackDeleted)
+	rest := c.removeEndpoint(svc, "udp", pinned)
 	var after []harness.Reply
 	c.eventually("datagrams leave the removed endpoint", func() string {
 		after = c.connect(client, opts)
 		return landed(after, rest, client.IP, "")
 	})
-	deleted := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
 	t.Logf("RESULT UDP from port %d pinned to %s; after %s left the slice: %s; conntrack entries deleted: %v",
-		opts.SrcPort, pinned, pinned, harness.FormatTally(harness.Tally(after)), deleted)
-	if deleted < 1 {
-		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= 1", deleted)
-	}
+		opts.SrcPort, pinned, pinned, harness.FormatTally(harness.Tally(after)), c.wantGrowth(conntrackDeleted, before, 1))
 }
 
 // TestConntrackUDPZeroToN: conntrack entries of a UDP Service that goes
@@ -121,9 +107,9 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 	t.Logf("stale entry (%s): %s", how, entries[0])
 
 	synced := syncCount(c)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ct-udp-0-to-n"}, Spec: v1.ServiceSpec{
+	svc := c.createService("ct-udp-0-to-n", v1.ServiceSpec{
 		ClusterIP: cip,
-		Ports:     []v1.ServicePort{{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}}})
+		Ports:     ports(harness.UDP)})
 	c.slice(svc)
 	c.eventually("svcproxy synced the Service without endpoints", func() string {
 		if n := syncCount(c); n < synced+2 {
@@ -141,7 +127,7 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 	if len(c.conntrackList(match...)) == 0 {
 		t.Fatalf("the stale entry went away while the Service had no endpoint; nothing left to test")
 	}
-	before := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
+	before := metricValue(c, conntrackDeleted)
 	c.slice(svc, at(a, harness.NodeName))
 	c.waitDNATs(svc, "udp", a)
 	var after []harness.Reply
@@ -149,12 +135,8 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 		after = c.connect(client, opts)
 		return landed(after, []*harness.Pod{a}, client.IP, "")
 	})
-	deleted := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
 	t.Logf("RESULT UDP from port %d to %s with 0 endpoints (never-DNATed entry %s); after 0 -> 1 endpoint: %s; conntrack entries deleted: %v",
-		srcPort, target, how, harness.FormatTally(harness.Tally(after)), deleted)
-	if deleted < 1 {
-		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= 1", deleted)
-	}
+		srcPort, target, how, harness.FormatTally(harness.Tally(after)), c.wantGrowth(conntrackDeleted, before, 1))
 
 	// 2. Pinned to a, then 0 endpoints, then b.
 	opts2 := opts
@@ -173,19 +155,15 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 	})
 	rs = c.connect(client, opts2)
 	t.Logf("with 0 endpoints, the flow from port %d (entry to a kept, as kube-proxy does): %s", srcPort2, harness.FormatTally(harness.Tally(rs)))
-	before = metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
+	before = metricValue(c, conntrackDeleted)
 	c.slice(svc, at(b, harness.NodeName))
 	c.waitDNATs(svc, "udp", b)
 	c.eventually("datagrams from the pinned source port reach the new endpoint", func() string {
 		after = c.connect(client, opts2)
 		return landed(after, []*harness.Pod{b}, client.IP, "")
 	})
-	deleted = metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
 	t.Logf("RESULT UDP from port %d pinned to a, Service 1 -> 0 -> 1 endpoint (b): %s; conntrack entries deleted: %v",
-		srcPort2, harness.FormatTally(harness.Tally(after)), deleted)
-	if deleted < 1 {
-		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= 1", deleted)
-	}
+		srcPort2, harness.FormatTally(harness.Tally(after)), c.wantGrowth(conntrackDeleted, before, 1))
 }
 
 // TestConntrackUDPNodePort: an external client sending UDP from a fixed
@@ -195,27 +173,17 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 // next datagrams reach another endpoint.
 func TestConntrackUDPNodePort(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ct-udp-nodeport"}, Spec: v1.ServiceSpec{
+	svc := c.createService("ct-udp-nodeport", v1.ServiceSpec{
 		Type:  v1.ServiceTypeNodePort,
-		Ports: []v1.ServicePort{{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}}})
-	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName), at(backends[2], harness.NodeName))
+		Ports: ports(harness.UDP)})
+	c.slice(svc, atNode(harness.NodeName, backends...)...)
 	c.waitDNATs(svc, "udp", backends...)
 	const srcPort = 40311
 	opts := harness.ClientOptions{Proto: "udp", Target: nodePortTarget(svc), Count: 5, SrcPort: srcPort, SrcIP: harness.ExtAllowedIP,
 		Interval: 20 * time.Millisecond, Timeout: time.Second}
-	ext := func() []harness.Reply {
-		rs, err := env.ExternalConnect(c.ctx, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rs
-	}
 	var rs []harness.Reply
 	c.eventually("NodePort UDP answers", func() string {
-		rs = ext()
+		rs = c.externalOpts(opts)
 		return landed(rs, backends, "", "")
 	})
 	pinned := only(rs)
@@ -224,28 +192,15 @@ func TestConntrackUDPNodePort(t *testing.T) {
 	}
 	entries := c.conntrackList("-p", "udp", "--orig-port-dst", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)), "--orig-port-src", strconv.Itoa(srcPort))
 	t.Logf("pinned to %s; conntrack: %v", pinned, entries)
-	var rest []*harness.Pod
-	var eps []harness.Endpoint
-	for _, p := range backends {
-		if p.Name != pinned {
-			rest = append(rest, p)
-			eps = append(eps, at(p, harness.NodeName))
-		}
-	}
-	before := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
-	c.slice(svc, eps...)
-	c.waitDNATs(svc, "udp", rest...)
+	before := metricValue(c, conntrackDeleted)
+	rest := c.removeEndpoint(svc, "udp", pinned)
 	var after []harness.Reply
 	c.eventually("NodePort datagrams leave the removed endpoint", func() string {
-		after = ext()
+		after = c.externalOpts(opts)
 		return landed(after, rest, "", "")
 	})
-	deleted := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
 	t.Logf("RESULT external UDP from %s:%d to NodePort %s pinned to %s; after %s left the slice: %s; conntrack entries deleted: %v",
-		harness.ExtAllowedIP, srcPort, nodePortTarget(svc), pinned, pinned, harness.FormatTally(harness.Tally(after)), deleted)
-	if deleted < 1 {
-		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= 1", deleted)
-	}
+		harness.ExtAllowedIP, srcPort, nodePortTarget(svc), pinned, pinned, harness.FormatTally(harness.Tally(after)), c.wantGrowth(conntrackDeleted, before, 1))
 }
 
 // TestConntrackUDPExternalAddresses: the same cleanup for UDP flows from
@@ -254,25 +209,14 @@ func TestConntrackUDPNodePort(t *testing.T) {
 // pinned to a and b move to c when the slice is replaced by c alone.
 func TestConntrackUDPExternalAddresses(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	const extIP, lbIP = "10.99.0.70", "10.99.0.71"
-	for _, ip := range []string{extIP, lbIP} {
-		if err := env.RouteToNode(c.ctx, ip); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c.routeToNode(extIP, lbIP)
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ct-udp-external"}, Spec: v1.ServiceSpec{
+	svc := c.createService("ct-udp-external", v1.ServiceSpec{
 		Type:        v1.ServiceTypeLoadBalancer,
 		ExternalIPs: []string{extIP},
-		Ports:       []v1.ServicePort{{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}}})
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}}
-	svc, err := env.Client.CoreV1().Services(svc.Namespace).UpdateStatus(c.ctx, svc, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+		Ports:       ports(harness.UDP)})
+	svc = c.setIngress(svc, v1.LoadBalancerIngress{IP: lbIP})
 	c.slice(svc, at(a, harness.NodeName), at(b, harness.NodeName))
 	c.waitDNATs(svc, "udp", a, b)
 	flows := []struct {
@@ -285,12 +229,8 @@ func TestConntrackUDPExternalAddresses(t *testing.T) {
 		{"load-balancer IP", net.JoinHostPort(lbIP, "80"), 40323},
 	}
 	send := func(target string, port int) []harness.Reply {
-		rs, err := env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "udp", Target: target, Count: 5, SrcPort: port, SrcIP: harness.ExtAllowedIP,
+		return c.externalOpts(harness.ClientOptions{Proto: "udp", Target: target, Count: 5, SrcPort: port, SrcIP: harness.ExtAllowedIP,
 			Interval: 20 * time.Millisecond, Timeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rs
 	}
 	pinned := map[string]string{}
 	for _, f := range flows {
@@ -303,7 +243,7 @@ func TestConntrackUDPExternalAddresses(t *testing.T) {
 			t.Fatalf("%s: datagrams from one source port spread over %s", f.name, harness.FormatTally(harness.Tally(rs)))
 		}
 	}
-	before := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total")
+	before := metricValue(c, conntrackDeleted)
 	c.slice(svc, at(cc, harness.NodeName))
 	c.waitDNATs(svc, "udp", cc)
 	var res []string
@@ -315,9 +255,6 @@ func TestConntrackUDPExternalAddresses(t *testing.T) {
 		})
 		res = append(res, fmt.Sprintf("%s from port %d: %s -> %s", f.name, f.srcPort, pinned[f.name], harness.FormatTally(harness.Tally(rs))))
 	}
-	deleted := metricValue(c, "kubeproxy_conntrack_reconciler_deleted_entries_total") - before
-	t.Logf("RESULT external UDP flows, endpoints {a,b} replaced by {c}: %s; conntrack entries deleted: %v", strings.Join(res, "; "), deleted)
-	if deleted < float64(len(flows)) {
-		t.Errorf("kubeproxy_conntrack_reconciler_deleted_entries_total grew by %v, want >= %d", deleted, len(flows))
-	}
+	t.Logf("RESULT external UDP flows, endpoints {a,b} replaced by {c}: %s; conntrack entries deleted: %v",
+		strings.Join(res, "; "), c.wantGrowth(conntrackDeleted, before, float64(len(flows))))
 }

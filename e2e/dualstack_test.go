@@ -8,7 +8,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
@@ -19,11 +18,11 @@ import (
 // (masqueraded), with the IPv6 proxier next to the IPv4 one.
 func TestIPv6(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ipv6"}, Spec: v1.ServiceSpec{
+	svc := c.createService("ipv6", v1.ServiceSpec{
 		Type:           v1.ServiceTypeNodePort,
 		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
 		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
-	}})
+	})
 	var eps []discovery.Endpoint
 	for _, p := range backends {
 		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
@@ -36,10 +35,7 @@ func TestIPv6(t *testing.T) {
 	var rs []harness.Reply
 	c.eventually("IPv6 ClusterIP from a pod", func() string {
 		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: clusterIP, Count: 30})
-		if m := landed(rs, backends, client.IP6, ""); m != "" {
-			return m
-		}
-		return allReached(rs, backends)
+		return exactly(rs, backends, client.IP6, "")
 	})
 	t.Logf("RESULT IPv6 ClusterIP %s from pod %s: %s, source kept", clusterIP, client.IP6, harness.FormatTally(harness.Tally(rs)))
 
@@ -50,10 +46,7 @@ func TestIPv6(t *testing.T) {
 		if err != nil {
 			return err.Error()
 		}
-		if m := landed(rs, backends, "", harness.GatewayIP6); m != "" {
-			return m
-		}
-		return allReached(rs, backends)
+		return exactly(rs, backends, "", harness.GatewayIP6)
 	})
 	t.Logf("RESULT IPv6 NodePort %s from outside (%s): %s, seen from %s (masqueraded)", nodePort, harness.GatewayIP6, harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net"
 	"testing"
 	"time"
@@ -20,7 +19,7 @@ import (
 func TestTerminatingFallback(t *testing.T) {
 	c := begin(t, true)
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "terminating"}})
+	svc := c.createService("terminating", v1.ServiceSpec{})
 	c.slice(svc,
 		harness.Endpoint{IP: a.IP, NotReady: true},
 		harness.Endpoint{IP: b.IP, Terminating: true},
@@ -29,10 +28,7 @@ func TestTerminatingFallback(t *testing.T) {
 	var rs []harness.Reply
 	c.eventually("serving terminating endpoints take the traffic", func() string {
 		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
-		if m := landed(rs, []*harness.Pod{b, cc}, client.IP, ""); m != "" {
-			return m
-		}
-		return allReached(rs, []*harness.Pod{b, cc})
+		return exactly(rs, []*harness.Pod{b, cc}, client.IP, "")
 	})
 	t.Logf("RESULT no ready endpoint, b and c serving+terminating, a not serving: %s", harness.FormatTally(harness.Tally(rs)))
 	// A ready endpoint takes over from the terminating ones.
@@ -46,8 +42,8 @@ func TestTerminatingFallback(t *testing.T) {
 func TestInternalTrafficPolicyLocal(t *testing.T) {
 	c := begin(t, true)
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "itp-local"}, Spec: v1.ServiceSpec{
-		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)}})
+	svc := c.createService("itp-local", v1.ServiceSpec{
+		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
@@ -67,25 +63,9 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 // when no endpoint is hinted for zone-a, all endpoints do.
 func TestTopologyHints(t *testing.T) {
 	c := begin(t, true)
-	nodes := env.Client.CoreV1().Nodes()
-	setZone := func(zone string) {
-		n, err := nodes.Get(c.ctx, harness.NodeName, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if zone == "" {
-			delete(n.Labels, v1.LabelTopologyZone)
-		} else {
-			n.Labels[v1.LabelTopologyZone] = zone
-		}
-		if _, err := nodes.Update(c.ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	setZone("zone-a")
-	t.Cleanup(func() { setZone("") })
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "topology"}, Spec: v1.ServiceSpec{
-		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferClose)}})
+	c.setZone("zone-a")
+	svc := c.createService("topology", v1.ServiceSpec{
+		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferClose)})
 	writeSlice := func(zones ...string) {
 		var eps []discovery.Endpoint
 		for i, p := range backends {
@@ -107,10 +87,7 @@ func TestTopologyHints(t *testing.T) {
 	writeSlice("zone-b", "zone-b", "zone-c")
 	c.eventually("all endpoints when none is hinted for zone-a", func() string {
 		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
-		if m := landed(rs, backends, client.IP, ""); m != "" {
-			return m
-		}
-		return allReached(rs, backends)
+		return exactly(rs, backends, client.IP, "")
 	})
 	t.Logf("RESULT no endpoint hinted for zone-a: %s", harness.FormatTally(harness.Tally(rs)))
 }
@@ -125,8 +102,8 @@ func TestTopologyNodeHints(t *testing.T) {
 	c := begin(t, true)
 	a, b, cc := backends[0], backends[1], backends[2]
 	me, other := harness.NodeName, harness.Node2Name
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "node-hints"}, Spec: v1.ServiceSpec{
-		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferSameNode)}})
+	svc := c.createService("node-hints", v1.ServiceSpec{
+		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferSameNode)})
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	notServing := func(ip string) discovery.Endpoint {
 		e := readyEndpoint(ip, other)
@@ -152,7 +129,7 @@ func TestTopologyNodeHints(t *testing.T) {
 		}
 		c.waitDNATs(svc, "tcp", want...)
 		rs := c.connect(client, harness.ClientOptions{Target: target, Count: 10 * len(want)})
-		if m := exactly(rs, want, client.IP); m != "" {
+		if m := exactly(rs, want, client.IP, ""); m != "" {
 			t.Errorf("%s: want exactly %v: %s", what, names(want), m)
 		}
 		t.Logf("RESULT %s: %s", what, harness.FormatTally(harness.Tally(rs)))
@@ -175,28 +152,7 @@ func TestTopologyNodeHints(t *testing.T) {
 
 	// Fallback to zone hints: the node in zone-a, node hints incomplete,
 	// zone hints complete.
-	nodes := env.Client.CoreV1().Nodes()
-	setZone := func(ctx context.Context, zone string) error {
-		n, err := nodes.Get(ctx, harness.NodeName, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if zone == "" {
-			delete(n.Labels, v1.LabelTopologyZone)
-		} else {
-			n.Labels[v1.LabelTopologyZone] = zone
-		}
-		_, err = nodes.Update(ctx, n, metav1.UpdateOptions{})
-		return err
-	}
-	if err := setZone(c.ctx, "zone-a"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := setZone(context.Background(), ""); err != nil {
-			t.Errorf("remove the zone label: %v", err)
-		}
-	})
+	c.setZone("zone-a")
 	step("node in zone-a; a hinted node-1/zone-a, b zone-a only, c node-2/zone-b: node hints incomplete, zone hints used",
 		[]discovery.Endpoint{
 			hintedEndpoint(a.IP, me, []string{me}, []string{"zone-a"}),
@@ -218,14 +174,11 @@ func TestTopologyNodeHints(t *testing.T) {
 // ClusterIP follows the hints.
 func TestTopologyNodeHintsLocalPolicy(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	a, b, cc := backends[0], backends[1], backends[2]
 	me, other := harness.NodeName, harness.Node2Name
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "node-hints-local"}, Spec: v1.ServiceSpec{
+	svc := c.createService("node-hints-local", v1.ServiceSpec{
 		Type: v1.ServiceTypeNodePort, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal,
-		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferSameNode)}})
+		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferSameNode)})
 	c.writeSlice(svc, discovery.AddressTypeIPv4, []discovery.Endpoint{
 		hintedEndpoint(a.IP, me, []string{other}, nil),
 		hintedEndpoint(b.IP, other, []string{me}, nil),
@@ -237,7 +190,7 @@ func TestTopologyNodeHintsLocalPolicy(t *testing.T) {
 	})
 	t.Logf("RESULT ETP Local, a local but hinted for node-2, b remote hinted for node-1: external to NodePort %s", harness.FormatTally(harness.Tally(rs)))
 	rs = c.connect(client, harness.ClientOptions{Target: net.JoinHostPort(svc.Spec.ClusterIP, "80"), Count: 20})
-	if m := exactly(rs, []*harness.Pod{b}, client.IP); m != "" {
+	if m := exactly(rs, []*harness.Pod{b}, client.IP, ""); m != "" {
 		t.Errorf("pod to ClusterIP: want only b (hinted for this node): %s", m)
 	}
 	t.Logf("RESULT same Service, pod to ClusterIP: %s (cluster set filtered by node hints)", harness.FormatTally(harness.Tally(rs)))

@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,46 +18,26 @@ import (
 
 func TestExternalIPs(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	const extIP = "10.99.0.50"
-	if err := env.RouteToNode(c.ctx, extIP); err != nil {
-		t.Fatal(err)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "external-ip"}, Spec: v1.ServiceSpec{ExternalIPs: []string{extIP}}})
+	c.routeToNode(extIP)
+	svc := c.createService("external-ip", v1.ServiceSpec{ExternalIPs: []string{extIP}})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], otherNode), at(backends[2], otherNode))
 	var rs []harness.Reply
 	c.eventually("external IP answers from outside", func() string {
 		rs = c.external(harness.ExtAllowedIP, net.JoinHostPort(extIP, "80"), 30, time.Second)
-		if m := landed(rs, backends, "", harness.ExtAllowedIP); m != "" {
-			return m
-		}
-		return allReached(rs, backends)
+		return exactly(rs, backends, "", harness.ExtAllowedIP)
 	})
 	t.Logf("RESULT external IP from outside: %s, source %s (masqueraded)", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 }
 
 func TestLoadBalancerSourceRanges(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	const lbIP = "10.99.0.101"
-	if err := env.RouteToNode(c.ctx, lbIP); err != nil {
-		t.Fatal(err)
-	}
 	const proxyIP = "10.99.0.102" // ipMode Proxy: the load balancer proxies, svcproxy ignores it
-	if err := env.RouteToNode(c.ctx, proxyIP); err != nil {
-		t.Fatal(err)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "source-ranges"}, Spec: v1.ServiceSpec{
-		Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", harness.NodeIP + "/32"}}})
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}, {IP: proxyIP, IPMode: ptr.To(v1.LoadBalancerIPModeProxy)}}
-	svc, err := env.Client.CoreV1().Services(svc.Namespace).UpdateStatus(c.ctx, svc, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.routeToNode(lbIP, proxyIP)
+	svc := c.createService("source-ranges", v1.ServiceSpec{
+		Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", harness.NodeIP + "/32"}})
+	svc = c.setIngress(svc, v1.LoadBalancerIngress{IP: lbIP}, v1.LoadBalancerIngress{IP: proxyIP, IPMode: ptr.To(v1.LoadBalancerIPModeProxy)})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], otherNode))
 	lbTarget := net.JoinHostPort(lbIP, "80")
 	var rs []harness.Reply
@@ -91,20 +68,15 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 	// on the node itself, as VIP-style load balancers do: the node then
 	// reaches it from the LB IP, which only the node rule lets through.
 	const localLBIP = "10.99.0.103"
-	if out, err := env.Node.Run(c.ctx, "ip", "addr", "add", localLBIP+"/32", "dev", "lo"); err != nil {
-		t.Fatalf("ip addr add: %v: %s", err, out)
-	}
+	mustRun(c, env.Node, "ip", "addr", "add", localLBIP+"/32", "dev", "lo")
 	t.Cleanup(func() { env.Node.Run(context.Background(), "ip", "addr", "del", localLBIP+"/32", "dev", "lo") })
 	for _, tr := range []struct {
 		name, rangeIP string
 		allowed       bool
 	}{{"bridge-range", harness.BridgeIP, false}, {"node-range", harness.NodeIP, true}} {
-		s2 := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "source-ranges-" + tr.name}, Spec: v1.ServiceSpec{
-			Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", tr.rangeIP + "/32"}}})
-		s2.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: localLBIP}}
-		if s2, err = env.Client.CoreV1().Services(s2.Namespace).UpdateStatus(c.ctx, s2, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		s2 := c.createService("source-ranges-"+tr.name, v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, LoadBalancerSourceRanges: []string{"203.0.113.0/24", tr.rangeIP + "/32"}})
+		s2 = c.setIngress(s2, v1.LoadBalancerIngress{IP: localLBIP})
 		c.slice(s2, at(backends[0], harness.NodeName))
 		target := net.JoinHostPort(localLBIP, "80")
 		if tr.allowed {
@@ -140,21 +112,12 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 
 func TestExternalTrafficPolicyLocal(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	const lbIP = "10.99.0.100"
-	if err := env.RouteToNode(c.ctx, lbIP); err != nil {
-		t.Fatal(err)
-	}
+	c.routeToNode(lbIP)
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "etp-local"}, Spec: v1.ServiceSpec{
-		Type: v1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal}})
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}}
-	svc, err := env.Client.CoreV1().Services(svc.Namespace).UpdateStatus(c.ctx, svc, metav1.UpdateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := c.createService("etp-local", v1.ServiceSpec{
+		Type: v1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal})
+	svc = c.setIngress(svc, v1.LoadBalancerIngress{IP: lbIP})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
 	lbTarget := net.JoinHostPort(lbIP, "80")
 
@@ -169,10 +132,7 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 	}
 	// Pod traffic to the load-balancer IP is short-circuited to all endpoints.
 	rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: lbTarget, Count: 30})
-	if m := landed(rs, backends, client.IP, ""); m != "" {
-		t.Errorf("pod to LB IP: %s", m)
-	}
-	if m := allReached(rs, backends); m != "" {
+	if m := exactly(rs, backends, client.IP, ""); m != "" {
 		t.Errorf("pod to LB IP: %s", m)
 	}
 	t.Logf("RESULT ETP Local, pod to the LB IP: %s (all endpoints), source %s", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
@@ -180,52 +140,17 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 	// Node-originated traffic to the LB IP goes to every endpoint,
 	// masqueraded (the node's own address would not route back).
 	rs = c.connectFrom(env.Node, lbTarget, 30, time.Second)
-	if m := landed(rs, backends, "", harness.NodeIP); m != "" {
-		t.Errorf("node to LB IP: %s", m)
-	}
-	if m := allReached(rs, backends); m != "" {
+	if m := exactly(rs, backends, "", harness.NodeIP); m != "" {
 		t.Errorf("node to LB IP: %s", m)
 	}
 	t.Logf("RESULT ETP Local, node to the LB IP: %s, seen from %s (masqueraded)", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 
 	// Health-check node port: 200 with one local endpoint.
-	hc := fmt.Sprintf("http://%s:%d/", harness.NodeIP, svc.Spec.HealthCheckNodePort)
-	c.eventually("health check reports 1 local endpoint", func() string {
-		code, body, err := env.NodeHTTPGet(c.ctx, hc)
-		if err != nil {
-			return err.Error()
-		}
-		var got struct {
-			Service             struct{ Namespace, Name string }
-			LocalEndpoints      int  `json:"localEndpoints"`
-			ServiceProxyHealthy bool `json:"serviceProxyHealthy"`
-		}
-		if err := json.Unmarshal([]byte(body), &got); err != nil {
-			return fmt.Sprintf("%d %q: %v", code, body, err)
-		}
-		if code != 200 || got.LocalEndpoints != 1 || !got.ServiceProxyHealthy || got.Service.Name != svc.Name || got.Service.Namespace != svc.Namespace {
-			return fmt.Sprintf("%d %s", code, strings.TrimSpace(body))
-		}
-		t.Logf("RESULT health check %s: %d %s", hc, code, strings.TrimSpace(body))
-		return ""
-	})
+	c.waitHealthCheck("health check reports 1 local endpoint", svc, 200, 1)
 
 	// No local endpoint: external traffic is dropped, the health check 503.
 	c.slice(svc, at(b, otherNode), at(cc, otherNode))
-	c.eventually("health check reports no local endpoint", func() string {
-		code, body, err := env.NodeHTTPGet(c.ctx, hc)
-		if err != nil {
-			return err.Error()
-		}
-		var got struct {
-			LocalEndpoints *int `json:"localEndpoints"`
-		}
-		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 503 || got.LocalEndpoints == nil || *got.LocalEndpoints != 0 {
-			return fmt.Sprintf("%d %s", code, strings.TrimSpace(body))
-		}
-		t.Logf("RESULT health check without local endpoints: %d %s", code, strings.TrimSpace(body))
-		return ""
-	})
+	c.waitHealthCheck("health check reports no local endpoint", svc, 503, 0)
 	c.eventually("external traffic dropped without local endpoints", func() string {
 		return allTimedOut(c.external(harness.ExtAllowedIP, nodePortTarget(svc), 2, 500*time.Millisecond))
 	})
@@ -245,12 +170,9 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 // only. The health check counts only local ready endpoints (503).
 func TestETPLocalTerminatingFallback(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "etp-local-term"}, Spec: v1.ServiceSpec{
-		Type: v1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal}})
+	svc := c.createService("etp-local-term", v1.ServiceSpec{
+		Type: v1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal})
 	c.slice(svc,
 		harness.Endpoint{IP: a.IP, NodeName: harness.NodeName, Terminating: true},
 		at(b, otherNode), at(cc, otherNode))
@@ -265,7 +187,7 @@ func TestETPLocalTerminatingFallback(t *testing.T) {
 	// The cluster set has ready endpoints: the terminating one is not used.
 	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	rs = c.connect(client, harness.ClientOptions{Target: clusterIP, Count: 30})
-	if m := exactly(rs, []*harness.Pod{b, cc}, client.IP); m != "" {
+	if m := exactly(rs, []*harness.Pod{b, cc}, client.IP, ""); m != "" {
 		t.Errorf("pod to ClusterIP: want only the ready remote endpoints b and c: %s", m)
 	}
 	t.Logf("RESULT same Service, pod to ClusterIP: %s (ready endpoints only)", harness.FormatTally(harness.Tally(rs)))
@@ -273,32 +195,18 @@ func TestETPLocalTerminatingFallback(t *testing.T) {
 	// the cluster set (kube-proxy's EXT chain: pod traffic and LOCAL
 	// traffic go to KUBE-SVC), so not to the terminating endpoint either.
 	rs = c.connect(client, harness.ClientOptions{Target: nodePortTarget(svc), Count: 30})
-	if m := exactly(rs, []*harness.Pod{b, cc}, ""); m != "" {
+	if m := exactly(rs, []*harness.Pod{b, cc}, "", ""); m != "" {
 		t.Errorf("pod to NodePort: want the cluster set b and c: %s", m)
 	}
 	rs2 := c.connectFrom(env.Node, nodePortTarget(svc), 30, time.Second)
-	if m := exactly(rs2, []*harness.Pod{b, cc}, ""); m != "" {
+	if m := exactly(rs2, []*harness.Pod{b, cc}, "", ""); m != "" {
 		t.Errorf("node to NodePort: want the cluster set b and c: %s", m)
 	}
 	t.Logf("RESULT same Service, pod to NodePort: %s; node to NodePort: %s (short-circuited to the cluster set)",
 		harness.FormatTally(harness.Tally(rs)), harness.FormatTally(harness.Tally(rs2)))
 
 	// Health check: a terminating endpoint is not a local ready one.
-	hc := fmt.Sprintf("http://%s:%d/", harness.NodeIP, svc.Spec.HealthCheckNodePort)
-	c.eventually("health check counts no local ready endpoint", func() string {
-		code, body, err := env.NodeHTTPGet(c.ctx, hc)
-		if err != nil {
-			return err.Error()
-		}
-		var got struct {
-			LocalEndpoints *int `json:"localEndpoints"`
-		}
-		if err := json.Unmarshal([]byte(body), &got); err != nil || code != 503 || got.LocalEndpoints == nil || *got.LocalEndpoints != 0 {
-			return fmt.Sprintf("%d %s", code, strings.Join(strings.Fields(body), " "))
-		}
-		t.Logf("RESULT health check with only a terminating local endpoint: %d %s", code, strings.Join(strings.Fields(body), " "))
-		return ""
-	})
+	c.waitHealthCheck("health check counts no local ready endpoint", svc, 503, 0)
 
 	// The fallback is to serving endpoints only: once the local one stops
 	// serving, external traffic is dropped; pods still reach b and c.
@@ -309,7 +217,7 @@ func TestETPLocalTerminatingFallback(t *testing.T) {
 		return allTimedOut(c.external(harness.ExtAllowedIP, nodePortTarget(svc), 2, 500*time.Millisecond))
 	})
 	rs = c.connect(client, harness.ClientOptions{Target: clusterIP, Count: 20})
-	if m := exactly(rs, []*harness.Pod{b, cc}, client.IP); m != "" {
+	if m := exactly(rs, []*harness.Pod{b, cc}, client.IP, ""); m != "" {
 		t.Errorf("pod to ClusterIP after the local endpoint stopped serving: %s", m)
 	}
 	t.Logf("RESULT local endpoint terminating and not serving: external traffic dropped, pods %s", harness.FormatTally(harness.Tally(rs)))

@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -22,10 +26,7 @@ func TestForwardPolicyDrop(t *testing.T) {
 	if env.ProxyMode != "iptables" {
 		t.Skip("KUBE-FORWARD is iptables mode's")
 	}
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "forward-drop"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}})
+	svc := c.createService("forward-drop", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	if out, err := env.Node.Run(c.ctx, "iptables", "-P", "FORWARD", "DROP"); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -54,14 +55,11 @@ func TestForwardDropInvalid(t *testing.T) {
 		t.Skipf("nf_conntrack_tcp_be_liberal=%s in the node namespace: kube-proxy installs no INVALID drop then", strings.TrimSpace(v))
 	}
 	// Some Service, so that svcproxy has synced its filter rules.
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "invalid-drop"}})
+	svc := c.createService("invalid-drop", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName))
 	c.waitDNATs(svc, "tcp", backends[0])
 	rule := c.waitRule("filter", "-A KUBE-FORWARD", "--ctstate INVALID", "-j DROP")
-	dst, err := env.AddRemotePod(c.ctx, "inval-dst")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dst := c.remotePod("inval-dst")
 	sniff, err := newTCPSniffer(dst)
 	if err != nil {
 		t.Fatal(err)
@@ -149,4 +147,159 @@ func TestForwardDropInvalid(t *testing.T) {
 		t.Fatalf("control: with the INVALID rule removed only %d of %d SYN+FIN segments reached %s: the check above proves nothing", got, n, dst.Name)
 	}
 	t.Logf("RESULT control: with the INVALID DROP rule removed, %d of %d SYN+FIN segments were forwarded", count(controlBase), n)
+}
+
+// Hand-made TCP segments, sent and seen from inside pods: a normal socket
+// cannot send a SYN+FIN.
+
+// rawTCPSocket is a raw IPv4 TCP socket in pod p's namespace.
+func rawTCPSocket(p *harness.Pod) (int, error) {
+	fd := -1
+	err := p.NS.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return err
+	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("raw socket in %s: %w", p.Name, err)
+	}
+	return fd, nil
+}
+
+// TCP flags.
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// tcpSegment builds a 20-byte TCP header (no payload) with a correct
+// checksum for src → dst.
+func tcpSegment(src, dst net.IP, sport, dport uint16, seq uint32, flags byte) []byte {
+	h := make([]byte, 20)
+	binary.BigEndian.PutUint16(h[0:], sport)
+	binary.BigEndian.PutUint16(h[2:], dport)
+	binary.BigEndian.PutUint32(h[4:], seq)
+	h[12] = 5 << 4
+	h[13] = flags
+	binary.BigEndian.PutUint16(h[14:], 65535)
+	pseudo := make([]byte, 0, 12+len(h))
+	pseudo = append(pseudo, src.To4()...)
+	pseudo = append(pseudo, dst.To4()...)
+	pseudo = append(pseudo, 0, unix.IPPROTO_TCP, 0, byte(len(h)))
+	pseudo = append(pseudo, h...)
+	var sum uint32
+	for i := 0; i+1 < len(pseudo); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(h[16:], ^uint16(sum))
+	return h
+}
+
+// rawTCPSender sends hand-made TCP segments from inside a pod.
+type rawTCPSender struct {
+	fd  int
+	src net.IP
+}
+
+func newRawTCPSender(p *harness.Pod) (*rawTCPSender, error) {
+	fd, err := rawTCPSocket(p)
+	if err != nil {
+		return nil, err
+	}
+	return &rawTCPSender{fd: fd, src: net.ParseIP(p.IP).To4()}, nil
+}
+
+func (s *rawTCPSender) send(dst string, sport, dport uint16, seq uint32, flags byte) error {
+	ip := net.ParseIP(dst).To4()
+	sa := &unix.SockaddrInet4{}
+	copy(sa.Addr[:], ip)
+	return unix.Sendto(s.fd, tcpSegment(s.src, ip, sport, dport, seq, flags), 0, sa)
+}
+
+func (s *rawTCPSender) Close() { unix.Close(s.fd) }
+
+// seenSegment is a TCP segment a tcpSniffer saw arrive.
+type seenSegment struct {
+	src          string
+	sport, dport uint16
+	flags        byte
+}
+
+// tcpSniffer records the TCP segments that reach a pod's IP stack (a raw
+// socket gets a copy of each before TCP handles it).
+type tcpSniffer struct {
+	fd   int
+	mu   sync.Mutex
+	seen []seenSegment
+	done chan struct{}
+}
+
+func newTCPSniffer(p *harness.Pod) (*tcpSniffer, error) {
+	fd, err := rawTCPSocket(p)
+	if err != nil {
+		return nil, err
+	}
+	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	s := &tcpSniffer{fd: fd, done: make(chan struct{})}
+	go s.loop()
+	return s, nil
+}
+
+func (s *tcpSniffer) loop() {
+	buf := make([]byte, 65536)
+	for {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(s.fd, buf, 0)
+		if err != nil || n < 20 {
+			continue
+		}
+		ihl := int(buf[0]&0x0f) * 4
+		if buf[9] != unix.IPPROTO_TCP || n < ihl+14 {
+			continue
+		}
+		tcp := buf[ihl:n]
+		s.mu.Lock()
+		s.seen = append(s.seen, seenSegment{
+			src:   net.IP(buf[12:16]).String(),
+			sport: binary.BigEndian.Uint16(tcp[0:]),
+			dport: binary.BigEndian.Uint16(tcp[2:]),
+			flags: tcp[13],
+		})
+		s.mu.Unlock()
+	}
+}
+
+// from counts the segments seen from src:sport.
+func (s *tcpSniffer) from(src string, sport uint16) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, g := range s.seen {
+		if g.src == src && g.sport == sport {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *tcpSniffer) Close() {
+	close(s.done)
+	time.Sleep(150 * time.Millisecond) // let loop see done after its read times out
+	unix.Close(s.fd)
 }

@@ -4,13 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -27,7 +27,7 @@ import (
 // srcnat, filter at filter), and their rules are not duplicated.
 func TestJumpOrder(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "jump-order"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}})
+	svc := c.createService("jump-order", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	check := func(when string) {
 		t.Helper()
 		if env.ProxyMode == "nftables" {
@@ -194,13 +194,13 @@ func builtinJumps(dump string) map[string][]string {
 	return out
 }
 
-// jumpOf is the -j target of a saved rule.
+// jumpRe matches the target of a saved rule's -j or -g.
+var jumpRe = regexp.MustCompile(`\s-[jg] (\S+)`)
+
+// jumpOf is the -j (or -g) target of a saved rule.
 func jumpOf(rule string) string {
-	f := strings.Fields(rule)
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "-j" || f[i] == "-g" {
-			return f[i+1]
-		}
+	if m := jumpRe.FindStringSubmatch(rule); m != nil {
+		return m[1]
 	}
 	return ""
 }

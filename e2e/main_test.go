@@ -102,27 +102,19 @@ func setup(ctx context.Context) error {
 		return err
 	}
 	logf("run prefix %s, work dir %s", env.Prefix, env.WorkDir)
-	for _, name := range []string{"a", "b", "c", "client"} {
-		p, err := env.AddPod(ctx, name)
-		if err != nil {
-			return err
-		}
-		if err := p.StartEcho(ctx); err != nil {
-			return err
-		}
-		if name == "client" {
-			client = p
-		} else {
-			backends = append(backends, p)
-		}
+	pods, err := env.AddEchoPods(ctx, "a", "b", "c", "client")
+	if err != nil {
+		return err
+	}
+	backends, client = pods[:3], pods[3]
+	// The outside client's addresses (harness.ExtAllowedIP and
+	// ExtBlockedIP), for the tests that connect from beyond the node.
+	if err := env.SetupExternalClients(ctx); err != nil {
+		return err
 	}
 	logf("pods a, b, c, client up (%v since start)", time.Since(start).Round(time.Millisecond))
 	t := time.Now()
-	if _, err := env.StartSvcproxy(ctx); err != nil {
-		svcproxyErr = err
-	} else if err := env.WaitSvcproxySynced(ctx, 60*time.Second); err != nil {
-		svcproxyErr = err
-	}
+	svcproxyErr = env.StartSvcproxyAndWait(ctx, 60*time.Second)
 	if svcproxyErr != nil {
 		logf("svcproxy: %v", svcproxyErr)
 	} else {
@@ -199,13 +191,10 @@ func mainLogs(paths []string) []string {
 func (c *tc) restartSvcproxy(extra ...string) {
 	c.Helper()
 	start := func(extra ...string) error {
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "exit status 0") {
+		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
 			c.Logf("svcproxy stop: %v", err)
 		}
-		if _, err := env.StartSvcproxy(context.Background(), extra...); err != nil {
-			return err
-		}
-		return env.WaitSvcproxySynced(context.Background(), 30*time.Second)
+		return env.StartSvcproxyAndWait(context.Background(), 30*time.Second, extra...)
 	}
 	if err := start(extra...); err != nil {
 		c.Fatalf("restart svcproxy with %v: %v", extra, err)
@@ -217,9 +206,12 @@ func (c *tc) restartSvcproxy(extra ...string) {
 	})
 }
 
-func mustRun(c *tc, ns *harness.Netns, argv ...string) {
+// mustRun runs argv in ns and returns its output, or fails the test.
+func mustRun(c *tc, ns *harness.Netns, argv ...string) string {
 	c.Helper()
-	if out, err := ns.Run(c.ctx, argv...); err != nil {
+	out, err := ns.Run(c.ctx, argv...)
+	if err != nil {
 		c.Fatalf("%s in %s: %v: %s", strings.Join(argv, " "), ns.Name, err, out)
 	}
+	return out
 }

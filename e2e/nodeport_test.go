@@ -7,28 +7,22 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
 
-// NodePorts: from outside, on which node addresses, on localhost.
+// NodePorts: from outside (to endpoints on either node), on which node
+// addresses, on localhost.
 
 func TestNodePortFromOutside(t *testing.T) {
 	c := begin(t, true)
-	if err := env.SetupExternalClients(c.ctx); err != nil {
-		t.Fatal(err)
-	}
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "nodeport"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}})
+	svc := c.createService("nodeport", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
 	var rs []harness.Reply
 	c.eventually("NodePort answers from outside", func() string {
 		rs = c.external(harness.ExtAllowedIP, nodePortTarget(svc), 30, time.Second)
-		if m := landed(rs, backends, "", harness.ExtAllowedIP); m != "" {
-			return m
-		}
-		return allReached(rs, backends)
+		return exactly(rs, backends, "", harness.ExtAllowedIP)
 	})
 	t.Logf("RESULT NodePort (externalTrafficPolicy Cluster) from %s: %s, sources seen %s (masqueraded)",
 		harness.ExtAllowedIP, harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
@@ -40,7 +34,7 @@ func TestNodePortFromOutside(t *testing.T) {
 // (kube-proxy's defaults: all, and primary).
 func TestNodePortAddresses(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "np-addresses"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}})
+	svc := c.createService("np-addresses", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName))
 	port := strconv.Itoa(int(svc.Spec.Ports[0].NodePort))
 	onNodeIP := net.JoinHostPort(harness.NodeIP, port)
@@ -93,7 +87,7 @@ func TestLocalhostNodePorts(t *testing.T) {
 	if env.ProxyMode != "iptables" {
 		t.Skip("localhost NodePorts are an iptables-mode feature (as in kube-proxy)")
 	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "np-localhost"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}})
+	svc := c.createService("np-localhost", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
 	var rs []harness.Reply
@@ -111,4 +105,42 @@ func TestLocalhostNodePorts(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// TestTwoNodes: a Service with one endpoint on this node and one on the
+// second node (a routed pod subnet). From a pod, both are reached with the
+// pod's own source; from outside through the NodePort both are reached,
+// masqueraded; with externalTrafficPolicy Local only the local one is, with
+// the client's source.
+func TestTwoNodes(t *testing.T) {
+	c := begin(t, true)
+	remote := c.remotePod("remote")
+	local := backends[0]
+	both := []*harness.Pod{local, remote}
+	svc := c.createService("two-nodes", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
+	c.slice(svc, at(local, harness.NodeName), at(remote, harness.Node2Name))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	var rs []harness.Reply
+	c.eventually("pod reaches the local and the remote endpoint", func() string {
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
+		return exactly(rs, both, client.IP, "")
+	})
+	t.Logf("RESULT pod %s to ClusterIP, endpoints on node-1 and node-2: %s, source kept", client.IP, harness.FormatTally(harness.Tally(rs)))
+	c.eventually("outside client reaches both through the NodePort", func() string {
+		rs = c.external(harness.ExtAllowedIP, nodePortTarget(svc), 30, time.Second)
+		return exactly(rs, both, "", harness.ExtAllowedIP)
+	})
+	sources := map[string]bool{}
+	for _, r := range rs {
+		sources[r.Backend+" saw "+r.SourceIP()] = true
+	}
+	t.Logf("RESULT outside %s to NodePort: %s, masqueraded (%v)", harness.ExtAllowedIP, harness.FormatTally(harness.Tally(rs)), sources)
+
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	c.update(svc)
+	c.eventually("externalTrafficPolicy Local: only the local endpoint", func() string {
+		rs = c.external(harness.ExtAllowedIP, nodePortTarget(svc), 20, time.Second)
+		return landed(rs, []*harness.Pod{local}, harness.ExtAllowedIP, "")
+	})
+	t.Logf("RESULT ETP Local, outside to NodePort: %s, source %s", harness.FormatTally(harness.Tally(rs)), rs[0].SourceIP())
 }

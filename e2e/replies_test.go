@@ -39,11 +39,19 @@ func (c *tc) connectFrom(ns *harness.Netns, target string, n int, timeout time.D
 	return rs
 }
 
+// external makes n TCP attempts from src outside the node to target.
 func (c *tc) external(src, target string, n int, timeout time.Duration) []harness.Reply {
 	c.Helper()
-	rs, err := env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "tcp", Target: target, Count: n, Timeout: timeout, SrcIP: src})
+	return c.externalOpts(harness.ClientOptions{Proto: "tcp", Target: target, Count: n, Timeout: timeout, SrcIP: src})
+}
+
+// externalOpts runs `echo client` outside the node (opts.SrcIP: one of the
+// harness.Ext addresses).
+func (c *tc) externalOpts(opts harness.ClientOptions) []harness.Reply {
+	c.Helper()
+	rs, err := env.ExternalConnect(c.ctx, opts)
 	if err != nil {
-		c.Fatalf("external client from %s to %s: %v", src, target, err)
+		c.Fatalf("external client from %s to %s: %v", opts.SrcIP, opts.Target, err)
 	}
 	return rs
 }
@@ -158,13 +166,26 @@ func allTimedOut(rs []harness.Reply) string {
 	return ""
 }
 
-// exactly complains unless every reply came from one of pods (with source
-// wantSource, if set) and each of pods answered.
-func exactly(rs []harness.Reply, pods []*harness.Pod, wantSource string) string {
-	if m := landed(rs, pods, wantSource, ""); m != "" {
+// exactly complains unless every reply came from one of pods (seen from
+// source, or from any source but notSource, as landed) and each of pods
+// answered.
+func exactly(rs []harness.Reply, pods []*harness.Pod, source, notSource string) string {
+	if m := landed(rs, pods, source, notSource); m != "" {
 		return m
 	}
 	return allReached(rs, pods)
+}
+
+// pinned complains unless every reply came from one of pods (seen from
+// source, if set), all from the same one: what ClientIP affinity does.
+func pinned(rs []harness.Reply, pods []*harness.Pod, source string) string {
+	if m := landed(rs, pods, source, ""); m != "" {
+		return m
+	}
+	if only(rs) == "" {
+		return "spread over " + harness.FormatTally(harness.Tally(rs))
+	}
+	return ""
 }
 
 // only names the one backend every reply came from, or "" when the replies

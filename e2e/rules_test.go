@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"regexp"
@@ -145,4 +146,46 @@ func metricValue(c *tc, name string) float64 {
 // syncCount is kubeproxy_sync_proxy_rules_duration_seconds_count.
 func syncCount(c *tc) float64 {
 	return metricValue(c, "kubeproxy_sync_proxy_rules_duration_seconds_count")
+}
+
+// conntrackDeleted counts the conntrack entries svcproxy deleted.
+const conntrackDeleted = "kubeproxy_conntrack_reconciler_deleted_entries_total"
+
+// wantGrowth fails the test unless the metric name grew by at least n since
+// it was before, and returns how much it grew.
+func (c *tc) wantGrowth(name string, before, n float64) float64 {
+	c.Helper()
+	grown := metricValue(c, name) - before
+	if grown < n {
+		c.Errorf("%s grew by %v, want >= %v", name, grown, n)
+	}
+	return grown
+}
+
+// waitHealthCheck waits until svc's health-check node port answers code
+// for svc with local endpoints and a healthy proxy, and logs the answer.
+func (c *tc) waitHealthCheck(what string, svc *v1.Service, code, local int) {
+	c.Helper()
+	url := fmt.Sprintf("http://%s:%d/", harness.NodeIP, svc.Spec.HealthCheckNodePort)
+	c.eventually(what, func() string {
+		got, body, err := env.NodeHTTPGet(c.ctx, url)
+		if err != nil {
+			return err.Error()
+		}
+		body = strings.Join(strings.Fields(body), " ")
+		var h struct {
+			Service             struct{ Namespace, Name string }
+			LocalEndpoints      *int `json:"localEndpoints"`
+			ServiceProxyHealthy bool `json:"serviceProxyHealthy"`
+		}
+		if err := json.Unmarshal([]byte(body), &h); err != nil {
+			return fmt.Sprintf("%d %q: %v", got, body, err)
+		}
+		if got != code || h.LocalEndpoints == nil || *h.LocalEndpoints != local || !h.ServiceProxyHealthy ||
+			h.Service.Name != svc.Name || h.Service.Namespace != svc.Namespace {
+			return fmt.Sprintf("%d %s", got, body)
+		}
+		c.Logf("RESULT %s: health check %s: %d %s", what, url, got, body)
+		return ""
+	})
 }

@@ -136,10 +136,7 @@ func TestScale(t *testing.T) {
 		// measuring svcproxy.
 		c.since(fmt.Sprintf("waited for an idle machine (%s)", waitIdle(time.Minute)), time.Now())
 		restart := time.Now()
-		if _, err := env.StartSvcproxy(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := env.WaitSvcproxySynced(ctx, 2*time.Minute); err != nil {
+		if err := env.StartSvcproxyAndWait(ctx, 2*time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		startToSynced := time.Since(restart)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -33,8 +32,6 @@ func TestSelfRepair(t *testing.T) {
 	// out.
 	c.restartSvcproxy("--iptables-min-sync-period", "1s")
 	svc := c.service("self-repair", "web", []harness.Port{harness.TCP}, backends...)
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
 	healthy, err := env.NFTList(c.ctx, "table", "ip", "svcproxy")
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +120,7 @@ func TestFlushDetection(t *testing.T) {
 	if env.ProxyMode != "iptables" {
 		t.Skip("iptables flush detection; nftables mode has TestSelfRepair")
 	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "flush"}})
+	svc := c.createService("flush", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	c.eventually("service works", func() string {

@@ -10,20 +10,101 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
 
-// Removing rules: svcproxy --cleanup, and kube-proxy's leftovers when
-// svcproxy takes over a node.
+// svcproxy's life on a node: restarts that never disrupt traffic,
+// --cleanup, and taking over from kube-proxy.
+
+// TestRestart: svcproxy is stopped (SIGTERM, then SIGKILL) and started
+// again while a client connects every 10ms; not one connection fails, as
+// the rules stay in the kernel and a new svcproxy adopts them without a
+// flush. Then a change made while svcproxy is down is applied after it
+// comes back.
+func TestRestart(t *testing.T) {
+	c := begin(t, true)
+	svc := c.service("restart", "web", []harness.Port{harness.TCP}, backends...)
+
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			c := begin(t, true)
+			cl, err := client.StartClient(harness.ClientOptions{
+				Target: target(svc, 80), Duration: 4 * time.Second, Interval: 10 * time.Millisecond, Timeout: time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(700 * time.Millisecond)
+
+			start := time.Now()
+			old := env.Svcproxy()
+			exitErr := env.StopSvcproxy(sig)
+			c.since("svcproxy stopped with "+sig.String()+" (exit: "+exitDesc(exitErr)+")", start)
+			if sig == syscall.SIGTERM && exitErr != nil {
+				c.Errorf("svcproxy did not exit cleanly on SIGTERM: %v; log %s:\n%s", exitErr, old.LogPath, old.Tail(15))
+			}
+			time.Sleep(300 * time.Millisecond) // traffic with no svcproxy at all
+
+			start = time.Now()
+			if _, err := env.StartSvcproxy(c.ctx); err != nil {
+				svcproxyErr = err
+				t.Fatalf("restart svcproxy: %v", err)
+			}
+			if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+				svcproxyErr = err
+				t.Fatalf("restarted svcproxy: %v", err)
+			}
+			c.since("svcproxy restarted and synced", start)
+
+			rs, err := cl.Wait(c.ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Logf("%d connections during the restart: %s", len(rs), harness.FormatTally(harness.Tally(rs)))
+			if len(rs) < 100 {
+				c.Errorf("only %d connections in 4s; the client was too slow to cover the restart", len(rs))
+			}
+			c.checkSpread(rs, len(rs), backends, client.IP)
+			c.waitDNATs(svc, "tcp", backends...)
+		})
+	}
+
+	t.Run("changes-while-down", func(t *testing.T) {
+		c := begin(t, true)
+		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+			c.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
+		}
+		c.endpoints(svc, backends[0])
+		start := time.Now()
+		if _, err := env.StartSvcproxy(c.ctx); err != nil {
+			svcproxyErr = err
+			t.Fatalf("restart svcproxy: %v", err)
+		}
+		c.waitDNATs(svc, "tcp", backends[0])
+		c.since("restarted svcproxy applied the change made while it was down", start)
+		rs := c.connect(client, harness.ClientOptions{Target: target(svc, 80), Count: 20})
+		c.checkSpread(rs, 20, backends[:1], client.IP)
+		if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+			svcproxyErr = err
+			t.Fatal(err)
+		}
+	})
+}
+
+func exitDesc(err error) string {
+	if err == nil {
+		return "status 0"
+	}
+	return err.Error()
+}
 
 // TestCleanup: `svcproxy --cleanup` removes every rule, chain and table it
 // (or kube-proxy) made, and exits 0; traffic to Services then stops, and a
 // restarted svcproxy brings it back.
 func TestCleanup(t *testing.T) {
 	c := begin(t, true)
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "cleanup"}})
+	svc := c.createService("cleanup", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	c.eventually("service works", func() string {
@@ -33,9 +114,7 @@ func TestCleanup(t *testing.T) {
 		t.Logf("stop: %v", err)
 	}
 	t.Cleanup(func() {
-		if _, err := env.StartSvcproxy(context.Background()); err != nil {
-			t.Errorf("restart svcproxy: %v", err)
-		} else if err := env.WaitSvcproxySynced(context.Background(), 30*time.Second); err != nil {
+		if err := env.StartSvcproxyAndWait(context.Background(), 30*time.Second); err != nil {
 			t.Errorf("restart svcproxy: %v", err)
 		}
 	})
@@ -89,30 +168,11 @@ func TestMigrationFromKubeProxy(t *testing.T) {
 	if env.ProxyMode != "nftables" {
 		t.Skip("in iptables mode svcproxy's chains are kube-proxy's (same names): --cleanup-kube-proxy is for nftables mode")
 	}
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "migration"}})
+	svc := c.createService("migration", v1.ServiceSpec{})
 	right := backends[0]
 	c.slice(svc, at(right, harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
-	run := func(argv ...string) string {
-		t.Helper()
-		out, err := env.Node.Run(c.ctx, argv...)
-		if err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
-		}
-		return out
-	}
-	restart := func(extra ...string) {
-		t.Helper()
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			t.Fatalf("stop svcproxy: %v", err)
-		}
-		if _, err := env.StartSvcproxy(c.ctx, extra...); err != nil {
-			t.Fatalf("start svcproxy: %v", err)
-		}
-		if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	run := func(argv ...string) string { return mustRun(c, env.Node, argv...) }
 	leftovers := func() string {
 		var found []string
 		if out := run("nft", "list", "tables"); strings.Contains(out, "kube-proxy") {
@@ -132,8 +192,7 @@ func TestMigrationFromKubeProxy(t *testing.T) {
 				env.StopSvcproxy(syscall.SIGTERM)
 			}
 		}
-		env.StartSvcproxy(c.ctx)
-		env.WaitSvcproxySynced(c.ctx, 30*time.Second)
+		env.StartSvcproxyAndWait(c.ctx, 30*time.Second)
 	})
 
 	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
@@ -145,10 +204,7 @@ func TestMigrationFromKubeProxy(t *testing.T) {
 	run("nft", "add", "table", "ip6", "kube-proxy")
 	run("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
 	run("iptables", "-t", "nat", "-I", "PREROUTING", "-j", "KUBE-SERVICES")
-	if _, err := env.StartSvcproxy(c.ctx); err != nil {
-		t.Fatalf("start svcproxy: %v", err)
-	}
-	if err := env.WaitSvcproxySynced(c.ctx, 30*time.Second); err != nil {
+	if err := env.StartSvcproxyAndWait(c.ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if l := leftovers(); !strings.Contains(l, "nftables") || !strings.Contains(l, "KUBE-SERVICES") {
@@ -162,7 +218,9 @@ func TestMigrationFromKubeProxy(t *testing.T) {
 		}
 	}
 
-	restart("--cleanup-kube-proxy")
+	if err := env.RestartSvcproxy(c.ctx, 30*time.Second, "--cleanup-kube-proxy"); err != nil {
+		t.Fatal(err)
+	}
 	if l := leftovers(); l != "" {
 		t.Fatalf("after a start with --cleanup-kube-proxy, left over: %s", l)
 	}
