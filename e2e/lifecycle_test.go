@@ -165,9 +165,7 @@ func TestCleanup(t *testing.T) {
 // traffic reaching the right endpoints, when it starts with it.
 func TestMigrationFromKubeProxy(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("in iptables mode svcproxy's chains are kube-proxy's (same names): --cleanup-kube-proxy is for nftables mode")
-	}
+	c.onlyIn("nftables", "in iptables mode svcproxy's chains are kube-proxy's (same names): --cleanup-kube-proxy is for nftables mode")
 	svc := c.createService("migration", v1.ServiceSpec{})
 	right := backends[0]
 	c.slice(svc, at(right, harness.NodeName))

@@ -154,6 +154,15 @@ func begin(t *testing.T, needSvcproxy bool) *tc {
 	return c
 }
 
+// onlyIn skips the test, saying why, unless svcproxy runs in mode
+// (iptables or nftables).
+func (c *tc) onlyIn(mode, why string) {
+	c.Helper()
+	if env.ProxyMode != mode {
+		c.Skip(why)
+	}
+}
+
 // diagnose logs svcproxy's log tail and the nat table once, if the test
 // failed. It runs before the test's Services are deleted.
 func (c *tc) diagnose() {

@@ -84,9 +84,7 @@ func TestNodePortAddresses(t *testing.T) {
 // NodePort at 127.0.0.1, unless --iptables-localhost-nodeports=false.
 func TestLocalhostNodePorts(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "iptables" {
-		t.Skip("localhost NodePorts are an iptables-mode feature (as in kube-proxy)")
-	}
+	c.onlyIn("iptables", "localhost NodePorts are an iptables-mode feature (as in kube-proxy)")
 	svc := c.createService("np-localhost", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))

@@ -54,9 +54,7 @@ func scaleServices() int {
 func TestScale(t *testing.T) {
 	t.Parallel()
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
-	}
+	c.onlyIn("nftables", "the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	n := scaleServices()

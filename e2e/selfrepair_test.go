@@ -24,9 +24,7 @@ import (
 // again, and requires both within one second.
 func TestSelfRepair(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("nftables self-repair; iptables flush detection has its own cases")
-	}
+	c.onlyIn("nftables", "nftables self-repair; iptables flush detection has its own cases")
 	// With kube-proxy's default min-sync-period: each case damages the
 	// table within a second of the last repair, which must not wait it
 	// out.
@@ -117,9 +115,7 @@ func TestSelfRepair(t *testing.T) {
 // them, and traffic flows again within a few seconds.
 func TestFlushDetection(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "iptables" {
-		t.Skip("iptables flush detection; nftables mode has TestSelfRepair")
-	}
+	c.onlyIn("iptables", "iptables flush detection; nftables mode has TestSelfRepair")
 	svc := c.createService("flush", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")

@@ -40,9 +40,7 @@ const (
 // is reachable again. None of it forces a full rewrite of the table.
 func TestServiceCIDR(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("nftables mode only: the iptables backend has no unallocated-ClusterIP drop (kube-proxy's iptables mode has none either)")
-	}
+	c.onlyIn("nftables", "nftables mode only: the iptables backend has no unallocated-ClusterIP drop (kube-proxy's iptables mode has none either)")
 	a, b, cc := backends[0], backends[1], backends[2]
 	cidrs := env.Client.NetworkingV1().ServiceCIDRs()
 	name := "e2e-" + strings.ToLower(env.Prefix)
