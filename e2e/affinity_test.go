@@ -81,7 +81,7 @@ func TestSessionAffinityTimeout(t *testing.T) {
 			t.Logf("RESULT %s affinity timeout %v: 10 back-to-back attempts and 6 more 700ms apart all to %s", proto, timeout, pin)
 
 			// Idle longer than the timeout, then one attempt, a few times:
-			// with 3 endpoints, all of up to 8 landing on the pin one
+			// with 3 endpoints, all of up to 8 landing on the pinned one
 			// has probability (1/3)^8 < 2e-4 when the affinity expires.
 			got := []string{pin}
 			moved := func() bool { return slices.ContainsFunc(got, func(s string) bool { return s != pin }) }
