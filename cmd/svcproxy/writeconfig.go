@@ -36,7 +36,7 @@ func kubeProxyConfiguration(o *options) *v1alpha1.KubeProxyConfiguration {
 	c := &v1alpha1.KubeProxyConfiguration{
 		TypeMeta:         metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "KubeProxyConfiguration"},
 		FeatureGates:     o.featureGates,
-		HostnameOverride: o.hostnameOverride,
+		HostnameOverride: strings.ToLower(strings.TrimSpace(o.hostnameOverride)),
 		BindAddress:      "0.0.0.0",
 
 		HealthzBindAddress: o.healthzAddr,

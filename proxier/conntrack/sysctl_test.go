@@ -17,7 +17,9 @@ func TestSysctls(t *testing.T) {
 		udp     = netfilterDir + "nf_conntrack_udp_timeout"
 		stream  = netfilterDir + "nf_conntrack_udp_timeout_stream"
 	)
-	max := func(n int) []Write { return []Write{{Path: MaxPath, Value: n}, {Path: HashSizePath, Value: n / 4, RaiseOnly: true}} }
+	max := func(n int) []Write {
+		return []Write{{Path: MaxPath, Value: n}, {Path: HashSizePath, Value: n / 4, RaiseOnly: true}}
+	}
 	defaultTimeouts := []Write{{Path: est, Value: 86400}, {Path: cw, Value: 3600}}
 	for _, tc := range []struct {
 		name   string
