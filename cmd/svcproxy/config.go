@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -215,11 +214,7 @@ func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSett
 		ignored = append(ignored, f+" ("+other+" mode only)")
 	}
 	add("masquerade-all", sec+".masqueradeAll", strconv.FormatBool(masqAll))
-	b := int32(defaultMasqueradeBit)
-	if bit != nil {
-		b = *bit
-	}
-	add("iptables-masquerade-bit", sec+".masqueradeBit", strconv.Itoa(int(b)))
+	add("iptables-masquerade-bit", sec+".masqueradeBit", strconv.Itoa(int(ptrOr(bit, defaultMasqueradeBit))))
 	add("iptables-min-sync-period", sec+".minSyncPeriod", dur(minSync.Duration, defaultMinSyncPeriod))
 	add("iptables-sync-period", sec+".syncPeriod", dur(sync.Duration, defaultSyncPeriod))
 	lnp := cfg.IPTables.LocalhostNodePorts == nil || *cfg.IPTables.LocalhostNodePorts
@@ -307,17 +302,11 @@ func setFields(prefix string, v any) []string {
 
 // hostPort is a KubeProxyConfiguration server address: host:port with the
 // default host and port when empty, a bare IP with the default port.
-func hostPort(addr, defHost string, port int) string {
+func hostPort(addr, defHost string, port int32) string {
 	if addr == "" {
-		return net.JoinHostPort(defHost, strconv.Itoa(port))
+		addr = defHost
 	}
-	if _, _, err := net.SplitHostPort(addr); err == nil {
-		return addr
-	}
-	if netutils.ParseIPSloppy(addr) != nil {
-		return net.JoinHostPort(addr, strconv.Itoa(port))
-	}
-	return addr // the flags' check reports it
+	return appendPort(addr, port) // what is neither, the flags' check reports
 }
 
 // oneLine is err's message on one line.

@@ -388,7 +388,8 @@ func TestConfigFile(t *testing.T) {
 }
 
 // TestConfigLogging: the file's verbosity and vmodule become -v and
-// --vmodule (which parseFlags leaves alone when given on the command line).
+// --vmodule (-v given on the command line wins; --vmodule's patterns come
+// first).
 func TestConfigLogging(t *testing.T) {
 	cfg, _, err := decodeConfig([]byte(edit("  verbosity: 0", "  verbosity: 4\n  vmodule:\n  - filePattern: proxier*\n    verbosity: 6")))
 	if err != nil {

@@ -13,13 +13,38 @@ import (
 	"github.com/svcproxy/svcproxy/proxier/conntrack"
 )
 
+// parseCase is parseFlags given args: it fails with an error (one line)
+// naming wantErr, or succeeds and check holds.
+type parseCase struct {
+	name    string
+	args    []string
+	wantErr string // substring; "" means success
+	check   func(*testing.T, *options)
+}
+
+func runParseCases(t *testing.T, cases []parseCase) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parseFlags(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error is not one line: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, o)
+		})
+	}
+}
+
 func TestParseFlags(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		wantErr string // substring; "" means success
-		check   func(*testing.T, *options)
-	}{
+	runParseCases(t, []parseCase{
 		{name: "defaults", check: func(t *testing.T, o *options) {
 			if o.proxyMode != "iptables" || o.masqueradeBit != 14 || o.minSyncPeriod != time.Second ||
 				o.syncPeriod != 30*time.Second || o.metricsAddr != "127.0.0.1:10249" || o.healthzAddr != "0.0.0.0:10256" {
@@ -98,24 +123,7 @@ func TestParseFlags(t *testing.T) {
 			}
 		}},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "extra"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			o, err := parseFlags(tc.args)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
-				}
-				if strings.Contains(err.Error(), "\n") {
-					t.Errorf("error is not one line: %q", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc.check(t, o)
-		})
-	}
+	})
 }
 
 // kubeProxyFlags are every flag of kube-proxy v1.36.3 on Linux (its
@@ -236,12 +244,7 @@ func TestKubeProxyFlags(t *testing.T) {
 
 func TestKubeProxyFlagValues(t *testing.T) {
 	pfx := netip.MustParsePrefix
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(*testing.T, *options)
-	}{
+	runParseCases(t, []parseCase{
 		{name: "repeated --nodeport-addresses append", args: []string{"--nodeport-addresses=10.0.0.0/8", "--nodeport-addresses", "192.168.0.0/16,fd00::/64"},
 			check: func(t *testing.T, o *options) {
 				if want := []netip.Prefix{pfx("10.0.0.0/8"), pfx("192.168.0.0/16"), pfx("fd00::/64")}; !slices.Equal(o.nodePortAddresses, want) {
@@ -360,24 +363,7 @@ func TestKubeProxyFlagValues(t *testing.T) {
 		{name: "init-only with dry-run", args: []string{"--init-only", "--dry-run"}, wantErr: "--init-only"},
 		{name: "bool flags take no separate value", args: []string{"--masquerade-all", "false"}, wantErr: "unexpected argument \"false\""},
 		{name: "single-dash long flags are not kube-proxy's", args: []string{"-kubeconfig=/k"}, wantErr: "-k"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			o, err := parseFlags(tc.args)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
-				}
-				if strings.Contains(err.Error(), "\n") {
-					t.Errorf("error is not one line: %q", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			tc.check(t, o)
-		})
-	}
+	})
 	if _, err := parseFlags([]string{"-h"}); !errors.Is(err, pflag.ErrHelp) {
 		t.Errorf("-h: err = %v, want pflag.ErrHelp", err)
 	}
