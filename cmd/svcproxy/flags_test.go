@@ -368,3 +368,76 @@ func TestKubeProxyFlagValues(t *testing.T) {
 		t.Errorf("-h: err = %v, want pflag.ErrHelp", err)
 	}
 }
+
+// TestInstallerArgs: the argument lists installers give kube-proxy parse,
+// with their meaning (each list as the installer writes it; paths of
+// --config are this test's).
+func TestInstallerArgs(t *testing.T) {
+	config := writeConfig(t, kubeadmConfig)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		check func(*testing.T, *options)
+	}{
+		// kubeadm's DaemonSet (cmd/kubeadm/app/phases/addons/proxy).
+		{"kubeadm", []string{"--config=" + config, "--hostname-override=node-1"}, func(t *testing.T, o *options) {
+			if o.hostnameOverride != "node-1" || o.conntrack.tcpEstablished != 2*time.Hour {
+				t.Errorf("parsed %+v", o)
+			}
+		}},
+		// kops's static pod (nodeup, behind go-runner's own --log-file).
+		{"kops", []string{"--cluster-cidr=100.96.0.0/11", "--conntrack-max-per-core=131072", "--hostname-override=i-0e30debd74ba1ecdd",
+			"--kubeconfig=/var/lib/kube-proxy/kubeconfig", "--master=https://api.internal.minimal.example.com", "--oom-score-adj=-998", "--v=2"},
+			func(t *testing.T, o *options) {
+				if o.conntrack.maxPerCore != 131072 || o.oomScoreAdj != -998 || o.logging.Verbosity != 2 || len(o.clusterCIDRs) != 1 {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		// k3s's embedded kube-proxy (pkg/daemons/agent, with its
+		// --v, --vmodule, --log_file and --alsologtostderr options).
+		{"k3s", []string{"--cluster-cidr=10.42.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-close-wait=0s",
+			"--conntrack-tcp-timeout-established=0s", "--healthz-bind-address=127.0.0.1", "--hostname-override=k3s-node",
+			"--kubeconfig=/var/lib/rancher/k3s/agent/kubeproxy.kubeconfig", "--proxy-mode=iptables", "--v=2", "--vmodule=proxier*=4", "--log_file=",
+			"--alsologtostderr=false"},
+			func(t *testing.T, o *options) {
+				if o.conntrackTuning() != (conntrack.Tuning{Min: 131072}) || o.healthzAddr != "127.0.0.1:10256" || len(o.klogFlags) != 2 {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		// Kubernetes' GCE scripts (cluster/gce/gci/configure-helper.sh),
+		// as managed GCE clusters run it, in both modes.
+		{"gce iptables", []string{"--master=https://kubernetes-master", "--kubeconfig=/var/lib/kube-proxy/kubeconfig", "--cluster-cidr=10.64.0.0/14",
+			"--oom-score-adj=-998", "--v=2", "--feature-gates=AllAlpha=false", "--proxy-mode=iptables", "--iptables-sync-period=1m",
+			"--iptables-min-sync-period=10s", "--detect-local-mode=NodeCIDR"},
+			func(t *testing.T, o *options) {
+				if o.syncPeriod != time.Minute || o.minSyncPeriod != 10*time.Second || o.detectLocalMode != "NodeCIDR" || len(o.inapplicable) != 0 {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		{"gce nftables", []string{"--master=https://kubernetes-master", "--kubeconfig=/var/lib/kube-proxy/kubeconfig", "--cluster-cidr=10.64.0.0/14",
+			"--oom-score-adj=-998", "--v=2", "--proxy-mode=nftables", "--conntrack-tcp-be-liberal"},
+			func(t *testing.T, o *options) {
+				if o.proxyMode != "nftables" || !o.conntrack.tcpBeLiberal || !o.nodePortPrimary {
+					t.Errorf("parsed %+v", o)
+				}
+			}},
+		// EKS's DaemonSet, and its Bottlerocket variant.
+		{"eks", []string{"--v=2", "--config=" + config, "--hostname-override=ip-10-42-11-122.us-west-2.compute.internal"}, nil},
+		{"eks bottlerocket", []string{"--v=2", "--config=" + config, "--conntrack-max-per-core=0", "--conntrack-min=0"}, func(t *testing.T, o *options) {
+			// --config wins over the conntrack flags, as in kube-proxy.
+			if o.conntrack.maxPerCore != 32768 || !slices.Equal(o.ignoredFlags, []string{"--conntrack-max-per-core", "--conntrack-min"}) {
+				t.Errorf("parsed %+v", o)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := parseFlags(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.check != nil {
+				tc.check(t, o)
+			}
+		})
+	}
+}
