@@ -236,7 +236,7 @@ Flags:
 			writeFlagUsage(&b, f)
 		}
 	})
-	b.WriteString("\nLogging flags:\n")
+	b.WriteString("\nLogging flags (klog's own, from --add-dir-header on, only with --logging-format=text):\n")
 	for _, f := range logging {
 		writeFlagUsage(&b, f)
 	}
