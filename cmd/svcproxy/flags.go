@@ -42,6 +42,7 @@ type options struct {
 	nodePortAddresses  []netip.Prefix
 	nodePortPrimary    bool       // "primary" was given: add the node's own IPs
 	bindAddress        netip.Addr // --bind-address; when specific, this node's IP of its family
+	bindAddressFlag    string     // --bind-address as given (0.0.0.0 or :: too)
 	localhostNodePorts bool
 	detectLocalMode    string
 	bridgeInterface    string

@@ -155,6 +155,7 @@ func (o *options) checkAddresses(raw *rawFlags) error {
 		if !ok {
 			return fmt.Errorf("%s: %q is not an IP address", o.at("bind-address"), raw.bind)
 		}
+		o.bindAddressFlag = b
 		if !ip.IsUnspecified() {
 			o.bindAddress = ip
 		}

@@ -30,6 +30,9 @@ func TestWriteConfig(t *testing.T) {
 			"--kube-api-qps 20.5 --kube-api-burst 40 --profiling --logging-format json -v 3 --bind-address 10.1.2.3 --metrics-bind-address 0.0.0.0:10249 " +
 			"--detect-local-mode NodeCIDR --hostname-override Node1 --kubeconfig /k --iptables-localhost-nodeports=false --config-sync-period 1m " +
 			"--iptables-min-sync-period 100ms")},
+		{"write-config-ipv6.yaml", strings.Fields("--bind-address :: --proxy-mode nftables --nodeport-addresses fd00::/64 --metrics-bind-address [::]:10249 " +
+			"--masquerade-all --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0s --vmodule proxier*=4 --log-flush-frequency 2s " +
+			"--kube-api-content-type application/json")},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "out.yaml")

@@ -37,7 +37,7 @@ func kubeProxyConfiguration(o *options) *v1alpha1.KubeProxyConfiguration {
 		TypeMeta:         metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "KubeProxyConfiguration"},
 		FeatureGates:     o.featureGates,
 		HostnameOverride: strings.ToLower(strings.TrimSpace(o.hostnameOverride)),
-		BindAddress:      "0.0.0.0",
+		BindAddress:      orDefault(o.bindAddressFlag, "0.0.0.0"),
 
 		HealthzBindAddress: o.healthzAddr,
 		MetricsBindAddress: o.metricsAddr,
@@ -48,9 +48,6 @@ func kubeProxyConfiguration(o *options) *v1alpha1.KubeProxyConfiguration {
 		ConfigSyncPeriod:   dur(o.configSyncPeriod),
 		OOMScoreAdj:        ptr.To(o.oomScoreAdj),
 		Logging:            o.logging,
-	}
-	if o.bindAddress.IsValid() {
-		c.BindAddress = o.bindAddress.String()
 	}
 	c.ClientConnection.Kubeconfig = o.kubeconfig
 	c.ClientConnection.ContentType = o.kubeAPI.contentType
