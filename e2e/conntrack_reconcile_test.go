@@ -231,21 +231,69 @@ func TestConntrackReconcileZeroEndpoints(t *testing.T) {
 		a.Name, client.Name, b.Name)
 }
 
+// ctWhileStopped runs f while svcproxy is stopped (its rules stay in the
+// kernel), then starts it and waits until it has synced.
+func (c *tc) ctWhileStopped(f func()) {
+	c.Helper()
+	start := func() error {
+		if _, err := env.StartSvcproxy(context.Background()); err != nil {
+			return err
+		}
+		return env.WaitSvcproxySynced(context.Background(), 30*time.Second)
+	}
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "exit status 0") {
+		c.Logf("svcproxy stop: %v", err)
+	}
+	c.Cleanup(func() {
+		if exited, _ := env.Svcproxy().Exited(); exited {
+			if err := start(); err != nil {
+				c.Errorf("start svcproxy again: %v", err)
+			}
+		}
+	})
+	f()
+	t := time.Now()
+	if err := start(); err != nil {
+		c.Fatalf("start svcproxy again: %v", err)
+	}
+	c.since("svcproxy started again and synced", t)
+}
+
+// TestConntrackReconcileZeroEndpointsAcrossRestart: flows pinned to a; the
+// Service goes to zero endpoints while svcproxy is stopped. The restarted
+// svcproxy never saw the endpoint leave, so only the Service's state now
+// (no serving endpoint) can tell it that the flows' entries are stale.
+func TestConntrackReconcileZeroEndpointsAcrossRestart(t *testing.T) {
+	c := begin(t, true)
+	a := backends[0]
+	svc, flows := c.ctPinned("ct-rec-zero-rs", a, 40450)
+	c.ctWhileStopped(func() {
+		c.slice(svc)
+		c.ctEach("svcproxy stopped: the pinned flow still reaches "+a.Name, flows, ctAnsweredBy(a.Name))
+	})
+	c.ctEach("restarted with zero endpoints, the pinned flow is rejected", flows, ctUnanswered("refused"))
+	t.Logf("RESULT UDP flows pinned to %s, Service at zero endpoints across a svcproxy restart: refused", a.Name)
+}
+
 // TestConntrackReconcileDeletedService: flows pinned to endpoint a while a's
-// server keeps running; the Service is deleted. The flows must stop
-// reaching a. Recreated with the same ClusterIP and NodePort at b, they
-// reach b.
+// server keeps running; the Service is deleted, its EndpointSlice left for
+// later (as the garbage collector does it after the Service). The flows
+// must stop reaching a. Recreated with the same ClusterIP and NodePort at
+// b, they reach b.
 func TestConntrackReconcileDeletedService(t *testing.T) {
 	c := begin(t, true)
 	a, b := backends[0], backends[1]
 	svc, flows := c.ctPinned("ct-rec-deleted", a, 40430)
 
-	if err := env.DeleteService(c.ctx, svc.Namespace, svc.Name); err != nil {
+	if err := env.Client.CoreV1().Services(svc.Namespace).Delete(c.ctx, svc.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	fresh := ctFlow{"a new flow", client, flows[0].target, 0}
 	c.ctEach("the deleted Service's ClusterIP serves nothing", []ctFlow{fresh}, ctUnanswered(""))
 	c.ctEach("after the delete, the pinned flow", flows, ctUnanswered(""))
+	if err := env.DeleteService(c.ctx, svc.Namespace, svc.Name); err != nil {
+		t.Fatal(err)
+	}
 
 	again := c.ctUDPService(svc.Name, svc.Spec.ClusterIP, svc.Spec.Ports[0].NodePort, harness.EchoPort)
 	c.slice(again, at(b, harness.NodeName))
