@@ -72,6 +72,9 @@ func (c *tc) ctEach(what string, flows []ctFlow, check func([]harness.Reply) str
 // server named name.
 func ctAnsweredBy(name string) func([]harness.Reply) string {
 	return func(rs []harness.Reply) string {
+		if len(rs) == 0 {
+			return "no attempts"
+		}
 		for _, r := range rs {
 			if r.Err != "" || r.Backend != name {
 				return fmt.Sprintf("want every datagram answered by %s, got %s", name, harness.FormatTally(harness.Tally(rs)))
@@ -85,6 +88,9 @@ func ctAnsweredBy(name string) func([]harness.Reply) string {
 // failed otherwise than with wantErr).
 func ctUnanswered(wantErr string) func([]harness.Reply) string {
 	return func(rs []harness.Reply) string {
+		if len(rs) == 0 {
+			return "no attempts"
+		}
 		for _, r := range rs {
 			if r.Err == "" || (wantErr != "" && r.Err != wantErr) {
 				what := "unanswered"
