@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -30,16 +31,16 @@ import (
 // and port is in dests and whose endpoint is not in live.
 type staleAffinity struct {
 	mapName string
-	dests   map[[2]string]bool // service address, port
-	live    map[[2]string]bool // endpoint address, port
+	dests   map[netip.AddrPort]bool // service address, port
+	live    map[netip.AddrPort]bool // endpoint address, port
 }
 
 // affinityEndpoints is every endpoint a rendered service balances over.
-func affinityEndpoints(r *svcRender) map[[2]string]bool {
-	out := map[[2]string]bool{}
+func affinityEndpoints(r *svcRender) map[netip.AddrPort]bool {
+	out := map[netip.AddrPort]bool{}
 	for _, eps := range [][]proxier.Endpoint{r.plan.InternalEndpoints, r.plan.ClusterEndpoints, r.plan.LocalEndpoints} {
 		for _, e := range eps {
-			out[[2]string{e.IP.String(), strconv.Itoa(int(e.Port))}] = true
+			out[netip.AddrPortFrom(e.IP, uint16(e.Port))] = true
 		}
 	}
 	return out
@@ -52,7 +53,7 @@ func staleAffinityOf(before, after *svcRender) []*staleAffinity {
 	if before == nil || before.affinity == nil {
 		return nil
 	}
-	dests, live := map[[2]string]bool{}, map[[2]string]bool{}
+	dests, live := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
 	for _, d := range before.affDests {
 		dests[d] = true
 	}
@@ -129,9 +130,9 @@ func byAffinityMap(stale []*staleAffinity) map[string][]*staleAffinity {
 	return byMap
 }
 
-// staleEntries reads the affinity map name and returns the keys of the
-// entries ss names.
-func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffinity) ([][]string, error) {
+// staleEntries reads the affinity map name and returns the entries ss
+// names.
+func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffinity) ([]elem, error) {
 	elems, err := p.nft.ListElements(ctx, "map", name)
 	if knftables.IsNotFound(err) {
 		return nil, nil
@@ -139,20 +140,28 @@ func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffi
 	if err != nil {
 		return nil, err
 	}
-	var keys [][]string
+	sp := mustSpec(name)
+	var stale []elem
 	for _, e := range elems {
-		if len(e.Key) != 3 || len(e.Value) != 2 {
+		key, kerr := parseTuple(sp.key, e.Key)
+		value, verr := parseTuple(sp.value, e.Value)
+		if kerr != nil || verr != nil {
 			continue
 		}
-		dest, ep := [2]string{e.Key[1], e.Key[2]}, [2]string{e.Value[0], e.Value[1]}
+		dest, ep := addrPortOf(key[1], key[2]), addrPortOf(value[0], value[1])
 		for _, s := range ss {
 			if s.dests[dest] && !s.live[ep] {
-				keys = append(keys, e.Key)
+				stale = append(stale, elem{set: name, key: key})
 				break
 			}
 		}
 	}
-	return keys, nil
+	return stale, nil
+}
+
+// addrPortOf is an address and a port atom as one value.
+func addrPortOf(addr, port atom) netip.AddrPort {
+	return netip.AddrPortFrom(addr.addr, uint16(port.num))
 }
 
 // staleAffinityOps returns the deletion of the entries stale names, to go
@@ -163,25 +172,25 @@ func (p *Proxier) staleAffinityOps(ctx context.Context, stale []*staleAffinity) 
 	byMap := byAffinityMap(stale)
 	names := slices.Sorted(maps.Keys(byMap))
 	for _, name := range names {
-		keys, err := p.staleEntries(ctx, name, byMap[name])
+		stale, err := p.staleEntries(ctx, name, byMap[name])
 		if err != nil {
 			return nil, false
 		}
-		for _, k := range keys {
-			ops = append(ops, elemOp{e: elem{set: name, key: k}})
+		for _, e := range stale {
+			ops = append(ops, elemOp{e: e})
 		}
 	}
 	return ops, true
 }
 
 func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*staleAffinity) (int, error) {
-	keys, err := p.staleEntries(ctx, name, ss)
-	if err != nil || len(keys) == 0 {
+	stale, err := p.staleEntries(ctx, name, ss)
+	if err != nil || len(stale) == 0 {
 		return 0, err
 	}
 	tx := p.nft.NewTransaction()
-	for _, k := range keys {
-		tx.Delete(&knftables.Element{Map: name, Key: k})
+	for _, e := range stale {
+		tx.Delete(p.element(e))
 	}
 	if err := p.nft.Run(ctx, tx); err != nil {
 		return 0, fmt.Errorf("delete %d entries: %w", tx.NumOperations(), err)
@@ -197,9 +206,10 @@ func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*sta
 
 // affinityEntry is one entry read from an affinity map.
 type affinityEntry struct {
-	key     [3]string // client, service address, port
-	value   [2]string // endpoint address, port
-	expires int       // seconds left
+	client   netip.Addr
+	dest     netip.AddrPort // service address, port
+	endpoint netip.AddrPort
+	expires  int // seconds left
 }
 
 // readAffinityMap reads a dynamic affinity map through nft's JSON output
@@ -229,12 +239,15 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 	type concat struct {
 		Concat []any `json:"concat"`
 	}
-	str := func(v any) string {
-		if f, ok := v.(float64); ok {
-			return strconv.Itoa(int(f))
-		}
+	// Addresses are strings, ports numbers.
+	addr := func(v any) netip.Addr {
 		s, _ := v.(string)
-		return s
+		a, _ := netip.ParseAddr(s)
+		return a
+	}
+	port := func(v any) uint16 {
+		f, _ := v.(float64)
+		return uint16(f)
 	}
 	var entries []affinityEntry
 	for _, o := range doc.Nftables {
@@ -252,14 +265,12 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 			if json.Unmarshal(kv[0], &k) != nil || json.Unmarshal(kv[1], &v) != nil || len(k.Elem.Val.Concat) != 3 || len(v.Concat) != 2 {
 				continue
 			}
-			e := affinityEntry{expires: k.Elem.Expires}
-			for i, x := range k.Elem.Val.Concat {
-				e.key[i] = str(x)
+			key := k.Elem.Val.Concat
+			e := affinityEntry{client: addr(key[0]), dest: netip.AddrPortFrom(addr(key[1]), port(key[2])),
+				endpoint: netip.AddrPortFrom(addr(v.Concat[0]), port(v.Concat[1])), expires: k.Elem.Expires}
+			if e.client.IsValid() && e.dest.Addr().IsValid() && e.endpoint.Addr().IsValid() {
+				entries = append(entries, e)
 			}
-			for i, x := range v.Concat {
-				e.value[i] = str(x)
-			}
-			entries = append(entries, e)
 		}
 	}
 	return entries, nil
@@ -287,7 +298,8 @@ func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Serv
 		var elems []string
 		for _, e := range entries {
 			if byMap.valid(name, e) && e.expires > 0 {
-				elems = append(elems, fmt.Sprintf("%s . %s . %s timeout %ds : %s . %s", e.key[0], e.key[1], e.key[2], e.expires, e.value[0], e.value[1]))
+				elems = append(elems, fmt.Sprintf("%s . %s . %d timeout %ds : %s . %d",
+					e.client, e.dest.Addr(), e.dest.Port(), e.expires, e.endpoint.Addr(), e.endpoint.Port()))
 			}
 		}
 		for len(elems) > 0 {
@@ -301,10 +313,10 @@ func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Serv
 
 // affinityTargets is, per affinity map, per service address and port, the
 // endpoints the service balances over.
-type affinityTargets map[string]map[[2]string]map[[2]string]bool
+type affinityTargets map[string]map[netip.AddrPort]map[netip.AddrPort]bool
 
 func (t affinityTargets) valid(mapName string, e affinityEntry) bool {
-	return t[mapName][[2]string{e.key[1], e.key[2]}][e.value]
+	return t[mapName][e.dest][e.endpoint]
 }
 
 // validAffinity is what affinity entries may point to under renders.
@@ -317,7 +329,7 @@ func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
 		live := affinityEndpoints(r)
 		for _, name := range []string{affinityMap(r.affinity.proto, r.affinity.timeout), affinityLocalMap(r.affinity.proto, r.affinity.timeout)} {
 			if byMap[name] == nil {
-				byMap[name] = map[[2]string]map[[2]string]bool{}
+				byMap[name] = map[netip.AddrPort]map[netip.AddrPort]bool{}
 			}
 			for _, d := range r.affDests {
 				byMap[name][d] = live
@@ -359,7 +371,7 @@ func (p *Proxier) pruneAffinity(ctx context.Context, renders map[*proxier.Servic
 			tx := p.nft.NewTransaction()
 			for _, e := range entries {
 				if !byMap.valid(name, e) {
-					tx.Delete(&knftables.Element{Map: name, Key: slices.Clone(e.key[:])})
+					tx.Delete(&knftables.Element{Map: name, Key: []string{e.client.String(), e.dest.Addr().String(), strconv.Itoa(int(e.dest.Port()))}})
 				}
 			}
 			if tx.NumOperations() == 0 {

@@ -51,13 +51,13 @@ func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK 
 // transaction and the elements netlink cannot write) and the element ops
 // netlink writes, grouped per set in set order.
 func splitColdLoad(pd *pending) (*pending, []elemOp) {
-	text := &pending{tx: pd.tx, elems: map[string]*elemRef{}}
+	text := &pending{tx: pd.tx, elems: map[elemID]*elemRef{}}
 	// Counted first, so that every set's run is allocated once (at
 	// 100,000 elements, growing the slices cost more than the kernel's
 	// work).
 	count := map[string]int{}
 	for id, r := range pd.elems {
-		if _, _, _, ok := setLayout(r.e.set); !ok {
+		if !netlinkWrites(r.e.set) {
 			text.elems[id] = r
 			continue
 		}

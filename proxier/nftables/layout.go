@@ -341,7 +341,7 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	}
 	if !cfg.NodePortsMatchAll() {
 		for _, ip := range cfg.NodePortIPs() {
-			sk.elems = append(sk.elems, elem{set: sNodePortIPs, key: []string{ip.String()}})
+			sk.elems = append(sk.elems, elem{set: sNodePortIPs, key: tupleOf(addrAtom(ip))})
 		}
 	}
 	sk.sets = append(sk.sets,
@@ -402,7 +402,7 @@ func serviceCIDRElems(f proxier.IPFamily, cidrs []netip.Prefix) []elem {
 	slices.SortFunc(kept, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	out := make([]elem, 0, len(kept))
 	for _, p := range kept {
-		out = append(out, elem{set: sServiceCIDRs, key: []string{p.String()}})
+		out = append(out, elem{set: sServiceCIDRs, key: tupleOf(prefixAtom(p))})
 	}
 	return out
 }

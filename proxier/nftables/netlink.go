@@ -3,9 +3,6 @@ package nftables
 import (
 	"encoding/binary"
 	"fmt"
-	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -19,124 +16,29 @@ import (
 // nft: the nft process costs about 10 ms per sync, the batch well under one.
 // Everything else (chains, rules, full syncs) goes through nft.
 
-type field int
-
-const (
-	fAddr  field = iota
-	fProto       // inet_proto
-	fPort        // inet_service
-	fIndex       // the numgen random index (a 32-bit integer in host order)
-)
-
-// layout is how a set's or map's elements are encoded: its key and (for
-// data maps) value fields, and whether it is a verdict map.
-type layout struct {
-	key, value []field
-	verdict    bool
-}
-
-var (
-	addrProtoPort = []field{fAddr, fProto, fPort}
-	protoPort     = []field{fProto, fPort}
-	addrPort      = []field{fAddr, fPort}
-	// fixedLayouts are the layouts of the sets and maps whose names do
-	// not depend on the Services (all but the affinity ones), computed
-	// once: setLayout runs for every element of a full sync.
-	fixedLayouts = func() map[string]layout {
-		m := map[string]layout{
-			sClusterIPs:            {key: []field{fAddr}},
-			sNodePortIPs:           {key: []field{fAddr}},
-			sFirewallDests:         {key: addrProtoPort},
-			sHairpin:               {key: []field{fAddr, fAddr}},
-			sAffinityLocalEPs:      {key: addrProtoPort},
-			mServiceIPs:            {key: addrProtoPort, verdict: true},
-			mNoEndpointServices:    {key: addrProtoPort, verdict: true},
-			poolIP.countMap():      {key: addrProtoPort, verdict: true},
-			poolIPLocal.countMap(): {key: addrProtoPort, verdict: true},
-			mServiceNodePorts:      {key: protoPort, verdict: true},
-			mNoEndpointNodePort:    {key: protoPort, verdict: true},
-			poolNP.countMap():      {key: protoPort, verdict: true},
-			poolNPLocal.countMap(): {key: protoPort, verdict: true},
-		}
-		for _, p := range pools {
-			for _, proto := range protocols {
-				// An endpoint map: [daddr .] dport . index → addr . port.
-				key := []field{fAddr, fPort, fIndex}
-				if p.byPort {
-					key = []field{fPort, fIndex}
-				}
-				m[p.endpointsMap(proto)] = layout{key: key, value: addrPort}
-			}
-		}
-		return m
-	}()
-)
-
-// setLayout is the key (and, for data maps, value) layout of a set or map
-// of our table; verdict reports a verdict map; ok is false for sets netlink
-// does not write here (the interval set).
-func setLayout(name string) (key, value []field, verdict, ok bool) {
-	if l, found := fixedLayouts[name]; found {
-		return l.key, l.value, l.verdict, true
-	}
-	switch {
-	case isAffinityMap(name):
-		// The dynamic affinity maps: client . daddr . dport → endpoint
-		// (written here only to delete entries).
-		return []field{fAddr, fAddr, fPort}, addrPort, false, true
-	case strings.HasPrefix(name, affinityDestsPrefix):
-		// A vmap: daddr . dport → goto the record chain.
-		return addrPort, nil, true, true
-	}
-	return nil, nil, false, false
-}
-
-// appendEncoded packs text components as nf_tables registers hold them:
-// each field padded to a multiple of 4 bytes.
-func appendEncoded(out []byte, layout []field, parts []string) ([]byte, error) {
-	if len(layout) != len(parts) {
-		return nil, fmt.Errorf("%d components for %d fields", len(parts), len(layout))
-	}
-	for i, f := range layout {
+// appendEncoded packs atoms as nf_tables registers hold them: each field
+// padded to a multiple of 4 bytes.
+func appendEncoded(out []byte, fields []field, t []atom) ([]byte, error) {
+	for i, f := range fields {
+		a := t[i]
 		switch f {
 		case fAddr:
-			a, err := netip.ParseAddr(parts[i])
-			if err != nil {
-				return nil, err
-			}
-			if a.Is4() {
-				b := a.As4()
+			if a.addr.Is4() {
+				b := a.addr.As4()
 				out = append(out, b[:]...)
 			} else {
-				b := a.As16()
+				b := a.addr.As16()
 				out = append(out, b[:]...)
 			}
 		case fProto:
-			var p byte
-			switch parts[i] {
-			case "tcp":
-				p = unix.IPPROTO_TCP
-			case "udp":
-				p = unix.IPPROTO_UDP
-			case "sctp":
-				p = unix.IPPROTO_SCTP
-			default:
-				return nil, fmt.Errorf("protocol %q", parts[i])
-			}
-			out = append(out, p, 0, 0, 0)
+			out = append(out, byte(a.num), 0, 0, 0)
 		case fPort:
-			n, err := strconv.ParseUint(parts[i], 10, 16)
-			if err != nil {
-				return nil, err
-			}
-			out = binary.BigEndian.AppendUint16(out, uint16(n))
+			out = binary.BigEndian.AppendUint16(out, uint16(a.num))
 			out = append(out, 0, 0)
 		case fIndex:
-			n, err := strconv.ParseUint(parts[i], 10, 32)
-			if err != nil {
-				return nil, err
-			}
-			out = binary.NativeEndian.AppendUint32(out, uint32(n))
+			out = binary.NativeEndian.AppendUint32(out, a.num)
+		default:
+			return nil, fmt.Errorf("field %d is not written over netlink", f)
 		}
 	}
 	return out, nil
@@ -153,7 +55,7 @@ type elemOp struct {
 // netlinkWritable reports whether every op can go over netlink.
 func netlinkWritable(ops []elemOp) bool {
 	for _, op := range ops {
-		if _, _, _, ok := setLayout(op.e.set); !ok {
+		if !netlinkWrites(op.e.set) {
 			return false
 		}
 	}
@@ -224,11 +126,11 @@ func appendString(b []byte, typ uint16, s string) []byte {
 }
 
 // appendData appends a nested NFTA_DATA_VALUE attribute of type typ
-// holding the encoded parts.
-func appendData(b []byte, typ uint16, layout []field, parts []string) ([]byte, error) {
+// holding the encoded tuple.
+func appendData(b []byte, typ uint16, fields []field, t []atom) ([]byte, error) {
 	b, outer := beginAttr(b)
 	b, inner := beginAttr(b)
-	b, err := appendEncoded(b, layout, parts)
+	b, err := appendEncoded(b, fields, t)
 	if err != nil {
 		return nil, err
 	}
@@ -236,21 +138,21 @@ func appendData(b []byte, typ uint16, layout []field, parts []string) ([]byte, e
 	return endAttr(b, outer, typ|unix.NLA_F_NESTED), nil
 }
 
-// appendElem appends one element (an NFTA_LIST_ELEM) of a set with the
-// given layout (see setLayout): its key and, when op adds to a map, its
-// value.
-func appendElem(b []byte, op elemOp, keyLayout, valLayout []field, verdict bool) ([]byte, error) {
+// appendElem appends one element (an NFTA_LIST_ELEM) of a set with spec
+// sp: its key and, when op adds to a map, its value.
+func appendElem(b []byte, op elemOp, sp setSpec) ([]byte, error) {
 	b, at := beginAttr(b)
-	b, err := appendData(b, unix.NFTA_SET_ELEM_KEY, keyLayout, op.e.key)
+	b, err := appendData(b, unix.NFTA_SET_ELEM_KEY, sp.key, op.e.key[:])
 	if err != nil {
-		return nil, fmt.Errorf("%s key %v: %w", op.e.set, op.e.key, err)
+		return nil, fmt.Errorf("%s key: %w", op.e.set, err)
 	}
 	switch {
 	case !op.add:
-	case verdict:
-		code, chain, err := parseVerdict(op.e.value)
-		if err != nil {
-			return nil, err
+	case sp.kind == kindVMap:
+		// NF_DROP, or NFT_GOTO (-4) and the chain.
+		code := uint32(0)
+		if op.e.verdict.chain != "" {
+			code = 0xfffffffc
 		}
 		var data, verd, c int
 		b, data = beginAttr(b)
@@ -259,14 +161,14 @@ func appendElem(b []byte, op elemOp, keyLayout, valLayout []field, verdict bool)
 		// Big endian, as every nf_tables integer attribute.
 		b = binary.BigEndian.AppendUint32(b, code)
 		b = endAttr(b, c, unix.NFTA_VERDICT_CODE)
-		if chain != "" {
-			b = appendString(b, unix.NFTA_VERDICT_CHAIN, chain)
+		if op.e.verdict.chain != "" {
+			b = appendString(b, unix.NFTA_VERDICT_CHAIN, op.e.verdict.chain)
 		}
 		b = endAttr(b, verd, unix.NFTA_DATA_VERDICT|unix.NLA_F_NESTED)
 		b = endAttr(b, data, unix.NFTA_SET_ELEM_DATA|unix.NLA_F_NESTED)
-	case valLayout != nil:
-		if b, err = appendData(b, unix.NFTA_SET_ELEM_DATA, valLayout, op.e.value); err != nil {
-			return nil, fmt.Errorf("%s value %v: %w", op.e.set, op.e.value, err)
+	case sp.kind == kindMap:
+		if b, err = appendData(b, unix.NFTA_SET_ELEM_DATA, sp.value, op.e.value[:]); err != nil {
+			return nil, fmt.Errorf("%s value: %w", op.e.set, err)
 		}
 	}
 	return endAttr(b, at, unix.NFTA_LIST_ELEM|unix.NLA_F_NESTED), nil
@@ -295,11 +197,14 @@ func (w *elemWriter) messages(ops []elemOp) ([]netlink.Message, error) {
 		data := append(make([]byte, 0, maxElemBytes+2<<10), w.family, unix.NFNETLINK_V0, 0, 0)
 		data = appendString(data, unix.NFTA_SET_ELEM_LIST_TABLE, TableName)
 		data = appendString(data, unix.NFTA_SET_ELEM_LIST_SET, op.e.set)
-		keyLayout, valLayout, verdict, _ := setLayout(op.e.set)
+		sp, ok := specOf(op.e.set)
+		if !ok || sp.interval {
+			return nil, fmt.Errorf("set %s is not written over netlink", op.e.set)
+		}
 		data, at := beginAttr(data)
 		for start := len(data); i < len(ops) && ops[i].e.set == op.e.set && ops[i].add == op.add && !ops[i].flush && len(data)-start < maxElemBytes; i++ {
 			var err error
-			if data, err = appendElem(data, ops[i], keyLayout, valLayout, verdict); err != nil {
+			if data, err = appendElem(data, ops[i], sp); err != nil {
 				return nil, err
 			}
 		}
@@ -314,28 +219,6 @@ func (w *elemWriter) messages(ops []elemOp) ([]netlink.Message, error) {
 		})
 	}
 	return msgs, nil
-}
-
-func parseVerdict(v []string) (uint32, string, error) {
-	var f []string
-	if len(v) == 1 {
-		// The common case, without allocating: "drop", "goto chain".
-		if verb, chain, ok := strings.Cut(v[0], " "); ok && !strings.Contains(chain, " ") {
-			f = []string{verb, chain}
-		}
-	}
-	if f == nil {
-		f = strings.Fields(strings.Join(v, " "))
-	}
-	switch {
-	case len(f) == 1 && f[0] == "drop":
-		return 0, "", nil // NF_DROP
-	case len(f) == 2 && f[0] == "goto":
-		return uint32(0xfffffffc), f[1], nil // NFT_GOTO (-4)
-	case len(f) == 2 && f[0] == "jump":
-		return uint32(0xfffffffd), f[1], nil // NFT_JUMP (-3)
-	}
-	return 0, "", fmt.Errorf("verdict %q", strings.Join(v, " "))
 }
 
 // apply runs ops as one nf_tables batch: all of them or none.

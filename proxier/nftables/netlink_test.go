@@ -2,7 +2,7 @@ package nftables
 
 import (
 	"encoding/binary"
-	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/mdlayher/netlink"
@@ -55,9 +55,10 @@ func decodeElemMsg(t *testing.T, m netlink.Message) decodedMsg {
 // same set and direction, split before an attribute would overflow, in order.
 func TestElemMessages(t *testing.T) {
 	ep := func(i int) elem {
-		return elem{set: poolIP.endpointsMap("tcp"), key: []string{"10.96.0.1", "80", fmt.Sprint(i)}, value: []string{"10.1.0.1", "8080"}}
+		return elem{set: poolIP.endpointsMap("tcp"), key: tupleOf(addrAtom(netip.MustParseAddr("10.96.0.1")), portAtom(80), indexAtom(i)),
+			value: [maxValue]atom{addrAtom(netip.MustParseAddr("10.1.0.1")), portAtom(8080)}}
 	}
-	svc := elem{set: mServiceIPs, key: []string{"10.96.0.1", "tcp", "80"}, value: []string{"goto lb-x"}}
+	svc := elem{set: mServiceIPs, key: tupleOf(addrAtom(netip.MustParseAddr("10.96.0.1")), protoAtom(proxier.TCP), portAtom(80)), verdict: gotoChain("lb-x")}
 	var ops []elemOp
 	for i := 0; i < 3000; i++ {
 		ops = append(ops, elemOp{add: true, e: ep(i)})
@@ -93,8 +94,9 @@ func TestElemMessages(t *testing.T) {
 
 // TestAppendElemVerdict: a goto verdict is encoded as nf_tables wants it.
 func TestAppendElemVerdict(t *testing.T) {
-	b, err := appendElem(nil, elemOp{add: true, e: elem{set: mServiceIPs, key: []string{"10.0.0.1", "udp", "53"}, value: []string{"goto lb-y"}}},
-		[]field{fAddr, fProto, fPort}, nil, true)
+	b, err := appendElem(nil, elemOp{add: true, e: elem{set: mServiceIPs,
+		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}},
+		mustSpec(mServiceIPs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"runtime"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -65,7 +64,7 @@ type Proxier struct {
 	// writer, when set, writes element-only partial syncs over netlink.
 	writer   *elemWriter
 	services map[*proxier.Service]*svcRender
-	elems    map[string]*elemRef
+	elems    map[elemID]*elemRef
 	lbChains map[string]int
 	affinity map[affinityKey]int
 	// affChains are the record chains of the Service ports with affinity
@@ -144,7 +143,7 @@ type pending struct {
 	fresh bool
 	// elems is every element of a full sync whose elements are not in tx
 	// (they are written as text, grouped per set).
-	elems map[string]*elemRef
+	elems map[elemID]*elemRef
 	// ops, when set, is the whole of a partial sync: element changes only,
 	// all of which netlink can write.
 	ops    []elemOp
@@ -172,29 +171,22 @@ type pending struct {
 func (p *Proxier) writeText(w io.Writer, pd *pending) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	bw.WriteString(pd.tx.String())
-	ids := make([]string, 0, len(pd.elems))
-	for id := range pd.elems {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
 	cur, n := "", 0
-	for _, id := range ids {
-		e := pd.elems[id].e
+	var sp setSpec
+	var buf []byte
+	for _, e := range sortedElems(pd.elems) {
 		if e.set != cur || n >= maxGroup {
 			if cur != "" {
 				bw.WriteString(" }\n")
 			}
-			cur, n = e.set, 0
+			cur, n, sp = e.set, 0, mustSpec(e.set)
 			fmt.Fprintf(bw, "add element %s %s %s { ", p.f.family, TableName, e.set)
 		} else {
 			bw.WriteString(", ")
 		}
 		n++
-		bw.WriteString(strings.Join(e.key, " . "))
-		if len(e.value) > 0 {
-			bw.WriteString(" : ")
-			bw.WriteString(strings.Join(e.value, " . "))
-		}
+		buf = e.appendText(buf[:0], sp)
+		bw.Write(buf)
 	}
 	if cur != "" {
 		bw.WriteString(" }\n")
@@ -243,7 +235,7 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		var ops []elemOp
 		if ops, forgotten = p.staleAffinityOps(ctx, pd.staleAffinity); forgotten {
 			for _, op := range ops {
-				tx.Delete(&knftables.Element{Map: op.e.set, Key: op.e.key})
+				tx.Delete(p.element(op.e))
 			}
 			affInTx = len(ops) > 0
 		}
@@ -388,7 +380,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 	}
 
 	cidrR := p.serviceCIDRRender(st)
-	var elems map[string]*elemRef
+	var elems map[elemID]*elemRef
 	var lbChains map[string]int
 	var affinity map[affinityKey]int
 	if fresh {
@@ -396,7 +388,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		for _, r := range renders {
 			n += len(r.elems)
 		}
-		elems, lbChains, affinity = make(map[string]*elemRef, n), map[string]int{}, map[affinityKey]int{}
+		elems, lbChains, affinity = make(map[elemID]*elemRef, n), map[string]int{}, map[affinityKey]int{}
 		for _, r := range renders {
 			addRender(elems, lbChains, affinity, r, 1)
 		}
@@ -440,7 +432,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		pos  bool // a contribution was added: e is the new element
 		e    elem
 	}
-	delta := map[string]*change{}
+	delta := map[elemID]*change{}
 	lbDelta := map[string]int{}
 	affDelta := map[affinityKey]int{}
 	var staleAff []*staleAffinity
@@ -585,18 +577,18 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 		for _, c := range newRec {
 			addChain(tx, c, affChains[c])
 		}
-		ids := make([]string, 0, len(delta))
+		ids := make([]elemID, 0, len(delta))
 		for id := range delta {
 			ids = append(ids, id)
 		}
-		sort.Strings(ids)
+		sortIDs(ids)
 		var adds []elem
 		for _, id := range ids {
 			c := delta[id]
 			before := 0
-			var oldValue []string
+			var old elem
 			if r := elems[id]; r != nil {
-				before, oldValue = r.refs, r.e.value
+				before, old = r.refs, r.e
 			}
 			after := before + c.refs
 			switch {
@@ -605,7 +597,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 				ops = append(ops, elemOp{e: c.e})
 			case before == 0 && after > 0:
 				adds = append(adds, c.e)
-			case before > 0 && after > 0 && c.pos && !slices.Equal(oldValue, c.e.value):
+			case before > 0 && after > 0 && c.pos && (old.value != c.e.value || old.verdict != c.e.verdict):
 				tx.Delete(p.element(c.e))
 				ops = append(ops, elemOp{e: c.e})
 				adds = append(adds, c.e)
@@ -655,7 +647,7 @@ func (p *Proxier) transaction(st *proxier.State, elemsInTx bool) *pending {
 }
 
 // addRender adds (sign 1) a render's contributions to an index.
-func addRender(elems map[string]*elemRef, lb map[string]int, aff map[affinityKey]int, r *svcRender, sign int) {
+func addRender(elems map[elemID]*elemRef, lb map[string]int, aff map[affinityKey]int, r *svcRender, sign int) {
 	for _, e := range r.elems {
 		ref := elems[e.id()]
 		if ref == nil {
@@ -674,7 +666,7 @@ func addRender(elems map[string]*elemRef, lb map[string]int, aff map[affinityKey
 
 // writeFull replaces the whole table, atomically: packets see either the old
 // table or the new one, never none.
-func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, dyn []dynChain, elems map[string]*elemRef, withElems bool) {
+func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, dyn []dynChain, elems map[elemID]*elemRef, withElems bool) {
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
 	tx.Delete(&knftables.Table{})
@@ -707,13 +699,8 @@ func (p *Proxier) writeFull(tx *knftables.Transaction, sk *skeleton, dyn []dynCh
 	if !withElems {
 		return
 	}
-	ids := make([]string, 0, len(elems))
-	for id := range elems {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		tx.Add(p.element(elems[id].e))
+	for _, e := range sortedElems(elems) {
+		tx.Add(p.element(e))
 	}
 }
 
@@ -755,20 +742,46 @@ func addChain(tx *knftables.Transaction, name string, rules []string) {
 	}
 }
 
-// isMap reports whether name is a map (elements carry values).
-func isMap(name string) bool {
-	switch name {
-	case sClusterIPs, sServiceCIDRs, sNodePortIPs, sFirewallDests, sFirewallAllow, sHairpin, sAffinityLocalEPs:
-		return false
+// element is e as knftables writes it.
+func (p *Proxier) element(e elem) *knftables.Element {
+	sp := mustSpec(e.set)
+	key := texts(sp.key, e.key[:])
+	switch sp.kind {
+	case kindVMap:
+		return &knftables.Element{Map: e.set, Key: key, Value: []string{e.verdict.String()}}
+	case kindMap:
+		return &knftables.Element{Map: e.set, Key: key, Value: texts(sp.value, e.value[:])}
 	}
-	return true
+	return &knftables.Element{Set: e.set, Key: key}
 }
 
-func (p *Proxier) element(e elem) *knftables.Element {
-	if isMap(e.set) {
-		return &knftables.Element{Map: e.set, Key: e.key, Value: e.value}
+// sortedElems lists the elements of an index as nft text sorts them: by
+// set, then key text.
+func sortedElems(elems map[elemID]*elemRef) []elem {
+	ids := make([]elemID, 0, len(elems))
+	for id := range elems {
+		ids = append(ids, id)
 	}
-	return &knftables.Element{Set: e.set, Key: e.key}
+	sortIDs(ids)
+	out := make([]elem, len(ids))
+	for i, id := range ids {
+		out[i] = elems[id].e
+	}
+	return out
+}
+
+// sortIDs sorts element ids by set, then key text.
+func sortIDs(ids []elemID) {
+	keys := make(map[elemID]string, len(ids))
+	for _, id := range ids {
+		keys[id] = elem{set: id.set, key: id.key}.keyText(mustSpec(id.set))
+	}
+	slices.SortFunc(ids, func(a, b elemID) int {
+		if c := strings.Compare(a.set, b.set); c != 0 {
+			return c
+		}
+		return strings.Compare(keys[a], keys[b])
+	})
 }
 
 // key is a fingerprint of the skeleton: a change means a full rewrite.
@@ -787,7 +800,7 @@ func (sk *skeleton) key() string {
 		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))
 	}
 	for _, e := range sk.elems {
-		fmt.Fprintf(&b, "element %s %v\n", e.set, e.key)
+		fmt.Fprintf(&b, "element %s %s\n", e.set, e.keyText(mustSpec(e.set)))
 	}
 	return b.String()
 }

@@ -79,7 +79,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		want[s.Name] = true
 		switch {
 		case slices.Contains(s.Flags, knftables.DynamicFlag):
-		case setWritable(s.Name):
+		case netlinkWrites(s.Name):
 			netlinkSets = append(netlinkSets, s.Name)
 		default:
 			tx.Flush(s)
@@ -91,7 +91,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		want[m.Name] = true
 		switch {
 		case slices.Contains(m.Flags, knftables.DynamicFlag):
-		case setWritable(m.Name):
+		case netlinkWrites(m.Name):
 			netlinkSets = append(netlinkSets, m.Name)
 		default:
 			tx.Flush(m)
@@ -183,11 +183,4 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		}
 	}
 	return true
-}
-
-// setWritable reports whether netlink writes the elements of set or map
-// name (see setLayout).
-func setWritable(name string) bool {
-	_, _, _, ok := setLayout(name)
-	return ok
 }

@@ -221,7 +221,7 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 	}
 	var ops []elemOp
 	for _, s := range sets {
-		if !setWritable(s) || p.writer == nil {
+		if !netlinkWrites(s) || p.writer == nil {
 			// Interval sets: nft merges and splits them, so always
 			// flushed and refilled (they are small).
 			switch o := sk.static(s).(type) {

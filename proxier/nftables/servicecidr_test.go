@@ -115,7 +115,7 @@ func TestServiceCIDRElems(t *testing.T) {
 			if e.set != sServiceCIDRs {
 				t.Errorf("element of %s", e.set)
 			}
-			got = append(got, e.key...)
+			got = append(got, e.keyText(mustSpec(e.set)))
 		}
 		if fmt.Sprint(got) != tc.want {
 			t.Errorf("%v %v: %v, want %s", tc.f, tc.cidrs, got, tc.want)
