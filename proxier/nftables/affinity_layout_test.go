@@ -81,8 +81,8 @@ func TestKernelIPv6Affinity(t *testing.T) {
 		}
 	}
 	has := strings.Contains(out, affinityChain(s.Name))
-	t.Logf("nft writes IPv6 affinity: %v", !p.noAffinity)
-	if has == p.noAffinity {
-		t.Errorf("record chain present %v, but IPv6 affinity disabled %v", has, p.noAffinity)
+	t.Logf("nft writes IPv6 affinity: %v", !p.tr.noAffinity)
+	if has == p.tr.noAffinity {
+		t.Errorf("record chain present %v, but IPv6 affinity disabled %v", has, p.tr.noAffinity)
 	}
 }

@@ -119,26 +119,10 @@ func (p *Proxier) genAfter(ctx context.Context, before uint32, ok, full bool) {
 
 // expectedShape is the shape the last successful sync left. Callers hold p.mu.
 func (p *Proxier) expectedShape() *tableShape {
-	if p.skel == nil {
+	if p.last == nil {
 		return nil
 	}
-	want := &tableShape{exists: true, chains: map[string]int{}, sets: map[string]bool{}}
-	for _, c := range p.skel.chains {
-		want.chains[c.Name] = len(p.skel.rules[c.Name])
-	}
-	for lb := range p.lbChains {
-		want.chains[lb] = 1
-	}
-	for c, rules := range p.affChains {
-		want.chains[c] = len(rules)
-	}
-	for _, s := range p.skel.sets {
-		want.sets[s.Name] = true
-	}
-	for _, m := range p.skel.maps {
-		want.sets[m.Name] = true
-	}
-	return want
+	return p.last.shape()
 }
 
 // diff describes the first difference between want and got, or "".

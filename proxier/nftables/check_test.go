@@ -480,7 +480,7 @@ func TestKernelEvents(t *testing.T) {
 	// what it was.
 	want := content(t, p.nft)
 	lb := ""
-	for c := range p.lbChains {
+	for c := range p.last.idx.lbChains {
 		lb = c
 	}
 	for _, c := range []struct {

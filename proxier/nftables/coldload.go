@@ -33,11 +33,12 @@ func (p *Proxier) tableAbsent(ctx context.Context) bool {
 // genBefore); coldLoad moves them past its first transaction so that the
 // caller's genAfter sees one transaction of ours, or clears *genOK when it
 // cannot tell.
-func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK *bool) error {
+func (p *Proxier) coldLoad(ctx context.Context, ch *change, gen *uint32, genOK *bool) error {
 	start := time.Now()
-	text, ops := splitColdLoad(pd)
+	text, ops := splitColdLoad(ch)
 	tSplit := time.Since(start)
-	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
+	tx := p.fullTx(ch, false)
+	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, tx, sortElems(text), nil) }); err != nil {
 		return err
 	}
 	tText := time.Since(start)
@@ -47,21 +48,19 @@ func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK 
 	return err
 }
 
-// splitColdLoad splits a full sync's elements into what nft writes (the
-// transaction and the elements netlink cannot write) and the element ops
-// netlink writes, grouped per set in set order.
-func splitColdLoad(pd *pending) (*pending, []elemOp) {
-	text := &pending{tx: pd.tx, elems: map[elemID]*elemRef{}}
-	// Counted first, so that every set's run is allocated once (at
-	// 100,000 elements, growing the slices cost more than the kernel's
-	// work).
+// splitColdLoad splits a full change's elements into those nft writes (of
+// the sets netlink does not write) and the element ops netlink writes,
+// grouped per set in set order.
+func splitColdLoad(ch *change) ([]elem, []elemOp) {
+	var text []elem
+	// Counted first, so that every set's run is allocated once.
 	count := map[string]int{}
-	for id, r := range pd.elems {
-		if !netlinkWrites(r.e.set) {
-			text.elems[id] = r
+	for id, en := range ch.elems.elems {
+		if !netlinkWrites(id.set) {
+			text = append(text, id.with(en))
 			continue
 		}
-		count[r.e.set]++
+		count[id.set]++
 	}
 	sets := slices.Sorted(maps.Keys(count))
 	at := make(map[string]int, len(sets))
@@ -71,13 +70,13 @@ func splitColdLoad(pd *pending) (*pending, []elemOp) {
 		n += count[s]
 	}
 	ops := make([]elemOp, n)
-	for _, r := range pd.elems {
-		i, ok := at[r.e.set]
+	for id, en := range ch.elems.elems {
+		i, ok := at[id.set]
 		if !ok {
 			continue
 		}
-		ops[i] = elemOp{add: true, e: r.e}
-		at[r.e.set] = i + 1
+		ops[i] = elemOp{add: true, e: id.with(en)}
+		at[id.set] = i + 1
 	}
 	return text, ops
 }

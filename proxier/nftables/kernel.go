@@ -69,7 +69,7 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	p.writer = newElemWriter(cfg.Family)
 	p.readAffinity = execReadAffinity
 	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
-		p.noAffinity = true
+		p.tr.noAffinity = true
 		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
 	}
 	return p, nil

@@ -446,18 +446,3 @@ func ifNotLocal(cfg proxier.Config, f fam) string {
 func ifLocal(cfg proxier.Config, f fam) string {
 	return strings.Replace(ifNotLocal(cfg, f), " != ", " ", 1)
 }
-
-// serviceCIDRRender is the service-cidrs set's contribution for st: the
-// ServiceCIDRs it carries, else the --service-cluster-ip-range ones. Like a
-// Service's render, it is diffed element by element on partial syncs.
-func (p *Proxier) serviceCIDRRender(st *proxier.State) *svcRender {
-	es := serviceCIDRElems(p.cfg.Family, st.ServiceCIDRs)
-	if len(es) == 0 {
-		es = p.flagCIDRs
-	}
-	return &svcRender{elems: es}
-}
-
-func sameElems(a, b []elem) bool {
-	return slices.EqualFunc(a, b, func(x, y elem) bool { return x.id() == y.id() })
-}

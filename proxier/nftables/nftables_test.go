@@ -226,8 +226,8 @@ func BenchmarkFullTransaction10k(b *testing.B) {
 	w := newElemWriter(proxier.IPv4)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		pd := p.transaction(st, false)
-		_, ops := splitColdLoad(pd)
+		d := p.tr.build(st, nil, true, true, time.Time{})
+		_, ops := splitColdLoad(d.change)
 		if _, err := w.messages(ops); err != nil {
 			b.Fatal(err)
 		}
@@ -264,7 +264,7 @@ func TestFullSyncReusesRenders(t *testing.T) {
 	if err := p.Sync(ctx, st1); err != nil {
 		t.Fatal(err)
 	}
-	rendered := p.services[st1.Services[1]]
+	rendered := p.last.renders[st1.Services[1]]
 	p.ForceFullSync()
 	if err := p.Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
@@ -273,7 +273,7 @@ func TestFullSyncReusesRenders(t *testing.T) {
 	if r := p.LastResult(); !r.Full || r.Changed != 4 {
 		t.Errorf("repairing sync: full %v, changed %d; want a full sync with 4 changes", r.Full, r.Changed)
 	}
-	if p.services[st2.Services[0]] != rendered {
+	if p.last.renders[st2.Services[0]] != rendered {
 		t.Error("an unchanged Service was rendered anew by a repairing full sync")
 	}
 	if got := nft.Dump(); got != want {
@@ -285,8 +285,8 @@ func TestFullSyncReusesRenders(t *testing.T) {
 	if err := p.Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
-	if r := p.LastResult(); !r.Full || p.services[st2.Services[0]] == rendered {
-		t.Errorf("periodic sync: full %v, unchanged Service rendered anew %v; want both", r.Full, p.services[st2.Services[0]] != rendered)
+	if r := p.LastResult(); !r.Full || p.last.renders[st2.Services[0]] == rendered {
+		t.Errorf("periodic sync: full %v, unchanged Service rendered anew %v; want both", r.Full, p.last.renders[st2.Services[0]] != rendered)
 	}
 	if got := nft.Dump(); got != want {
 		t.Errorf("the periodic full sync wrote\n%s\nwant\n%s", got, want)

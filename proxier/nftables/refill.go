@@ -34,9 +34,9 @@ import (
 // refill reports false, having changed nothing, when the table cannot be
 // listed or a set or map of the kernel has a definition the skeleton does
 // not (an older layout): the caller then replaces the table as a whole.
-// After that, errors are returned in pd.err.
-func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *bool) bool {
-	sk := pd.sk
+// After that, it reports true and the error of the step that failed.
+func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bool) (bool, error) {
+	sk := ch.sk
 	start := time.Now()
 	var tList, t1, t2 time.Duration
 	defer func() {
@@ -45,13 +45,13 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		}
 	}()
 	if p.reader == nil {
-		return false
+		return false, nil
 	}
 	// Names only, over netlink: nft would list every element too.
 	kernel, err := p.reader.readShape(ctx)
 	if err != nil || !kernel.exists {
 		klog.V(2).InfoS("Cannot list the table; replacing it", "family", p.cfg.Family, "err", err)
-		return false
+		return false, nil
 	}
 
 	tList = time.Since(start)
@@ -60,7 +60,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	tx := p.nft.NewTransaction()
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
-	dyn := dynChains(p.f, pd.lbChains, pd.affChains)
+	dyn := ch.dyn
 	want := map[string]bool{}
 	for _, c := range sk.chains {
 		tx.Add(c)
@@ -119,14 +119,14 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	for _, e := range sk.elems {
 		add(e)
 	}
-	for _, r := range pd.elems {
-		add(r.e)
+	for id, en := range ch.elems.elems {
+		add(id.with(en))
 	}
 	if err := p.nft.Run(ctx, tx); err != nil {
 		// Most likely a set or map whose definition changed: replace
 		// the table instead.
 		klog.V(2).InfoS("Cannot rewrite the table in place; replacing it", "family", p.cfg.Family, "err", err)
-		return false
+		return false, nil
 	}
 	p.stepOwn(ctx, gen, genOK)
 	t1 = time.Since(start)
@@ -141,8 +141,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	err = p.writer.apply(ops)
 	t2 = time.Since(start)
 	if err != nil {
-		pd.err = err
-		return true
+		return true, err
 	}
 
 	// Step 3.
@@ -178,9 +177,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 	}
 	if stale.NumOperations() > 0 {
 		p.stepOwn(ctx, gen, genOK)
-		if err := p.nft.Run(ctx, stale); err != nil {
-			pd.err = err
-		}
+		return true, p.nft.Run(ctx, stale)
 	}
-	return true
+	return true, nil
 }

@@ -143,12 +143,12 @@ func (p *Proxier) noteDamage(d *damage) {
 // wrote: a chain of the skeleton, an lb chain or an affinity record
 // chain, a set or map of the skeleton that is not dynamic.
 func (p *Proxier) repairable(d *damage) bool {
-	sk := p.skel
-	if sk == nil {
+	if p.last == nil {
 		return false
 	}
+	sk := p.last.sk
 	for c := range d.chains {
-		if _, ok := sk.rules[c]; !ok && p.lbChains[c] == 0 && p.affChains[c] == nil {
+		if _, ok := sk.rules[c]; !ok && p.last.idx.lbChains[c] == 0 && p.last.affChains[c] == nil {
 			return false
 		}
 	}
@@ -182,7 +182,7 @@ func (sk *skeleton) static(name string) knftables.Object {
 // Callers hold p.mu.
 func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 	start := time.Now()
-	sk := p.skel
+	sk := p.last.sk
 	tx := p.nft.NewTransaction()
 	chains := make([]string, 0, len(d.chains))
 	for c := range d.chains {
@@ -192,7 +192,7 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 	for _, c := range chains {
 		rules, ok := sk.rules[c]
 		if !ok {
-			rules = dynRules(p.f, c, p.affChains)
+			rules = dynRules(p.f, c, p.last.affChains)
 		}
 		tx.Flush(&knftables.Chain{Name: c})
 		for _, r := range rules {
@@ -214,9 +214,9 @@ func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
 			bySet[e.set] = append(bySet[e.set], e)
 		}
 	}
-	for _, r := range p.elems {
-		if want[r.e.set] {
-			bySet[r.e.set] = append(bySet[r.e.set], r.e)
+	for id, en := range p.last.idx.elems {
+		if want[id.set] {
+			bySet[id.set] = append(bySet[id.set], id.with(en))
 		}
 	}
 	var ops []elemOp
