@@ -61,12 +61,10 @@ func TestKernelIPv6Affinity(t *testing.T) {
 	cfg.Family = proxier.IPv6
 	cfg.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
 	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
-	p, err := NewKernel(cfg, []string{"fd00:10:96::/112"})
+	p, err := newKernel(cfg, []string{"fd00:10:96::/112"}, fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.reader.(*netlinkReader).netns = fd
-	p.writer.netns = fd
 	s := svc("ns", "sticky6", proxier.TCP, "fd00:10:96::7", 80, ep("fd00:10:244:1::5", 8080, true))
 	s.AffinityTimeoutSeconds = 600
 	plain := svc("ns", "plain6", proxier.TCP, "fd00:10:96::8", 80, ep("fd00:10:244:1::6", 8080, true))

@@ -91,13 +91,13 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	batches := p.writer.batches
+	batches := p.w.batch.batches
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
 	g1, _ := p.reader.generation(ctx)
-	if p.writer.batches != batches+1 || g1 != g0+1 {
-		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.writer.batches-batches, g1-g0)
+	if p.w.batch.batches != batches+1 || g1 != g0+1 {
+		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.w.batch.batches-batches, g1-g0)
 	}
 	if got, want := mapEntries(t, nft, m), []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080"}; !slices.Equal(got, want) {
 		t.Errorf("affinity entries after a was replaced:\n got %q\nwant %q", got, want)
@@ -135,7 +135,7 @@ func TestParseAffinityJSON(t *testing.T) {
 func TestKernelAffinityKeptByFullSync(t *testing.T) {
 	_, fd := enterNetns(t)
 	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
-	p.readAffinity = execReadAffinity
+	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
 	a, b := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true)
 	if err := p.Sync(ctx, stickyState(a, b)); err != nil {

@@ -122,7 +122,7 @@ func (p *Proxier) expectedShape() *tableShape {
 	if p.last == nil {
 		return nil
 	}
-	return p.last.shape()
+	return (&desired{next: p.last}).shape()
 }
 
 // diff describes the first difference between want and got, or "".

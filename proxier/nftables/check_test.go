@@ -448,8 +448,8 @@ func TestKernelEvents(t *testing.T) {
 	if err := p.Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
-	if r := p.LastResult(); r.Full || p.writer.batches == 0 {
-		t.Fatalf("want a partial sync over netlink: %+v, %d batches", r, p.writer.batches)
+	if r := p.LastResult(); r.Full || p.w.batch.batches == 0 {
+		t.Fatalf("want a partial sync over netlink: %+v, %d batches", r, p.w.batch.batches)
 	}
 	// Four endpoints: a new lb chain, a partial sync through nft.
 	web := *st2.Services[3]
@@ -457,11 +457,11 @@ func TestKernelEvents(t *testing.T) {
 	st3 := st2
 	st3.Services = append([]*proxier.Service(nil), st2.Services...)
 	st3.Services[3] = &web
-	batches := p.writer.batches
+	batches := p.w.batch.batches
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	if r := p.LastResult(); r.Full || p.writer.batches != batches {
+	if r := p.LastResult(); r.Full || p.w.batch.batches != batches {
 		t.Fatalf("want a partial sync through nft: %+v", r)
 	}
 	none("our own syncs")
@@ -478,7 +478,7 @@ func TestKernelEvents(t *testing.T) {
 	// Narrow damage is repaired by rewriting what it names, over a
 	// partial sync; the rest by a full sync. Either way the table is
 	// what it was.
-	want := content(t, p.nft)
+	want := content(t, p.w.nft)
 	lb := ""
 	for c := range p.last.idx.lbChains {
 		lb = c
@@ -523,7 +523,7 @@ func TestKernelEvents(t *testing.T) {
 		if r := p.LastResult(); r.Full != c.full {
 			t.Errorf("%s: repaired by a full sync %v, want %v", c.damage, r.Full, c.full)
 		}
-		if d := diffLines(content(t, p.nft), want); d != "" {
+		if d := diffLines(content(t, p.w.nft), want); d != "" {
 			t.Errorf("after repairing %s:\n%s", c.damage, d)
 		}
 		none("our repair of " + c.damage)
@@ -542,7 +542,7 @@ func TestKernelEvents(t *testing.T) {
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	if d := diffLines(content(t, p.nft), want); d != "" {
+	if d := diffLines(content(t, p.w.nft), want); d != "" {
 		t.Errorf("after repairing a change made while muted:\n%s", d)
 	}
 	none("our repair of a change made while muted")
@@ -708,12 +708,10 @@ func benchNetns(b *testing.B) int {
 // benchKernel10k makes a proxier as svcproxy does, with its sockets in the
 // namespace fd, and syncs 10,000 Services × 10 endpoints into it.
 func benchKernel10k(b *testing.B, fd int) (*Proxier, *proxier.State) {
-	p, err := NewKernel(testConfig(), []string{"10.96.0.0/16"})
+	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.reader.(*netlinkReader).netns = fd
-	p.writer.netns = fd
 	st := scaleState(10000)
 	if err := p.Sync(context.Background(), st); err != nil {
 		b.Fatal(err)

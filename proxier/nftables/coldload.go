@@ -8,19 +8,7 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/knftables"
 )
-
-// tableAbsent reports whether the kernel has no table of ours (an error
-// reading it counts as present: the caller then takes the atomic path).
-func (p *Proxier) tableAbsent(ctx context.Context) bool {
-	if p.reader != nil {
-		shape, err := p.reader.readShape(ctx)
-		return err == nil && !shape.exists
-	}
-	_, err := p.nft.List(ctx, "chains")
-	return knftables.IsNotFound(err)
-}
 
 // coldLoad writes a full sync's table when the kernel has none: first the
 // table with its chains, rules, sets and maps and the elements netlink
@@ -28,23 +16,18 @@ func (p *Proxier) tableAbsent(ctx context.Context) bool {
 // batch, grouped per set. The two steps are two transactions; between
 // them the table has rules and no service elements, which serves no
 // traffic, exactly as the missing table before it did.
-//
-// *gen and *genOK are the ruleset generation before the sync (see
-// genBefore); coldLoad moves them past its first transaction so that the
-// caller's genAfter sees one transaction of ours, or clears *genOK when it
-// cannot tell.
-func (p *Proxier) coldLoad(ctx context.Context, ch *change, gen *uint32, genOK *bool) error {
+func (w *writer) coldLoad(ctx context.Context, ws writes, ch *change) error {
 	start := time.Now()
 	text, ops := splitColdLoad(ch)
 	tSplit := time.Since(start)
-	tx := p.fullTx(ch, false)
-	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, tx, sortElems(text), nil) }); err != nil {
+	tx := w.fullTx(ch, false)
+	if err := w.runText(ctx, func(out io.Writer) error { return w.writeText(out, tx, sortElems(text), nil) }); err != nil {
 		return err
 	}
 	tText := time.Since(start)
-	p.stepOwn(ctx, gen, genOK)
-	err := p.writer.apply(ops)
-	klog.V(2).InfoS("Loaded the table", "family", p.cfg.Family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
+	ws.Step(ctx)
+	err := w.batch.apply(ops)
+	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
 	return err
 }
 
@@ -79,17 +62,4 @@ func splitColdLoad(ch *change) ([]elem, []elemOp) {
 		at[id.set] = i + 1
 	}
 	return text, ops
-}
-
-// stepOwn accounts for one of several transactions of a sync: when exactly
-// one transaction was committed since *gen, it was this one and *gen moves
-// past it (so that genAfter, after the last one, sees one transaction of
-// ours); otherwise *genOK is cleared.
-func (p *Proxier) stepOwn(ctx context.Context, gen *uint32, genOK *bool) {
-	if g, ok := p.genBefore(ctx); ok && *genOK && g == *gen+1 {
-		*gen = g
-		p.group.own(g)
-	} else {
-		*genOK = false
-	}
 }

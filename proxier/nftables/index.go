@@ -95,18 +95,28 @@ func (d *delta) add(r *svcRender, sign int) {
 	}
 }
 
+// after is element id's entry once d moves an index that holds en for it
+// (the zero entry: none), and whether the element is in the index then.
+// A nil delta moves nothing.
+func (d *delta) after(id elemID, en entry) (entry, bool) {
+	if d != nil {
+		if c := d.elems[id]; c != nil {
+			en.refs += c.refs
+			if c.added {
+				en.value, en.verdict = c.e.value, c.e.verdict
+			}
+		}
+	}
+	return en, en.refs > 0
+}
+
 // applyTo moves x by d.
 func (d *delta) applyTo(x *index) {
-	for id, c := range d.elems {
-		en := x.elems[id]
-		en.refs += c.refs
-		if c.added {
-			en.value, en.verdict = c.e.value, c.e.verdict
-		}
-		if en.refs <= 0 {
-			delete(x.elems, id)
-		} else {
+	for id := range d.elems {
+		if en, in := d.after(id, x.elems[id]); in {
 			x.elems[id] = en
+		} else {
+			delete(x.elems, id)
 		}
 	}
 	moveCounts(x.lbChains, d.lb)

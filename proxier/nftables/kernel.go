@@ -55,6 +55,12 @@ func parseKernelVersion(release string) ([2]int, bool) {
 // NewKernel returns a Proxier that programs this network namespace's
 // "svcproxy" table of cfg.Family, checking the kernel and nft first.
 func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
+	return newKernel(cfg, serviceCIDRs, 0)
+}
+
+// newKernel is NewKernel with its netlink sockets in the network namespace
+// netns (an fd; 0: the current one). nft runs in the caller's.
+func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
@@ -64,10 +70,17 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	p := New(cfg, nft, serviceCIDRs)
-	p.reader = newNetlinkReader(f.family)
-	p.runText = execNFT
-	p.writer = newElemWriter(cfg.Family)
-	p.readAffinity = execReadAffinity
+	reader := func() *netlinkReader {
+		r := newNetlinkReader(f.family)
+		r.netns = netns
+		return r
+	}
+	p.reader = reader()
+	p.w.runText = execNFT
+	p.w.batch = newElemWriter(cfg.Family)
+	p.w.batch.netns = netns
+	p.w.shapes = reader()
+	p.w.readAffinity = execReadAffinity
 	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
 		p.tr.noAffinity = true
 		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
@@ -123,9 +136,6 @@ func Cleanup(ctx context.Context) error { return deleteTables(ctx, TableName) }
 // leaves (ip and ip6 "kube-proxy"). Its iptables chains are removed by the
 // iptables package's Cleanup.
 func CleanupKubeProxy(ctx context.Context) error { return deleteTables(ctx, "kube-proxy") }
-
-// maxGroup bounds the elements of one add-element command.
-const maxGroup = 20000
 
 // execNFT runs `nft -f -`, streaming what write writes into it.
 func execNFT(ctx context.Context, write func(io.Writer) error) error {

@@ -64,20 +64,16 @@ func sh(t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-func kernelProxier(t *testing.T, fd int, cfg proxier.Config, cidrs []string) (*Proxier, knftables.Interface) {
+// kernelProxier is a Proxier as svcproxy makes one, with its sockets in
+// the namespace fd, whose full syncs do not carry session affinity.
+func kernelProxier(t testing.TB, fd int, cfg proxier.Config, cidrs []string) (*Proxier, knftables.Interface) {
 	t.Helper()
-	nft, err := knftables.New(famOf(cfg.Family).family, TableName)
+	p, err := newKernel(cfg, cidrs, fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := New(cfg, nft, cidrs)
-	r := newNetlinkReader(famOf(cfg.Family).family)
-	r.netns = fd
-	p.reader = r
-	p.runText = execNFT
-	p.writer = newElemWriter(cfg.Family)
-	p.writer.netns = fd
-	return p, nft
+	p.w.readAffinity = nil
+	return p, p.w.nft
 }
 
 // content is the table's rules and elements, sorted, as knftables lists them.
@@ -180,8 +176,8 @@ func TestKernelNftables(t *testing.T) {
 			t.Errorf("NodePort service change caused a full sync: %+v", r)
 		}
 	}
-	if p.writer.batches < 3 {
-		t.Errorf("%d element-only syncs went over netlink, want >= 3", p.writer.batches)
+	if p.w.batch.batches < 3 {
+		t.Errorf("%d element-only syncs went over netlink, want >= 3", p.w.batch.batches)
 	}
 	incremental := content(t, nft)
 	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
@@ -332,14 +328,7 @@ func TestKernelNftablesTraffic(t *testing.T) {
 func BenchmarkKernelNftables10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	nft, err := knftables.New(knftables.IPv4Family, TableName)
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
-	p.runText = execNFT
-	p.writer = newElemWriter(proxier.IPv4)
-	p.writer.netns = fd
+	p, _ := kernelProxier(b, fd, testConfig(), []string{"10.96.0.0/16"})
 	st := scaleState(10000)
 	start := time.Now()
 	if err := p.Sync(ctx, st); err != nil {

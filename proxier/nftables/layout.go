@@ -209,6 +209,24 @@ type skeleton struct {
 	elems  []elem // fixed elements: the NodePort addresses
 }
 
+// setDef is a set or map of the skeleton: its name and definition.
+type setDef struct {
+	name string
+	obj  knftables.Object
+}
+
+// setDefs lists the skeleton's sets, then its maps, in their order.
+func (sk *skeleton) setDefs() []setDef {
+	out := make([]setDef, 0, len(sk.sets)+len(sk.maps))
+	for _, s := range sk.sets {
+		out = append(out, setDef{s.Name, s})
+	}
+	for _, m := range sk.maps {
+		out = append(out, setDef{m.Name, m})
+	}
+	return out
+}
+
 func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	f := famOf(cfg.Family)
 	mark := cfg.MasqueradeMark()
@@ -365,6 +383,34 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 		}
 	}
 	return sk
+}
+
+// key is a fingerprint of the skeleton: a change means a full rewrite.
+func (sk *skeleton) key() string {
+	var b strings.Builder
+	for _, c := range sk.chains {
+		fmt.Fprintf(&b, "%s|%v|%v|%v\n", c.Name, deref(c.Type), deref(c.Hook), deref(c.Priority))
+		for _, r := range sk.rules[c.Name] {
+			b.WriteString(r + "\n")
+		}
+	}
+	for _, s := range sk.sets {
+		fmt.Fprintf(&b, "set %s %s %s %v\n", s.Name, s.Type, s.TypeOf, s.Flags)
+	}
+	for _, m := range sk.maps {
+		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))
+	}
+	for _, e := range sk.elems {
+		fmt.Fprintf(&b, "element %s %s\n", e.set, e.keyText(mustSpec(e.set)))
+	}
+	return b.String()
+}
+
+func deref[T any](v *T) any {
+	if v == nil {
+		return nil
+	}
+	return *v
 }
 
 // serviceCIDRElems are the elements of the service-cidrs set for cidrs:

@@ -28,10 +28,6 @@ import (
 // as ours when a watcher judges what it missed. (A transaction of one
 // family's proxier writes only that family's table.)
 
-// muteAbove is how many element operations a sync writes before it leaves
-// the group for them.
-const muteAbove = 1000
-
 // groupConn is an event connection whose subscription can be dropped and
 // taken again (a *netlink.Conn).
 type groupConn interface {

@@ -35,29 +35,29 @@ import (
 // listed or a set or map of the kernel has a definition the skeleton does
 // not (an older layout): the caller then replaces the table as a whole.
 // After that, it reports true and the error of the step that failed.
-func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bool) (bool, error) {
+func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error) {
 	sk := ch.sk
 	start := time.Now()
 	var tList, t1, t2 time.Duration
 	defer func() {
 		if t1 > 0 {
-			klog.V(2).InfoS("Refilled the table", "family", p.cfg.Family, "list", tList, "rules", t1-tList, "elements", t2-t1, "stale", time.Since(start)-t2)
+			klog.V(2).InfoS("Refilled the table", "family", w.family, "list", tList, "rules", t1-tList, "elements", t2-t1, "stale", time.Since(start)-t2)
 		}
 	}()
-	if p.reader == nil {
+	if w.shapes == nil {
 		return false, nil
 	}
 	// Names only, over netlink: nft would list every element too.
-	kernel, err := p.reader.readShape(ctx)
+	kernel, err := w.shapes.readShape(ctx)
 	if err != nil || !kernel.exists {
-		klog.V(2).InfoS("Cannot list the table; replacing it", "family", p.cfg.Family, "err", err)
+		klog.V(2).InfoS("Cannot list the table; replacing it", "family", w.family, "err", err)
 		return false, nil
 	}
 
 	tList = time.Since(start)
 
 	// Step 1.
-	tx := p.nft.NewTransaction()
+	tx := w.nft.NewTransaction()
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
 	dyn := ch.dyn
@@ -74,44 +74,23 @@ func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bo
 	}
 	var netlinkSets []string
 	textSet := map[string]bool{}
-	for _, s := range sk.sets {
-		tx.Add(s)
-		want[s.Name] = true
-		switch {
-		case slices.Contains(s.Flags, knftables.DynamicFlag):
-		case netlinkWrites(s.Name):
-			netlinkSets = append(netlinkSets, s.Name)
+	for _, s := range sk.setDefs() {
+		tx.Add(s.obj)
+		want[s.name] = true
+		switch sp := mustSpec(s.name); {
+		case sp.dynamic:
+		case !sp.interval:
+			netlinkSets = append(netlinkSets, s.name)
 		default:
-			tx.Flush(s)
-			textSet[s.Name] = true
+			tx.Flush(s.obj)
+			textSet[s.name] = true
 		}
 	}
-	for _, m := range sk.maps {
-		tx.Add(m)
-		want[m.Name] = true
-		switch {
-		case slices.Contains(m.Flags, knftables.DynamicFlag):
-		case netlinkWrites(m.Name):
-			netlinkSets = append(netlinkSets, m.Name)
-		default:
-			tx.Flush(m)
-			textSet[m.Name] = true
-		}
-	}
-	for _, c := range sk.chains {
-		for _, r := range sk.rules[c.Name] {
-			tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
-		}
-	}
-	for _, c := range dyn {
-		for _, r := range c.rules {
-			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
-		}
-	}
+	addRules(tx, sk, dyn)
 	bySet := map[string][]elemOp{}
 	add := func(e elem) {
 		if textSet[e.set] {
-			tx.Add(p.element(e))
+			tx.Add(element(e))
 		} else {
 			bySet[e.set] = append(bySet[e.set], elemOp{add: true, e: e})
 		}
@@ -122,13 +101,13 @@ func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bo
 	for id, en := range ch.elems.elems {
 		add(id.with(en))
 	}
-	if err := p.nft.Run(ctx, tx); err != nil {
+	if err := w.nft.Run(ctx, tx); err != nil {
 		// Most likely a set or map whose definition changed: replace
 		// the table instead.
-		klog.V(2).InfoS("Cannot rewrite the table in place; replacing it", "family", p.cfg.Family, "err", err)
+		klog.V(2).InfoS("Cannot rewrite the table in place; replacing it", "family", w.family, "err", err)
 		return false, nil
 	}
-	p.stepOwn(ctx, gen, genOK)
+	ws.Step(ctx)
 	t1 = time.Since(start)
 
 	// Step 2.
@@ -138,14 +117,14 @@ func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bo
 		ops = append(ops, elemOp{flush: true, e: elem{set: s}})
 		ops = append(ops, bySet[s]...)
 	}
-	err = p.writer.apply(ops)
+	err = w.batch.apply(ops)
 	t2 = time.Since(start)
 	if err != nil {
 		return true, err
 	}
 
 	// Step 3.
-	stale := p.nft.NewTransaction()
+	stale := w.nft.NewTransaction()
 	var staleChains, staleSets []string
 	for c := range kernel.chains {
 		if !want[c] {
@@ -176,8 +155,8 @@ func (p *Proxier) refill(ctx context.Context, ch *change, gen *uint32, genOK *bo
 		stale.Delete(&knftables.Chain{Name: c})
 	}
 	if stale.NumOperations() > 0 {
-		p.stepOwn(ctx, gen, genOK)
-		return true, p.nft.Run(ctx, stale)
+		ws.Step(ctx)
+		return true, w.nft.Run(ctx, stale)
 	}
 	return true, nil
 }

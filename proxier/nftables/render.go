@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -224,4 +226,27 @@ func lbChainPool(name string) (pool, string, int, bool) {
 		}
 	}
 	return pool{}, "", 0, false
+}
+
+// renderAll plans and renders svcs, on every CPU when there are many;
+// without session affinity when noAffinity.
+func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, noAffinity bool) []*svcRender {
+	out := make([]*svcRender, len(svcs))
+	workers := runtime.GOMAXPROCS(0)
+	if len(svcs) < 1000 || workers < 2 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < len(svcs); i += workers {
+				sp := proxier.PlanService(cfg, st, svcs[i])
+				out[i] = renderService(cfg, &sp, noAffinity)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return out
 }

@@ -2,14 +2,12 @@ package nftables
 
 import (
 	"bytes"
-	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
-	"time"
 
 	"golang.org/x/sys/unix"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
 )
 
@@ -130,7 +128,7 @@ func (p *Proxier) noteDamage(d *damage) {
 		p.damage = &damage{}
 	}
 	p.damage.merge(d)
-	if !p.damage.broad && !p.repairable(p.damage) {
+	if !p.damage.broad && (p.last == nil || !p.last.repairable(p.damage)) {
 		p.damage.broad = true
 	}
 	if p.damage.broad {
@@ -142,13 +140,10 @@ func (p *Proxier) noteDamage(d *damage) {
 // repairable reports whether every object d names is one the last sync
 // wrote: a chain of the skeleton, an lb chain or an affinity record
 // chain, a set or map of the skeleton that is not dynamic.
-func (p *Proxier) repairable(d *damage) bool {
-	if p.last == nil {
-		return false
-	}
-	sk := p.last.sk
+func (t *table) repairable(d *damage) bool {
+	sk := t.sk
 	for c := range d.chains {
-		if _, ok := sk.rules[c]; !ok && p.last.idx.lbChains[c] == 0 && p.last.affChains[c] == nil {
+		if _, ok := sk.rules[c]; !ok && t.idx.lbChains[c] == 0 && t.affChains[c] == nil {
 			return false
 		}
 	}
@@ -160,112 +155,81 @@ func (p *Proxier) repairable(d *damage) bool {
 	return true
 }
 
-// static returns the definition of the non-dynamic set or map name: a
-// *knftables.Set or *knftables.Map, or nil.
+// static returns the definition of the non-dynamic set or map name, or
+// nil.
 func (sk *skeleton) static(name string) knftables.Object {
-	for _, s := range sk.sets {
-		if s.Name == name && !slices.Contains(s.Flags, knftables.DynamicFlag) {
-			return s
-		}
-	}
-	for _, m := range sk.maps {
-		if m.Name == name && !slices.Contains(m.Flags, knftables.DynamicFlag) {
-			return m
+	for _, s := range sk.setDefs() {
+		if s.name == name && !mustSpec(name).dynamic {
+			return s.obj
 		}
 	}
 	return nil
 }
 
-// repairDamage rewrites what d names from the last sync's record: one
-// transaction through nft for the chains and the sets netlink does not
-// write, one netlink batch for the other sets. Each is recorded as ours.
-// Callers hold p.mu.
-func (p *Proxier) repairDamage(ctx context.Context, d *damage) error {
-	start := time.Now()
-	sk := p.last.sk
-	tx := p.nft.NewTransaction()
-	chains := make([]string, 0, len(d.chains))
-	for c := range d.chains {
-		chains = append(chains, c)
-	}
-	sort.Strings(chains)
-	for _, c := range chains {
-		rules, ok := sk.rules[c]
+// repair is what a narrow repair rewrites, from the table a sync makes:
+// the damaged chains with their rules, and the damaged sets with their
+// elements.
+type repair struct {
+	dmg    *damage
+	chains []dynChain
+	sets   []repairSet
+}
+
+// repairSet is one damaged set or map: its definition, its elements, and
+// whether someone added to it (then it is flushed before it is refilled).
+type repairSet struct {
+	name  string
+	def   knftables.Object
+	flush bool
+	elems []elem
+}
+
+// repair is the repair of dmg over the table d makes (its delta
+// applied). dmg must be repairable on the last table, whose skeleton d
+// keeps.
+func (tr *translator) repair(d *desired, dmg *damage) *repair {
+	t := d.next
+	rep := &repair{dmg: dmg}
+	for _, c := range slices.Sorted(maps.Keys(dmg.chains)) {
+		rules, ok := t.sk.rules[c]
 		if !ok {
-			rules = dynRules(p.f, c, p.last.affChains)
+			rules = dynRules(tr.f, c, t.affChains)
 		}
-		tx.Flush(&knftables.Chain{Name: c})
-		for _, r := range rules {
-			tx.Add(&knftables.Rule{Chain: c, Rule: r})
-		}
+		rep.chains = append(rep.chains, dynChain{c, rules})
 	}
-	sets := make([]string, 0, len(d.sets))
-	for s := range d.sets {
-		sets = append(sets, s)
+	contents := d.contents(dmg.sets)
+	for _, s := range slices.Sorted(maps.Keys(dmg.sets)) {
+		rep.sets = append(rep.sets, repairSet{name: s, def: t.sk.static(s), flush: dmg.sets[s], elems: contents[s]})
 	}
-	sort.Strings(sets)
-	bySet := map[string][]elem{}
-	want := map[string]bool{}
-	for _, s := range sets {
-		want[s] = true
-	}
-	for _, e := range sk.elems {
-		if want[e.set] {
-			bySet[e.set] = append(bySet[e.set], e)
-		}
-	}
-	for id, en := range p.last.idx.elems {
-		if want[id.set] {
-			bySet[id.set] = append(bySet[id.set], id.with(en))
-		}
-	}
-	var ops []elemOp
-	for _, s := range sets {
-		if !netlinkWrites(s) || p.writer == nil {
-			// Interval sets: nft merges and splits them, so always
-			// flushed and refilled (they are small).
-			switch o := sk.static(s).(type) {
-			case *knftables.Set:
-				tx.Flush(o)
-			case *knftables.Map:
-				tx.Flush(o)
-			}
-			for _, e := range bySet[s] {
-				tx.Add(p.element(e))
-			}
-			continue
-		}
-		if d.sets[s] {
-			ops = append(ops, elemOp{flush: true, e: elem{set: s}})
-		}
-		// Adding an element that is there, with the same value, is a
-		// no-op for the kernel (no NLM_F_EXCL), so what is left of a
-		// set need not be flushed.
-		for _, e := range bySet[s] {
-			ops = append(ops, elemOp{add: true, e: e})
-		}
-	}
-	if tx.NumOperations() > 0 {
-		if err := p.ownTx(ctx, func() error { return p.nft.Run(ctx, tx) }); err != nil {
-			return err
-		}
-	}
-	if len(ops) > 0 {
-		if err := p.ownTx(ctx, func() error { return p.writer.apply(ops) }); err != nil {
-			return err
-		}
-	}
-	klog.V(2).InfoS("Repaired the table", "family", p.cfg.Family, "rewritten", d.String(), "elements", len(ops), "took", time.Since(start))
-	return nil
+	return rep
 }
 
-// ownTx runs one transaction of ours and records its generation. Callers
-// hold p.mu.
-func (p *Proxier) ownTx(ctx context.Context, run func() error) error {
-	gen, ok := p.genBefore(ctx)
-	if err := run(); err != nil {
-		return err
+// contents is, per set named in sets, its elements once d is committed:
+// the skeleton's fixed ones and the index's, moved by the delta.
+func (d *desired) contents(sets map[string]bool) map[string][]elem {
+	out := map[string][]elem{}
+	for _, e := range d.next.sk.elems {
+		if _, ok := sets[e.set]; ok {
+			out[e.set] = append(out[e.set], e)
+		}
 	}
-	p.genAfter(ctx, gen, ok, false)
-	return nil
+	x := d.next.idx
+	for id, en := range x.elems {
+		if _, ok := sets[id.set]; ok {
+			if en, in := d.delta.after(id, en); in {
+				out[id.set] = append(out[id.set], id.with(en))
+			}
+		}
+	}
+	if d.delta != nil {
+		for id := range d.delta.elems {
+			_, named := sets[id.set]
+			if _, old := x.elems[id]; named && !old {
+				if en, in := d.delta.after(id, entry{}); in {
+					out[id.set] = append(out[id.set], id.with(en))
+				}
+			}
+		}
+	}
+	return out
 }

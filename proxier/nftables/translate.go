@@ -347,24 +347,28 @@ func sameElems(a, b []elem) bool {
 	return slices.EqualFunc(a, b, func(x, y elem) bool { return x.id() == y.id() })
 }
 
-// shape is the table's shape as the kernel should hold it: the rule count
-// of every chain, and the names of its sets and maps.
-func (t *table) shape() *tableShape {
+// shape is the shape of the table d makes, as the kernel holds it once d
+// is written: the rule count of every chain, and the names of its sets
+// and maps.
+func (d *desired) shape() *tableShape {
+	t := d.next
 	want := &tableShape{exists: true, chains: map[string]int{}, sets: map[string]bool{}}
 	for _, c := range t.sk.chains {
 		want.chains[c.Name] = len(t.sk.rules[c.Name])
 	}
-	for lb := range t.idx.lbChains {
-		want.chains[lb] = 1
+	lb := t.idx.lbChains
+	if d.delta != nil {
+		lb = maps.Clone(lb)
+		moveCounts(lb, d.delta.lb)
+	}
+	for c := range lb {
+		want.chains[c] = 1
 	}
 	for c, rules := range t.affChains {
 		want.chains[c] = len(rules)
 	}
-	for _, s := range t.sk.sets {
-		want.sets[s.Name] = true
-	}
-	for _, m := range t.sk.maps {
-		want.sets[m.Name] = true
+	for _, s := range t.sk.setDefs() {
+		want.sets[s.name] = true
 	}
 	return want
 }
