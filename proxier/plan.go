@@ -5,109 +5,6 @@ import (
 	"slices"
 )
 
-// LocalMode is how traffic from this node's pods is told apart from other
-// traffic (kube-proxy's --detect-local-mode).
-type LocalMode string
-
-// The detect-local modes.
-const (
-	LocalNone            LocalMode = ""
-	LocalClusterCIDR     LocalMode = "ClusterCIDR"
-	LocalNodeCIDR        LocalMode = "NodeCIDR"
-	LocalBridgeInterface LocalMode = "BridgeInterface"
-	LocalInterfacePrefix LocalMode = "InterfaceNamePrefix"
-)
-
-// LocalDetector says which packets come from local pods. CIDRs are used by the
-// CIDR modes, Interface by the interface modes (a bridge name or a prefix).
-type LocalDetector struct {
-	Mode      LocalMode
-	CIDRs     []netip.Prefix
-	Interface string
-}
-
-// Implemented reports whether the detector can tell anything apart; when it
-// cannot, ClusterIP traffic is never masqueraded for being non-local.
-func (d LocalDetector) Implemented() bool {
-	switch d.Mode {
-	case LocalClusterCIDR, LocalNodeCIDR:
-		return len(d.CIDRs) > 0
-	case LocalBridgeInterface, LocalInterfacePrefix:
-		return d.Interface != ""
-	}
-	return false
-}
-
-// Config is what a proxier knows that does not come from the API: flags.
-type Config struct {
-	Family IPFamily
-	// MasqueradeAll masquerades all traffic to ClusterIPs.
-	MasqueradeAll bool
-	// MasqueradeBit is the fwmark bit used to flag packets for SNAT.
-	MasqueradeBit int
-	LocalDetector LocalDetector
-	// NodeIPs are this node's addresses of this family: NodePorts listen on
-	// those inside NodePortAddresses, and a load-balancer source range that
-	// holds one lets the node itself through.
-	NodeIPs []netip.Addr
-	// NodePortAddresses limits NodePorts to node IPs inside these CIDRs;
-	// empty means every local address.
-	NodePortAddresses []netip.Prefix
-	// LocalhostNodePorts makes NodePorts answer on 127.0.0.0/8 (IPv4 only;
-	// needs route_localnet).
-	LocalhostNodePorts bool
-}
-
-// NodePortsMatchAll reports whether NodePorts are open on every local
-// address of the family, rather than on a list of node IPs.
-func (c Config) NodePortsMatchAll() bool {
-	any := false
-	for _, p := range c.NodePortAddresses {
-		if !c.Family.Matches(p.Addr()) {
-			continue
-		}
-		any = true
-		if p.Bits() == 0 {
-			return true
-		}
-	}
-	return !any
-}
-
-// NodePortIPs are the node IPs NodePorts listen on when they do not match
-// every local address: node IPs inside NodePortAddresses, sorted.
-func (c Config) NodePortIPs() []netip.Addr {
-	var out []netip.Addr
-	for _, ip := range c.NodeIPs {
-		if !c.Family.Matches(ip) {
-			continue
-		}
-		for _, p := range c.NodePortAddresses {
-			if p.Contains(ip) {
-				out = append(out, ip)
-				break
-			}
-		}
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
-}
-
-// MasqueradeMark is the mark value, formatted as kube-proxy does ("0x00004000").
-func (c Config) MasqueradeMark() string {
-	return formatMark(uint32(1) << uint(c.MasqueradeBit))
-}
-
-func formatMark(m uint32) string {
-	const hex = "0123456789abcdef"
-	b := []byte("0x00000000")
-	for i := 9; i >= 2; i-- {
-		b[i] = hex[m&0xf]
-		m >>= 4
-	}
-	return string(b)
-}
-
 // Verdict is what happens to new traffic for a destination.
 type Verdict int
 
@@ -122,6 +19,38 @@ const (
 	Drop
 )
 
+func (v Verdict) String() string {
+	switch v {
+	case Forward:
+		return "forward"
+	case Reject:
+		return "reject"
+	case Drop:
+		return "drop"
+	}
+	return "unknown"
+}
+
+// Policy is a traffic policy (internalTrafficPolicy or
+// externalTrafficPolicy) in force for one kind of traffic.
+type Policy int
+
+// Traffic policies.
+const (
+	PolicyCluster Policy = iota
+	PolicyLocal
+)
+
+func (p Policy) String() string {
+	if p == PolicyLocal {
+		return "Local"
+	}
+	return "Cluster"
+}
+
+// MarshalText makes a Policy its name in JSON.
+func (p Policy) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // ServicePlan is every decision about one service port that does not depend
 // on the backend. Backends translate it; they do not re-decide it.
 type ServicePlan struct {
@@ -133,38 +62,98 @@ type ServicePlan struct {
 	// endpoints, or local serving-terminating ones when none is ready.
 	LocalEndpoints []Endpoint
 	// AllEndpoints is every endpoint either set uses, sorted; each gets a
-	// DNAT target (and a hairpin masquerade) in the backend.
+	// DNAT target in the backend.
 	AllEndpoints []Endpoint
 	// HasEndpoints: some endpoint anywhere is ready or serving-terminating.
 	// Without one, traffic is rejected; with one but none usable, dropped.
 	HasEndpoints bool
 
-	// Internal is the verdict for ClusterIP traffic, InternalEndpoints the
-	// endpoints it goes to when the verdict is Forward.
+	// InternalPolicy is the policy for ClusterIP traffic. Internal is its
+	// verdict, InternalEndpoints the endpoints it goes to when the verdict
+	// is Forward.
+	InternalPolicy    Policy
 	Internal          Verdict
 	InternalEndpoints []Endpoint
 	// MasqueradeInternal: MasqueradeAll masquerades every ClusterIP packet,
-	// MasqueradeNonLocal only those not from local pods.
-	MasqueradeInternal MasqueradeMode
+	// MasqueradeNonLocal only those MasqueradeInternalMatch selects (the
+	// ones not from this node's pods).
+	MasqueradeInternal      MasqueradeMode
+	MasqueradeInternalMatch LocalTraffic
 
-	// External is the verdict for traffic to external destinations
-	// (NodePort, external IPs, load-balancer IPs) from outside the node's
-	// pods: Forward through the external path, Reject when there are no
-	// endpoints, Drop when externalTrafficPolicy is Local and none is local.
-	// Pods and the node itself are still served under Local (short-circuit).
-	External Verdict
+	// ExternalPolicy is the policy for traffic to external destinations
+	// (NodePort, external IPs, load-balancer IPs). External is the verdict
+	// for such traffic from outside the node's pods: Forward through the
+	// external path, Reject when there are no endpoints, Drop when the
+	// policy is Local and none is local. ShortCircuit may serve pods and
+	// the node itself all the same.
+	ExternalPolicy Policy
+	External       Verdict
 	// ExternalEndpoints serve external traffic: local endpoints under
 	// externalTrafficPolicy Local, cluster endpoints otherwise.
 	ExternalEndpoints []Endpoint
+	// MasqueradeExternal: traffic that takes the external path is
+	// masqueraded (externalTrafficPolicy Cluster: the endpoint may be on
+	// another node, whose reply must come back here). Under Local it keeps
+	// its source address.
+	MasqueradeExternal bool
+	// ShortCircuit: how traffic to external destinations that starts on
+	// this node bypasses the Local policy (kube-proxy's KUBE-EXT chain).
+	ShortCircuit ShortCircuit
 	// Firewall: load-balancer source ranges apply; FirewallAllowNode lets
-	// traffic from the node itself through (a range holds a node IP).
+	// traffic from the node itself through (a range holds a node IP), which
+	// comes from a load-balancer IP.
 	Firewall          bool
 	FirewallRanges    []netip.Prefix
 	FirewallAllowNode bool
+
+	// Hairpin are the endpoints whose traffic to the Service, when it comes
+	// back to themselves, is masqueraded (or the reply would bypass the
+	// reverse DNAT): every endpoint of the port, as kube-proxy does. Sorted
+	// as AllEndpoints.
+	Hairpin []Endpoint
+	// Affinity is ClientIP session affinity, when the port has it and
+	// endpoints to pin.
+	Affinity Affinity
 }
+
+// ShortCircuit is kube-proxy's exception to externalTrafficPolicy Local
+// for traffic that starts on this node: it cannot reach a local endpoint
+// that is not there, and it has no source address to preserve, so it goes
+// to the cluster endpoints. The zero value short-circuits nothing.
+type ShortCircuit struct {
+	// Pods matches this node's pods: their traffic goes to the cluster
+	// endpoints and keeps its source. Not implemented when pods cannot be
+	// told apart.
+	Pods LocalTraffic `json:"pods"`
+	// Node: the node's own traffic goes to the cluster endpoints,
+	// masqueraded (its source address may mean nothing to another node).
+	Node bool `json:"node"`
+}
+
+// Affinity is a service port's ClientIP session affinity.
+type Affinity struct {
+	// TimeoutSeconds is how long a client stays pinned; 0 means no
+	// affinity.
+	TimeoutSeconds int32 `json:"timeoutSeconds"`
+	// Protocol and Destinations: a client's entry is shared by every
+	// destination of the port the node exposes — the ClusterIP, external
+	// IPs and load-balancer IPs at the port, and the NodePort addresses at
+	// the NodePort — in that order.
+	Protocol     Protocol         `json:"protocol"`
+	Destinations []netip.AddrPort `json:"destinations"`
+}
+
+// Enabled reports whether the port has session affinity.
+func (a Affinity) Enabled() bool { return a.TimeoutSeconds > 0 }
 
 // HasExternal reports whether the service has any external destination.
 func (sp *ServicePlan) HasExternal() bool { return sp.Svc.ExternallyAccessible() }
+
+// IsHairpin reports whether e is one of the Hairpin endpoints.
+func (sp *ServicePlan) IsHairpin(e Endpoint) bool {
+	_, ok := slices.BinarySearchFunc(sp.Hairpin, e, compareEndpoints)
+	return ok
+}
 
 // MasqueradeMode says which ClusterIP packets are SNATed.
 type MasqueradeMode int
@@ -180,6 +169,13 @@ const (
 type Plan struct {
 	Config   Config
 	Services []ServicePlan
+	// LocalPods matches traffic from this node's pods.
+	LocalPods LocalTraffic
+	// NodePorts says where NodePorts answer.
+	NodePorts NodePorts
+	// ServiceCIDRs are the State's service CIDRs of the family, else the
+	// config's --service-cluster-ip-range ones.
+	ServiceCIDRs []netip.Prefix
 }
 
 // UsesClusterEndpoints reports whether any traffic to s goes to cluster-wide
@@ -203,7 +199,16 @@ func (s *Service) ExternallyAccessible() bool {
 // MakePlan computes the plan for st under cfg. It is pure: the same inputs
 // always give the same plan.
 func MakePlan(cfg Config, st *State) *Plan {
-	p := &Plan{Config: cfg, Services: make([]ServicePlan, 0, len(st.Services))}
+	p := &Plan{
+		Config:       cfg,
+		Services:     make([]ServicePlan, 0, len(st.Services)),
+		LocalPods:    LocalPodTraffic(cfg.LocalDetector, cfg.Family),
+		NodePorts:    NodePortsOf(cfg),
+		ServiceCIDRs: familyPrefixes(st.ServiceCIDRs, cfg.Family),
+	}
+	if len(p.ServiceCIDRs) == 0 {
+		p.ServiceCIDRs = familyPrefixes(cfg.ServiceClusterIPRange, cfg.Family)
+	}
 	for _, svc := range st.Services {
 		p.Services = append(p.Services, PlanService(cfg, st, svc))
 	}
@@ -215,40 +220,41 @@ func MakePlan(cfg Config, st *State) *Plan {
 func PlanService(cfg Config, st *State, svc *Service) ServicePlan {
 	sp := ServicePlan{Svc: svc}
 	sp.ClusterEndpoints, sp.LocalEndpoints, sp.AllEndpoints = categorize(st, svc)
-
-	internal := sp.ClusterEndpoints
-	if svc.InternalPolicyLocal {
-		internal = sp.LocalEndpoints
-	}
+	sp.Hairpin = sp.AllEndpoints
 	for _, e := range svc.Endpoints {
 		if e.Ready || (e.Serving && e.Terminating) {
 			sp.HasEndpoints = true
 			break
 		}
 	}
+	pick := func(local bool) (Policy, []Endpoint) {
+		if local {
+			return PolicyLocal, sp.LocalEndpoints
+		}
+		return PolicyCluster, sp.ClusterEndpoints
+	}
+	var internal, external []Endpoint
+	sp.InternalPolicy, internal = pick(svc.InternalPolicyLocal)
+	sp.Internal, sp.InternalEndpoints = verdict(sp.HasEndpoints, internal)
+	sp.ExternalPolicy, external = pick(svc.ExternalPolicyLocal)
+	sp.External, sp.ExternalEndpoints = verdict(sp.HasEndpoints, external)
+
+	local := LocalPodTraffic(cfg.LocalDetector, cfg.Family)
 	switch {
-	case !sp.HasEndpoints:
-		sp.Internal = Reject
-	case len(internal) == 0:
-		sp.Internal = Drop
-	default:
-		sp.Internal = Forward
-		sp.InternalEndpoints = internal
+	case cfg.MasqueradeAll:
+		sp.MasqueradeInternal = MasqueradeAll
+	case local.Implemented():
+		sp.MasqueradeInternal = MasqueradeNonLocal
+		sp.MasqueradeInternalMatch = local.Not()
+	}
+	if svc.ExternallyAccessible() {
+		if sp.ExternalPolicy == PolicyLocal {
+			sp.ShortCircuit = ShortCircuit{Pods: local, Node: true}
+		} else {
+			sp.MasqueradeExternal = true
+		}
 	}
 
-	external := sp.ClusterEndpoints
-	if svc.ExternalPolicyLocal {
-		external = sp.LocalEndpoints
-	}
-	switch {
-	case !sp.HasEndpoints:
-		sp.External = Reject
-	case len(external) == 0:
-		sp.External = Drop
-	default:
-		sp.External = Forward
-		sp.ExternalEndpoints = external
-	}
 	for _, r := range svc.LoadBalancerSourceRanges {
 		if cfg.Family.Matches(r.Addr()) {
 			sp.FirewallRanges = append(sp.FirewallRanges, r)
@@ -264,94 +270,38 @@ func PlanService(cfg Config, st *State, svc *Service) ServicePlan {
 			}
 		}
 	}
-
-	switch {
-	case cfg.MasqueradeAll:
-		sp.MasqueradeInternal = MasqueradeAll
-	case cfg.LocalDetector.Implemented():
-		sp.MasqueradeInternal = MasqueradeNonLocal
+	if svc.AffinityTimeoutSeconds > 0 && sp.HasEndpoints {
+		sp.Affinity = affinity(cfg, svc)
 	}
 	return sp
 }
 
-// categorize splits svc's endpoints into the cluster and local sets, applying
-// topology and the terminating-endpoint fallback as kube-proxy does.
-func categorize(st *State, svc *Service) (cluster, local, all []Endpoint) {
-	if svc.UsesClusterEndpoints() {
-		useTopology := topologyFilter(st, svc)
-		cluster = filter(svc.Endpoints, func(e Endpoint) bool { return e.Ready && useTopology(e) })
-		if len(cluster) == 0 {
-			cluster = filter(svc.Endpoints, func(e Endpoint) bool { return e.Serving && e.Terminating })
-		}
-	}
-	if svc.UsesLocalEndpoints() {
-		local = filter(svc.Endpoints, func(e Endpoint) bool { return e.IsLocal && e.Ready })
-		if len(local) == 0 {
-			local = filter(svc.Endpoints, func(e Endpoint) bool { return e.IsLocal && e.Serving && e.Terminating })
-		}
-	}
+// verdict is the verdict for traffic that may use eps, and the endpoints it
+// goes to.
+func verdict(hasEndpoints bool, eps []Endpoint) (Verdict, []Endpoint) {
 	switch {
-	case len(local) == 0:
-		all = cluster
-	case len(cluster) == 0:
-		all = local
-	default:
-		all = append(slices.Clone(cluster), local...)
-		slices.SortFunc(all, compareEndpoints)
-		all = slices.CompactFunc(all, func(a, b Endpoint) bool { return compareEndpoints(a, b) == 0 })
+	case !hasEndpoints:
+		return Reject, nil
+	case len(eps) == 0:
+		return Drop, nil
 	}
-	return cluster, local, all
+	return Forward, eps
 }
 
-// topologyFilter returns the predicate cluster endpoints must pass under the
-// service's topology hints: same node when every ready endpoint carries node
-// hints and one names this node; else same zone when every ready endpoint
-// carries zone hints and one names this node's zone; else everything.
-func topologyFilter(st *State, svc *Service) func(Endpoint) bool {
-	all := func(Endpoint) bool { return true }
-	var ready int
-	allNode, anyNode, allZone, anyZone := true, false, true, false
-	for _, e := range svc.Endpoints {
-		if !e.Ready {
-			continue
-		}
-		ready++
-		if len(e.NodeHints) == 0 {
-			allNode = false
-		} else if slices.Contains(e.NodeHints, st.NodeName) {
-			anyNode = true
-		}
-		if len(e.ZoneHints) == 0 {
-			allZone = false
-		} else if st.NodeZone != "" && slices.Contains(e.ZoneHints, st.NodeZone) {
-			anyZone = true
+// affinity lists the destinations that share one client's affinity entry.
+func affinity(cfg Config, svc *Service) Affinity {
+	a := Affinity{TimeoutSeconds: svc.AffinityTimeoutSeconds, Protocol: svc.Protocol}
+	port := uint16(svc.Port)
+	a.Destinations = append(a.Destinations, netip.AddrPortFrom(svc.ClusterIP, port))
+	for _, ips := range [][]netip.Addr{svc.ExternalIPs, svc.LoadBalancerIPs} {
+		for _, ip := range ips {
+			a.Destinations = append(a.Destinations, netip.AddrPortFrom(ip, port))
 		}
 	}
-	if ready == 0 {
-		return all
-	}
-	if allNode && anyNode {
-		return func(e Endpoint) bool { return slices.Contains(e.NodeHints, st.NodeName) }
-	}
-	if allZone && anyZone {
-		return func(e Endpoint) bool { return slices.Contains(e.ZoneHints, st.NodeZone) }
-	}
-	return all
-}
-
-func filter(eps []Endpoint, keep func(Endpoint) bool) []Endpoint {
-	var out []Endpoint
-	for _, e := range eps {
-		if keep(e) {
-			out = append(out, e)
+	if svc.NodePort != 0 {
+		for _, ip := range NodePortsOf(cfg).Addrs(cfg.Family, cfg.NodeIPs) {
+			a.Destinations = append(a.Destinations, netip.AddrPortFrom(ip, uint16(svc.NodePort)))
 		}
 	}
-	return out
-}
-
-func compareEndpoints(a, b Endpoint) int {
-	if c := a.IP.Compare(b.IP); c != 0 {
-		return c
-	}
-	return int(a.Port) - int(b.Port)
+	return a
 }

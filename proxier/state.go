@@ -65,10 +65,10 @@ func (f IPFamily) Matches(a netip.Addr) bool {
 // kube-proxy's "namespace/name:port" (":port" omitted for an unnamed port);
 // the protocol is part of the identity but not of the string.
 type ServicePortName struct {
-	Namespace string
-	Name      string
-	Port      string
-	Protocol  Protocol
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Port      string   `json:"port,omitempty"`
+	Protocol  Protocol `json:"protocol"`
 }
 
 func (n ServicePortName) String() string {

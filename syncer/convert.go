@@ -71,6 +71,10 @@ func parseAddr(s string) (netip.Addr, bool) {
 	return a.Unmap(), true
 }
 
+// ParseIP is parseAddr for the flags that name addresses, so that they
+// parse them as the API's addresses are.
+func ParseIP(s string) (netip.Addr, bool) { return parseAddr(s) }
+
 // parsePrefix parses a CIDR sloppily (see parseAddr) and returns its masked
 // network.
 func parsePrefix(s string) (netip.Prefix, bool) {
@@ -475,7 +479,3 @@ func convertEndpoint(es *discovery.EndpointSlice, e *discovery.Endpoint, port in
 	}
 	return ep, true
 }
-
-// NodeInfoOf converts a Node object into what startup reads of it (see
-// GetNodeInfo), for watching it for changes.
-func NodeInfoOf(node *v1.Node) NodeInfo { return nodeInfo(node) }

@@ -33,62 +33,59 @@ func programmingLatencyBuckets() []float64 {
 	return b
 }
 
+// ipFamily is the label of per-family collectors. The constructors below
+// build one collector from its name and help: gaugeVec and histogramVec are
+// labelled by ipFamily, counterVec by the labels given.
+var ipFamily = []string{"ip_family"}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func gaugeVec(name, help string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, ipFamily)
+}
+
+func histogramVec(name, help string, buckets []float64) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, ipFamily)
+}
+
 func newMetrics() *metrics {
 	return &metrics{
-		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kubeproxy_sync_proxy_rules_duration_seconds",
-			Help:    "SyncProxyRules latency in seconds",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}, []string{"ip_family"}),
-		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-			Help: "The last time proxy rules were successfully synced",
-		}, []string{"ip_family"}),
-		lastQueued: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-			Help: "The last time a sync of proxy rules was queued",
-		}, []string{"ip_family"}),
-		programmingLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kubeproxy_network_programming_duration_seconds",
-			Help:    "In Cluster Network Programming Latency in seconds",
-			Buckets: programmingLatencyBuckets(),
-		}, []string{"ip_family"}),
-		endpointChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-			Help: "Cumulative proxy rules Endpoint changes",
-		}),
-		endpointChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-			Help: "Pending proxy rules Endpoint changes",
-		}),
-		serviceChangesTotal: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kubeproxy_sync_proxy_rules_service_changes_total",
-			Help: "Cumulative proxy rules Service changes",
-		}),
-		serviceChangesPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_service_changes_pending",
-			Help: "Pending proxy rules Service changes",
-		}),
-		healthz: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kubeproxy_proxy_healthz_total",
-			Help: "Cumulative proxy healthz HTTP status",
-		}, []string{"code"}),
-		livez: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kubeproxy_proxy_livez_total",
-			Help: "Cumulative proxy livez HTTP status",
-		}, []string{"code"}),
-		invalidObjects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "svcproxy_invalid_objects_total",
-			Help: "Malformed parts of Services and EndpointSlices that were skipped",
-		}, []string{"kind", "reason"}),
-		syncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "svcproxy_sync_failures_total",
-			Help: "Syncs that a proxier reported as failed",
-		}, []string{"ip_family"}),
-		rulesRepaired: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "svcproxy_rules_repaired_total",
-			Help: "Times the kernel's rules were found altered by someone else and rewritten.",
-		}, []string{"ip_family"}),
+		syncDuration: histogramVec("kubeproxy_sync_proxy_rules_duration_seconds",
+			"SyncProxyRules latency in seconds", prometheus.ExponentialBuckets(0.001, 2, 15)),
+		lastSync: gaugeVec("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+			"The last time proxy rules were successfully synced"),
+		lastQueued: gaugeVec("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+			"The last time a sync of proxy rules was queued"),
+		programmingLatency: histogramVec("kubeproxy_network_programming_duration_seconds",
+			"In Cluster Network Programming Latency in seconds", programmingLatencyBuckets()),
+		endpointChangesTotal: counter("kubeproxy_sync_proxy_rules_endpoint_changes_total",
+			"Cumulative proxy rules Endpoint changes"),
+		endpointChangesPending: gauge("kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+			"Pending proxy rules Endpoint changes"),
+		serviceChangesTotal: counter("kubeproxy_sync_proxy_rules_service_changes_total",
+			"Cumulative proxy rules Service changes"),
+		serviceChangesPending: gauge("kubeproxy_sync_proxy_rules_service_changes_pending",
+			"Pending proxy rules Service changes"),
+		healthz: counterVec("kubeproxy_proxy_healthz_total",
+			"Cumulative proxy healthz HTTP status", "code"),
+		livez: counterVec("kubeproxy_proxy_livez_total",
+			"Cumulative proxy livez HTTP status", "code"),
+		invalidObjects: counterVec("svcproxy_invalid_objects_total",
+			"Malformed parts of Services and EndpointSlices that were skipped", "kind", "reason"),
+		syncFailures: counterVec("svcproxy_sync_failures_total",
+			"Syncs that a proxier reported as failed", ipFamily...),
+		rulesRepaired: counterVec("svcproxy_rules_repaired_total",
+			"Times the kernel's rules were found altered by someone else and rewritten.", ipFamily...),
 	}
 }
 

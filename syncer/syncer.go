@@ -13,16 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -74,6 +69,14 @@ type Options struct {
 	// once, without waiting out MinSyncPeriod, to repair rules someone else
 	// altered. What was altered travels into that sync through the backend.
 	Triggers []Trigger
+	// Node, when set, is this node's IPs and pod CIDRs as the proxiers were
+	// configured with (GetNodeInfo). Run then ends with a *NodeChangedError,
+	// as kube-proxy's NodeManager exits, when the Node's IPs change or the
+	// Node is deleted. Needs NodeName.
+	Node *NodeInfo
+	// WatchPodCIDRs makes a change of the Node's pod CIDRs end Run too
+	// (they matter with --detect-local-mode=NodeCIDR). Needs Node.
+	WatchPodCIDRs bool
 }
 
 // Trigger is one family's guard channel (see Options.Triggers).
@@ -97,6 +100,9 @@ type Syncer struct {
 	nodeSync cache.InformerSynced
 	cidrSync cache.InformerSynced
 	started  atomic.Bool
+	// nodeWatch, when set, ends Run on a change of this node that the
+	// proxiers cannot follow (see Options.Node).
+	nodeWatch *nodeWatch
 
 	// Owned by the runner goroutine.
 	initialized bool
@@ -114,6 +120,9 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 	}
 	if opts.MinSyncPeriod < 0 || opts.SyncPeriod < 0 || opts.ConfigSyncPeriod < 0 {
 		return nil, errors.New("syncer: negative period")
+	}
+	if opts.Node != nil && opts.NodeName == "" {
+		return nil, errors.New("syncer: Options.Node without NodeName")
 	}
 	if opts.SyncPeriod == 0 {
 		opts.SyncPeriod = DefaultSyncPeriod
@@ -158,46 +167,11 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 	retryMin := max(opts.MinSyncPeriod, time.Second)
 	s.runner = newRunner(s.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.SyncPeriod)
 
-	svcReg, err := c.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.onService(obj) },
-		UpdateFunc: func(old, cur any) { s.onServiceUpdate(old, cur) },
-		DeleteFunc: func(obj any) { s.onService(obj) },
-	})
-	if err != nil {
-		return nil, err
+	if opts.Node != nil {
+		s.nodeWatch = &nodeWatch{name: opts.NodeName, podCIDRs: opts.WatchPodCIDRs, cur: *opts.Node}
 	}
-	sliceReg, err := c.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.onSlice(obj, false) },
-		UpdateFunc: func(old, cur any) { s.onSliceUpdate(old, cur) },
-		DeleteFunc: func(obj any) { s.onSlice(obj, true) },
-	})
-	if err != nil {
+	if err := s.handle(c); err != nil {
 		return nil, err
-	}
-	s.synced = []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
-	cidrReg, err := c.cidrs.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { s.queue() },
-		UpdateFunc: func(old, cur any) {
-			if !sameServiceCIDRs(old, cur) {
-				s.queue()
-			}
-		},
-		DeleteFunc: func(any) { s.queue() },
-	})
-	if err != nil {
-		return nil, err
-	}
-	s.cidrSync = cidrReg.HasSynced
-	if c.nodes != nil {
-		nodeReg, err := c.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { s.onNode(nil, obj) },
-			UpdateFunc: func(old, cur any) { s.onNode(old, cur) },
-			DeleteFunc: func(obj any) { s.onNode(obj, nil) },
-		})
-		if err != nil {
-			return nil, err
-		}
-		s.nodeSync = nodeReg.HasSynced
 	}
 	return s, nil
 }
@@ -205,10 +179,16 @@ func New(client kubernetes.Interface, opts Options, proxiers ...Proxier) (*Synce
 // Run starts the informers, waits for the Service and EndpointSlice caches
 // (and, for a bounded time, the Node cache), syncs every proxier, and then
 // keeps syncing as changes arrive until ctx is done. It returns nil when ctx
-// ends it. Run may be called only once.
+// ends it, and a *NodeChangedError when this node changed in a way the
+// proxiers cannot follow (see Options.Node). Run may be called only once.
 func (s *Syncer) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("syncer: Run called twice")
+	}
+	ctx, end := context.WithCancelCause(ctx)
+	defer end(nil)
+	if s.nodeWatch != nil {
+		s.nodeWatch.end = end
 	}
 	// Nothing is programmed yet: that is an update waiting.
 	for _, fs := range s.families {
@@ -219,7 +199,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 
 	klog.InfoS("Waiting for Service and EndpointSlice caches")
 	if !waitSynced(ctx.Done(), s.synced...) {
-		return nil
+		return nodeChanged(ctx)
 	}
 	if s.nodeSync != nil {
 		s.caches.waitForNode(ctx, s.nodeSync)
@@ -232,6 +212,15 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 	s.runner.Trigger()
 	s.runner.Loop(ctx)
+	return nodeChanged(ctx)
+}
+
+// nodeChanged is the *NodeChangedError that ended ctx, or nil.
+func nodeChanged(ctx context.Context) error {
+	var nc *NodeChangedError
+	if err := context.Cause(ctx); errors.As(err, &nc) {
+		return nc
+	}
 	return nil
 }
 
@@ -279,116 +268,6 @@ func (s *Syncer) queue() {
 		s.health.queued(fs.family)
 	}
 	s.runner.Trigger()
-}
-
-func serviceName(obj any) (types.NamespacedName, bool) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		return types.NamespacedName{}, false
-	}
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		return types.NamespacedName{}, false
-	}
-	return types.NamespacedName{Namespace: ns, Name: name}, true
-}
-
-func (s *Syncer) onService(obj any) {
-	if nn, ok := serviceName(obj); ok {
-		s.tracker.serviceChanged(nn)
-		s.queue()
-	}
-}
-
-// sameVersion reports an informer resync: the same object again.
-func sameVersion(old, cur any) bool {
-	o, ok1 := old.(metav1.Object)
-	c, ok2 := cur.(metav1.Object)
-	return ok1 && ok2 && o.GetResourceVersion() != "" && o.GetResourceVersion() == c.GetResourceVersion()
-}
-
-func (s *Syncer) onServiceUpdate(old, cur any) {
-	if !sameVersion(old, cur) {
-		s.onService(cur)
-	}
-}
-
-func asSlice(obj any) *discovery.EndpointSlice {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	es, _ := obj.(*discovery.EndpointSlice)
-	return es
-}
-
-// onSlice records a change of an EndpointSlice's Service. FQDN slices are
-// not proxied; slices without a Service name cannot be attributed.
-func (s *Syncer) onSlice(obj any, deleted bool) {
-	es := asSlice(obj)
-	if es == nil {
-		return
-	}
-	f := addressTypeFamily(es.AddressType)
-	if f == 0 {
-		return
-	}
-	if sliceServiceKey(es) == "" {
-		s.rep.invalid(kindEndpointSlice, reasonMissingServiceName, es, "")
-		return
-	}
-	nn := types.NamespacedName{Namespace: es.Namespace, Name: es.Labels[discovery.LabelServiceName]}
-	var trigger time.Time
-	if !deleted {
-		if v := es.Annotations[v1.EndpointsLastChangeTriggerTime]; v != "" {
-			if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-				trigger = t
-			}
-		}
-	}
-	s.tracker.endpointsChanged(nn, f, trigger)
-	s.queue()
-}
-
-func (s *Syncer) onSliceUpdate(old, cur any) {
-	if sameVersion(old, cur) {
-		return
-	}
-	o, c := asSlice(old), asSlice(cur)
-	if o != nil && c != nil && sliceServiceKey(o) != "" && sliceServiceKey(o) != sliceServiceKey(c) {
-		// Relabelled to another Service: the old one lost endpoints.
-		s.onSlice(o, true)
-	}
-	s.onSlice(cur, false)
-}
-
-func nodeZone(obj any) (string, bool) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	n, ok := obj.(*v1.Node)
-	if !ok {
-		return "", false
-	}
-	return n.Labels[v1.LabelTopologyZone], true
-}
-
-// onNode asks for a sync when this node's zone changes; endpoints are
-// chosen by zone, so the rules depend on it.
-func (s *Syncer) onNode(old, cur any) {
-	for _, obj := range []any{old, cur} {
-		if obj == nil {
-			continue
-		}
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err != nil || key != s.opts.NodeName {
-			return // the fake clientset ignores field selectors
-		}
-	}
-	oldZone, _ := nodeZone(old)
-	curZone, _ := nodeZone(cur)
-	if oldZone != curZone {
-		klog.InfoS("Node topology zone changed", "node", s.opts.NodeName, "old", oldZone, "new", curZone)
-		s.queue()
-	}
 }
 
 // fullReporter is a Proxier that tells whether its last sync rewrote
@@ -447,45 +326,6 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 	delete(s.triggers, fs.family)
 	s.health.updated(fs.family, taken)
 	return nil
-}
-
-// logReporter logs each skipped piece of bad input and counts it in
-// svcproxy_invalid_objects_total. Within one sync each report is made once,
-// though every family converts the same Service.
-type logReporter struct {
-	m   *metrics             // nil: no metric
-	rec events.EventRecorder // nil: no Event
-
-	mu   sync.Mutex
-	seen map[string]struct{}
-}
-
-func (r *logReporter) begin() {
-	r.mu.Lock()
-	r.seen = nil
-	r.mu.Unlock()
-}
-
-func (r *logReporter) invalid(kind, reason string, obj metav1.Object, value string) {
-	key := kind + "\x00" + obj.GetNamespace() + "\x00" + obj.GetName() + "\x00" + obj.GetResourceVersion() + "\x00" + reason + "\x00" + value
-	r.mu.Lock()
-	if _, dup := r.seen[key]; dup {
-		r.mu.Unlock()
-		return
-	}
-	if r.seen == nil {
-		r.seen = map[string]struct{}{}
-	}
-	r.seen[key] = struct{}{}
-	r.mu.Unlock()
-
-	klog.ErrorS(nil, "Skipping invalid input", "kind", kind, "object", klog.KObj(obj), "reason", reason, "value", value)
-	if ro, ok := obj.(runtime.Object); ok && r.rec != nil {
-		r.rec.Eventf(ro, nil, v1.EventTypeWarning, reason, "Proxying", "svcproxy skipped invalid %s %q", kind, value)
-	}
-	if r.m != nil {
-		r.m.invalidObjects.WithLabelValues(kind, reason).Inc()
-	}
 }
 
 // Snapshot builds the State of each requested family once, for --dry-run: it

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -136,13 +137,21 @@ func testObjects() []runtime.Object {
 	}
 }
 
+// startRun starts s.Run; errc gets what it returns, and cancel ends its
+// context.
+func startRun(t *testing.T, s *Syncer) (errc <-chan error, cancel func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- s.Run(ctx) }()
+	return ch, cancel
+}
+
 // runSyncer starts s.Run and returns a function that stops it and checks
 // that Run returned nil.
 func runSyncer(t *testing.T, s *Syncer) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- s.Run(ctx) }()
+	errc, cancel := startRun(t, s)
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -350,6 +359,7 @@ func TestNewValidates(t *testing.T) {
 		"same family":     {Options{}, []Proxier{&fakeProxier{family: proxier.IPv4}, &fakeProxier{family: proxier.IPv4}}},
 		"bad family":      {Options{}, []Proxier{&fakeProxier{family: 5}}},
 		"negative period": {Options{MinSyncPeriod: -1}, []Proxier{&fakeProxier{family: proxier.IPv4}}},
+		"node, no name":   {Options{Node: &NodeInfo{}}, []Proxier{&fakeProxier{family: proxier.IPv4}}},
 	} {
 		if _, err := New(client, tc.opts, tc.proxiers...); err == nil {
 			t.Errorf("%s: New succeeded", name)
@@ -434,5 +444,123 @@ func TestRunFollowsTriggers(t *testing.T) {
 	waitFor(t, "sync after the guard's signal", func() bool { return v4.calls() >= 2 })
 	if got := metricValue(t, s.m.rulesRepaired.WithLabelValues("IPv4")); got != 1 {
 		t.Errorf("IPv4 repairs = %v, want 1", got)
+	}
+}
+
+// TestRunEndsOnNodeChange: like kube-proxy's NodeManager, Run ends with a
+// *NodeChangedError naming the cause when this node's IPs change, when its
+// pod CIDRs change and they matter, or when the Node is deleted; a Node
+// without addresses, a label change, or any change without Options.Node
+// does not end it.
+func TestRunEndsOnNodeChange(t *testing.T) {
+	node := func() *v1.Node {
+		return &v1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{v1.LabelTopologyZone: "zone-1"}},
+			Spec:       v1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24", "fd00:244:1::/64"}},
+			Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+				{Type: v1.NodeInternalIP, Address: "192.168.1.2"}, {Type: v1.NodeInternalIP, Address: "fd00::2"}}},
+		}
+	}
+	start := NodeInfoOf(node())
+	for _, tc := range []struct {
+		name     string
+		noWatch  bool // Options.Node unset
+		podCIDRs bool // Options.WatchPodCIDRs
+		change   func(*v1.Node)
+		deleted  bool
+		wantErr  string // "" means Run keeps running
+	}{
+		{name: "label change", change: func(n *v1.Node) { n.Labels["team"] = "x" }},
+		{name: "IP change", change: func(n *v1.Node) { n.Status.Addresses[0].Address = "192.168.1.3" },
+			wantErr: "node node-a: IPs changed from [192.168.1.2 fd00::2] to [192.168.1.3 fd00::2]"},
+		{name: "IP change without Options.Node", noWatch: true,
+			change: func(n *v1.Node) { n.Status.Addresses[0].Address = "192.168.1.3" }},
+		{name: "IPv6 address gone", change: func(n *v1.Node) { n.Status.Addresses = n.Status.Addresses[:1] },
+			wantErr: "IPs changed"},
+		{name: "no addresses: logged only", change: func(n *v1.Node) { n.Status.Addresses = nil }},
+		{name: "pod CIDR change, NodeCIDR", podCIDRs: true, change: func(n *v1.Node) { n.Spec.PodCIDRs[0] = "10.244.2.0/24" },
+			wantErr: "node node-a: pod CIDRs changed from [10.244.1.0/24 fd00:244:1::/64] to [10.244.2.0/24 fd00:244:1::/64]"},
+		{name: "pod CIDR change, other detection", change: func(n *v1.Node) { n.Spec.PodCIDRs[0] = "10.244.2.0/24" }},
+		{name: "deleted", deleted: true, wantErr: "node node-a: deleted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := fake.NewClientset(node())
+			v4 := &fakeProxier{family: proxier.IPv4}
+			opts := Options{NodeName: "node-a", MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: time.Hour, WatchPodCIDRs: tc.podCIDRs}
+			if !tc.noWatch {
+				opts.Node = &start
+			}
+			s, err := New(client, opts, v4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			errc, cancel := startRun(t, s)
+			defer cancel()
+			v4.waitState(t, "first sync", func(*proxier.State) bool { return true })
+			ctx := context.Background()
+			if tc.deleted {
+				err = client.CoreV1().Nodes().Delete(ctx, "node-a", metav1.DeleteOptions{})
+			} else {
+				// The zone moves too: once the State has it, the informer
+				// has handled the change.
+				n := node()
+				tc.change(n)
+				n.Labels[v1.LabelTopologyZone] = "zone-2"
+				_, err = client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantErr == "" {
+				v4.waitState(t, "zone-2", func(st *proxier.State) bool { return st.NodeZone == "zone-2" })
+				select {
+				case err := <-errc:
+					t.Fatalf("Run ended: %v", err)
+				default:
+				}
+				return
+			}
+			select {
+			case err := <-errc:
+				var nc *NodeChangedError
+				if !errors.As(err, &nc) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("Run = %v, want a *NodeChangedError containing %q", err, tc.wantErr)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not end")
+			}
+		})
+	}
+}
+
+// TestNodeInfoOf: InternalIPs (one per family), else ExternalIPs; pod CIDRs
+// from spec.podCIDRs, else spec.podCIDR.
+func TestNodeInfoOf(t *testing.T) {
+	addr := func(typ v1.NodeAddressType, a string) v1.NodeAddress { return v1.NodeAddress{Type: typ, Address: a} }
+	for _, tc := range []struct {
+		name      string
+		addrs     []v1.NodeAddress
+		spec      v1.NodeSpec
+		wantIPs   string
+		wantCIDRs string
+	}{
+		{"internal first of each family", []v1.NodeAddress{addr(v1.NodeExternalIP, "203.0.113.1"), addr(v1.NodeInternalIP, "192.168.1.2"),
+			addr(v1.NodeInternalIP, "192.168.1.9"), addr(v1.NodeInternalIP, "fd00::0002")}, v1.NodeSpec{}, "[192.168.1.2 fd00::2]", "[]"},
+		{"external when no internal", []v1.NodeAddress{addr(v1.NodeHostName, "n1"), addr(v1.NodeExternalIP, "203.0.113.001")},
+			v1.NodeSpec{}, "[203.0.113.1]", "[]"},
+		{"bad address skipped", []v1.NodeAddress{addr(v1.NodeInternalIP, "n1"), addr(v1.NodeInternalIP, "10.0.0.1")}, v1.NodeSpec{}, "[10.0.0.1]", "[]"},
+		{"podCIDRs", nil, v1.NodeSpec{PodCIDR: "10.9.0.0/24", PodCIDRs: []string{"10.244.1.0/24", "fd00:244::/64"}}, "[]", "[10.244.1.0/24 fd00:244::/64]"},
+		{"podCIDR only", nil, v1.NodeSpec{PodCIDR: "10.244.001.0/24"}, "[]", "[10.244.1.0/24]"},
+		{"bad pod CIDR skipped", nil, v1.NodeSpec{PodCIDRs: []string{"10.244.1.0", "10.244.2.0/24"}}, "[]", "[10.244.2.0/24]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			info := NodeInfoOf(&v1.Node{Spec: tc.spec, Status: v1.NodeStatus{Addresses: tc.addrs}})
+			if got := fmt.Sprint(info.InternalIPs); got != tc.wantIPs {
+				t.Errorf("InternalIPs = %s, want %s", got, tc.wantIPs)
+			}
+			if got := fmt.Sprint(info.PodCIDRs); got != tc.wantCIDRs {
+				t.Errorf("PodCIDRs = %s, want %s", got, tc.wantCIDRs)
+			}
+		})
 	}
 }

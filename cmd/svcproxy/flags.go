@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
-	netutils "k8s.io/utils/net"
+
+	"github.com/svcproxy/svcproxy/syncer"
 )
 
 // options are the command-line flags, named and defaulted as kube-proxy's so
@@ -236,7 +237,7 @@ func parseFlags(args []string) (*options, error) {
 		seen[c.Addr().Is4()] = true
 	}
 	if b := strings.TrimSpace(*raw.bind); b != "" {
-		ip, ok := parseIPSloppy(b)
+		ip, ok := syncer.ParseIP(b)
 		if !ok {
 			return nil, fmt.Errorf("%s: %q is not an IP address", at("bind-address"), *raw.bind)
 		}
@@ -314,15 +315,4 @@ func parseFlags(args []string) (*options, error) {
 		}
 	}
 	return o, nil
-}
-
-// parseIPSloppy parses an IP address as kube-proxy does (leading zeros in
-// IPv4 octets accepted); IPv4-mapped IPv6 addresses become plain IPv4.
-func parseIPSloppy(s string) (netip.Addr, bool) {
-	ip := netutils.ParseIPSloppy(s)
-	if ip == nil {
-		return netip.Addr{}, false
-	}
-	a, ok := netip.AddrFromSlice(ip)
-	return a.Unmap(), ok
 }

@@ -1,19 +1,10 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
-
-	"github.com/svcproxy/svcproxy/proxier"
-	"github.com/svcproxy/svcproxy/syncer"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -119,102 +110,4 @@ func TestParseFlags(t *testing.T) {
 			tc.check(t, o)
 		})
 	}
-}
-
-// TestNodeAddrs: the node IPs that let the node through a source-range
-// firewall are kube-proxy's node IPs (--bind-address, else the Node's
-// addresses), not every local address; "primary" uses them; a Node that
-// cannot be read makes "primary" an error instead of every address.
-func TestNodeAddrs(t *testing.T) {
-	a := netip.MustParseAddr
-	local := []netip.Addr{a("127.0.0.1"), a("192.168.1.2"), a("10.0.0.5"), a("172.17.0.1"), a("::1"), a("fd00::2")}
-	node := syncer.NodeInfo{InternalIPs: []netip.Addr{a("192.168.1.2"), a("fd00::2")}}
-	parse := func(args ...string) *options {
-		t.Helper()
-		o, err := parseFlags(args)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return o
-	}
-	for _, tc := range []struct {
-		name    string
-		o       *options
-		node    syncer.NodeInfo
-		f       proxier.IPFamily
-		wantIPs string
-		wantNPA string
-	}{
-		{"default: node IPs only, NodePorts everywhere", parse(), node, proxier.IPv4, "[192.168.1.2]", "[]"},
-		{"default IPv6", parse(), node, proxier.IPv6, "[fd00::2]", "[]"},
-		{"--bind-address overrides its family", parse("--bind-address=10.0.0.5"), node, proxier.IPv4, "[10.0.0.5]", "[]"},
-		{"--bind-address leaves the other family", parse("--bind-address=10.0.0.5"), node, proxier.IPv6, "[fd00::2]", "[]"},
-		{"CIDRs add the local addresses inside them", parse("--nodeport-addresses=10.0.0.0/8,172.16.0.0/12"), node, proxier.IPv4,
-			"[192.168.1.2 10.0.0.5 172.17.0.1]", "[10.0.0.0/8 172.16.0.0/12]"},
-		{"primary", parse("--nodeport-addresses=primary"), node, proxier.IPv4, "[192.168.1.2]", "[192.168.1.2/32]"},
-		{"primary IPv6", parse("--nodeport-addresses=primary"), node, proxier.IPv6, "[fd00::2]", "[fd00::2/128]"},
-		{"primary, Node unreadable, --bind-address", parse("--nodeport-addresses=primary", "--bind-address=10.0.0.5"), syncer.NodeInfo{}, proxier.IPv4,
-			"[10.0.0.5]", "[10.0.0.5/32]"},
-		{"primary, no IPv6 node IP: IPv6 NodePorts everywhere, as kube-proxy", parse("--nodeport-addresses=primary"),
-			syncer.NodeInfo{InternalIPs: []netip.Addr{a("192.168.1.2")}}, proxier.IPv6, "[]", "[]"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ips, npa := nodeAddrs(tc.o, tc.f, nodeIPs(tc.o, tc.node), local)
-			if got := fmt.Sprint(ips); got != tc.wantIPs {
-				t.Errorf("NodeIPs = %s, want %s", got, tc.wantIPs)
-			}
-			if got := fmt.Sprint(npa); got != tc.wantNPA {
-				t.Errorf("NodePortAddresses = %s, want %s", got, tc.wantNPA)
-			}
-		})
-	}
-	if err := checkPrimary(parse("--nodeport-addresses=primary"), syncer.NodeInfo{}, "n1"); err == nil {
-		t.Error("primary with an unreadable Node and no --bind-address: no error; NodePorts would open on every address")
-	}
-	if err := checkPrimary(parse("--nodeport-addresses=primary", "--bind-address=10.0.0.5"), syncer.NodeInfo{}, "n1"); err != nil {
-		t.Errorf("primary with --bind-address: %v", err)
-	}
-	if err := checkPrimary(parse(), syncer.NodeInfo{}, "n1"); err != nil {
-		t.Errorf("no primary: %v", err)
-	}
-}
-
-// TestWatchNode: like kube-proxy's NodeManager, a change of this node's IPs
-// ends svcproxy (the restart reads them anew); other Node updates do not.
-func TestWatchNode(t *testing.T) {
-	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
-		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.1.2"}}}}
-	client := fake.NewSimpleClientset(node)
-	start := syncer.NodeInfoOf(node)
-	ctx, stop := context.WithCancelCause(context.Background())
-	defer stop(nil)
-	done := make(chan struct{})
-	go func() { watchNode(ctx, client, "n1", start, false, 0, stop); close(done) }()
-	update := func(mod func(*v1.Node)) {
-		t.Helper()
-		n, err := client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mod(n)
-		if _, err := client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(200 * time.Millisecond)
-	update(func(n *v1.Node) { n.Labels = map[string]string{"topology.kubernetes.io/zone": "z1"} })
-	time.Sleep(300 * time.Millisecond)
-	if err := context.Cause(ctx); err != nil {
-		t.Fatalf("a label change ended svcproxy: %v", err)
-	}
-	update(func(n *v1.Node) { n.Status.Addresses[0].Address = "192.168.1.3" })
-	select {
-	case <-ctx.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("a node IP change did not end svcproxy")
-	}
-	if err := context.Cause(ctx); err == nil || !strings.Contains(err.Error(), "192.168.1.3") {
-		t.Errorf("cause = %v, want the IP change", err)
-	}
-	<-done
 }

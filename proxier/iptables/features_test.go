@@ -3,8 +3,6 @@ package iptables
 import (
 	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,64 +10,34 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
-func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
 
 // featureState has one service port per external feature.
 func featureState() *proxier.State {
-	local := func(e proxier.Endpoint) proxier.Endpoint { e.IsLocal = true; return e }
-	np := svc("ns", "nodeport", "", proxier.TCP, "10.96.1.1", 80, ep("10.244.1.2", 8080, true), ep("10.244.2.2", 8080, true))
-	np.NodePort = 30080
-
-	eip := svc("ns", "extip", "", proxier.UDP, "10.96.1.2", 53, ep("10.244.2.3", 53, true))
-	eip.ExternalIPs = []netip.Addr{addr("192.168.99.11")}
-
-	lb := svc("ns", "lb", "https", proxier.TCP, "10.96.1.3", 443, local(ep("10.244.1.3", 8443, true)), ep("10.244.2.4", 8443, true))
-	lb.NodePort = 30443
-	lb.LoadBalancerIPs = []netip.Addr{addr("1.2.3.4")}
-	lb.LoadBalancerSourceRanges = []netip.Prefix{pfx("203.0.113.0/25"), pfx("192.168.0.0/24")}
-	lb.ExternalPolicyLocal = true
-	lb.HealthCheckNodePort = 31000
-
-	lbNoLocal := svc("ns", "lb-nolocal", "", proxier.TCP, "10.96.1.4", 80, ep("10.244.2.5", 8080, true))
-	lbNoLocal.NodePort = 30081
-	lbNoLocal.LoadBalancerIPs = []netip.Addr{addr("5.6.7.8")}
-	lbNoLocal.ExternalPolicyLocal = true
-	lbNoLocal.HealthCheckNodePort = 31001
-
-	lbEmpty := svc("ns", "lb-empty", "", proxier.TCP, "10.96.1.5", 80)
-	lbEmpty.NodePort = 30082
-	lbEmpty.LoadBalancerIPs = []netip.Addr{addr("9.10.11.12")}
-
-	sticky := svc("ns", "sticky", "", proxier.TCP, "10.96.1.6", 80, ep("10.244.1.4", 8080, true), ep("10.244.2.6", 8080, true))
-	sticky.AffinityTimeoutSeconds = 10800
-
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{eip, lb, lbEmpty, lbNoLocal, np, sticky}}
+	return pt.State(proxier.IPv4,
+		pt.Service("ns/extip", proxier.UDP, "10.96.1.2", 53, pt.ExternalIPs("192.168.99.11"), pt.Endpoints(pt.Endpoint("10.244.2.3", 53))),
+		pt.Service("ns/lb:https", proxier.TCP, "10.96.1.3", 443, pt.NodePort(30443), pt.LoadBalancer("1.2.3.4"),
+			pt.SourceRanges("203.0.113.0/25", "192.168.0.0/24"), pt.ExternalLocal, pt.HealthCheck(31000),
+			pt.Endpoints(pt.Endpoint("10.244.1.3", 8443, pt.Local), pt.Endpoint("10.244.2.4", 8443))),
+		pt.Service("ns/lb-empty", proxier.TCP, "10.96.1.5", 80, pt.NodePort(30082), pt.LoadBalancer("9.10.11.12")),
+		pt.Service("ns/lb-nolocal", proxier.TCP, "10.96.1.4", 80, pt.NodePort(30081), pt.LoadBalancer("5.6.7.8"), pt.ExternalLocal, pt.HealthCheck(31001),
+			pt.Endpoints(pt.Endpoint("10.244.2.5", 8080))),
+		pt.Service("ns/nodeport", proxier.TCP, "10.96.1.1", 80, pt.NodePort(30080),
+			pt.Endpoints(pt.Endpoint("10.244.1.2", 8080), pt.Endpoint("10.244.2.2", 8080))),
+		pt.Service("ns/sticky", proxier.TCP, "10.96.1.6", 80, pt.Affinity(10800),
+			pt.Endpoints(pt.Endpoint("10.244.1.4", 8080), pt.Endpoint("10.244.2.6", 8080))),
+	)
 }
 
 func featureConfig() proxier.Config {
-	cfg := testConfig()
-	cfg.NodeIPs = []netip.Addr{addr("192.168.0.2")}
-	cfg.LocalhostNodePorts = true
-	return cfg
+	return pt.Config(pt.NodeIPs("192.168.0.2"), pt.LocalhostNodePorts)
 }
 
 func TestRenderFeaturesGolden(t *testing.T) {
 	got := string(DryRun(featureConfig(), Options{RandomFully: true}, featureState()))
 	checkConsistent(t, got)
-	golden := filepath.Join("testdata", "features.golden")
-	if *update {
-		os.WriteFile(golden, []byte(got), 0o644)
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("rules differ from %s (-want +got):\n%s", golden, d)
-	}
+	checkGolden(t, "features", got)
 }
 
 func TestNodePortAddresses(t *testing.T) {
@@ -83,18 +51,18 @@ func TestNodePortAddresses(t *testing.T) {
 		{name: "all, localhost on", family: proxier.IPv4, lh: true, want: []string{"-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"}},
 		{name: "all, localhost off", family: proxier.IPv4, want: []string{"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"}},
 		{name: "all v6", family: proxier.IPv6, lh: true, want: []string{"-m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS"}},
-		{name: "cidr", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("192.168.0.0/24"), pfx("127.0.0.0/8")}, lh: false,
+		{name: "cidr", family: proxier.IPv4, cidrs: []netip.Prefix{pt.Prefix("192.168.0.0/24"), pt.Prefix("127.0.0.0/8")}, lh: false,
 			want: []string{"-d 192.168.0.2 -j KUBE-NODEPORTS"}},
-		{name: "cidr with loopback", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("192.168.0.0/24"), pfx("127.0.0.0/8")}, lh: true,
+		{name: "cidr with loopback", family: proxier.IPv4, cidrs: []netip.Prefix{pt.Prefix("192.168.0.0/24"), pt.Prefix("127.0.0.0/8")}, lh: true,
 			want: []string{"-d 127.0.0.1 -j KUBE-NODEPORTS", "-d 192.168.0.2 -j KUBE-NODEPORTS"}},
-		{name: "other family only = all", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("fd00::/64")}, lh: true,
+		{name: "other family only = all", family: proxier.IPv4, cidrs: []netip.Prefix{pt.Prefix("fd00::/64")}, lh: true,
 			want: []string{"-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"}},
-		{name: "0.0.0.0/0 = all", family: proxier.IPv4, cidrs: []netip.Prefix{pfx("0.0.0.0/0"), pfx("192.168.0.0/24")},
+		{name: "0.0.0.0/0 = all", family: proxier.IPv4, cidrs: []netip.Prefix{pt.Prefix("0.0.0.0/0"), pt.Prefix("192.168.0.0/24")},
 			want: []string{"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := proxier.Config{Family: tc.family, MasqueradeBit: 14, NodePortAddresses: tc.cidrs, LocalhostNodePorts: tc.lh,
-				NodeIPs: []netip.Addr{addr("192.168.0.2"), addr("127.0.0.1"), addr("10.1.1.1")}}
+				NodeIPs: []netip.Addr{pt.Addr("192.168.0.2"), pt.Addr("127.0.0.1"), pt.Addr("10.1.1.1")}}
 			rs := Render(proxier.MakePlan(cfg, &proxier.State{Family: tc.family}), Options{})
 			var got []string
 			for _, r := range rs.NAT[0].Rules {

@@ -17,25 +17,19 @@ import (
 // built-in chains, so a flushed table, a flushed chain, a deleted chain or
 // one deleted rule is noticed at the next tick.
 //
-// Reading every chain each tick would cost seconds at 10,000 Services, so
+// Reading every chain each tick would cost too much with many Services, so
 // Check works in steps (see probe). Every tick it reads a stamp that moves
 // whenever anyone changes the ruleset (the nf_tables generation for
-// iptables-nft, the x_tables blob headers for iptables-legacy); it costs the
-// same with 10 or 10,000 Services (measured at 10,000: 20-140 µs nft, 4-20
-// µs legacy). Only when the stamp moved and our own restore does not
-// explain it does it read rule counts: first the top-level chains and the
-// jumps (67 ms at 10,000 with iptables-nft: one netlink dump per chain, no
-// decoding), then the per-service chains (iptables-nft 2-3 s, one dump per
-// chain; iptables-legacy 0.6-0.9 s, one iptables-save that also serves the
-// first step). Per-service reads are spaced by serviceReadShare× their cost,
-// so an agent that changes the ruleset every second costs at most a tenth of
-// a core. When all is in place the new stamp is remembered as good, so a
-// foreign change is paid for once.
-//
-// For comparison, at 10,000 Services `iptables-nft -t nat -S KUBE-SERVICES`
-// alone takes 180-360 ms, and any iptables-legacy command 300-420 ms even
-// for a 3-rule chain (it parses the whole table): the previous check (five
-// nat chains read with -S) cost 2 s per tick with iptables-legacy.
+// iptables-nft, the x_tables blob headers for iptables-legacy), at a cost
+// that does not grow with the number of Services. Only when the stamp moved
+// and our own restore does not explain it does it read rule counts: first
+// the top-level chains and the jumps (iptables-nft: one netlink dump per
+// chain, no decoding), then the per-service chains (iptables-nft: one dump
+// per chain; iptables-legacy: one iptables-save that also serves the first
+// step). Per-service reads are spaced by serviceReadShare× their cost. When
+// all is in place the new stamp is remembered as good, so a foreign change
+// is paid for once. Listing chains with iptables -S instead would make
+// every iptables-legacy command parse the whole table.
 //
 // Without a probe (plain iptables whose backend was not detected), Check
 // falls back to exec: the jump rules and the rule counts of the top-level
@@ -90,15 +84,14 @@ func (p *Proxier) Check(ctx context.Context) (string, error) {
 }
 
 // serviceReadShare bounds the time spent reading per-service chains: after
-// a read that took d, the next one waits 10×d (at most a tenth of a core
-// while another agent changes the ruleset every second; 2-3 s reads every
-// 20-30 s with iptables-nft at 10,000 Services).
+// a read that took d, the next one waits serviceReadShare×d, so an agent
+// that changes the ruleset every second costs at most a tenth of a core.
 const serviceReadShare = 10
 
 // checkDeep reads the rule count of every chain of our tables: the
 // top-level chains and the jump rules first, so that the usual damage (a
 // flushed table or top-level chain) is found without reading the
-// per-service chains (2-3 s at 10,000 Services with iptables-nft).
+// per-service chains, the costly part with many Services.
 //
 // complete is false when the per-service chains were not read this time
 // (see serviceReadShare); the stamp is then not remembered as good, so a

@@ -1,21 +1,20 @@
 package iptables
 
 import (
+	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 	"unsafe"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
 )
 
 // A probe reads, cheaply and whatever the size of the ruleset, a stamp that
@@ -23,18 +22,19 @@ import (
 // the number of rules of every chain of a table.
 //
 //   - iptables-nft: the stamp is the nf_tables ruleset generation of the
-//     network namespace (one NFT_MSG_GETGEN netlink request). The kernel
-//     bumps it on every committed transaction, by anyone. The rule counts
-//     come from one NFT_MSG_GETRULE dump of the table: the kernel sends one
-//     message per rule and we count them by chain without decoding a single
-//     expression (iptables-nft -S decodes every rule back into iptables
-//     syntax: 180 ms for the 10,000 rules of KUBE-SERVICES).
+//     network namespace (one NFT_MSG_GETGEN netlink request, see
+//     proxier/nfnl). The kernel bumps it on every committed transaction,
+//     by anyone. The rule counts come from NFT_MSG_GETRULE dumps: the
+//     kernel sends one message per rule and we count them by chain without
+//     decoding a single expression (iptables-nft -S decodes every rule
+//     back into iptables syntax, which takes long for a chain as large as
+//     KUBE-SERVICES at scale).
 //   - iptables-legacy: the stamp is, for each table, the number of entries
 //     and the size of the table's blob (IPT_SO_GET_INFO, one getsockopt;
 //     every rule and chain is an entry). Any iptables-legacy command reads
-//     and parses the whole blob instead: 420 ms even for a 3-rule chain
-//     when the nat table holds 10,000 services. Rule counts come from
-//     iptables-legacy-save, which is only paid after a change.
+//     and parses the whole blob instead, whatever the chain it is asked
+//     about. Rule counts come from iptables-legacy-save, which is only
+//     paid after a change.
 type probe interface {
 	stamp() (string, error)
 	// read returns the rule count of the chains named in only (every
@@ -68,7 +68,11 @@ func newProbe(bin Binaries, netns string, save func(table string) ([]byte, error
 	}
 	switch bin.Mode {
 	case "nft":
-		return &nftProbe{family: family, netns: netns}
+		nf := nfnl.IPv4
+		if family == proxier.IPv6 {
+			nf = nfnl.IPv6
+		}
+		return &nftProbe{family: nf, netns: netns}
 	case "legacy":
 		return &legacyProbe{family: family, netns: netns, save: save}
 	}
@@ -101,12 +105,12 @@ func withNetns(name string, f func() error) error {
 	return <-errc
 }
 
-// nftProbe reads the nf_tables ruleset over netlink.
+// nftProbe reads the nf_tables ruleset over netlink (proxier/nfnl).
 type nftProbe struct {
-	family proxier.IPFamily
+	family nfnl.Family
 	netns  string
 	mu     sync.Mutex
-	conn   *netlink.Conn
+	conn   *nfnl.Conn
 }
 
 func (p *nftProbe) ours(before, after string, commits int) bool {
@@ -115,130 +119,87 @@ func (p *nftProbe) ours(before, after string, commits int) bool {
 	return err1 == nil && err2 == nil && uint32(a)-uint32(b) == uint32(commits)
 }
 
-func (p *nftProbe) nfFamily() byte {
-	if p.family == proxier.IPv6 {
-		return unix.NFPROTO_IPV6
-	}
-	return unix.NFPROTO_IPV4
-}
-
-func (p *nftProbe) execute(msgType uint16, flags netlink.HeaderFlags, attrs []netlink.Attribute) ([]netlink.Message, error) {
+// dial returns the probe's connection, made on first use in its network
+// namespace.
+func (p *nftProbe) dial() (*nfnl.Conn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.conn == nil {
-		err := withNetns(p.netns, func() error {
-			c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-			p.conn = c
-			return err
-		})
+	if p.conn != nil {
+		return p.conn, nil
+	}
+	fd := 0
+	if p.netns != "" {
+		ns, err := os.Open("/var/run/netns/" + p.netns)
 		if err != nil {
 			return nil, err
 		}
+		defer ns.Close()
+		fd = int(ns.Fd())
 	}
-	data, err := netlink.MarshalAttributes(attrs)
+	c, err := nfnl.Dial(fd)
 	if err != nil {
 		return nil, err
 	}
-	req := netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType), Flags: flags},
-		// nfgenmsg: family, version, resource id.
-		Data: append([]byte{p.nfFamily(), unix.NFNETLINK_V0, 0, 0}, data...),
-	}
-	p.conn.SetDeadline(time.Now().Add(30 * time.Second))
-	msgs, err := p.conn.Execute(req)
-	if err != nil {
-		var oe *netlink.OpError
-		if !errors.As(err, &oe) || !errors.Is(oe.Err, unix.ENOENT) {
-			p.conn.Close()
-			p.conn = nil
-		}
-	}
-	return msgs, err
-}
-
-func attributes(m netlink.Message) (map[uint16][]byte, error) {
-	if len(m.Data) < 4 {
-		return nil, nil
-	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-	if err != nil {
-		return nil, err
-	}
-	a := map[uint16][]byte{}
-	for ad.Next() {
-		a[ad.Type()] = ad.Bytes()
-	}
-	return a, ad.Err()
+	p.conn = c
+	return c, nil
 }
 
 func (p *nftProbe) stamp() (string, error) {
-	msgs, err := p.execute(unix.NFT_MSG_GETGEN, netlink.Request, nil)
+	c, err := p.dial()
 	if err != nil {
 		return "", fmt.Errorf("nf_tables generation: %w", err)
 	}
-	for _, m := range msgs {
-		a, err := attributes(m)
-		if err != nil {
-			return "", err
-		}
-		if g := a[unix.NFTA_GEN_ID]; len(g) == 4 {
-			return fmt.Sprint(binary.BigEndian.Uint32(g)), nil
-		}
+	g, err := c.Generation(context.Background())
+	if err != nil {
+		return "", err
 	}
-	return "", errors.New("nf_tables generation: no id in the reply")
+	return strconv.FormatUint(uint64(g), 10), nil
 }
 
 func (p *nftProbe) read(table string, only []string) (tableRead, bool, error) {
-	name := []byte(table + "\x00")
+	c, err := p.dial()
+	if err != nil {
+		return tableRead{}, false, err
+	}
+	ctx := context.Background()
 	out := map[string]int{}
 	if only != nil {
-		// A chain that is not there answers ENOENT below.
-		for _, c := range only {
-			out[c] = 0
+		for _, ch := range only {
+			out[ch] = 0
 		}
 	} else {
-		msgs, err := p.execute(unix.NFT_MSG_GETCHAIN, netlink.Request|netlink.Dump, nil)
+		chains, err := c.Chains(ctx, p.family, table)
 		if err != nil {
-			return tableRead{}, false, fmt.Errorf("list chains: %w", err)
+			return tableRead{}, false, err
 		}
-		found := false
-		for _, m := range msgs {
-			a, err := attributes(m)
-			if err != nil {
-				return tableRead{}, false, err
-			}
-			if cstr(a[unix.NFTA_CHAIN_TABLE]) == table {
-				found = true
-				out[cstr(a[unix.NFTA_CHAIN_NAME])] = 0
-			}
-		}
-		if !found {
+		if len(chains) == 0 {
 			return tableRead{}, false, nil
+		}
+		for _, ch := range chains {
+			out[ch] = 0
 		}
 	}
 	// One dump per chain: a dump of the whole table restarts its walk
 	// from the table's first rule for every message buffer it fills, which
-	// is quadratic (1.3 s at 2,500 Services); a chain's dump walks only
-	// that chain.
+	// grows with the square of the table's rules; a chain's dump walks
+	// only that chain.
 	for chain := range out {
-		msgs, err := p.execute(unix.NFT_MSG_GETRULE, netlink.Request|netlink.Dump, []netlink.Attribute{
-			{Type: unix.NFTA_RULE_TABLE, Data: name},
-			{Type: unix.NFTA_RULE_CHAIN, Data: []byte(chain + "\x00")},
-		})
+		counts, err := c.RuleCounts(ctx, p.family, table, chain)
 		if err != nil {
-			var oe *netlink.OpError
-			if errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT) {
-				delete(out, chain) // deleted since the chain dump
-				continue
-			}
-			return tableRead{}, false, fmt.Errorf("list rules of %s/%s: %w", table, chain, err)
+			return tableRead{}, false, err
 		}
-		out[chain] = len(msgs)
+		if out[chain] = counts[chain]; out[chain] > 0 {
+			continue
+		}
+		// The dump reads a missing chain as an empty one.
+		if ok, err := c.HasChain(ctx, p.family, table, chain); err != nil {
+			return tableRead{}, false, err
+		} else if !ok {
+			delete(out, chain)
+		}
 	}
 	return tableRead{counts: out, complete: only == nil}, true, nil
 }
-
-func cstr(b []byte) string { return strings.TrimRight(string(b), "\x00") }
 
 // legacyProbe reads the x_tables blobs' headers with getsockopt.
 type legacyProbe struct {

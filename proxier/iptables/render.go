@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -200,25 +199,19 @@ func (r *renderer) writeForward() {
 }
 
 // writeNodePortDispatch writes the last rule(s) of nat KUBE-SERVICES: traffic
-// to a local address goes on to KUBE-NODEPORTS.
+// to a NodePort address goes on to KUBE-NODEPORTS.
 func (r *renderer) writeNodePortDispatch() {
-	cfg := r.plan.Config
+	np := r.plan.NodePorts
 	const comment = `-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain"`
-	if cfg.NodePortsMatchAll() {
+	if np.AllLocal {
 		rule := comment + " -m addrtype --dst-type LOCAL"
-		switch {
-		case cfg.Family == proxier.IPv6:
-			rule += " ! -d ::1/128"
-		case !cfg.LocalhostNodePorts:
-			rule += " ! -d 127.0.0.0/8"
+		if !np.Localhost {
+			rule += " ! -d " + np.Loopback.String()
 		}
 		r.natServices.add(rule + " -j " + chainNodePorts)
 		return
 	}
-	for _, ip := range cfg.NodePortIPs() {
-		if ip.IsLoopback() && (cfg.Family == proxier.IPv6 || !cfg.LocalhostNodePorts) {
-			continue
-		}
+	for _, ip := range np.IPs {
 		r.natServices.add(fmt.Sprintf("%s -d %s -j %s", comment, ip, chainNodePorts))
 	}
 }
@@ -226,25 +219,14 @@ func (r *renderer) writeNodePortDispatch() {
 // LocalhostNodePorts reports whether NodePorts answer on 127.0.0.0/8 (and so
 // whether route_localnet and the KUBE-FIREWALL guard are needed).
 func LocalhostNodePorts(cfg proxier.Config) bool {
-	if cfg.Family != proxier.IPv4 || !cfg.LocalhostNodePorts {
-		return false
-	}
-	if cfg.NodePortsMatchAll() {
-		return true
-	}
-	for _, p := range cfg.NodePortAddresses {
-		if p.Addr().Is4() && p.Contains(netip.MustParseAddr("127.0.0.1")) {
-			return true
-		}
-	}
-	return false
+	return proxier.NodePortsOf(cfg).Localhost
 }
 
 // localnetFirewall is filter KUBE-FIREWALL when localhost NodePorts are on:
 // with route_localnet set, packets from elsewhere addressed to 127.0.0.0/8
 // must not be accepted (CVE-2020-8558).
 func (r *renderer) localnetFirewall() *Chain {
-	if !LocalhostNodePorts(r.plan.Config) {
+	if !r.plan.NodePorts.Localhost {
 		return nil
 	}
 	c := &Chain{Name: chainFirewall}
@@ -262,21 +244,24 @@ func JumpsFor(cfg proxier.Config) []Jump {
 		Jump{Table: Filter, From: "OUTPUT", To: chainFirewall})
 }
 
-func (r *renderer) ifNotLocal() string {
-	d := r.plan.Config.LocalDetector
-	switch d.Mode {
+// match renders a local-traffic match: source CIDRs joined into one -s, or
+// the input interface (a prefix ends in "+").
+func match(l proxier.LocalTraffic) string {
+	neg := ""
+	if l.Negate {
+		neg = "! "
+	}
+	switch l.Mode {
 	case proxier.LocalClusterCIDR, proxier.LocalNodeCIDR:
-		var cidrs []string
-		for _, c := range d.CIDRs {
-			if r.plan.Config.Family.Matches(c.Addr()) {
-				cidrs = append(cidrs, c.String())
-			}
+		cidrs := make([]string, len(l.CIDRs))
+		for i, c := range l.CIDRs {
+			cidrs[i] = c.String()
 		}
-		return "! -s " + strings.Join(cidrs, ",")
+		return neg + "-s " + strings.Join(cidrs, ",")
 	case proxier.LocalBridgeInterface:
-		return "! -i " + d.Interface
+		return neg + "-i " + l.Interface
 	case proxier.LocalInterfacePrefix:
-		return "! -i " + d.Interface + "+"
+		return neg + "-i " + l.Interface + "+"
 	}
 	return ""
 }

@@ -11,45 +11,56 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
+// ep and svc are the kernel tests' short forms of the proxiertest builders.
 func ep(ip string, port int32, ready bool) proxier.Endpoint {
-	return proxier.Endpoint{IP: netip.MustParseAddr(ip), Port: port, Ready: ready, Serving: ready}
+	if !ready {
+		return pt.Endpoint(ip, port, pt.NotReady)
+	}
+	return pt.Endpoint(ip, port)
 }
 
 func svc(ns, name, port string, proto proxier.Protocol, cip string, p int32, eps ...proxier.Endpoint) *proxier.Service {
-	return &proxier.Service{
-		Name:      proxier.ServicePortName{Namespace: ns, Name: name, Port: port, Protocol: proto},
-		ClusterIP: netip.MustParseAddr(cip), Port: p, Protocol: proto, Endpoints: eps,
+	if port != "" {
+		name += ":" + port
 	}
+	return pt.Service(ns+"/"+name, proto, cip, p, pt.Endpoints(eps...))
 }
 
-func testConfig() proxier.Config {
-	return proxier.Config{
-		Family:        proxier.IPv4,
-		MasqueradeBit: 14,
-		LocalDetector: proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
-	}
-}
+func testConfig() proxier.Config { return pt.Config() }
 
 func testState() *proxier.State {
-	local := ep("10.244.1.9", 8080, true)
-	local.IsLocal = true
-	itp := svc("ns2", "local", "", proxier.TCP, "10.96.0.20", 80, local, ep("10.244.2.3", 8080, true))
-	itp.InternalPolicyLocal = true
-	itpNone := svc("ns2", "local-none", "", proxier.TCP, "10.96.0.21", 80, ep("10.244.2.3", 8080, true))
-	itpNone.InternalPolicyLocal = true
-	return &proxier.State{
-		Family: proxier.IPv4, NodeName: "node-1",
-		Services: []*proxier.Service{
-			svc("ns1", "empty", "http", proxier.TCP, "10.96.0.11", 80),
-			svc("ns1", "web", "http", proxier.TCP, "10.96.0.10", 80,
-				ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.1.4", 8080, true), ep("10.244.1.5", 8080, false)),
-			svc("ns1", "web", "dns", proxier.UDP, "10.96.0.10", 53, ep("10.244.1.2", 5353, true)),
-			itp, itpNone,
-		},
+	return pt.State(proxier.IPv4,
+		pt.Service("ns1/empty:http", proxier.TCP, "10.96.0.11", 80),
+		pt.Service("ns1/web:http", proxier.TCP, "10.96.0.10", 80, pt.Endpoints(
+			pt.Endpoint("10.244.1.2", 8080), pt.Endpoint("10.244.1.3", 8080), pt.Endpoint("10.244.1.4", 8080), pt.Endpoint("10.244.1.5", 8080, pt.NotReady))),
+		pt.Service("ns1/web:dns", proxier.UDP, "10.96.0.10", 53, pt.Endpoints(pt.Endpoint("10.244.1.2", 5353))),
+		pt.Service("ns2/local", proxier.TCP, "10.96.0.20", 80, pt.InternalLocal,
+			pt.Endpoints(pt.Endpoint("10.244.1.9", 8080, pt.Local), pt.Endpoint("10.244.2.3", 8080))),
+		pt.Service("ns2/local-none", proxier.TCP, "10.96.0.21", 80, pt.InternalLocal, pt.Endpoints(pt.Endpoint("10.244.2.3", 8080))),
+	)
+}
+
+// checkGolden compares got with testdata/<name>.golden (rewritten first
+// with -update).
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	golden := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("rules differ from %s (-want +got):\n%s", golden, d)
 	}
 }
 
@@ -73,26 +84,14 @@ func TestRenderGolden(t *testing.T) {
 			if got != again {
 				t.Fatalf("render is not deterministic")
 			}
-			golden := filepath.Join("testdata", tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create)", err)
-			}
-			if d := cmp.Diff(string(want), got); d != "" {
-				t.Errorf("rules differ from %s (-want +got):\n%s", golden, d)
-			}
+			checkGolden(t, tc.name, got)
 		})
 	}
 }
 
 func TestProbabilities(t *testing.T) {
-	eps := []proxier.Endpoint{ep("10.0.0.1", 80, true), ep("10.0.0.2", 80, true), ep("10.0.0.3", 80, true), ep("10.0.0.4", 80, true)}
-	st := &proxier.State{Family: proxier.IPv4, Services: []*proxier.Service{svc("a", "b", "", proxier.TCP, "10.96.0.1", 80, eps...)}}
+	st := pt.State(proxier.IPv4, pt.Service("a/b", proxier.TCP, "10.96.0.1", 80, pt.Endpoints(
+		pt.Endpoint("10.0.0.1", 80), pt.Endpoint("10.0.0.2", 80), pt.Endpoint("10.0.0.3", 80), pt.Endpoint("10.0.0.4", 80))))
 	out := string(DryRun(testConfig(), Options{}, st))
 	for _, want := range []string{"--probability 0.2500000000 ", "--probability 0.3333333333 ", "--probability 0.5000000000 "} {
 		if strings.Count(out, want) != 1 {
@@ -107,11 +106,11 @@ func TestProbabilities(t *testing.T) {
 func TestChainNamesMatchKubeProxy(t *testing.T) {
 	// Names kube-proxy gives these objects; a migrating node must converge
 	// on the same chains.
-	s := svc("ns1", "svc1", "p80", proxier.TCP, "172.30.0.41", 80)
+	s := pt.Service("ns1/svc1:p80", proxier.TCP, "172.30.0.41", 80)
 	if got, want := ServiceChainName(s), "KUBE-SVC-XPGD46QRK7WJZT7O"; got != want {
 		t.Errorf("ServiceChainName = %s, want %s", got, want)
 	}
-	if got, want := EndpointChainName(s, ep("10.180.0.1", 80, true)), "KUBE-SEP-SXIVWICOYRO3J4NJ"; got != want {
+	if got, want := EndpointChainName(s, pt.Endpoint("10.180.0.1", 80)), "KUBE-SEP-SXIVWICOYRO3J4NJ"; got != want {
 		t.Errorf("EndpointChainName = %s, want %s", got, want)
 	}
 }
@@ -134,6 +133,33 @@ func TestLocalhostNodePorts(t *testing.T) {
 	} {
 		if got := LocalhostNodePorts(tt.cfg); got != tt.want {
 			t.Errorf("%s: LocalhostNodePorts = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestMatchLocalTraffic(t *testing.T) {
+	two := proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("10.245.0.0/16")}}
+	for _, tc := range []struct {
+		name      string
+		d         proxier.LocalDetector
+		local     string
+		notLocal  string
+		implement bool
+	}{
+		{"every CIDR of the family", two, "-s 10.244.0.0/16,10.245.0.0/16", "! -s 10.244.0.0/16,10.245.0.0/16", true},
+		{"bridge", proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}, "-i cbr0", "! -i cbr0", true},
+		{"prefix", proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}, "-i veth+", "! -i veth+", true},
+		{"none", proxier.LocalDetector{}, "", "", false},
+	} {
+		l := proxier.LocalPodTraffic(tc.d, proxier.IPv4)
+		if got := match(l); got != tc.local {
+			t.Errorf("%s: local = %q, want %q", tc.name, got, tc.local)
+		}
+		if got := match(l.Not()); got != tc.notLocal {
+			t.Errorf("%s: not local = %q, want %q", tc.name, got, tc.notLocal)
+		}
+		if l.Implemented() != tc.implement {
+			t.Errorf("%s: implemented = %v", tc.name, l.Implemented())
 		}
 	}
 }

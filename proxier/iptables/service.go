@@ -3,7 +3,6 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -20,10 +19,13 @@ func (r *renderer) writeService(sp *proxier.ServicePlan) {
 	}
 
 	svcChain, svlChain := ServiceChainName(svc), LocalChainName(svc)
-	internalChain := svcChain
-	if svc.InternalPolicyLocal {
-		internalChain = svlChain
+	policyChain := func(p proxier.Policy) string {
+		if p == proxier.PolicyLocal {
+			return svlChain
+		}
+		return svcChain
 	}
+	internalChain := policyChain(sp.InternalPolicy)
 	extChain := ExternalChainName(svc)
 	lbChain := extChain
 	if sp.Firewall {
@@ -100,40 +102,38 @@ func (r *renderer) writeService(sp *proxier.ServicePlan) {
 
 	if external {
 		ext := &Chain{Name: extChain}
-		if !svc.ExternalPolicyLocal {
+		if sp.MasqueradeExternal {
 			ext.add(fmt.Sprintf("%s -j %s", comment("masquerade traffic for ", " external destinations"), chainMarkMasq))
-			ext.add("-j " + svcChain)
-		} else {
-			// Pods and the node itself reach every endpoint; only traffic
-			// from elsewhere is limited to local endpoints (and keeps its
-			// source address).
-			if r.plan.Config.LocalDetector.Implemented() {
-				ext.add(fmt.Sprintf("%s %s -j %s", comment("pod traffic for ", " external destinations"), r.ifLocal(), svcChain))
-			}
+		}
+		// Pods and the node itself reach the cluster endpoints whatever
+		// the policy; only traffic from elsewhere is held to it.
+		if sc := sp.ShortCircuit; sc.Pods.Implemented() {
+			ext.add(fmt.Sprintf("%s %s -j %s", comment("pod traffic for ", " external destinations"), match(sc.Pods), svcChain))
+		}
+		if sp.ShortCircuit.Node {
 			ext.add(fmt.Sprintf("%s -m addrtype --src-type LOCAL -j %s", comment("masquerade LOCAL traffic for ", " external destinations"), chainMarkMasq))
 			ext.add(fmt.Sprintf("%s -m addrtype --src-type LOCAL -j %s", comment("route LOCAL traffic for ", " external destinations"), svcChain))
-			if sp.External == proxier.Forward {
-				ext.add("-j " + svlChain)
-			}
+		}
+		if sp.External == proxier.Forward {
+			ext.add("-j " + policyChain(sp.ExternalPolicy))
 		}
 		r.natService = append(r.natService, ext)
 	}
 
-	// KUBE-SVC: cluster endpoints. KUBE-SVL: local endpoints.
-	if len(sp.ClusterEndpoints) > 0 {
-		chain := &Chain{Name: svcChain}
-		if internalChain == svcChain {
+	// KUBE-SVC: cluster endpoints. KUBE-SVL: local endpoints. The chain
+	// ClusterIP traffic enters masquerades it first.
+	for _, c := range []struct {
+		name string
+		eps  []proxier.Endpoint
+	}{{svcChain, sp.ClusterEndpoints}, {svlChain, sp.LocalEndpoints}} {
+		if len(c.eps) == 0 {
+			continue
+		}
+		chain := &Chain{Name: c.name}
+		if internalChain == c.name {
 			r.writeClusterIPMasquerade(chain, sp, comment("", " cluster IP"), dst(svc.ClusterIP))
 		}
-		r.writeEndpointRules(chain, svc, sp.ClusterEndpoints)
-		r.natService = append(r.natService, chain)
-	}
-	if len(sp.LocalEndpoints) > 0 {
-		chain := &Chain{Name: svlChain}
-		if internalChain == svlChain {
-			r.writeClusterIPMasquerade(chain, sp, comment("", " cluster IP"), dst(svc.ClusterIP))
-		}
-		r.writeEndpointRules(chain, svc, sp.LocalEndpoints)
+		r.writeEndpointRules(chain, sp, c.eps)
 		r.natService = append(r.natService, chain)
 	}
 }
@@ -143,16 +143,17 @@ func (r *renderer) writeClusterIPMasquerade(chain *Chain, sp *proxier.ServicePla
 	case proxier.MasqueradeAll:
 		chain.add(fmt.Sprintf("%s %s -j %s", comment, dst, chainMarkMasq))
 	case proxier.MasqueradeNonLocal:
-		chain.add(fmt.Sprintf("%s %s %s -j %s", comment, dst, r.ifNotLocal(), chainMarkMasq))
+		chain.add(fmt.Sprintf("%s %s %s -j %s", comment, dst, match(sp.MasqueradeInternalMatch), chainMarkMasq))
 	}
 }
 
 // writeEndpointRules writes the load-balancing rules of a service chain
 // (session-affinity checks first; then rule i of n jumps with probability
 // 1/(n-i), the last unconditionally) and the endpoint chains they jump to.
-func (r *renderer) writeEndpointRules(chain *Chain, svc *proxier.Service, eps []proxier.Endpoint) {
+func (r *renderer) writeEndpointRules(chain *Chain, sp *proxier.ServicePlan, eps []proxier.Endpoint) {
+	svc := sp.Svc
 	name := svc.Name.String()
-	if t := svc.AffinityTimeoutSeconds; t > 0 {
+	if t := sp.Affinity.TimeoutSeconds; t > 0 {
 		for _, ep := range eps {
 			sep := EndpointChainName(svc, ep)
 			chain.add(fmt.Sprintf("-m comment --comment %q -m recent --name %s --rcheck --seconds %d --reap -j %s", name+" -> "+ep.String(), sep, t, sep))
@@ -165,27 +166,24 @@ func (r *renderer) writeEndpointRules(chain *Chain, svc *proxier.Service, eps []
 			stat = "-m statistic --mode random --probability " + probability(n-i) + " "
 		}
 		chain.add(fmt.Sprintf("-m comment --comment %q %s-j %s", name+" -> "+ep.String(), stat, EndpointChainName(svc, ep)))
-		r.writeEndpointChain(svc, ep)
+		r.writeEndpointChain(sp, ep)
 	}
 }
 
-func (r *renderer) writeEndpointChain(svc *proxier.Service, ep proxier.Endpoint) {
+func (r *renderer) writeEndpointChain(sp *proxier.ServicePlan, ep proxier.Endpoint) {
+	svc := sp.Svc
 	proto := svc.Protocol.Lower()
 	c := &Chain{Name: EndpointChainName(svc, ep)}
 	comment := fmt.Sprintf("-m comment --comment %q", svc.Name.String())
-	// Hairpin: an endpoint reaching itself through the service must be
-	// SNATed, or its reply would bypass conntrack's reverse DNAT.
-	c.add(fmt.Sprintf("%s -s %s -j %s", comment, ep.IP, chainMarkMasq))
+	if sp.IsHairpin(ep) {
+		c.add(fmt.Sprintf("%s -s %s -j %s", comment, ep.IP, chainMarkMasq))
+	}
 	affinity := ""
-	if svc.AffinityTimeoutSeconds > 0 {
+	if sp.Affinity.Enabled() {
 		affinity = fmt.Sprintf("-m recent --name %s --set ", c.Name)
 	}
 	c.add(fmt.Sprintf("%s %s-m %s -p %s -j DNAT --to-destination %s", comment, affinity, proto, proto, ep.String()))
 	r.natService = append(r.natService, c)
-}
-
-func (r *renderer) ifLocal() string {
-	return strings.TrimPrefix(r.ifNotLocal(), "! ")
 }
 
 // ExternalChainName is the KUBE-EXT chain (external destinations) of a service port.

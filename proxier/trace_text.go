@@ -1,0 +1,66 @@
+package proxier
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// String is the trace as text, one fact a line:
+//
+//	packet   10.244.1.5 (local-pod) -> 10.96.0.10:80/TCP
+//	port     ns/web:http/TCP via ClusterIP 10.96.0.10:80
+//	policy   internal Cluster
+//	endpoint 10.244.1.2:8080 on node-1 (local) p=0.5000
+//	endpoint 10.244.2.2:8080 on node-2 p=0.5000
+//	masquerade no: ClusterIP traffic from this node's pods keeps its source
+//	verdict  DNAT: to a cluster endpoint
+func (t Trace) String() string {
+	var b strings.Builder
+	line := func(key, format string, args ...any) {
+		fmt.Fprintf(&b, "%-10s %s\n", key, fmt.Sprintf(format, args...))
+	}
+	pk := t.Packet
+	line("packet", "%s (%s) -> %s/%s", pk.Source, pk.Kind, pk.Dest, pk.Protocol)
+	if t.Port != nil {
+		line("port", "%s/%s via %s %s", t.Port.Name, t.Port.Name.Protocol, t.Port.Via, t.Port.Address)
+	}
+	if t.Policy != nil {
+		sc := ""
+		if t.Policy.ShortCircuit {
+			sc = ", short-circuited"
+		}
+		line("policy", "%s %s%s", t.Policy.Traffic, t.Policy.Policy, sc)
+	}
+	for _, c := range t.Endpoints {
+		var s strings.Builder
+		s.WriteString(c.Endpoint.String())
+		if c.Node != "" {
+			s.WriteString(" on " + c.Node)
+		}
+		if c.Local {
+			s.WriteString(" (local)")
+		}
+		s.WriteString(" p=" + strconv.FormatFloat(c.Probability, 'f', 4, 64))
+		if c.Hairpin {
+			s.WriteString(" masqueraded: hairpin")
+		}
+		line("endpoint", "%s", s.String())
+	}
+	if a := t.Affinity; a != nil {
+		dests := make([]string, len(a.Destinations))
+		for i, d := range a.Destinations {
+			dests[i] = d.String()
+		}
+		line("affinity", "ClientIP for %ds, shared by %s", a.TimeoutSeconds, strings.Join(dests, " "))
+	}
+	if t.Verdict == OutcomeDNAT {
+		yes := "no"
+		if t.Masquerade {
+			yes = "yes"
+		}
+		line("masquerade", "%s: %s", yes, t.MasqueradeReason)
+	}
+	line("verdict", "%s: %s", t.Verdict, t.Reason)
+	return b.String()
+}
