@@ -216,15 +216,15 @@ func (w *writer) pruneAffinity(ctx context.Context, renders map[*proxier.Service
 	if w.shapes == nil {
 		return
 	}
-	shape, err := w.shapes.readShape(ctx)
+	shape, err := w.shapes.Shape(ctx)
 	if err != nil {
 		klog.V(2).InfoS("Could not list maps to prune session affinity", "family", w.family, "err", err)
 		return
 	}
 	byMap := validAffinity(renders)
 	var names []string
-	for name := range shape.sets {
-		if shape.maps[name] && isAffinityMap(name) {
+	for name, kind := range shape.Sets {
+		if kind.IsMap() && isAffinityMap(name) {
 			names = append(names, name)
 		}
 	}

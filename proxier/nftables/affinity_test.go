@@ -87,7 +87,7 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	st3 := st2
 	st3.Services = slices.Clone(st2.Services)
 	st3.Services[0] = stickyState(d, c).Services[0]
-	g0, err := p.reader.generation(ctx)
+	g0, err := p.w.batch.conn.Generation(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	g1, _ := p.reader.generation(ctx)
+	g1, _ := p.w.batch.conn.Generation(ctx)
 	if p.w.batch.batches != batches+1 || g1 != g0+1 {
 		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.w.batch.batches-batches, g1-g0)
 	}

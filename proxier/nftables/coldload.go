@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // coldLoad writes a full sync's table when the kernel has none: first the
@@ -16,7 +18,7 @@ import (
 // batch, grouped per set. The two steps are two transactions; between
 // them the table has rules and no service elements, which serves no
 // traffic, exactly as the missing table before it did.
-func (w *writer) coldLoad(ctx context.Context, ws writes, ch *change) error {
+func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) error {
 	start := time.Now()
 	text, ops := splitColdLoad(ch)
 	tSplit := time.Since(start)
@@ -26,7 +28,7 @@ func (w *writer) coldLoad(ctx context.Context, ws writes, ch *change) error {
 	}
 	tText := time.Since(start)
 	ws.Step(ctx)
-	err := w.batch.apply(ops)
+	err := w.batch.apply(ctx, ops)
 	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
 	return err
 }

@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // MinKernel is the oldest kernel the layout works on (kube-proxy's nftables
@@ -69,17 +71,26 @@ func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, 
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
-	p := New(cfg, nft, serviceCIDRs)
-	reader := func() *netlinkReader {
-		r := newNetlinkReader(f.family)
-		r.netns = netns
-		return r
+	// One connection for the guard's checks and accounting, one for the
+	// writer's batches and listings.
+	checks, err := nfnl.Dial(netns)
+	if err != nil {
+		return nil, err
 	}
-	p.reader = reader()
+	writes, err := nfnl.Dial(netns)
+	if err != nil {
+		checks.Close()
+		return nil, err
+	}
+	p := New(cfg, nft, serviceCIDRs)
+	nfFamily := newElemWriter(cfg.Family, nil).family
+	p.guard = guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet,
+		Reader: guard.TableReader{Conn: checks, Family: nfFamily, Table: TableName},
+		Events: &guard.Events{NetNS: netns, Sentinel: true}})
+	p.w.guard = p.guard
 	p.w.runText = execNFT
-	p.w.batch = newElemWriter(cfg.Family)
-	p.w.batch.netns = netns
-	p.w.shapes = reader()
+	p.w.batch = newElemWriter(cfg.Family, writes)
+	p.w.shapes = guard.TableReader{Conn: writes, Family: nfFamily, Table: TableName}
 	p.w.readAffinity = execReadAffinity
 	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
 		p.tr.noAffinity = true

@@ -128,7 +128,7 @@ func TestKernelNftables(t *testing.T) {
 	if !p.LastResult().Full {
 		t.Errorf("first sync was not full")
 	}
-	if what, err := p.Check(ctx); err != nil || what != "" {
+	if what, err := p.guard.Check(ctx); err != nil || what != "" {
 		t.Fatalf("check after sync: %q, %v", what, err)
 	}
 
@@ -197,7 +197,7 @@ func TestKernelNftables(t *testing.T) {
 		{"nft", "flush", "ruleset"},
 	} {
 		sh(t, damage...)
-		what, err := p.Check(ctx)
+		what, err := p.guard.Check(ctx)
 		if err != nil || what == "" {
 			t.Errorf("%s: check found nothing (%v)", strings.Join(damage, " "), err)
 		}
@@ -205,7 +205,7 @@ func TestKernelNftables(t *testing.T) {
 		if err := p.Sync(ctx, &st2); err != nil {
 			t.Fatalf("repair after %s: %v", damage, err)
 		}
-		if what, err := p.Check(ctx); err != nil || what != "" {
+		if what, err := p.guard.Check(ctx); err != nil || what != "" {
 			t.Errorf("after repair of %s: %q, %v", damage, what, err)
 		}
 	}

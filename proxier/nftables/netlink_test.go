@@ -64,10 +64,11 @@ func TestElemMessages(t *testing.T) {
 		ops = append(ops, elemOp{add: true, e: ep(i)})
 	}
 	ops = append(ops, elemOp{e: svc}, elemOp{add: true, e: svc}, elemOp{e: ep(0)})
-	msgs, err := newElemWriter(proxier.IPv4).messages(ops)
+	b, err := newElemWriter(proxier.IPv4, nil).encode(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
+	msgs := b.Messages()
 	var got []decodedMsg
 	total := 0
 	for _, m := range msgs {
@@ -94,13 +95,24 @@ func TestElemMessages(t *testing.T) {
 
 // TestAppendElemVerdict: a goto verdict is encoded as nf_tables wants it.
 func TestAppendElemVerdict(t *testing.T) {
-	b, err := appendElem(nil, elemOp{add: true, e: elem{set: mServiceIPs,
-		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}},
-		mustSpec(mServiceIPs))
+	b, err := newElemWriter(proxier.IPv4, nil).encode([]elemOp{{add: true, e: elem{set: mServiceIPs,
+		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ad, _ := netlink.NewAttributeDecoder(b)
+	msgs := b.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages, want 1", len(msgs))
+	}
+	// The message's elements: one NFTA_LIST_ELEM.
+	ad, _ := netlink.NewAttributeDecoder(msgs[0].Data[4:])
+	var elems []byte
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			elems = ad.Bytes()
+		}
+	}
+	ad, _ = netlink.NewAttributeDecoder(elems)
 	var key []byte
 	var code uint32
 	var chain string

@@ -223,14 +223,16 @@ func TestNodePortAddresses(t *testing.T) {
 func BenchmarkFullTransaction10k(b *testing.B) {
 	st := scaleState(10000)
 	p := New(testConfig(), knftables.NewFake(knftables.IPv4Family, TableName), nil)
-	w := newElemWriter(proxier.IPv4)
+	w := newElemWriter(proxier.IPv4, nil)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		d := p.tr.build(st, nil, true, true, time.Time{})
 		_, ops := splitColdLoad(d.change)
-		if _, err := w.messages(ops); err != nil {
+		batch, err := w.encode(ops)
+		if err != nil {
 			b.Fatal(err)
 		}
+		batch.Messages()
 	}
 }
 

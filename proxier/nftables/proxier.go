@@ -11,20 +11,24 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // DefaultFullSyncPeriod bounds the time between full rewrites of the table.
 const DefaultFullSyncPeriod = time.Hour
 
-// Proxier programs one address family into the table "svcproxy" in one
-// nftables transaction per sync. After the first (full) sync, a sync carries
-// only the elements and chains that changed; the table is never listed on a
-// normal sync.
+// Proxier programs one address family into the table "svcproxy". It is
+// three parts: the translator turns each State into the table and the
+// change from the last one (translate.go), the writer puts the change in
+// the kernel (writer.go), and the guard watches the table for others'
+// changes (package guard), which the next sync takes as an input. After the
+// first (full) sync, a sync carries only the elements and chains that
+// changed; the table is never listed on a normal sync.
 type Proxier struct {
-	cfg proxier.Config
-	f   fam
-	tr  *translator
-	w   *writer
+	cfg   proxier.Config
+	tr    *translator
+	w     *writer
+	guard *guard.Guard
 	// FullSyncPeriod bounds the time between full syncs.
 	FullSyncPeriod time.Duration
 	now            func() time.Time
@@ -36,15 +40,6 @@ type Proxier struct {
 	synced bool
 	res    SyncResult
 	after  []func(*proxier.Plan) error
-
-	reader shapeReader // reads the kernel's table for Check; nil: no checks
-	chk    checkState  // what Check remembers (check.go)
-	// damage is others' narrow damage the next sync repairs (repair.go).
-	damage *damage
-	// ev is the watcher's connection, which bulk writes mute (mute.go);
-	// group holds it and those of the namespace's other proxiers.
-	ev    eventMute
-	group *listeners
 }
 
 // SyncResult summarises a sync.
@@ -57,13 +52,26 @@ type SyncResult struct {
 }
 
 // New returns a Proxier for cfg.Family using nft, whose table must be
-// TableName in that family.
+// TableName in that family. It writes through nft alone, and its guard
+// reads nothing: NewKernel makes the Proxier svcproxy runs.
 func New(cfg proxier.Config, nft knftables.Interface, serviceCIDRs []string) *Proxier {
-	p := &Proxier{cfg: cfg, f: famOf(cfg.Family), tr: newTranslator(cfg, serviceCIDRs),
+	f := famOf(cfg.Family)
+	g := guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet})
+	return &Proxier{cfg: cfg, tr: newTranslator(cfg, serviceCIDRs), guard: g,
+		w:              &writer{family: cfg.Family, f: f, nft: nft, guard: g},
 		FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
-	p.w = &writer{family: cfg.Family, f: p.f, nft: nft, guard: proxierGuard{p}}
-	p.group = newListeners(&p.ev)
-	return p
+}
+
+// Share makes the proxiers, which program the same network namespace,
+// mute each other's notification watchers during bulk writes and count
+// each other's transactions as their own (see guard.Share). Call it before
+// the proxiers sync or watch.
+func Share(ps ...*Proxier) {
+	gs := make([]*guard.Guard, len(ps))
+	for i, p := range ps {
+		gs[i] = p.guard
+	}
+	guard.Share(gs...)
 }
 
 // Family is the address family this proxier programs.
@@ -93,6 +101,14 @@ func (p *Proxier) OnSynced(f func(*proxier.Plan) error) {
 	p.after = append(p.after, f)
 }
 
+// Watch starts the guard: it checks every interval that the rules are in
+// place and watches the nf_tables notifications for others' changes to
+// the table. The channel asks for a sync when it finds the table altered;
+// that sync rewrites what was damaged.
+func (p *Proxier) Watch(ctx context.Context, interval time.Duration) <-chan struct{} {
+	return p.guard.Watch(ctx, interval)
+}
+
 // DryRun returns the transaction a first sync of st would run, in nft -f
 // syntax. It never touches the kernel.
 func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string {
@@ -103,20 +119,24 @@ func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string
 	return b.String()
 }
 
-// Sync makes the table hold the rules for st, then runs the after-sync steps.
+// Sync makes the table hold the rules for st, repairing what others
+// damaged since the last sync, then runs the after-sync steps.
 func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
+	return p.sync(ctx, st, p.guard.Take())
+}
+
+// sync is Sync with the damage to repair. Narrow damage the last table can
+// name the content of is rewritten over a partial sync; any other makes
+// the sync a full one.
+func (p *Proxier) sync(ctx context.Context, st *proxier.State, dmg guard.Damage) error {
 	p.mu.Lock()
-	if p.ev.overrun.Swap(false) {
-		p.synced = false
-	}
-	dmg := p.damage
-	p.damage = nil
+	narrow := !dmg.Empty() && !dmg.Broad && p.last != nil && p.last.repairable(dmg)
+	force := !p.synced || !dmg.Empty() && !narrow
 	start := time.Now()
 	periodic := p.last == nil || p.now().Sub(p.last.rendered) > p.FullSyncPeriod
-	d := p.tr.build(st, p.last, !p.synced, periodic, p.now())
+	d := p.tr.build(st, p.last, force, periodic, p.now())
 	var rep *repair
-	if dmg != nil && !d.change.full {
-		// Others' narrow damage, repaired over the table the sync makes.
+	if narrow && !d.change.full {
 		rep = p.tr.repair(d, dmg)
 	}
 	tRender := time.Since(start)
@@ -140,56 +160,4 @@ func (p *Proxier) Sync(ctx context.Context, st *proxier.State) error {
 		}
 	}
 	return nil
-}
-
-// proxierGuard accounts for the writer's transactions in the proxier's
-// guard state (check.go, mute.go). Callers hold p.mu.
-type proxierGuard struct{ p *Proxier }
-
-type proxierWrites struct {
-	p      *Proxier
-	gen    uint32
-	ok     bool
-	unmute func()
-}
-
-func (g proxierGuard) Begin(ctx context.Context, bulk bool) writes {
-	w := &proxierWrites{p: g.p}
-	if bulk {
-		w.unmute = g.p.mute(ctx)
-	}
-	w.gen, w.ok = g.p.genBefore(ctx)
-	return w
-}
-
-// Step accounts for one of several transactions of a sync: when exactly
-// one transaction was committed since w.gen, it was this one and w.gen
-// moves past it (so that Committed, after the last one, sees one
-// transaction of ours); otherwise the count is lost.
-func (w *proxierWrites) Step(ctx context.Context) {
-	if g, ok := w.p.genBefore(ctx); ok && w.ok && g == w.gen+1 {
-		w.gen = g
-		w.p.group.own(g)
-	} else {
-		w.ok = false
-	}
-}
-
-func (w *proxierWrites) Committed(ctx context.Context, full bool) {
-	w.p.genAfter(ctx, w.gen, w.ok, full)
-}
-
-func (w *proxierWrites) Own(ctx context.Context, run func() error) error {
-	gen, ok := w.p.genBefore(ctx)
-	if err := run(); err != nil {
-		return err
-	}
-	w.p.genAfter(ctx, gen, ok, false)
-	return nil
-}
-
-func (w *proxierWrites) Done(*tableShape) {
-	if w.unmute != nil {
-		w.unmute()
-	}
 }

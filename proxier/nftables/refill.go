@@ -7,6 +7,8 @@ import (
 
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // A full sync over a table that exists (a periodic full sync, the first
@@ -35,7 +37,7 @@ import (
 // listed or a set or map of the kernel has a definition the skeleton does
 // not (an older layout): the caller then replaces the table as a whole.
 // After that, it reports true and the error of the step that failed.
-func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error) {
+func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool, error) {
 	sk := ch.sk
 	start := time.Now()
 	var tList, t1, t2 time.Duration
@@ -48,8 +50,8 @@ func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error
 		return false, nil
 	}
 	// Names only, over netlink: nft would list every element too.
-	kernel, err := w.shapes.readShape(ctx)
-	if err != nil || !kernel.exists {
+	kernel, err := w.shapes.Shape(ctx)
+	if err != nil || !kernel.Exists {
 		klog.V(2).InfoS("Cannot list the table; replacing it", "family", w.family, "err", err)
 		return false, nil
 	}
@@ -117,7 +119,7 @@ func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error
 		ops = append(ops, elemOp{flush: true, e: elem{set: s}})
 		ops = append(ops, bySet[s]...)
 	}
-	err = w.batch.apply(ops)
+	err = w.batch.apply(ctx, ops)
 	t2 = time.Since(start)
 	if err != nil {
 		return true, err
@@ -126,12 +128,12 @@ func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error
 	// Step 3.
 	stale := w.nft.NewTransaction()
 	var staleChains, staleSets []string
-	for c := range kernel.chains {
+	for c := range kernel.Chains {
 		if !want[c] {
 			staleChains = append(staleChains, c)
 		}
 	}
-	for s := range kernel.sets {
+	for s := range kernel.Sets {
 		if !want[s] {
 			staleSets = append(staleSets, s)
 		}
@@ -145,7 +147,7 @@ func (w *writer) refill(ctx context.Context, ws writes, ch *change) (bool, error
 		stale.Flush(&knftables.Chain{Name: c})
 	}
 	for _, s := range staleSets {
-		if kernel.maps[s] {
+		if kernel.Sets[s].IsMap() {
 			stale.Delete(&knftables.Map{Name: s})
 		} else {
 			stale.Delete(&knftables.Set{Name: s})

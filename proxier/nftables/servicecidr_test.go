@@ -217,7 +217,7 @@ func TestKernelServiceCIDRs(t *testing.T) {
 		if got := cidrElements(t, nft); got != step.want {
 			t.Errorf("sync to %v: kernel's service-cidrs = %s, want %s", step.st.ServiceCIDRs, got, step.want)
 		}
-		if what, err := p.Check(ctx); err != nil || what != "" {
+		if what, err := p.guard.Check(ctx); err != nil || what != "" {
 			t.Errorf("check after sync to %v: %q, %v", step.st.ServiceCIDRs, what, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
 )
 
 // translator turns a State into the table that serves it, and into the
@@ -348,13 +349,12 @@ func sameElems(a, b []elem) bool {
 }
 
 // shape is the shape of the table d makes, as the kernel holds it once d
-// is written: the rule count of every chain, and the names of its sets
-// and maps.
-func (d *desired) shape() *tableShape {
+// is written: the rule count of every chain, and its sets and maps.
+func (d *desired) shape() *nfnl.Shape {
 	t := d.next
-	want := &tableShape{exists: true, chains: map[string]int{}, sets: map[string]bool{}}
+	want := &nfnl.Shape{Exists: true, Chains: map[string]int{}, Sets: map[string]nfnl.SetKind{}}
 	for _, c := range t.sk.chains {
-		want.chains[c.Name] = len(t.sk.rules[c.Name])
+		want.Chains[c.Name] = len(t.sk.rules[c.Name])
 	}
 	lb := t.idx.lbChains
 	if d.delta != nil {
@@ -362,13 +362,13 @@ func (d *desired) shape() *tableShape {
 		moveCounts(lb, d.delta.lb)
 	}
 	for c := range lb {
-		want.chains[c] = 1
+		want.Chains[c] = 1
 	}
 	for c, rules := range t.affChains {
-		want.chains[c] = len(rules)
+		want.Chains[c] = len(rules)
 	}
 	for _, s := range t.sk.setDefs() {
-		want.sets[s.name] = true
+		want.Sets[s.name] = [...]nfnl.SetKind{kindSet: nfnl.PlainSet, kindMap: nfnl.DataMap, kindVMap: nfnl.VerdictMap}[mustSpec(s.name).kind]
 	}
 	return want
 }

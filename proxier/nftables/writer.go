@@ -11,6 +11,8 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // writer is the only code that writes to the kernel. It picks how a
@@ -38,8 +40,10 @@ type writer struct {
 	runText func(ctx context.Context, write func(io.Writer) error) error
 	// batch writes element batches over netlink; nil: none.
 	batch *elemWriter
-	// shapes reads the names in the kernel's table; nil: none.
-	shapes shapeReader
+	// shapes reads the outline of the kernel's table; nil: none.
+	shapes interface {
+		Shape(ctx context.Context) (*nfnl.Shape, error)
+	}
 	// readAffinity reads an affinity map's entries with their timeouts;
 	// nil: full changes do not carry affinity.
 	readAffinity affinityReader
@@ -48,24 +52,11 @@ type writer struct {
 
 // guardian is what the writer tells the guard of its writes (so that the
 // guard does not take them for someone else's), and asks of it: to mute
-// the namespace's notification watchers around bulk writes.
+// the namespace's notification watchers around bulk writes. The Writes
+// it returns accounts each transaction (Step, Committed, Own) and ends
+// with the table's shape (Done).
 type guardian interface {
-	// Begin opens the accounting of one sync's writes, muting the
-	// watchers when bulk.
-	Begin(ctx context.Context, bulk bool) writes
-}
-
-// writes is one sync's transactions as the guard accounts them.
-type writes interface {
-	// Step follows each transaction of a change written in several.
-	Step(ctx context.Context)
-	// Committed follows the change's last transaction.
-	Committed(ctx context.Context, full bool)
-	// Own runs one more transaction (a repair) and accounts it.
-	Own(ctx context.Context, run func() error) error
-	// Done ends the accounting: expected is the shape the table has now,
-	// nil when the sync failed.
-	Done(expected *tableShape)
+	Begin(ctx context.Context, bulk bool) *guard.Writes
 }
 
 // muteAbove is how many element operations a sync writes before it leaves
@@ -103,7 +94,7 @@ func (w *writer) write(ctx context.Context, d *desired, rep *repair) (outcome, e
 	return o, nil
 }
 
-func (w *writer) writeChange(ctx context.Context, ws writes, d *desired, o *outcome) error {
+func (w *writer) writeChange(ctx context.Context, ws *guard.Writes, d *desired, o *outcome) error {
 	ch := d.change
 	if ch.full {
 		return w.writeFull(ctx, ws, d, o)
@@ -121,13 +112,13 @@ func (w *writer) writeChange(ctx context.Context, ws writes, d *desired, o *outc
 	}
 	if ch.elementsOnly() && w.batch != nil && netlinkWritable(ch.ops) {
 		o.way = "netlink"
-		err := w.batch.apply(append(ch.ops[:len(ch.ops):len(ch.ops)], affOps...))
+		err := w.batch.apply(ctx, append(ch.ops[:len(ch.ops):len(ch.ops)], affOps...))
 		if err != nil && len(affOps) > 0 {
 			// An entry may have timed out since it was read: the batch
 			// without them (the failed one committed nothing); they are
 			// forgotten afterwards.
 			o.forgot = false
-			err = w.batch.apply(ch.ops)
+			err = w.batch.apply(ctx, ch.ops)
 		}
 		return err
 	}
@@ -147,7 +138,7 @@ func (w *writer) writeChange(ctx context.Context, ws writes, d *desired, o *outc
 
 // writeFull writes a full change by the fastest way the kernel's table
 // allows.
-func (w *writer) writeFull(ctx context.Context, ws writes, d *desired, o *outcome) error {
+func (w *writer) writeFull(ctx context.Context, ws *guard.Writes, d *desired, o *outcome) error {
 	ch := d.change
 	if w.runText == nil {
 		o.way = "nft"
@@ -319,7 +310,7 @@ func (w *writer) writeText(out io.Writer, tx *knftables.Transaction, elems []ele
 // writeRepair rewrites what rep names: one nft transaction for the chains
 // and the sets netlink does not write, one netlink batch for the other
 // sets.
-func (w *writer) writeRepair(ctx context.Context, ws writes, rep *repair) error {
+func (w *writer) writeRepair(ctx context.Context, ws *guard.Writes, rep *repair) error {
 	start := time.Now()
 	tx := w.nft.NewTransaction()
 	for _, c := range rep.chains {
@@ -360,7 +351,7 @@ func (w *writer) writeRepair(ctx context.Context, ws writes, rep *repair) error 
 		}
 	}
 	if len(ops) > 0 {
-		if err := ws.Own(ctx, func() error { return w.batch.apply(ops) }); err != nil {
+		if err := ws.Own(ctx, func() error { return w.batch.apply(ctx, ops) }); err != nil {
 			return err
 		}
 	}
@@ -372,8 +363,8 @@ func (w *writer) writeRepair(ctx context.Context, ws writes, rep *repair) error 
 // reading it counts as present: the caller then takes the atomic path).
 func (w *writer) tableAbsent(ctx context.Context) bool {
 	if w.shapes != nil {
-		shape, err := w.shapes.readShape(ctx)
-		return err == nil && !shape.exists
+		shape, err := w.shapes.Shape(ctx)
+		return err == nil && !shape.Exists
 	}
 	_, err := w.nft.List(ctx, "chains")
 	return knftables.IsNotFound(err)
