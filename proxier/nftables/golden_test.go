@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"flag"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,17 +13,10 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
-
-func addrs(ss ...string) []netip.Addr {
-	out := make([]netip.Addr, 0, len(ss))
-	for _, s := range ss {
-		out = append(out, netip.MustParseAddr(s))
-	}
-	return out
-}
 
 // terminating is an endpoint that is shutting down but still serving.
 func terminating(e proxier.Endpoint) proxier.Endpoint {
@@ -47,11 +39,11 @@ func goldenV4() *proxier.State {
 	empty := svc("ns1", "empty", proxier.TCP, "10.96.0.11", 80)
 	np := svc("ns1", "np", proxier.TCP, "10.96.0.12", 8080, ep("10.244.1.5", 80, true), ep("10.244.2.5", 80, false))
 	np.NodePort = 30080
-	np.ExternalIPs = addrs("203.0.113.10")
+	np.ExternalIPs = proxiertest.Addrs("203.0.113.10")
 	lb := svc("ns2", "lb", proxier.TCP, "10.96.0.13", 443, ep("10.244.1.6", 8443, true), ep("10.244.2.6", 8443, false))
 	lb.NodePort = 30443
-	lb.LoadBalancerIPs = addrs("198.51.100.1", "198.51.100.2")
-	lb.LoadBalancerSourceRanges = prefixes("203.0.113.0/25", "192.168.0.0/24")
+	lb.LoadBalancerIPs = proxiertest.Addrs("198.51.100.1", "198.51.100.2")
+	lb.LoadBalancerSourceRanges = proxiertest.Prefixes("203.0.113.0/25", "192.168.0.0/24")
 	lb.ExternalPolicyLocal = true
 	lb.HealthCheckNodePort = 32000
 	// externalTrafficPolicy Local without a local endpoint: external
@@ -66,7 +58,7 @@ func goldenV4() *proxier.State {
 	sticky := svc("ns3", "sticky", proxier.TCP, "10.96.0.17", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false))
 	sticky.AffinityTimeoutSeconds = 10800
 	sticky.NodePort = 30082
-	sticky.ExternalIPs = addrs("203.0.113.11")
+	sticky.ExternalIPs = proxiertest.Addrs("203.0.113.11")
 	// A second Service port sharing sticky's affinity map.
 	sticky2 := svc("ns3", "sticky2", proxier.TCP, "10.96.0.21", 8080, ep("10.244.2.15", 8080, false))
 	sticky2.AffinityTimeoutSeconds = 10800
@@ -78,7 +70,7 @@ func goldenV4() *proxier.State {
 		terminating(ep("10.244.1.12", 80, true)), terminating(ep("10.244.2.12", 80, false)), ep("10.244.2.13", 80, false))
 	term.Endpoints[2].Ready, term.Endpoints[2].Serving = false, false
 	sctp := svc("ns4", "sctp", proxier.SCTP, "10.96.0.20", 9999, ep("10.244.1.14", 9999, true))
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", ServiceCIDRs: prefixes("10.96.0.0/16", "10.97.0.0/24"),
+	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", ServiceCIDRs: proxiertest.Prefixes("10.96.0.0/16", "10.97.0.0/24"),
 		Services: []*proxier.Service{dns, empty, np, web, lb, itp, itpNone, remote, sticky, stickyLocal, sticky2, sctp, term}}
 }
 
@@ -89,9 +81,9 @@ func goldenV6() *proxier.State {
 	empty := svc("ns1", "empty", proxier.TCP, "fd00:10:96::11", 80)
 	lb := svc("ns2", "lb", proxier.TCP, "fd00:10:96::13", 443, ep("fd00:10:244:1::6", 8443, true), ep("fd00:10:244:2::6", 8443, false))
 	lb.NodePort = 30443
-	lb.ExternalIPs = addrs("2001:db8::10")
-	lb.LoadBalancerIPs = addrs("2001:db8:1::1")
-	lb.LoadBalancerSourceRanges = prefixes("2001:db8:2::/64", "10.0.0.0/8")
+	lb.ExternalIPs = proxiertest.Addrs("2001:db8::10")
+	lb.LoadBalancerIPs = proxiertest.Addrs("2001:db8:1::1")
+	lb.LoadBalancerSourceRanges = proxiertest.Prefixes("2001:db8:2::/64", "10.0.0.0/8")
 	lb.ExternalPolicyLocal = true
 	sticky := svc("ns3", "sticky", proxier.UDP, "fd00:10:96::17", 53, ep("fd00:10:244:1::10", 53, true), ep("fd00:10:244:2::10", 53, false))
 	sticky.AffinityTimeoutSeconds = 10800
@@ -103,11 +95,11 @@ func goldenV6() *proxier.State {
 
 func goldenConfig(f proxier.IPFamily) proxier.Config {
 	cfg := testConfig()
-	cfg.NodeIPs = addrs("192.168.0.2", "10.0.0.2")
+	cfg.NodeIPs = proxiertest.Addrs("192.168.0.2", "10.0.0.2")
 	if f == proxier.IPv6 {
 		cfg.Family = proxier.IPv6
-		cfg.LocalDetector.CIDRs = prefixes("fd00:10:244::/48")
-		cfg.NodeIPs = addrs("fd00::2")
+		cfg.LocalDetector.CIDRs = proxiertest.Prefixes("fd00:10:244::/48")
+		cfg.NodeIPs = proxiertest.Addrs("fd00::2")
 	}
 	return cfg
 }
@@ -123,7 +115,7 @@ var goldenCases = []struct {
 	{"ipv4", func() proxier.Config { return goldenConfig(proxier.IPv4) }, []string{"10.96.0.0/16"}, goldenV4},
 	{"ipv4-nodeport-addresses", func() proxier.Config {
 		cfg := goldenConfig(proxier.IPv4)
-		cfg.NodePortAddresses = prefixes("192.168.0.0/24", "fd00::/64")
+		cfg.NodePortAddresses = proxiertest.Prefixes("192.168.0.0/24", "fd00::/64")
 		return cfg
 	}, []string{"10.96.0.0/16"}, goldenV4},
 	{"ipv4-masquerade-all", func() proxier.Config {
@@ -170,7 +162,7 @@ func TestPartialSyncGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	st2 := *st
-	st2.ServiceCIDRs = prefixes("10.96.0.0/16", "10.97.0.0/24", "10.98.0.0/24")
+	st2.ServiceCIDRs = proxiertest.Prefixes("10.96.0.0/16", "10.97.0.0/24", "10.98.0.0/24")
 	st2.Services = slices.Clone(st.Services)
 	byName := func(name string) int {
 		return slices.IndexFunc(st2.Services, func(s *proxier.Service) bool { return s.Name.Name == name })
@@ -185,7 +177,7 @@ func TestPartialSyncGolden(t *testing.T) {
 	st2.Services[byName("sticky")] = &sticky
 	// sticky-local: a new destination (its record chain is rewritten).
 	stickyLocal := *st2.Services[byName("sticky-local")]
-	stickyLocal.ExternalIPs = addrs("203.0.113.12")
+	stickyLocal.ExternalIPs = proxiertest.Addrs("203.0.113.12")
 	st2.Services[byName("sticky-local")] = &stickyLocal
 	// sticky2 gone (its record chain goes); empty gone; a new one.
 	st2.Services = slices.Delete(st2.Services, byName("sticky2"), byName("sticky2")+1)

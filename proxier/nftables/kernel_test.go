@@ -3,12 +3,9 @@ package nftables
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -20,6 +17,7 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl/nfnltest"
 )
 
 // enterNetns creates a network namespace with a unique name for this test
@@ -30,24 +28,7 @@ import (
 // fd for it.
 func enterNetns(t *testing.T) (string, int) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root to create a network namespace (run make test as root)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatalf("kernel test: nft not found (run make deps): %v", err)
-	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := "svpn-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
+	ns, fd := nfnltest.Netns(t, "svpn-")
 	runtime.LockOSThread()
 	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 		t.Fatalf("setns: %v", err)
@@ -117,14 +98,33 @@ func content(t testing.TB, nft knftables.Interface) []string {
 	return out
 }
 
-func TestKernelNftables(t *testing.T) {
+// syncedKernel is a kernelProxier in a new namespace after a first sync of
+// testState, with the flag's service CIDR 10.96.0.0/16.
+func syncedKernel(t *testing.T) (int, *Proxier, knftables.Interface, *proxier.State) {
+	t.Helper()
 	_, fd := enterNetns(t)
-	ctx := context.Background()
 	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
 	st := testState()
-	if err := p.Sync(ctx, st); err != nil {
+	if err := p.Sync(context.Background(), st); err != nil {
 		t.Fatalf("first sync: %v", err)
 	}
+	return fd, p, nft, st
+}
+
+// mustContain reports, as an error each, the wants text lacks; what names
+// the text.
+func mustContain(t *testing.T, what, text string, wants ...string) {
+	t.Helper()
+	for _, w := range wants {
+		if !strings.Contains(text, w) {
+			t.Errorf("%s lacks %q", what, w)
+		}
+	}
+}
+
+func TestKernelNftables(t *testing.T) {
+	fd, p, nft, st := syncedKernel(t)
+	ctx := context.Background()
 	if !p.LastResult().Full {
 		t.Errorf("first sync was not full")
 	}

@@ -11,20 +11,13 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-func prefixes(ss ...string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(ss))
-	for _, s := range ss {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
 
 // withCIDRs is st carrying ServiceCIDRs (the same Service pointers).
 func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
 	c := *st
-	c.ServiceCIDRs = prefixes(cidrs...)
+	c.ServiceCIDRs = proxiertest.Prefixes(cidrs...)
 	return &c
 }
 
@@ -111,7 +104,7 @@ func TestServiceCIDRElems(t *testing.T) {
 		{proxier.IPv6, []string{"10.96.0.0/16", "fd00:10:96::/112", "fd00:10:96::/64"}, "[fd00:10:96::/64]"},
 	} {
 		var got []string
-		for _, e := range serviceCIDRElems(tc.f, prefixes(tc.cidrs...)) {
+		for _, e := range serviceCIDRElems(tc.f, proxiertest.Prefixes(tc.cidrs...)) {
 			if e.set != sServiceCIDRs {
 				t.Errorf("element of %s", e.set)
 			}
@@ -191,13 +184,8 @@ func TestServiceCIDRIncremental(t *testing.T) {
 // new ServiceCIDR is dropped by the cluster-ips-check rule (counted with nft
 // by a lookup of the set).
 func TestKernelServiceCIDRs(t *testing.T) {
-	_, fd := enterNetns(t)
+	_, p, nft, st := syncedKernel(t)
 	ctx := context.Background()
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
-	st := testState()
-	if err := p.Sync(ctx, st); err != nil {
-		t.Fatalf("first sync: %v", err)
-	}
 	for _, step := range []struct {
 		st   *proxier.State
 		want string
