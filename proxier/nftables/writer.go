@@ -94,6 +94,7 @@ func (w *writer) write(ctx context.Context, d *desired, rep *repair) (outcome, e
 	return o, nil
 }
 
+// writeChange writes d's change, and records in o how.
 func (w *writer) writeChange(ctx context.Context, ws *guard.Writes, d *desired, o *outcome) error {
 	ch := d.change
 	if ch.full {
