@@ -38,7 +38,7 @@ func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Sec
 // renderService computes one service port's elements from its plan.
 func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 	svc := sp.Svc
-	r := &svcRender{plan: *sp, lbCounts: map[string]int{}}
+	r := &svcRender{plan: *sp, lbCounts: map[string]int{}, elems: make([]elem, 0, elemsBound(sp))}
 	proto := svc.Protocol.Lower()
 	protoA, portA := protoAtom(svc.Protocol), portAtom(svc.Port)
 	dest := func(ip netip.Addr) tuple { return tupleOf(addrAtom(ip), protoA, portA) }
@@ -177,6 +177,28 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool)
 		r.affRules = affinityRules(famOf(cfg.Family), *r.affinity, r.affDests, local)
 	}
 	return r
+}
+
+// elemsBound bounds the elements renderService makes of sp, so that its
+// slice is allocated once.
+func elemsBound(sp *proxier.ServicePlan) int {
+	svc := sp.Svc
+	external := len(svc.ExternalIPs) + len(svc.LoadBalancerIPs)
+	if svc.NodePort != 0 {
+		external++
+	}
+	// Per destination: its verdict map's element, and a count and the
+	// endpoints per pool.
+	perExternal := 3 + len(sp.ClusterEndpoints)
+	if svc.ExternalPolicyLocal {
+		perExternal += 1 + len(sp.LocalEndpoints)
+	}
+	n := 3 + len(sp.InternalEndpoints) + external*perExternal + len(sp.AllEndpoints)
+	n += len(svc.LoadBalancerIPs) * (2 + len(sp.FirewallRanges))
+	if svc.AffinityTimeoutSeconds > 0 {
+		n += 1 + external + len(sp.AllEndpoints)
+	}
+	return n
 }
 
 // affinityChain names the record chain of a Service port with affinity:

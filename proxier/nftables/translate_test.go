@@ -117,3 +117,16 @@ func TestRepairContents(t *testing.T) {
 		}
 	}
 }
+
+// TestElemsBound: elemsBound is enough for every Service port of the
+// golden States, so that a render's slice never grows.
+func TestElemsBound(t *testing.T) {
+	for _, tc := range goldenCases {
+		st := tc.st()
+		for i, r := range renderAll(tc.cfg(), st, st.Services, false) {
+			if bound := elemsBound(&r.plan); cap(r.elems) != bound || len(r.elems) > bound {
+				t.Errorf("%s: %s: %d elements, bound %d, capacity %d", tc.name, st.Services[i].Name, len(r.elems), bound, cap(r.elems))
+			}
+		}
+	}
+}
