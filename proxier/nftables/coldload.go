@@ -20,7 +20,7 @@ import (
 // traffic, exactly as the missing table before it did.
 func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) error {
 	start := time.Now()
-	text, ops := splitColdLoad(ch)
+	text, ops := groupOps(ch.elems, nil, nil, false)
 	tSplit := time.Since(start)
 	tx := w.fullTx(ch, false)
 	if err := w.runText(ctx, func(out io.Writer) error { return w.writeText(out, tx, sortElems(text), nil) }); err != nil {
@@ -33,35 +33,51 @@ func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) err
 	return err
 }
 
-// splitColdLoad splits a full change's elements into those nft writes (of
-// the sets netlink does not write) and the element ops netlink writes,
-// grouped per set in set order.
-func splitColdLoad(ch *change) ([]elem, []elemOp) {
-	var text []elem
-	// Counted first, so that every set's run is allocated once.
-	count := map[string]int{}
-	for id, en := range ch.elems.elems {
-		if !netlinkWrites(id.set) {
-			text = append(text, id.with(en))
-			continue
+// groupOps groups the elements of x and fixed for a full change: those of
+// the sets netlink does not write (text), and, for each set of sets in
+// order (nil: every set netlink writes that has elements, sorted), a flush
+// when flush, then an addition of each of its elements, in one slice
+// allocated once.
+func groupOps(x *index, fixed []elem, sets []string, flush bool) (text []elem, ops []elemOp) {
+	each := func(f func(e elem)) {
+		for _, e := range fixed {
+			f(e)
 		}
-		count[id.set]++
+		for id, en := range x.elems {
+			f(id.with(en))
+		}
 	}
-	sets := slices.Sorted(maps.Keys(count))
+	count := map[string]int{}
+	each(func(e elem) {
+		if netlinkWrites(e.set) {
+			count[e.set]++
+		} else {
+			text = append(text, e)
+		}
+	})
+	if sets == nil {
+		sets = slices.Sorted(maps.Keys(count))
+	}
 	at := make(map[string]int, len(sets))
 	n := 0
 	for _, s := range sets {
+		if flush {
+			n++
+		}
 		at[s] = n
 		n += count[s]
 	}
-	ops := make([]elemOp, n)
-	for id, en := range ch.elems.elems {
-		i, ok := at[id.set]
-		if !ok {
-			continue
+	ops = make([]elemOp, n)
+	for _, s := range sets {
+		if flush {
+			ops[at[s]-1] = elemOp{flush: true, e: elem{set: s}}
 		}
-		ops[i] = elemOp{add: true, e: id.with(en)}
-		at[id.set] = i + 1
 	}
+	each(func(e elem) {
+		if i, ok := at[e.set]; ok {
+			ops[i] = elemOp{add: true, e: e}
+			at[e.set] = i + 1
+		}
+	})
 	return text, ops
 }

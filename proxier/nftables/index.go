@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"maps"
 	"slices"
 	"strings"
 )
@@ -51,6 +52,11 @@ func newIndex(rs []*svcRender) *index {
 		}
 	}
 	return x
+}
+
+// clone is a copy of x, which the copy's moves leave alone.
+func (x *index) clone() *index {
+	return &index{elems: maps.Clone(x.elems), lbChains: maps.Clone(x.lbChains), affinity: maps.Clone(x.affinity)}
 }
 
 // delta is how a partial sync moves an index: per element, lb chain and

@@ -222,7 +222,7 @@ func BenchmarkFullTransaction10k(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		d := p.tr.build(st, nil, true, true, time.Time{})
-		_, ops := splitColdLoad(d.change)
+		_, ops := groupOps(d.change.elems, nil, nil, false)
 		batch, err := w.encode(ops)
 		if err != nil {
 			b.Fatal(err)

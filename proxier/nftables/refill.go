@@ -75,7 +75,6 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 		want[c.name] = true
 	}
 	var netlinkSets []string
-	textSet := map[string]bool{}
 	for _, s := range sk.setDefs() {
 		tx.Add(s.obj)
 		want[s.name] = true
@@ -85,23 +84,13 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 			netlinkSets = append(netlinkSets, s.name)
 		default:
 			tx.Flush(s.obj)
-			textSet[s.name] = true
 		}
 	}
 	addRules(tx, sk, dyn)
-	bySet := map[string][]elemOp{}
-	add := func(e elem) {
-		if textSet[e.set] {
-			tx.Add(element(e))
-		} else {
-			bySet[e.set] = append(bySet[e.set], elemOp{add: true, e: e})
-		}
-	}
-	for _, e := range sk.elems {
-		add(e)
-	}
-	for id, en := range ch.elems.elems {
-		add(id.with(en))
+	slices.Sort(netlinkSets)
+	text, ops := groupOps(ch.elems, sk.elems, netlinkSets, true)
+	for _, e := range text {
+		tx.Add(element(e))
 	}
 	if err := w.nft.Run(ctx, tx); err != nil {
 		// Most likely a set or map whose definition changed: replace
@@ -113,12 +102,6 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 	t1 = time.Since(start)
 
 	// Step 2.
-	slices.Sort(netlinkSets)
-	var ops []elemOp
-	for _, s := range netlinkSets {
-		ops = append(ops, elemOp{flush: true, e: elem{set: s}})
-		ops = append(ops, bySet[s]...)
-	}
 	err = w.batch.apply(ctx, ops)
 	t2 = time.Since(start)
 	if err != nil {

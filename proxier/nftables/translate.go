@@ -168,8 +168,15 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 	} else {
 		next.rendered = last.rendered
 	}
-	if full || !tr.partial(d, next, last, changed, removed) {
+	switch {
+	case fresh:
 		tr.whole(d, next, st)
+	default:
+		dl := tr.delta(last, next, changed, removed)
+		next.affChains = recordChainsAfter(last.affChains, removed, changed, next.renders)
+		if full || !tr.partial(d, next, last, dl, changed, removed) {
+			tr.moved(d, next, last, dl)
+		}
 	}
 	d.next = next
 	d.result.Full = d.change.full
@@ -177,7 +184,8 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 	return d
 }
 
-// whole makes d a full sync: the index counted afresh from every render.
+// whole makes d a full sync of every render made afresh: the index
+// counted anew.
 func (tr *translator) whole(d *desired, next *table, st *proxier.State) {
 	rs := make([]*svcRender, 0, len(st.Services)+1)
 	for _, svc := range st.Services {
@@ -190,16 +198,29 @@ func (tr *translator) whole(d *desired, next *table, st *proxier.State) {
 			next.affChains[r.affChain] = r.affRules
 		}
 	}
+	tr.full(d, next)
+}
+
+// moved makes d a full sync of last's renders moved by dl (a forced full
+// sync, a repair): a copy of last's index moved by the delta, which costs
+// less than counting it anew.
+func (tr *translator) moved(d *desired, next, last *table, dl *delta) {
+	next.idx = last.idx.clone()
+	dl.applyTo(next.idx)
+	tr.full(d, next)
+}
+
+// full makes d the full change that writes next.
+func (tr *translator) full(d *desired, next *table) {
 	next.sk = newSkeleton(tr.cfg, next.idx.affinityKeys())
 	next.skelKey = next.sk.key()
 	d.delta, d.stale = nil, nil
 	d.change = &change{full: true, sk: next.sk, dyn: dynChains(tr.f, next.idx.lbChains, next.affChains), elems: next.idx}
 }
 
-// partial makes d the difference from last: the delta of the renders
-// removed and changed. It reports false when the skeleton changes (a new
-// affinity map, say), which takes a full sync.
-func (tr *translator) partial(d *desired, next, last *table, changed []*proxier.Service, removed []*svcRender) bool {
+// delta is what the renders removed and changed, and the service-cidrs
+// set, move last's index by.
+func (tr *translator) delta(last, next *table, changed []*proxier.Service, removed []*svcRender) *delta {
 	dl := newDelta()
 	for _, r := range removed {
 		dl.add(r, -1)
@@ -211,12 +232,17 @@ func (tr *translator) partial(d *desired, next, last *table, changed []*proxier.
 		dl.add(last.cidrs, -1)
 		dl.add(next.cidrs, 1)
 	}
+	return dl
+}
+
+// partial makes d the difference from last, dl. It reports false when the
+// skeleton changes (a new affinity map, say), which takes a full sync.
+func (tr *translator) partial(d *desired, next, last *table, dl *delta, changed []*proxier.Service, removed []*svcRender) bool {
 	next.sk = newSkeleton(tr.cfg, dl.affinityAfter(last.idx))
 	if next.skelKey = next.sk.key(); next.skelKey != last.skelKey {
 		return false
 	}
 	next.idx = last.idx
-	next.affChains = recordChainsAfter(last.affChains, removed, changed, next.renders)
 	d.delta = dl
 	d.stale = staleAffinities(removed, changed, next.renders)
 	d.change = tr.diff(last, dl, next.affChains)
