@@ -409,3 +409,58 @@ func TestFakeWatch(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestTake: the damage others did waits for the next sync, which takes it
+// once; a full sync's write covers what was noted before it; a loss that
+// could not be judged is broad damage; after a failed sync nothing is
+// judged until one succeeds.
+func TestTake(t *testing.T) {
+	ctx := context.Background()
+	r := &fakeReader{gen: 2}
+	g := New(Config{Family: proxier.IPv4, Table: table, Reader: r})
+	fullSync(g, r)
+	narrow := Damage{Sets: map[string]bool{"service-ips": false}}
+
+	g.mu.Lock()
+	g.note(narrow)
+	g.mu.Unlock()
+	if d := g.Take(); d.String() != "[elements of service-ips]" {
+		t.Errorf("take after narrow damage: %v", d)
+	}
+	if d := g.Take(); !d.Empty() {
+		t.Errorf("second take: %v, want nothing", d)
+	}
+
+	g.mu.Lock()
+	g.note(narrow)
+	g.mu.Unlock()
+	fullSync(g, r)
+	if d := g.Take(); !d.Empty() {
+		t.Errorf("take after a full sync's write: %v, want nothing", d)
+	}
+
+	g.mu.Lock()
+	g.note(Damage{Broad: true})
+	valid := g.valid
+	g.mu.Unlock()
+	if d := g.Take(); !d.Broad || valid {
+		t.Errorf("after broad damage: take %v, still judging %v", d, valid)
+	}
+
+	g.ev.overrun.Store(true)
+	if d := g.Take(); !d.Broad {
+		t.Errorf("after an overrun: take %v, want the table", d)
+	}
+
+	w := g.Begin(ctx, false)
+	w.Done(nil)
+	g.mu.Lock()
+	what := g.judge(txEvent{gen: 999, touched: true})
+	g.mu.Unlock()
+	if what != "" {
+		t.Errorf("after a failed sync: judged %q, want nothing", what)
+	}
+	if what, err := g.Check(ctx); what != "" || err != nil {
+		t.Errorf("check after a failed sync: %q, %v", what, err)
+	}
+}
