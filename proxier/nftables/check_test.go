@@ -356,6 +356,12 @@ func cpuTime() time.Duration {
 // rewrites the map named).
 //
 //	go test -run XXX -bench KernelCheck10k -benchtime 1000x ./proxier/nftables/
+//
+// Measured on the 2-core test machine (2026-12): an idle tick 70 µs, a
+// shape read 1.4 ms, a full sync 0.46 s and 0.45 s of CPU, and 0.59 s and
+// 0.48 s of CPU with the watcher subscribed (its bulk writes mute it; the
+// kernel builds a notification per element for any subscriber), a
+// deleted element detected in 9 ms and repaired in 42 ms.
 func BenchmarkKernelCheck10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -325,6 +325,11 @@ func TestKernelNftablesTraffic(t *testing.T) {
 // endpoint change (b.N partial syncs).
 //
 //	go test -run XXX -bench KernelNftables10k -benchtime 50x ./proxier/nftables/
+//
+// Measured on the 2-core test machine (2026-12): the cold sync 0.6-0.7 s,
+// a partial sync over netlink 6-7 ms, of which the Go side (plan and
+// diff of 10,000 Services, BenchmarkPartialSync10k) takes 4-5 ms; nft
+// alone takes about 10 ms to start.
 func BenchmarkKernelNftables10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()

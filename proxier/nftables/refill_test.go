@@ -84,7 +84,12 @@ func diffLines(got, want []string) string {
 // BenchmarkKernelFullSync10k: the three ways a full sync of 10,000 Services
 // × 10 endpoints reaches the kernel: into no table (coldLoad), over an
 // existing one (refill), and replacing it through nft alone (the
-// fallback). Run: go test -run XXX -bench KernelFullSync10k -benchtime 1x ./proxier/nftables/
+// fallback).
+//
+//	go test -run XXX -bench KernelFullSync10k -benchtime 1x ./proxier/nftables/
+//
+// Measured on the 2-core test machine (2026-12): cold 0.8-0.9 s, refill
+// 0.5-0.7 s, replace 2.1-2.6 s (nft parses every element).
 func BenchmarkKernelFullSync10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
