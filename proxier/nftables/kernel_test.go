@@ -328,8 +328,8 @@ func TestKernelNftablesTraffic(t *testing.T) {
 //
 // Measured on the 2-core test machine (2026-12): the cold sync 0.6-0.7 s,
 // a partial sync over netlink 6-7 ms, of which the Go side (plan and
-// diff of 10,000 Services, BenchmarkPartialSync10k) takes 4-5 ms; nft
-// alone takes about 10 ms to start.
+// diff of 10,000 Services, BenchmarkPartialSync10k) takes 4-5 ms; an nft
+// process, which a partial sync of elements does without, about 5 ms.
 func BenchmarkKernelNftables10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
