@@ -1,19 +1,23 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
+
+// svcproxy configured as kube-proxy is: a KubeProxyConfiguration file,
+// --detect-local-mode.
 
 // TestConfigFile: svcproxy run as kubeadm runs kube-proxy, with --config (a
 // KubeProxyConfiguration) and --hostname-override. The file's settings
@@ -47,8 +51,8 @@ conntrack:
 	}
 
 	a, b := backends[0], backends[1]
-	svc := c.createService(&v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "config-file"}, Spec: v1.ServiceSpec{
-		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)}})
+	svc := c.createService("config-file", v1.ServiceSpec{
+		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 
@@ -68,5 +72,40 @@ conntrack:
 		if !strings.Contains(string(log), want) {
 			t.Errorf("svcproxy's log lacks %q", want)
 		}
+	}
+}
+
+// TestDetectLocalModes: in every --detect-local-mode, pod traffic to a
+// ClusterIP keeps its source and traffic from outside the pod network (the
+// external client, routed to the Service CIDR) is masqueraded.
+func TestDetectLocalModes(t *testing.T) {
+	c := begin(t, true)
+	mustRun(c, env.Ext, "ip", "route", "replace", harness.ServiceCIDR, "via", harness.NodeIP)
+	t.Cleanup(func() { env.Ext.Run(context.Background(), "ip", "route", "del", harness.ServiceCIDR) })
+	svc := c.createService("detect-local", v1.ServiceSpec{})
+	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	for _, mode := range [][]string{
+		{"--detect-local-mode=ClusterCIDR"},
+		{"--detect-local-mode=NodeCIDR"},
+		{"--detect-local-mode=BridgeInterface", "--pod-bridge-interface=br0"},
+		// Pods reach the node through the bridge, so br0 is the interface
+		// their packets come in on.
+		{"--detect-local-mode=InterfaceNamePrefix", "--pod-interface-name-prefix=br"},
+	} {
+		t.Run(strings.TrimPrefix(mode[0], "--detect-local-mode="), func(t *testing.T) {
+			c := &tc{T: t, ctx: c.ctx, start: time.Now()}
+			c.restartSvcproxy(mode...)
+			var pod, ext []harness.Reply
+			c.eventually("pod traffic not masqueraded", func() string {
+				pod = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})
+				return landed(pod, backends[:2], client.IP, "")
+			})
+			c.eventually("outside traffic masqueraded", func() string {
+				ext = c.external(harness.ExtAllowedIP, target, 10, time.Second)
+				return landed(ext, backends[:2], "", harness.ExtAllowedIP)
+			})
+			t.Logf("RESULT %v: pod sources %s (kept), outside client's seen as %s (masqueraded)", mode, pod[0].SourceIP(), ext[0].SourceIP())
+		})
 	}
 }

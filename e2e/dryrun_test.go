@@ -19,9 +19,7 @@ import (
 // identical before and after (ignoring counters and date comments).
 func TestDryRun(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("dry-run", "web", []harness.Port{harness.TCP})
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
+	svc := c.service("dry-run", "web", []harness.Port{harness.TCP}, backends...)
 
 	before := kernelSnapshot(c)
 	start := time.Now()

@@ -9,6 +9,9 @@
 // kube-apiserver and etcd (about 8-10 minutes on 2 cores) into a cache,
 // see harness.CacheBase. SVCPROXY_E2E_ARGS adds flags to every svcproxy
 // the tests run (e.g. "--masquerade-all" to see the source checks fail).
+//
+// The tests run one at a time, in file order, sharing the cluster; only
+// TestScale calls t.Parallel, which makes it run after all the others.
 package e2e
 
 import (
@@ -19,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,27 +102,19 @@ func setup(ctx context.Context) error {
 		return err
 	}
 	logf("run prefix %s, work dir %s", env.Prefix, env.WorkDir)
-	for _, name := range []string{"a", "b", "c", "client"} {
-		p, err := env.AddPod(ctx, name)
-		if err != nil {
-			return err
-		}
-		if err := p.StartEcho(ctx); err != nil {
-			return err
-		}
-		if name == "client" {
-			client = p
-		} else {
-			backends = append(backends, p)
-		}
+	pods, err := env.AddEchoPods(ctx, "a", "b", "c", "client")
+	if err != nil {
+		return err
+	}
+	backends, client = pods[:3], pods[3]
+	// The outside client's addresses (harness.ExtAllowedIP and
+	// ExtBlockedIP), for the tests that connect from beyond the node.
+	if err := env.SetupExternalClients(ctx); err != nil {
+		return err
 	}
 	logf("pods a, b, c, client up (%v since start)", time.Since(start).Round(time.Millisecond))
 	t := time.Now()
-	if _, err := env.StartSvcproxy(ctx); err != nil {
-		svcproxyErr = err
-	} else if err := env.WaitSvcproxySynced(ctx, 60*time.Second); err != nil {
-		svcproxyErr = err
-	}
+	svcproxyErr = env.StartSvcproxyAndWait(ctx, 60*time.Second)
 	if svcproxyErr != nil {
 		logf("svcproxy: %v", svcproxyErr)
 	} else {
@@ -158,6 +154,15 @@ func begin(t *testing.T, needSvcproxy bool) *tc {
 	return c
 }
 
+// onlyIn skips the test, saying why, unless svcproxy runs in mode
+// (iptables or nftables).
+func (c *tc) onlyIn(mode, why string) {
+	c.Helper()
+	if env.ProxyMode != mode {
+		c.Skip(why)
+	}
+}
+
 // diagnose logs svcproxy's log tail and the nat table once, if the test
 // failed. It runs before the test's Services are deleted.
 func (c *tc) diagnose() {
@@ -186,6 +191,36 @@ func mainLogs(paths []string) []string {
 		if !strings.Contains(filepath.Base(p), "client-") {
 			out = append(out, filepath.Base(p))
 		}
+	}
+	return out
+}
+
+// restartSvcproxy restarts svcproxy with extra flags; when the test ends it
+// is restarted with the usual ones.
+func (c *tc) restartSvcproxy(extra ...string) {
+	c.Helper()
+	start := func(extra ...string) error {
+		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+			c.Logf("svcproxy stop: %v", err)
+		}
+		return env.StartSvcproxyAndWait(context.Background(), 30*time.Second, extra...)
+	}
+	if err := start(extra...); err != nil {
+		c.Fatalf("restart svcproxy with %v: %v", extra, err)
+	}
+	c.Cleanup(func() {
+		if err := start(); err != nil {
+			c.Errorf("restart svcproxy with its usual flags: %v", err)
+		}
+	})
+}
+
+// mustRun runs argv in ns and returns its output, or fails the test.
+func mustRun(c *tc, ns *harness.Netns, argv ...string) string {
+	c.Helper()
+	out, err := ns.Run(c.ctx, argv...)
+	if err != nil {
+		c.Fatalf("%s in %s: %v: %s", strings.Join(argv, " "), ns.Name, err, out)
 	}
 	return out
 }

@@ -15,9 +15,7 @@ import (
 // answer 200.
 func TestMetricsAndHealthz(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("metrics", "web", []harness.Port{harness.TCP})
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
+	c.service("metrics", "web", []harness.Port{harness.TCP}, backends...)
 
 	start := time.Now()
 	var body string

@@ -2,13 +2,18 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
+
+// Someone else damages svcproxy's rules; svcproxy puts them back.
 
 // TestSelfRepair (nftables mode): someone else damages svcproxy's table —
 // `nft flush ruleset`, `nft delete table ip svcproxy`, a flushed chain, a
@@ -19,16 +24,12 @@ import (
 // again, and requires both within one second.
 func TestSelfRepair(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("nftables self-repair; iptables flush detection has its own cases")
-	}
+	c.onlyIn("nftables", "nftables self-repair; iptables flush detection has its own cases")
 	// With kube-proxy's default min-sync-period: each case damages the
 	// table within a second of the last repair, which must not wait it
 	// out.
 	c.restartSvcproxy("--iptables-min-sync-period", "1s")
 	svc := c.service("self-repair", "web", []harness.Port{harness.TCP}, backends...)
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
 	healthy, err := env.NFTList(c.ctx, "table", "ip", "svcproxy")
 	if err != nil {
 		t.Fatal(err)
@@ -106,6 +107,64 @@ func TestSelfRepair(t *testing.T) {
 	}
 	if v, ok := harness.MetricValue(metrics, "svcproxy_rules_repaired_total"); !ok || v < 7 {
 		t.Errorf("svcproxy_rules_repaired_total = %v (present %v), want >= 7", v, ok)
+	}
+}
+
+// TestFlushDetection (iptables mode): another agent flushes the tables
+// svcproxy uses or removes its jump rules; svcproxy notices and rewrites
+// them, and traffic flows again within a few seconds.
+func TestFlushDetection(t *testing.T) {
+	c := begin(t, true)
+	c.onlyIn("iptables", "iptables flush detection; nftables mode has TestSelfRepair")
+	svc := c.createService("flush", v1.ServiceSpec{})
+	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
+	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	c.eventually("service works", func() string {
+		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 3}), backends[:2], client.IP, "")
+	})
+	for _, damage := range [][]string{
+		{"iptables", "-t", "nat", "-F"},
+		{"iptables", "-t", "filter", "-F"},
+		{"iptables", "-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"},
+		{"nft", "flush", "ruleset"},
+		// One top-level chain, and one service's own chain: neither
+		// touches what kube-proxy's canary or the built-in jumps show.
+		{"iptables", "-t", "nat", "-F", "KUBE-SERVICES"},
+		{"iptables", "-t", "nat", "-F", "<KUBE-SVC chain of the Service>"},
+	} {
+		if damage[len(damage)-1] == "<KUBE-SVC chain of the Service>" {
+			out, err := env.Node.Run(c.ctx, "iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+			if err != nil {
+				t.Fatalf("iptables -S KUBE-SERVICES: %v: %s", err, out)
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if i := strings.Index(line, "-j KUBE-SVC-"); i >= 0 && strings.Contains(line, svc.Namespace+"/"+svc.Name) {
+					damage[len(damage)-1] = strings.TrimSpace(line[i+3:])
+				}
+			}
+			if strings.HasPrefix(damage[len(damage)-1], "<") {
+				t.Fatalf("no KUBE-SVC chain for %s/%s in:\n%s", svc.Namespace, svc.Name, out)
+			}
+		}
+		name := strings.Join(damage, " ")
+		if out, err := env.Node.Run(c.ctx, damage...); err != nil {
+			t.Errorf("%s: %v: %s", name, err, out)
+			continue
+		}
+		start := time.Now()
+		var back time.Duration
+		for time.Since(start) < 10*time.Second {
+			rs := c.connect(client, harness.ClientOptions{Target: target, Count: 1, Timeout: 300 * time.Millisecond})
+			if landed(rs, backends[:2], client.IP, "") == "" {
+				back = time.Since(start)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("RESULT after `%s`: traffic back in %v", name, back.Round(time.Millisecond))
+		if back == 0 || back > 3*time.Second {
+			t.Errorf("after `%s`: traffic not back within 3s (%v)", name, back)
+		}
 	}
 }
 

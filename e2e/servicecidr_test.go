@@ -13,7 +13,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -40,9 +39,7 @@ const (
 // is reachable again. None of it forces a full rewrite of the table.
 func TestServiceCIDR(t *testing.T) {
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("nftables mode only: the iptables backend has no unallocated-ClusterIP drop (kube-proxy's iptables mode has none either)")
-	}
+	c.onlyIn("nftables", "nftables mode only: the iptables backend has no unallocated-ClusterIP drop (kube-proxy's iptables mode has none either)")
 	a, b, cc := backends[0], backends[1], backends[2]
 	cidrs := env.Client.NetworkingV1().ServiceCIDRs()
 	name := "e2e-" + strings.ToLower(env.Prefix)
@@ -155,13 +152,6 @@ func TestServiceCIDR(t *testing.T) {
 	}
 }
 
-func mustRun(c *tc, ns *harness.Netns, argv ...string) {
-	c.Helper()
-	if out, err := ns.Run(c.ctx, argv...); err != nil {
-		c.Fatalf("%s in %s: %v: %s", strings.Join(argv, " "), ns.Name, err, out)
-	}
-}
-
 // createServiceAt creates a ClusterIP Service at clusterIP (port 80 to the
 // echo port), retrying while the API server's allocator has not yet taken
 // up a just-created ServiceCIDR, and deletes it when the test ends.
@@ -170,23 +160,13 @@ func createServiceAt(c *tc, namespace, name, clusterIP string) *v1.Service {
 	if err := env.EnsureNamespace(c.ctx, namespace); err != nil {
 		c.Fatal(err)
 	}
-	want := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
-		Spec: v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: clusterIP,
-			Ports: []v1.ServicePort{{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(harness.EchoPort)}}},
-	}
+	want := harness.NewService(namespace, name)
+	want.Spec.ClusterIP = clusterIP
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		svc, err := env.Client.CoreV1().Services(namespace).Create(c.ctx, want, metav1.CreateOptions{})
 		if err == nil {
-			c.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				if err := env.DeleteService(ctx, namespace, name); err != nil {
-					c.Errorf("delete Service %s/%s: %v", namespace, name, err)
-				}
-			})
-			c.Logf("Service %s/%s has ClusterIP %s", namespace, name, svc.Spec.ClusterIP)
+			c.deleteAtEnd(svc)
 			return svc
 		}
 		if !apierrors.IsInvalid(err) || time.Now().After(deadline) {

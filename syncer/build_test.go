@@ -10,7 +10,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -54,23 +53,19 @@ func (m *mapSource) serviceNames() []types.NamespacedName {
 func (m *mapSource) put(ns, name string, n int, epIPs ...string) types.NamespacedName {
 	nn := types.NamespacedName{Namespace: ns, Name: name}
 	cip := fmt.Sprintf("172.30.%d.%d", n/250, n%250+1)
-	m.services[nn] = &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1.ServiceSpec{
-			ClusterIP: cip, ClusterIPs: []string{cip},
-			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}, {Name: "https", Port: 443, Protocol: v1.ProtocolTCP}},
-		},
-	}
+	m.services[nn] = svc(func(s *v1.Service) {
+		s.Namespace, s.Name, s.ResourceVersion = ns, name, ""
+		s.Spec.ClusterIP, s.Spec.ClusterIPs = cip, []string{cip}
+		s.Spec.Ports = []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}, {Name: "https", Port: 443, Protocol: v1.ProtocolTCP}}
+	})
 	var eps []discovery.Endpoint
 	for _, a := range epIPs {
-		eps = append(eps, discovery.Endpoint{Addresses: []string{a}})
+		eps = append(eps, ep(a))
 	}
-	m.slices[nn] = []*discovery.EndpointSlice{{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name + "-x", Labels: map[string]string{discovery.LabelServiceName: name}},
-		AddressType: discovery.AddressTypeIPv4,
-		Ports:       []discovery.EndpointPort{port("http", 8080, v1.ProtocolTCP), port("https", 8443, v1.ProtocolTCP)},
-		Endpoints:   eps,
-	}}
+	es := slice(name+"-x", discovery.AddressTypeIPv4, []discovery.EndpointPort{port("http", 8080, v1.ProtocolTCP), port("https", 8443, v1.ProtocolTCP)}, eps...)
+	es.Namespace, es.ResourceVersion = ns, ""
+	es.Labels[discovery.LabelServiceName] = name
+	m.slices[nn] = []*discovery.EndpointSlice{es}
 	return nn
 }
 

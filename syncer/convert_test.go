@@ -96,6 +96,17 @@ func base(eps ...proxier.Endpoint) *proxier.Service {
 	return &proxier.Service{Name: spn80, ClusterIP: ip("172.30.0.41"), Port: 80, Protocol: proxier.TCP, Endpoints: eps}
 }
 
+// lbPort is base at clusterIP with one external IP, load-balancer IP and
+// source range.
+func lbPort(clusterIP, externalIP, lbIP, sourceRange string, eps ...proxier.Endpoint) *proxier.Service {
+	s := base(eps...)
+	s.ClusterIP = ip(clusterIP)
+	s.ExternalIPs = []netip.Addr{ip(externalIP)}
+	s.LoadBalancerIPs = []netip.Addr{ip(lbIP)}
+	s.LoadBalancerSourceRanges = []netip.Prefix{prefix(sourceRange)}
+	return s
+}
+
 func TestBuildServicePorts(t *testing.T) {
 	const node = "node-a"
 	tests := []struct {
@@ -122,13 +133,7 @@ func TestBuildServicePorts(t *testing.T) {
 				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.168.099.022"}}
 			}),
 			slices: []*discovery.EndpointSlice{slice("s1", discovery.AddressTypeIPv4, p80(), ep("10.180.00.001"))},
-			want: []*proxier.Service{{
-				Name: spn80, ClusterIP: ip("172.30.0.41"), Port: 80, Protocol: proxier.TCP,
-				ExternalIPs:              []netip.Addr{ip("1.2.3.4")},
-				LoadBalancerIPs:          []netip.Addr{ip("192.168.99.22")},
-				LoadBalancerSourceRanges: []netip.Prefix{prefix("203.0.113.0/25")},
-				Endpoints:                []proxier.Endpoint{readyEP("10.180.0.1", 8080)},
-			}},
+			want:   []*proxier.Service{lbPort("172.30.0.41", "1.2.3.4", "192.168.99.22", "203.0.113.0/25", readyEP("10.180.0.1", 8080))},
 		},
 		{
 			name: "bad IPs are skipped and reported, the rest stays",
@@ -139,13 +144,7 @@ func TestBuildServicePorts(t *testing.T) {
 				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "300.1.1.1"}, {IP: "5.6.7.8"}}
 			}),
 			slices: []*discovery.EndpointSlice{slice("s1", discovery.AddressTypeIPv4, p80(), ep("bogus"), ep("10.0.0.1"))},
-			want: []*proxier.Service{{
-				Name: spn80, ClusterIP: ip("172.30.0.41"), Port: 80, Protocol: proxier.TCP,
-				ExternalIPs:              []netip.Addr{ip("1.2.3.4")},
-				LoadBalancerIPs:          []netip.Addr{ip("5.6.7.8")},
-				LoadBalancerSourceRanges: []netip.Prefix{prefix("10.1.0.0/16")},
-				Endpoints:                []proxier.Endpoint{readyEP("10.0.0.1", 8080)},
-			}},
+			want:   []*proxier.Service{lbPort("172.30.0.41", "1.2.3.4", "5.6.7.8", "10.1.0.0/16", readyEP("10.0.0.1", 8080))},
 			reports: []string{
 				"Service/InvalidExternalIP/not-an-ip",
 				"Service/InvalidLoadBalancerIP/300.1.1.1",
@@ -180,13 +179,7 @@ func TestBuildServicePorts(t *testing.T) {
 				slice("v6", discovery.AddressTypeIPv6, p80(), ep("fd00::2"), ep("10.0.0.3")),
 				slice("fqdn", discovery.AddressTypeFQDN, p80(), ep("example.com")),
 			},
-			want: []*proxier.Service{{
-				Name: spn80, ClusterIP: ip("fd00::41"), Port: 80, Protocol: proxier.TCP,
-				ExternalIPs:              []netip.Addr{ip("2001:db8::1")},
-				LoadBalancerIPs:          []netip.Addr{ip("2001:db8::5")},
-				LoadBalancerSourceRanges: []netip.Prefix{prefix("2001:db8::/32")},
-				Endpoints:                []proxier.Endpoint{readyEP("fd00::2", 8080)},
-			}},
+			want:    []*proxier.Service{lbPort("fd00::41", "2001:db8::1", "2001:db8::5", "2001:db8::/32", readyEP("fd00::2", 8080))},
 			reports: []string{"EndpointSlice/WrongFamily/10.0.0.3"},
 		},
 		{
@@ -454,43 +447,43 @@ func TestBuildServicePortsSharesNoMemory(t *testing.T) {
 }
 
 func TestParseSloppy(t *testing.T) {
-	for in, want := range map[string]string{
-		"172.30.0.041":      "172.30.0.41",
-		"1.2.3.004":         "1.2.3.4",
-		"192.168.099.022":   "192.168.99.22",
-		"10.180.00.001":     "10.180.0.1",
-		"::ffff:1.2.3.4":    "1.2.3.4",
-		"fd00::0001":        "fd00::1",
-		" 10.0.0.1 ":        "10.0.0.1",
-		"10.0.0":            "invalid",
-		"":                  "invalid",
-		"fe80::1%eth0":      "invalid",
-		"1.2.3.4/32":        "invalid",
-		"2001:db8::1:2:3:4": "2001:db8::1:2:3:4",
+	addr := func(s string) (string, bool) { a, ok := parseAddr(s); return a.String(), ok }
+	pfx := func(s string) (string, bool) { p, ok := parsePrefix(s); return p.String(), ok }
+	for _, tc := range []struct {
+		name  string
+		parse func(string) (string, bool)
+		cases map[string]string // input -> parsed, or "invalid"
+	}{
+		{"parseAddr", addr, map[string]string{
+			"172.30.0.041":      "172.30.0.41",
+			"1.2.3.004":         "1.2.3.4",
+			"192.168.099.022":   "192.168.99.22",
+			"10.180.00.001":     "10.180.0.1",
+			"::ffff:1.2.3.4":    "1.2.3.4",
+			"fd00::0001":        "fd00::1",
+			" 10.0.0.1 ":        "10.0.0.1",
+			"10.0.0":            "invalid",
+			"":                  "invalid",
+			"fe80::1%eth0":      "invalid",
+			"1.2.3.4/32":        "invalid",
+			"2001:db8::1:2:3:4": "2001:db8::1:2:3:4",
+		}},
+		{"parsePrefix", pfx, map[string]string{
+			"203.0.113.000/025": "203.0.113.0/25",
+			"10.1.2.3/8":        "10.0.0.0/8",
+			"2001:db8::1/32":    "2001:db8::/32",
+			"10.0.0.0/33":       "invalid",
+			"10.0.0.0":          "invalid",
+		}},
 	} {
-		a, ok := parseAddr(in)
-		got := "invalid"
-		if ok {
-			got = a.String()
-		}
-		if got != want {
-			t.Errorf("parseAddr(%q) = %s, want %s", in, got, want)
-		}
-	}
-	for in, want := range map[string]string{
-		"203.0.113.000/025": "203.0.113.0/25",
-		"10.1.2.3/8":        "10.0.0.0/8",
-		"2001:db8::1/32":    "2001:db8::/32",
-		"10.0.0.0/33":       "invalid",
-		"10.0.0.0":          "invalid",
-	} {
-		p, ok := parsePrefix(in)
-		got := "invalid"
-		if ok {
-			got = p.String()
-		}
-		if got != want {
-			t.Errorf("parsePrefix(%q) = %s, want %s", in, got, want)
+		for in, want := range tc.cases {
+			got, ok := tc.parse(in)
+			if !ok {
+				got = "invalid"
+			}
+			if got != want {
+				t.Errorf("%s(%q) = %s, want %s", tc.name, in, got, want)
+			}
 		}
 	}
 }

@@ -2,9 +2,8 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"net"
+	"maps"
 	"os"
 	"reflect"
 	"slices"
@@ -12,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/klog/v2"
+	"github.com/spf13/pflag"
 	"k8s.io/kube-proxy/config/v1alpha1"
 	netutils "k8s.io/utils/net"
 	sjson "sigs.k8s.io/json"
@@ -29,17 +28,17 @@ import (
 // replaces every setting it covers: a flag for one of them is ignored
 // (svcproxy logs it; kube-proxy is silent), except --hostname-override,
 // which wins over the file's hostnameOverride when non-empty, and the
-// logging flags (-v, --vmodule), which win over the file's logging section.
+// logging flags, which win over the file's logging section (--vmodule's
+// patterns come before the file's).
 // Flags the file has no field for (--master, --cleanup, --dry-run and
 // svcproxy's own) keep working. Zero values in the file mean kube-proxy's
 // defaults (its SetDefaults_KubeProxyConfiguration), so kubeadm's file,
 // which spells out every field with zero values, gives the defaults.
 //
 // The file becomes flag values, which then go through the flags' own
-// checks; their errors name the file's field. A field svcproxy cannot
-// honour is an error naming it; fields that only tune what svcproxy leaves
-// to the node (conntrack sysctls, OOM score) or that no Linux proxy of the
-// chosen mode reads are accepted and logged as ignored.
+// checks; their errors name the file's field. Fields that no Linux proxy
+// of the chosen mode reads, or that svcproxy cannot apply, are accepted and
+// logged as ignored.
 
 // configSetting is one flag value a KubeProxyConfiguration file gives.
 type configSetting struct {
@@ -68,48 +67,61 @@ var configFlags = map[string]string{
 	"detect-local-mode":            "detectLocalMode",
 	"pod-bridge-interface":         "detectLocal.bridgeInterface",
 	"pod-interface-name-prefix":    "detectLocal.interfaceNamePrefix",
+	"kube-api-content-type":        "clientConnection.contentType",
+	"kube-api-qps":                 "clientConnection.qps",
+	"kube-api-burst":               "clientConnection.burst",
+	"profiling":                    "enableProfiling",
+	"oom-score-adj":                "oomScoreAdj",
+	"feature-gates":                "featureGates",
+
+	"conntrack-max-per-core":            "conntrack.maxPerCore",
+	"conntrack-min":                     "conntrack.min",
+	"conntrack-tcp-timeout-established": "conntrack.tcpEstablishedTimeout",
+	"conntrack-tcp-timeout-close-wait":  "conntrack.tcpCloseWaitTimeout",
+	"conntrack-tcp-be-liberal":          "conntrack.tcpBeLiberal",
+	"conntrack-udp-timeout":             "conntrack.udpTimeout",
+	"conntrack-udp-timeout-stream":      "conntrack.udpStreamTimeout",
 }
 
 // kube-proxy's defaults for what a KubeProxyConfiguration leaves zero
-// (pkg/proxy/apis/config/v1alpha1/defaults.go, pkg/cluster/ports).
+// (pkg/proxy/apis/config/v1alpha1/defaults.go, pkg/cluster/ports,
+// pkg/kubelet/qos); the conntrack ones are conntrack.DefaultTuning.
 const (
 	defaultMasqueradeBit    = 14
 	defaultSyncPeriod       = 30 * time.Second
 	defaultMinSyncPeriod    = time.Second
 	defaultConfigSyncPeriod = 15 * time.Minute
+	defaultOOMScoreAdj      = -999
 	healthzPort             = 10256
 	metricsPort             = 10249
+	clientContentType       = "application/vnd.kubernetes.protobuf"
+	clientQPS               = 5
+	clientBurst             = 10
 )
 
-// What svcproxy's API client does (main.go newClient, client-go's
-// defaults): the clientConnection values it can honour.
-const (
-	clientContentType = "application/vnd.kubernetes.protobuf"
-	clientAccept      = "application/vnd.kubernetes.protobuf,application/json"
-	clientQPS         = 5
-	clientBurst       = 10
-)
+// clientAccept is what svcproxy's API client accepts unless
+// clientConnection.acceptContentTypes says otherwise.
+const clientAccept = "application/vnd.kubernetes.protobuf,application/json"
 
-// applyConfigFile reads the KubeProxyConfiguration at path and sets the
-// flags it covers in fs (set: the flags given on the command line). It
-// returns, for each flag it set, the file's field.
-func applyConfigFile(o *options, fs *flag.FlagSet, set map[string]bool, path string) (map[string]string, error) {
+// applyConfigFile reads the KubeProxyConfiguration --config names and sets
+// the flags it covers in fs (set: the flags given on the command line;
+// raw: where fs keeps some of them), recording in o.fromFile the file's
+// field for each flag it set.
+func applyConfigFile(o *options, fs *pflag.FlagSet, set map[string]bool, raw *rawFlags) error {
+	path := o.configFile
 	prefix := "--config " + path + ": "
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, errors.New("--config: " + oneLine(err))
+		return errors.New("--config: " + oneLine(err))
 	}
 	cfg, lenient, err := decodeConfig(data)
 	if err != nil {
-		return nil, errors.New(prefix + oneLine(err))
+		return errors.New(prefix + oneLine(err))
 	}
-	if len(lenient) > 0 {
-		o.lenientFields = lenient
-		klog.ErrorS(nil, "Using lenient decoding as strict decoding failed (as kube-proxy does): these fields are not used", "config", path, "errors", lenient)
-	}
+	o.lenientFields = lenient
 	settings, ignored, err := configSettings(cfg)
 	if err != nil {
-		return nil, errors.New(prefix + oneLine(err))
+		return errors.New(prefix + oneLine(err))
 	}
 	for name := range configFlags {
 		if set[name] && name != "hostname-override" {
@@ -117,27 +129,25 @@ func applyConfigFile(o *options, fs *flag.FlagSet, set map[string]bool, path str
 		}
 	}
 	slices.Sort(o.ignoredFlags)
-	fields := map[string]string{}
+	// The file replaces, rather than adds to, the lists the command line gave.
+	raw.npa, o.featureGates = nil, nil
 	for _, s := range settings {
 		switch {
 		case s.flag == "hostname-override" && o.hostnameOverride != "":
 			continue // kube-proxy's processHostnameOverrideFlag: the flag wins
-		case (s.flag == "v" || s.flag == "vmodule") && set[s.flag]:
+		case s.flag != "vmodule" && set[s.flag] && isLoggingFlag(s.flag):
 			continue // kube-proxy's copyLogsFromFlags: logging flags win
 		}
 		if err := fs.Set(s.flag, s.value); err != nil {
-			return nil, fmt.Errorf("%s%s: %s", prefix, s.field, oneLine(err))
+			return fmt.Errorf("%s%s: %s", prefix, s.field, oneLine(err))
 		}
-		fields[s.flag] = s.field
+		o.fromFile[s.flag] = s.field
+	}
+	if a := cfg.ClientConnection.AcceptContentTypes; a != "" {
+		o.kubeAPI.accept = a
 	}
 	o.ignoredFields = ignored
-	if len(o.ignoredFlags) > 0 {
-		klog.InfoS("Flags ignored: --config gives these settings", "config", path, "flags", o.ignoredFlags)
-	}
-	if len(ignored) > 0 {
-		klog.InfoS("KubeProxyConfiguration fields ignored by svcproxy", "config", path, "fields", ignored)
-	}
-	return fields, nil
+	return nil
 }
 
 // decodeConfig decodes a KubeProxyConfiguration as kube-proxy's codec does:
@@ -204,11 +214,7 @@ func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSett
 		ignored = append(ignored, f+" ("+other+" mode only)")
 	}
 	add("masquerade-all", sec+".masqueradeAll", strconv.FormatBool(masqAll))
-	b := int32(defaultMasqueradeBit)
-	if bit != nil {
-		b = *bit
-	}
-	add("iptables-masquerade-bit", sec+".masqueradeBit", strconv.Itoa(int(b)))
+	add("iptables-masquerade-bit", sec+".masqueradeBit", strconv.Itoa(int(ptrOr(bit, defaultMasqueradeBit))))
 	add("iptables-min-sync-period", sec+".minSyncPeriod", dur(minSync.Duration, defaultMinSyncPeriod))
 	add("iptables-sync-period", sec+".syncPeriod", dur(sync.Duration, defaultSyncPeriod))
 	lnp := cfg.IPTables.LocalhostNodePorts == nil || *cfg.IPTables.LocalhostNodePorts
@@ -216,16 +222,9 @@ func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSett
 
 	cc := cfg.ClientConnection
 	add("kubeconfig", "clientConnection.kubeconfig", cc.Kubeconfig)
-	switch {
-	case cc.ContentType != "" && cc.ContentType != clientContentType:
-		return nil, nil, fmt.Errorf("clientConnection.contentType: %q is not supported (svcproxy sends %s)", cc.ContentType, clientContentType)
-	case cc.AcceptContentTypes != "" && cc.AcceptContentTypes != clientAccept:
-		return nil, nil, fmt.Errorf("clientConnection.acceptContentTypes: %q is not supported (svcproxy accepts %s)", cc.AcceptContentTypes, clientAccept)
-	case cc.QPS != 0 && cc.QPS != clientQPS:
-		return nil, nil, fmt.Errorf("clientConnection.qps: %v is not supported (svcproxy uses %d, kube-proxy's default)", cc.QPS, clientQPS)
-	case cc.Burst != 0 && cc.Burst != clientBurst:
-		return nil, nil, fmt.Errorf("clientConnection.burst: %d is not supported (svcproxy uses %d, kube-proxy's default)", cc.Burst, clientBurst)
-	}
+	add("kube-api-content-type", "clientConnection.contentType", orDefault(cc.ContentType, clientContentType))
+	add("kube-api-qps", "clientConnection.qps", strconv.FormatFloat(float64(orDefault(cc.QPS, clientQPS)), 'g', -1, 32))
+	add("kube-api-burst", "clientConnection.burst", strconv.Itoa(int(orDefault(cc.Burst, clientBurst))))
 	add("hostname-override", "hostnameOverride", cfg.HostnameOverride)
 
 	// bindAddress's family picks the defaults of the two server addresses;
@@ -242,11 +241,11 @@ func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSett
 	add("healthz-bind-address", "healthzBindAddress", hostPort(cfg.HealthzBindAddress, healthzHost, healthzPort))
 	add("metrics-bind-address", "metricsBindAddress", hostPort(cfg.MetricsBindAddress, metricsHost, metricsPort))
 	if cfg.BindAddressHardFail {
-		return nil, nil, errors.New("bindAddressHardFail: true is not supported (svcproxy logs a server that cannot bind and keeps running)")
+		ignored = append(ignored, "bindAddressHardFail ("+inapplicableFlags["bind-address-hard-fail"]+")")
 	}
-	if cfg.EnableProfiling {
-		return nil, nil, errors.New("enableProfiling: true is not supported (svcproxy serves no /debug/pprof)")
-	}
+	add("profiling", "enableProfiling", strconv.FormatBool(cfg.EnableProfiling))
+	add("oom-score-adj", "oomScoreAdj", strconv.Itoa(int(ptrOr(cfg.OOMScoreAdj, defaultOOMScoreAdj))))
+	conntrackSettings(cfg.Conntrack, add)
 
 	add("cluster-cidr", "clusterCIDR", cfg.ClusterCIDR)
 	add("nodeport-addresses", "nodePortAddresses", strings.Join(cfg.NodePortAddresses, ","))
@@ -255,51 +254,16 @@ func configSettings(cfg *v1alpha1.KubeProxyConfiguration) (settings []configSett
 	add("pod-interface-name-prefix", "detectLocal.interfaceNamePrefix", cfg.DetectLocal.InterfaceNamePrefix)
 	add("config-sync-period", "configSyncPeriod", dur(cfg.ConfigSyncPeriod.Duration, defaultConfigSyncPeriod))
 
-	// logging: klog text output, its verbosity and vmodule.
-	l := cfg.Logging
-	if l.Format != "" && l.Format != "text" {
-		return nil, nil, fmt.Errorf("logging.format: %q is not supported (svcproxy logs klog text)", l.Format)
-	}
-	if l.Verbosity != 0 {
-		add("v", "logging.verbosity", strconv.FormatUint(uint64(l.Verbosity), 10))
-	}
-	if len(l.VModule) > 0 {
-		var vm []string
-		for _, m := range l.VModule {
-			vm = append(vm, fmt.Sprintf("%s=%d", m.FilePattern, m.Verbosity))
-		}
-		add("vmodule", "logging.vmodule", strings.Join(vm, ","))
-	}
-	if d := l.FlushFrequency.Duration.Duration; d != 0 && d != 5*time.Second {
-		ignored = append(ignored, "logging.flushFrequency (klog's own)")
-	}
-	for _, o := range []struct {
-		name  string
-		split bool
-		zero  bool
-	}{
-		{"text", l.Options.Text.SplitStream, l.Options.Text.InfoBufferSize.IsZero()},
-		{"json", l.Options.JSON.SplitStream, l.Options.JSON.InfoBufferSize.IsZero()},
-	} {
-		if o.split {
-			ignored = append(ignored, "logging.options."+o.name+".splitStream")
-		}
-		if !o.zero {
-			ignored = append(ignored, "logging.options."+o.name+".infoBufferSize")
+	loggingSettings(cfg.Logging, add)
+	var gates []string
+	for _, name := range slices.Sorted(maps.Keys(cfg.FeatureGates)) {
+		if knownGate(name) {
+			gates = append(gates, name+"="+strconv.FormatBool(cfg.FeatureGates[name]))
+		} else {
+			ignored = append(ignored, "featureGates ("+name+": no such svcproxy gate)")
 		}
 	}
-
-	// Accepted and ignored: what svcproxy leaves to the node, and what no
-	// proxy of these modes on Linux reads.
-	if len(cfg.FeatureGates) > 0 {
-		ignored = append(ignored, "featureGates (svcproxy has no feature gates)")
-	}
-	for _, f := range setFields("conntrack.", cfg.Conntrack) {
-		ignored = append(ignored, f+" (svcproxy does not set conntrack sysctls)")
-	}
-	if cfg.OOMScoreAdj != nil {
-		ignored = append(ignored, "oomScoreAdj (svcproxy does not adjust its OOM score)")
-	}
+	add("feature-gates", "featureGates", strings.Join(gates, ","))
 	for _, f := range setFields("ipvs.", cfg.IPVS) {
 		ignored = append(ignored, f+" (ipvs mode only)")
 	}
@@ -338,17 +302,11 @@ func setFields(prefix string, v any) []string {
 
 // hostPort is a KubeProxyConfiguration server address: host:port with the
 // default host and port when empty, a bare IP with the default port.
-func hostPort(addr, defHost string, port int) string {
+func hostPort(addr, defHost string, port int32) string {
 	if addr == "" {
-		return net.JoinHostPort(defHost, strconv.Itoa(port))
+		addr = defHost
 	}
-	if _, _, err := net.SplitHostPort(addr); err == nil {
-		return addr
-	}
-	if netutils.ParseIPSloppy(addr) != nil {
-		return net.JoinHostPort(addr, strconv.Itoa(port))
-	}
-	return addr // the flags' check reports it
+	return appendPort(addr, port) // what is neither, the flags' check reports
 }
 
 // oneLine is err's message on one line.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // kubeadmConfig is a config.conf as kubeadm writes it into the kube-proxy
@@ -137,8 +138,17 @@ func TestConfigFile(t *testing.T) {
 			if len(o.ignoredFlags) != 0 {
 				t.Errorf("ignored flags %v: --hostname-override applies with --config", o.ignoredFlags)
 			}
-			if want := []string{"conntrack.tcpEstablishedTimeout (svcproxy does not set conntrack sysctls)"}; !slices.Equal(o.ignoredFields, want) {
-				t.Errorf("ignored fields %q, want %q", o.ignoredFields, want)
+			if len(o.ignoredFields) != 0 {
+				t.Errorf("ignored fields %q, want none", o.ignoredFields)
+			}
+			// The conntrack section applies: its timeout, and kube-proxy's
+			// defaults for the fields left null.
+			want := conntrackFlags{maxPerCore: 32768, min: 131072, tcpEstablished: 2 * time.Hour, tcpCloseWait: time.Hour}
+			if o.conntrack != want {
+				t.Errorf("conntrack %+v, want %+v", o.conntrack, want)
+			}
+			if o.oomScoreAdj != -999 || o.kubeAPI != (apiClient{clientContentType, clientAccept, 5, 10}) || o.profiling || o.logging.Format != "text" {
+				t.Errorf("OOM score %d, API client %+v, profiling %v, log format %q", o.oomScoreAdj, o.kubeAPI, o.profiling, o.logging.Format)
 			}
 		}},
 		{name: "hostnameOverride from the file without the flag", config: edit(`hostnameOverride: ""`, `hostnameOverride: node-2`), check: func(t *testing.T, o *options) {
@@ -240,17 +250,60 @@ func TestConfigFile(t *testing.T) {
 				}
 			}},
 		{name: "accepted and ignored", config: edit(
-			"oomScoreAdj: null", "oomScoreAdj: -999",
-			"  maxPerCore: null", "  maxPerCore: 0",
-			"  tcpBeLiberal: false", "  tcpBeLiberal: true",
 			`  scheduler: ""`, "  scheduler: rr",
-			"kind: KubeProxyConfiguration", "kind: KubeProxyConfiguration\nfeatureGates:\n  SomeGate: true",
+			"bindAddressHardFail: false", "bindAddressHardFail: true",
+			"kind: KubeProxyConfiguration", "kind: KubeProxyConfiguration\nfeatureGates:\n  SomeGate: true\n  LoggingAlphaOptions: true",
 			`portRange: ""`, "portRange: 30000-32767"),
 			check: func(t *testing.T, o *options) {
-				for _, f := range []string{"oomScoreAdj", "conntrack.maxPerCore", "conntrack.tcpBeLiberal", "conntrack.tcpEstablishedTimeout", "ipvs.scheduler", "featureGates", "portRange"} {
+				for _, f := range []string{"ipvs.scheduler", "featureGates", "bindAddressHardFail", "portRange"} {
 					if !slices.ContainsFunc(o.ignoredFields, func(s string) bool { return strings.HasPrefix(s, f+" (") }) {
 						t.Errorf("ignored fields %q lack %s", o.ignoredFields, f)
 					}
+				}
+				// Known gates apply; the file's unknown ones are named
+				// among its ignored fields, not the flags' warning.
+				if !o.gates.Enabled("LoggingAlphaOptions") || len(o.inapplicable) != 0 {
+					t.Errorf("gates %v, inapplicable %q", o.featureGates, o.inapplicable)
+				}
+			}},
+		{name: "what svcproxy honours beyond the rules", config: edit(
+			"oomScoreAdj: null", "oomScoreAdj: -500",
+			"  maxPerCore: null", "  maxPerCore: 0",
+			"  min: null", "  min: 4096",
+			"  tcpBeLiberal: false", "  tcpBeLiberal: true",
+			"  tcpCloseWaitTimeout: null", "  tcpCloseWaitTimeout: 0s",
+			"  udpStreamTimeout: 0s", "  udpStreamTimeout: 2m",
+			"  udpTimeout: 0s", "  udpTimeout: 30s",
+			"enableProfiling: false", "enableProfiling: true",
+			"  qps: 0", "  qps: 50.5",
+			"  burst: 0", "  burst: 100",
+			`  contentType: ""`, "  contentType: application/json",
+			`  acceptContentTypes: ""`, "  acceptContentTypes: application/json",
+			"logging:", "logging:\n  format: json"),
+			args: []string{"--conntrack-min=1", "--oom-score-adj=0", "--kube-api-qps=1"},
+			check: func(t *testing.T, o *options) {
+				want := conntrackFlags{min: 4096, tcpEstablished: 2 * time.Hour, tcpBeLiberal: true, udpTimeout: 30 * time.Second, udpStreamTimeout: 2 * time.Minute}
+				if o.conntrack != want {
+					t.Errorf("conntrack %+v, want %+v", o.conntrack, want)
+				}
+				if o.oomScoreAdj != -500 || !o.profiling || o.kubeAPI != (apiClient{"application/json", "application/json", 50.5, 100}) || o.logging.Format != "json" {
+					t.Errorf("OOM score %d, profiling %v, API client %+v, log format %q", o.oomScoreAdj, o.profiling, o.kubeAPI, o.logging.Format)
+				}
+				if want := []string{"--conntrack-min", "--kube-api-qps", "--oom-score-adj"}; !slices.Equal(o.ignoredFlags, want) {
+					t.Errorf("ignored flags %v, want %v", o.ignoredFlags, want)
+				}
+				if o.at("conntrack-min") != "--config "+o.configFile+": conntrack.min" {
+					t.Errorf("conntrack-min comes from %q", o.at("conntrack-min"))
+				}
+			}},
+		{name: "logging flags win over the file's, vmodule adds to it", config: edit("logging:", "logging:\n  format: json\n  vmodule:\n  - filePattern: a\n    verbosity: 1", "  verbosity: 0", "  verbosity: 3",
+			"  flushFrequency: 0", "  flushFrequency: 2s"),
+			args: []string{"--logging-format=text", "--vmodule=b=2"},
+			check: func(t *testing.T, o *options) {
+				l := o.logging
+				if l.Format != "text" || l.Verbosity != 3 || l.FlushFrequency.Duration.Duration != 2*time.Second || len(l.VModule) != 2 ||
+					l.VModule[0].FilePattern != "b" || l.VModule[1].FilePattern != "a" {
+					t.Errorf("logging %+v", l)
 				}
 			}},
 		{name: "JSON works too", config: `{"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "nftables"}`,
@@ -292,11 +345,15 @@ func TestConfigFile(t *testing.T) {
 		{name: "bad metrics address", config: edit("metricsBindAddress: 0.0.0.0:10249", "metricsBindAddress: localhost:10249"), wantErr: "metricsBindAddress: \"localhost\" is not an IP address"},
 		{name: "cleanup-kube-proxy needs nftables in the file", config: kubeadmConfig, args: []string{"--cleanup-kube-proxy", "--proxy-mode=nftables"},
 			wantErr: "--cleanup-kube-proxy: only with mode: nftables in"},
-		{name: "profiling cannot be honoured", config: edit("enableProfiling: false", "enableProfiling: true"), wantErr: "enableProfiling"},
-		{name: "hard fail cannot be honoured", config: edit("bindAddressHardFail: false", "bindAddressHardFail: true"), wantErr: "bindAddressHardFail"},
-		{name: "qps cannot be honoured", config: edit("  qps: 0", "  qps: 50"), wantErr: "clientConnection.qps: 50"},
-		{name: "json content cannot be honoured", config: edit(`  contentType: ""`, "  contentType: application/json"), wantErr: "clientConnection.contentType"},
-		{name: "json logging cannot be honoured", config: edit("logging:", "logging:\n  format: json"), wantErr: "logging.format: \"json\""},
+		{name: "negative conntrack min", config: edit("  min: null", "  min: -1"), wantErr: "conntrack.min: -1 is negative"},
+		{name: "negative close-wait timeout", config: edit("  tcpCloseWaitTimeout: null", "  tcpCloseWaitTimeout: -1s"), wantErr: "conntrack.tcpCloseWaitTimeout: -1s is negative"},
+		{name: "OOM score out of range", config: edit("oomScoreAdj: null", "oomScoreAdj: -1001"), wantErr: "oomScoreAdj: -1001 is not in -1000..1000"},
+		{name: "negative burst", config: edit("  burst: 0", "  burst: -3"), wantErr: "clientConnection.burst: -3 is negative"},
+		{name: "unknown log format", config: edit("logging:", "logging:\n  format: xml"), wantErr: "logging.format: Invalid value: \"xml\": Unsupported log format"},
+		{name: "split stream needs the alpha gate", config: edit("    text:\n      infoBufferSize: \"0\"", "    text:\n      splitStream: true\n      infoBufferSize: \"0\""),
+			wantErr: "logging.options.text.splitStream"},
+		{name: "json log format with klog's own flags", config: edit("logging:", "logging:\n  format: json"), args: []string{"--log-file="}, // klog's defaults are global: keep them
+			wantErr: "logging.format: \"json\" does not honour klog's own [--log-file]"},
 		{name: "blank --hostname-override", config: kubeadmConfig, args: []string{"--hostname-override= "}, wantErr: "--hostname-override"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -331,7 +388,8 @@ func TestConfigFile(t *testing.T) {
 }
 
 // TestConfigLogging: the file's verbosity and vmodule become -v and
-// --vmodule (which parseFlags leaves alone when given on the command line).
+// --vmodule (-v given on the command line wins; --vmodule's patterns come
+// first).
 func TestConfigLogging(t *testing.T) {
 	cfg, _, err := decodeConfig([]byte(edit("  verbosity: 0", "  verbosity: 4\n  vmodule:\n  - filePattern: proxier*\n    verbosity: 6")))
 	if err != nil {
@@ -366,29 +424,34 @@ func TestHelp(t *testing.T) {
 	}
 	fs, _ := newFlagSet(&options{})
 	n := 0
-	fs.VisitAll(func(f *flag.Flag) {
+	fs.VisitAll(func(f *pflag.Flag) {
 		n++
-		_, help := flag.UnquoteUsage(f)
-		i := strings.Index(out, "  --"+f.Name+" ")
-		if i < 0 {
-			i = strings.Index(out, "  --"+f.Name+"\n")
+		_, help := pflag.UnquoteUsage(f)
+		i := -1
+		for _, pfx := range []string{"\n  --", "\n  -" + f.Shorthand + ", --"} {
+			for _, end := range []string{" ", "\n"} {
+				if j := strings.Index(out, pfx+f.Name+end); j >= 0 && i < 0 {
+					i = j + 1
+				}
+			}
 		}
 		if i < 0 {
 			t.Errorf("--%s is not listed", f.Name)
 			return
 		}
 		entry := out[i:]
-		if j := strings.Index(entry[4:], "\n  --"); j >= 0 {
-			entry = entry[:j+4]
+		if j := strings.Index(entry, "\n  -"); j >= 0 {
+			entry = entry[:j]
 		}
-		if !strings.Contains(entry, help) || !strings.Contains(entry, "(default ") || !strings.Contains(entry, f.DefValue) {
+		if !strings.Contains(entry, help) || !strings.Contains(entry, "(default ") || !strings.Contains(entry, strings.Trim(f.DefValue, "[]")) {
 			t.Errorf("--%s lacks its help text or default %q:\n%s", f.Name, f.DefValue, entry)
 		}
 	})
 	if n < 30 {
 		t.Errorf("only %d flags", n)
 	}
-	for _, want := range []string{`--metrics-bind-address string`, `(default "127.0.0.1:10249")`, "--config string", "KubeProxyConfiguration", "--v value"} {
+	for _, want := range []string{`--metrics-bind-address string`, `(default "127.0.0.1:10249")`, "--config string", "KubeProxyConfiguration", "-v, --v Level",
+		"-h, --help", "--conntrack-max-per-core int32", "(default 32768)", "--nodeport-addresses strings", "--version version", "--logging-format string"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("help lacks %q", want)
 		}

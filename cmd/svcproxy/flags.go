@@ -1,23 +1,28 @@
 package main
 
 import (
-	"errors"
-	"flag"
+	goflag "flag"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+	cliflag "k8s.io/component-base/cli/flag"
+	"k8s.io/component-base/featuregate"
+	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
 
-	"github.com/svcproxy/svcproxy/syncer"
+	"github.com/svcproxy/svcproxy/proxier/conntrack"
+
+	// The json log format, for --logging-format=json as in kube-proxy.
+	_ "k8s.io/component-base/logs/json/register"
 )
 
-// options are the command-line flags, named and defaulted as kube-proxy's so
-// an existing kube-proxy DaemonSet's arguments keep working.
+// options are the command-line flags: kube-proxy's (v1.36, every one of
+// them, parsed as kube-proxy parses them) and svcproxy's own, so an existing
+// kube-proxy DaemonSet's arguments keep working.
 type options struct {
 	kubeconfig       string
 	master           string
@@ -37,6 +42,7 @@ type options struct {
 	nodePortAddresses  []netip.Prefix
 	nodePortPrimary    bool       // "primary" was given: add the node's own IPs
 	bindAddress        netip.Addr // --bind-address; when specific, this node's IP of its family
+	bindAddressFlag    string     // --bind-address as given (0.0.0.0 or :: too)
 	localhostNodePorts bool
 	detectLocalMode    string
 	bridgeInterface    string
@@ -46,13 +52,57 @@ type options struct {
 	serviceCIDRs     []netip.Prefix // --service-cluster-ip-range
 	cleanupKubeProxy bool
 
-	// With --config: the flags the file overrode, and the file's fields
-	// svcproxy accepted but does not use (each with why); both are logged.
+	// kube-proxy's settings beyond the rules: the API client, the node's
+	// conntrack table and OOM score, what runs and what is served.
+	kubeAPI       apiClient
+	conntrack     conntrackFlags
+	oomScoreAdj   int32
+	profiling     bool
+	initOnly      bool
+	writeConfigTo string
+	version       string                                  // --version's value; "" when not given
+	featureGates  map[string]bool                         // --feature-gates
+	gates         featuregate.MutableVersionedFeatureGate // svcproxy's, set from featureGates
+	logging       logsapi.LoggingConfiguration
+	healthzPort   int32 // deprecated --healthz-port; 0 disables /healthz
+	metricsPort   int32 // deprecated --metrics-port; 0 disables /metrics
+	// klogFlags are the klog flags given that only klog's own output
+	// honours (--log-file, ...); see applyLogging.
+	klogFlags []string
+
+	// With --config: the file, the flags it gave a value (each with its
+	// field, for messages), the flags the file overrode, and the file's
+	// fields svcproxy accepted but does not use (each with why); the last
+	// two are logged.
+	configFile    string
+	fromFile      map[string]string
 	ignoredFlags  []string
 	ignoredFields []string
 	// lenientFields are the unknown or duplicate fields of --config that
 	// strict decoding found (and that were dropped).
 	lenientFields []string
+	// inapplicable are kube-proxy's flags given on the command line that
+	// cannot apply to svcproxy, and deprecated the deprecation notices of
+	// the flags given: both are logged at start.
+	inapplicable []string
+	deprecated   []string
+}
+
+// apiClient is how svcproxy talks to the API server (kube-proxy's
+// clientConnection).
+type apiClient struct {
+	contentType string
+	accept      string // only from --config (no flag)
+	qps         float32
+	burst       int32
+}
+
+// conntrackFlags are --conntrack-*, as conntrack.Tuning takes them.
+type conntrackFlags struct {
+	maxPerCore, min              int32
+	tcpEstablished, tcpCloseWait time.Duration
+	tcpBeLiberal                 bool
+	udpTimeout, udpStreamTimeout time.Duration
 }
 
 // nftablesRuleCheckInterval is --rule-check-interval's default in nftables
@@ -62,257 +112,155 @@ const nftablesRuleCheckInterval = 200 * time.Millisecond
 
 // rawFlags are the flag values parseFlags converts after parsing.
 type rawFlags struct {
-	config, cidrs, bind, npa, scidrs *string
+	cidrs, bind, scidrs string
+	npa                 []string
+	help                bool
 }
 
-// newFlagSet defines svcproxy's flags on a new flag set, bound to o.
-func newFlagSet(o *options) (*flag.FlagSet, *rawFlags) {
+// newFlagSet defines svcproxy's flags on a new flag set, bound to o, with
+// kube-proxy's parsing: --flag value and --flag=value, "_" read as "-",
+// string lists that append when repeated.
+func newFlagSet(o *options) (*pflag.FlagSet, *rawFlags) {
 	r := &rawFlags{}
-	fs := flag.NewFlagSet("svcproxy", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("svcproxy", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	r.config = fs.String("config", "", "Path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as kube-proxy's --config. The flags the file covers are then ignored (and logged), as in kube-proxy; --hostname-override (which wins over the file's hostnameOverride), --master, --cleanup, --dry-run, the svcproxy-only flags and the logging flags still apply.")
+	fs.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
+	fs.SortFlags = false
+	fs.StringVar(&o.configFile, "config", "", "Path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as kube-proxy's --config. The flags the file covers are then ignored (and logged), as in kube-proxy; --hostname-override (which wins over the file's hostnameOverride), --master, --cleanup, --init-only, --dry-run, the svcproxy-only flags and the logging flags still apply.")
+	fs.StringVar(&o.writeConfigTo, "write-config-to", "", "Write the configuration these flags (or --config) give, as a KubeProxyConfiguration file, to this path and exit.")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; empty means in-cluster configuration.")
 	fs.StringVar(&o.master, "master", "", "Address of the Kubernetes API server (overrides the kubeconfig's).")
+	o.kubeAPI.accept = clientAccept
+	fs.StringVar(&o.kubeAPI.contentType, "kube-api-content-type", clientContentType, "Content type of requests to the API server.")
+	fs.Float32Var(&o.kubeAPI.qps, "kube-api-qps", clientQPS, "Queries per second to the API server.")
+	fs.Int32Var(&o.kubeAPI.burst, "kube-api-burst", clientBurst, "Burst of queries to the API server.")
 	fs.StringVar(&o.hostnameOverride, "hostname-override", "", "Name of this node, if not the hostname.")
-	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables or nftables.")
-	r.cidrs = fs.String("cluster-cidr", "", "Comma-separated pod CIDRs of the cluster; traffic to ClusterIPs from outside them is masqueraded.")
+	fs.StringVar(&o.proxyMode, "proxy-mode", "iptables", "Which proxy mode to use: iptables or nftables (ipvs is refused).")
+	fs.StringVar(&r.cidrs, "cluster-cidr", "", "Comma-separated pod CIDRs of the cluster (one per family); traffic to ClusterIPs from outside them is masqueraded.")
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to ClusterIPs.")
-	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", 14, "The fwmark bit (0-31) flagging packets for SNAT.")
-	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", time.Second, "Minimum interval between rule syncs (e.g. 1s, 100ms).")
-	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", 30*time.Second, "Interval of periodic rule syncs and retry bound after a failure.")
-	fs.DurationVar(&o.configSyncPeriod, "config-sync-period", 15*time.Minute, "How often informers resync from their caches.")
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "host:port for /metrics; empty disables it.")
-	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "host:port for /healthz and /livez; empty disables it.")
+	fs.IntVar(&o.masqueradeBit, "iptables-masquerade-bit", defaultMasqueradeBit, "The fwmark bit (0-31) flagging packets for SNAT.")
+	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", defaultMinSyncPeriod, "Minimum interval between rule syncs (e.g. 1s, 100ms), in either mode.")
+	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", defaultSyncPeriod, "Interval of periodic rule syncs and retry bound after a failure, in either mode.")
+	fs.DurationVar(&o.configSyncPeriod, "config-sync-period", defaultConfigSyncPeriod, "How often informers resync from their caches.")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "IP:port (or IP, with --metrics-port) for /metrics; empty disables it.")
+	fs.StringVar(&o.healthzAddr, "healthz-bind-address", "0.0.0.0:10256", "IP:port (or IP, with --healthz-port) for /healthz and /livez; empty disables it.")
+	fs.Int32Var(&o.metricsPort, "metrics-port", metricsPort, "Deprecated: the port of --metrics-bind-address when it is a bare IP; 0 disables /metrics.")
+	fs.Int32Var(&o.healthzPort, "healthz-port", healthzPort, "Deprecated: the port of --healthz-bind-address when it is a bare IP; 0 disables /healthz.")
+	fs.BoolVar(&o.profiling, "profiling", false, "Serve Go profiling (/debug/pprof/) and a verbosity setter (/debug/flags/v) on the metrics address.")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
-	r.bind = fs.String("bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
-	r.npa = fs.String("nodeport-addresses", "", "Comma-separated CIDRs (or \"primary\") of node addresses NodePorts answer on; empty means all in iptables mode, primary in nftables mode.")
-	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; sets route_localnet).")
+	fs.BoolVar(&o.initOnly, "init-only", false, "Do the setup that needs full privilege (conntrack sysctls; route_localnet for localhost NodePorts in iptables mode), then exit: the proxy itself can then run with NET_ADMIN and NET_RAW only.")
+	fs.StringVar(&r.bind, "bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")
+	fs.StringSliceVar(&r.npa, "nodeport-addresses", nil, "CIDRs (comma-separated or repeated), or \"primary\", of node addresses NodePorts answer on; empty means all in iptables mode, primary in nftables mode.")
+	fs.BoolVar(&o.localhostNodePorts, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (iptables mode, IPv4; sets route_localnet).")
 	fs.StringVar(&o.detectLocalMode, "detect-local-mode", "ClusterCIDR", "How to tell local pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix.")
 	fs.StringVar(&o.bridgeInterface, "pod-bridge-interface", "", "The pod bridge, for --detect-local-mode=BridgeInterface.")
 	fs.StringVar(&o.interfacePrefix, "pod-interface-name-prefix", "", "The pod interface name prefix, for --detect-local-mode=InterfaceNamePrefix.")
+	fs.Int32Var(&o.oomScoreAdj, "oom-score-adj", defaultOOMScoreAdj, "The OOM score adjustment of the svcproxy process, in [-1000, 1000].")
+	ct := &o.conntrack
+	fs.Int32Var(&ct.maxPerCore, "conntrack-max-per-core", int32(conntrack.DefaultTuning.MaxPerCore), "Conntrack entries per CPU: nf_conntrack_max is this times the CPUs, at least --conntrack-min (0 leaves nf_conntrack_max and ignores --conntrack-min).")
+	fs.Int32Var(&ct.min, "conntrack-min", int32(conntrack.DefaultTuning.Min), "The least nf_conntrack_max --conntrack-max-per-core may give.")
+	fs.DurationVar(&ct.tcpEstablished, "conntrack-tcp-timeout-established", conntrack.DefaultTuning.TCPEstablishedTimeout, "Idle timeout of established TCP connections (0 leaves it).")
+	fs.DurationVar(&ct.tcpCloseWait, "conntrack-tcp-timeout-close-wait", conntrack.DefaultTuning.TCPCloseWaitTimeout, "Timeout of TCP connections in CLOSE_WAIT (0 leaves it).")
+	fs.BoolVar(&ct.tcpBeLiberal, "conntrack-tcp-be-liberal", false, "Set nf_conntrack_tcp_be_liberal to 1 (out-of-window TCP packets are then not INVALID, and not dropped).")
+	fs.DurationVar(&ct.udpTimeout, "conntrack-udp-timeout", 0, "Idle timeout of unreplied UDP flows (0 leaves it).")
+	fs.DurationVar(&ct.udpStreamTimeout, "conntrack-udp-timeout-stream", 0, "Idle timeout of assured UDP flows (0 leaves it).")
+	fs.Var(newGatesValue(&o.featureGates), "feature-gates", "key=true|false pairs (comma-separated or repeated). Of kube-proxy's gates, the logging ones apply (LoggingAlphaOptions, LoggingBetaOptions, ContextualLogging); the others are accepted and named in a warning.")
 	fs.DurationVar(&o.ruleCheckInterval, "rule-check-interval", time.Second, "How often to check that no one flushed or removed svcproxy's rules (0 disables; default 1s, 200ms in nftables mode).")
-	r.scidrs = fs.String("service-cluster-ip-range", "", "Comma-separated Service CIDRs (one per family); in nftables mode, traffic to an unallocated ClusterIP in them is dropped.")
+	fs.StringVar(&r.scidrs, "service-cluster-ip-range", "", "Comma-separated Service CIDRs (one per family); in nftables mode, traffic to an unallocated ClusterIP in them is dropped.")
 	fs.BoolVar(&o.cleanupKubeProxy, "cleanup-kube-proxy", false, "nftables mode: at start, remove kube-proxy's iptables chains and its nftables tables (a one-step migration from kube-proxy).")
-	klog.InitFlags(fs)
+	addInapplicable(fs)
+	fs.VarPF(&versionValue{v: &o.version}, "version", "", "--version (or =true) prints svcproxy's version and exits, --version=raw prints its build details; --version=vX.Y.Z sets the version it reports.").NoOptDefVal = "true"
+	fs.BoolVarP(&r.help, "help", "h", false, "Print this help and exit.")
+
+	o.logging = *logsapi.NewLoggingConfiguration()
+	logsapi.AddFlags(&o.logging, fs)
+	addKlogFlags(fs)
 	return fs, r
 }
 
+// addKlogFlags adds klog's own flags (--log-file, --logtostderr, ...), which
+// svcproxy has always accepted; -v and --vmodule are the logging API's.
+func addKlogFlags(fs *pflag.FlagSet) {
+	kfs := goflag.NewFlagSet("klog", goflag.ContinueOnError)
+	klog.InitFlags(kfs)
+	kfs.VisitAll(func(f *goflag.Flag) {
+		if f.Name != "v" && f.Name != "vmodule" {
+			fs.AddGoFlag(f)
+		}
+	})
+}
+
+// isKlogFlag reports whether name is one of addKlogFlags' flags.
+func isKlogFlag(name string) bool {
+	kfs := goflag.NewFlagSet("klog", goflag.ContinueOnError)
+	klog.InitFlags(kfs)
+	found := false
+	kfs.VisitAll(func(f *goflag.Flag) {
+		found = found || (name != "v" && name != "vmodule" && cliflag.WordSepNormalizeFunc(nil, f.Name) == pflag.NormalizedName(name))
+	})
+	return found
+}
+
+// isLoggingFlag reports whether name is a flag of the logging API
+// (kube-proxy's logging flags; on the command line they win over --config).
+func isLoggingFlag(name string) bool {
+	var lfs pflag.FlagSet
+	logsapi.AddFlags(logsapi.NewLoggingConfiguration(), &lfs)
+	return lfs.Lookup(name) != nil
+}
+
 // usage is --help's text: a usage line, then every flag with its type,
-// help text and default, svcproxy's own first, then klog's.
+// help text and default: svcproxy's and kube-proxy's, the logging flags,
+// and kube-proxy's that have no effect here.
 func usage() string {
 	fs, _ := newFlagSet(&options{})
-	klogFS := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFS)
 	var b strings.Builder
 	b.WriteString(`Usage: svcproxy [flags]
 
 svcproxy is a drop-in replacement for kube-proxy: it watches Services and
-EndpointSlices and programs this node's iptables or nftables. Its flags are
-kube-proxy's where the meaning is the same, so a kube-proxy DaemonSet's
-arguments keep working, including --config for a KubeProxyConfiguration file.
+EndpointSlices and programs this node's iptables or nftables. It accepts
+every flag of kube-proxy v1.36, parsed as kube-proxy parses them, so a
+kube-proxy DaemonSet's arguments keep working, including --config for a
+KubeProxyConfiguration file.
 
 Flags:
 `)
-	var logging []*flag.Flag
-	fs.VisitAll(func(f *flag.Flag) {
-		if klogFS.Lookup(f.Name) != nil {
+	var logging, ignored []*pflag.Flag
+	fs.VisitAll(func(f *pflag.Flag) {
+		switch {
+		case inapplicableFlags[f.Name] != "":
+			ignored = append(ignored, f)
+		case isLoggingFlag(f.Name) || isKlogFlag(f.Name):
 			logging = append(logging, f)
-			return
+		default:
+			writeFlagUsage(&b, f)
 		}
-		writeFlagUsage(&b, f)
 	})
-	b.WriteString("\nLogging flags (klog):\n")
+	b.WriteString("\nLogging flags (klog's own, from --add-dir-header on, only with --logging-format=text):\n")
 	for _, f := range logging {
+		writeFlagUsage(&b, f)
+	}
+	b.WriteString("\nkube-proxy flags accepted without effect (named in a warning at start):\n")
+	for _, f := range ignored {
 		writeFlagUsage(&b, f)
 	}
 	return b.String()
 }
 
-func writeFlagUsage(b *strings.Builder, f *flag.Flag) {
-	typ, help := flag.UnquoteUsage(f)
-	fmt.Fprintf(b, "  --%s", f.Name)
+func writeFlagUsage(b *strings.Builder, f *pflag.Flag) {
+	typ, help := pflag.UnquoteUsage(f)
+	b.WriteString("  ")
+	if f.Shorthand != "" {
+		fmt.Fprintf(b, "-%s, ", f.Shorthand)
+	}
+	fmt.Fprintf(b, "--%s", f.Name)
 	if typ != "" {
 		fmt.Fprintf(b, " %s", typ)
 	}
 	def := f.DefValue
-	if typ == "string" || def == "" {
-		def = strconv.Quote(def)
+	if typ == "string" || def == "" || def == "[]" {
+		def = fmt.Sprintf("%q", strings.Trim(def, "[]"))
 	}
 	fmt.Fprintf(b, "\n      %s (default %s)\n", help, def)
-}
-
-// parseFlags parses args (without the program name), and the
-// KubeProxyConfiguration file --config names, if any. Errors are one line
-// naming the offending flag, or the file and field.
-func parseFlags(args []string) (*options, error) {
-	o := &options{}
-	fs, raw := newFlagSet(o)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
-		}
-		return nil, errors.New(strings.TrimSpace(strings.SplitN(err.Error(), "\n", 2)[0]))
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if h := o.hostnameOverride; h != "" && strings.TrimSpace(h) == "" {
-		return nil, errors.New("--hostname-override: empty (only spaces) is invalid")
-	}
-	// fields maps the flags whose values came from the --config file to
-	// the file's field names, for error messages.
-	fields := map[string]string{}
-	if *raw.config != "" {
-		var err error
-		if fields, err = applyConfigFile(o, fs, set, *raw.config); err != nil {
-			return nil, err
-		}
-	}
-	// at names the source of a flag's value in an error's prefix; ref
-	// names it inside a message.
-	at := func(name string) string {
-		if f, ok := fields[name]; ok {
-			return "--config " + *raw.config + ": " + f
-		}
-		return "--" + name
-	}
-	ref := func(name string) string {
-		if f, ok := fields[name]; ok {
-			return f
-		}
-		return "--" + name
-	}
-
-	switch o.proxyMode {
-	case "", "iptables":
-		o.proxyMode = "iptables"
-	case "nftables":
-		if !set["rule-check-interval"] {
-			o.ruleCheckInterval = nftablesRuleCheckInterval
-		}
-	case "ipvs":
-		return nil, fmt.Errorf("%s: ipvs mode is not supported by svcproxy (use iptables or nftables)", at("proxy-mode"))
-	default:
-		return nil, fmt.Errorf("%s: unknown mode %q (want iptables or nftables)", at("proxy-mode"), o.proxyMode)
-	}
-	if o.cleanup && o.dryRun {
-		return nil, errors.New("--cleanup: cannot be combined with --dry-run (cleanup changes the kernel)")
-	}
-	if o.cleanupKubeProxy && o.proxyMode != "nftables" {
-		want := "--proxy-mode=nftables"
-		if _, ok := fields["proxy-mode"]; ok {
-			want = "mode: nftables in " + *raw.config
-		}
-		return nil, fmt.Errorf("--cleanup-kube-proxy: only with %s (in iptables mode svcproxy adopts kube-proxy's chains)", want)
-	}
-	for _, s := range strings.Split(*raw.scidrs, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("--service-cluster-ip-range: %q is not a CIDR", s)
-		}
-		o.serviceCIDRs = append(o.serviceCIDRs, p.Masked())
-	}
-	for _, s := range strings.Split(*raw.cidrs, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %q is not a CIDR", at("cluster-cidr"), s)
-		}
-		o.clusterCIDRs = append(o.clusterCIDRs, p.Masked())
-	}
-	seen := map[bool]bool{}
-	for _, c := range o.clusterCIDRs {
-		if seen[c.Addr().Is4()] {
-			return nil, fmt.Errorf("%s: at most one CIDR per IP family, got %q", at("cluster-cidr"), *raw.cidrs)
-		}
-		seen[c.Addr().Is4()] = true
-	}
-	if b := strings.TrimSpace(*raw.bind); b != "" {
-		ip, ok := syncer.ParseIP(b)
-		if !ok {
-			return nil, fmt.Errorf("%s: %q is not an IP address", at("bind-address"), *raw.bind)
-		}
-		if !ip.IsUnspecified() {
-			o.bindAddress = ip
-		}
-	}
-	for _, s := range strings.Split(*raw.npa, ",") {
-		switch s = strings.TrimSpace(s); s {
-		case "":
-		case "primary":
-			o.nodePortPrimary = true
-		default:
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %q is neither a CIDR nor \"primary\"", at("nodeport-addresses"), s)
-			}
-			o.nodePortAddresses = append(o.nodePortAddresses, p.Masked())
-		}
-	}
-	if o.proxyMode == "nftables" && !o.nodePortPrimary && len(o.nodePortAddresses) == 0 {
-		// kube-proxy's nftables mode answers NodePorts on the node's
-		// primary IPs unless told otherwise (iptables mode: on every
-		// local address).
-		o.nodePortPrimary = true
-	}
-	switch o.detectLocalMode {
-	case "", "ClusterCIDR":
-		o.detectLocalMode = "ClusterCIDR"
-	case "NodeCIDR":
-	case "BridgeInterface":
-		if o.bridgeInterface == "" {
-			return nil, fmt.Errorf("%s: required with %s=BridgeInterface", at("pod-bridge-interface"), ref("detect-local-mode"))
-		}
-	case "InterfaceNamePrefix":
-		if o.interfacePrefix == "" {
-			return nil, fmt.Errorf("%s: required with %s=InterfaceNamePrefix", at("pod-interface-name-prefix"), ref("detect-local-mode"))
-		}
-	default:
-		return nil, fmt.Errorf("%s: unknown mode %q", at("detect-local-mode"), o.detectLocalMode)
-	}
-	if o.ruleCheckInterval < 0 {
-		return nil, fmt.Errorf("--rule-check-interval: %v is negative", o.ruleCheckInterval)
-	}
-	if o.masqueradeBit < 0 || o.masqueradeBit > 31 {
-		return nil, fmt.Errorf("%s: %d is not in 0..31", at("iptables-masquerade-bit"), o.masqueradeBit)
-	}
-	if o.minSyncPeriod < 0 {
-		return nil, fmt.Errorf("%s: %v is negative", at("iptables-min-sync-period"), o.minSyncPeriod)
-	}
-	if o.syncPeriod <= 0 {
-		return nil, fmt.Errorf("%s: %v must be positive", at("iptables-sync-period"), o.syncPeriod)
-	}
-	if o.minSyncPeriod > o.syncPeriod {
-		return nil, fmt.Errorf("%s: %v is longer than %s %v", at("iptables-min-sync-period"), o.minSyncPeriod, ref("iptables-sync-period"), o.syncPeriod)
-	}
-	if o.configSyncPeriod < 0 {
-		return nil, fmt.Errorf("%s: %v is negative", at("config-sync-period"), o.configSyncPeriod)
-	}
-	for _, a := range []struct{ flag, val string }{{"metrics-bind-address", o.metricsAddr}, {"healthz-bind-address", o.healthzAddr}} {
-		if a.val == "" {
-			continue
-		}
-		host, port, err := net.SplitHostPort(a.val)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %q is not host:port", at(a.flag), a.val)
-		}
-		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			return nil, fmt.Errorf("%s: invalid port in %q", at(a.flag), a.val)
-		}
-		if host != "" {
-			if _, err := netip.ParseAddr(host); err != nil {
-				return nil, fmt.Errorf("%s: %q is not an IP address", at(a.flag), host)
-			}
-		}
-	}
-	return o, nil
 }

@@ -8,7 +8,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -37,7 +37,7 @@ import (
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, pflag.ErrHelp) {
 		fmt.Print(usage())
 		os.Exit(0)
 	}
@@ -49,9 +49,12 @@ func main() {
 	defer stop()
 	// One LIST fills the caches faster than a streamed watch-list.
 	syncer.PreferList()
-	if o.cleanup {
+	done, err := prepare(ctx, o)
+	switch {
+	case done:
+	case o.cleanup:
 		err = cleanup(ctx)
-	} else {
+	default:
 		err = run(ctx, o)
 	}
 	klog.Flush()
@@ -96,6 +99,7 @@ func run(ctx context.Context, o *options) error {
 		}
 		return dryRun(os.Stdout, o.proxyMode, cfgs, states)
 	}
+	tuneNode(o, "/")
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -140,6 +144,9 @@ func run(ctx context.Context, o *options) error {
 	if o.metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if o.profiling {
+			addProfiling(mux)
+		}
 		serve(ctx, "metrics", o.metricsAddr, mux)
 	}
 	if o.healthzAddr != "" {
@@ -199,8 +206,8 @@ func newClient(o *options) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("API client: %w", err)
 	}
 	cfg.UserAgent = "svcproxy"
-	cfg.ContentType = "application/vnd.kubernetes.protobuf"
-	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cfg.ContentType, cfg.AcceptContentTypes = o.kubeAPI.contentType, o.kubeAPI.accept
+	cfg.QPS, cfg.Burst = o.kubeAPI.qps, int(o.kubeAPI.burst)
 	return kubernetes.NewForConfig(cfg)
 }
 

@@ -3,6 +3,9 @@ package harness
 import (
 	"reflect"
 	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 func TestParseReplies(t *testing.T) {
@@ -55,5 +58,30 @@ kubeproxy_sync_proxy_rules_duration_seconds_count_other 100
 	}
 	if _, ok := MetricValue(body, "kubeproxy_network_programming_duration_seconds_count"); ok {
 		t.Errorf("MetricValue found a missing metric")
+	}
+}
+
+func TestNewService(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ports []Port
+		want  []v1.ServicePort
+	}{
+		{"no ports: TCP", nil, []v1.ServicePort{{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(EchoPort)}}},
+		{"protocol and target port default", []Port{{Name: "web", Port: 8000}},
+			[]v1.ServicePort{{Name: "web", Protocol: v1.ProtocolTCP, Port: 8000, TargetPort: intstr.FromInt32(EchoPort)}}},
+		{"given as is", []Port{UDP, {Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: 5353}}, []v1.ServicePort{
+			{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, TargetPort: intstr.FromInt32(EchoPort)},
+			{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(5353)}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := NewService("ns", "web", tc.ports...)
+			if svc.Namespace != "ns" || svc.Name != "web" || svc.Spec.Type != v1.ServiceTypeClusterIP || svc.Spec.Selector != nil {
+				t.Errorf("NewService = %+v", svc.ObjectMeta)
+			}
+			if !reflect.DeepEqual(svc.Spec.Ports, tc.want) {
+				t.Errorf("ports:\n got %+v\nwant %+v", svc.Spec.Ports, tc.want)
+			}
+		})
 	}
 }

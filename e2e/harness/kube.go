@@ -36,15 +36,12 @@ func (e *Env) EnsureNamespace(ctx context.Context, name string) error {
 	return err
 }
 
-// CreateService creates a ClusterIP Service (namespace created as needed)
-// and returns it with its allocated ClusterIP. It has no selector: the
-// tests write its EndpointSlices, as there is no controller-manager.
-func (e *Env) CreateService(ctx context.Context, namespace, name string, ports ...Port) (*v1.Service, error) {
+// NewService is a ClusterIP Service with the given ports (default TCP):
+// no selector, as the tests write its EndpointSlices themselves (there is
+// no controller-manager).
+func NewService(namespace, name string, ports ...Port) *v1.Service {
 	if len(ports) == 0 {
 		ports = []Port{TCP}
-	}
-	if err := e.EnsureNamespace(ctx, namespace); err != nil {
-		return nil, err
 	}
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
@@ -61,7 +58,16 @@ func (e *Env) CreateService(ctx context.Context, namespace, name string, ports .
 		}
 		svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: p.Name, Protocol: proto, Port: p.Port, TargetPort: intstr.FromInt32(target)})
 	}
-	return e.Client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{})
+	return svc
+}
+
+// CreateService creates NewService(namespace, name, ports...) (namespace
+// created as needed) and returns it with its allocated ClusterIP.
+func (e *Env) CreateService(ctx context.Context, namespace, name string, ports ...Port) (*v1.Service, error) {
+	if err := e.EnsureNamespace(ctx, namespace); err != nil {
+		return nil, err
+	}
+	return e.Client.CoreV1().Services(namespace).Create(ctx, NewService(namespace, name, ports...), metav1.CreateOptions{})
 }
 
 // DeleteService deletes the Service and the EndpointSlice SetEndpoints
@@ -143,7 +149,12 @@ func (e *Env) SetEndpointSlice(ctx context.Context, svc *v1.Service, eps []Endpo
 			NodeName: ptr.To(node),
 		})
 	}
-	client := e.Client.DiscoveryV1().EndpointSlices(svc.Namespace)
+	return e.ApplyEndpointSlice(ctx, es)
+}
+
+// ApplyEndpointSlice creates es, or replaces the slice of its name.
+func (e *Env) ApplyEndpointSlice(ctx context.Context, es *discovery.EndpointSlice) (*discovery.EndpointSlice, error) {
+	client := e.Client.DiscoveryV1().EndpointSlices(es.Namespace)
 	old, err := client.Get(ctx, es.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):

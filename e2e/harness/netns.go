@@ -86,35 +86,64 @@ func (n *Netns) dial(ctx context.Context, network, address string) (net.Conn, er
 		// A name would be resolved on other threads, outside the namespace.
 		return nil, fmt.Errorf("netns dial: %q is not an IP address", host)
 	}
-	runtime.LockOSThread()
-	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("netns dial: %w", err)
+	var c net.Conn
+	err = n.Do(func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	if err != nil && c != nil {
+		c.Close()
+		c = nil
 	}
-	defer unix.Close(orig)
-	target, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("netns dial: %w", err)
-	}
-	defer unix.Close(target)
-	if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("netns dial: setns %s: %w", n.Name, err)
-	}
-	var d net.Dialer
-	c, dialErr := d.DialContext(ctx, network, address)
-	if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-		// This thread cannot go back: leave it locked, so the runtime
-		// destroys it when this goroutine ends.
-		if c != nil {
-			c.Close()
+	return c, err
+}
+
+// Do runs f on a thread that has joined the namespace, so that the sockets
+// f creates belong to it (and stay in it whatever thread uses them
+// afterwards); f must create them on its own goroutine. Do returns f's
+// error, or the error of joining or leaving the namespace: when it fails,
+// the caller releases whatever f made.
+func (n *Netns) Do(f func() error) error {
+	type result struct{ fErr, err error }
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("netns %s: %w", n.Name, err)}
+			return
 		}
-		return nil, fmt.Errorf("netns dial: setns back: %w", err)
+		defer unix.Close(orig)
+		target, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("netns %s: %w", n.Name, err)}
+			return
+		}
+		defer unix.Close(target)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("netns %s: setns: %w", n.Name, err)}
+			return
+		}
+		fErr := f()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			// This thread cannot go back: leave it locked, so the runtime
+			// destroys it when this goroutine ends.
+			ch <- result{fErr, fmt.Errorf("netns %s: setns back: %w", n.Name, err)}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{fErr: fErr}
+	}()
+	r := <-ch
+	if r.err != nil {
+		return r.err
 	}
-	runtime.UnlockOSThread()
-	return c, dialErr
+	return r.fErr
 }
 
 // ListNetns returns the names of the named network namespaces.

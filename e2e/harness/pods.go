@@ -79,6 +79,23 @@ func (e *Env) addPod(ctx context.Context, name string, node *Netns, net4, net6, 
 	return p, nil
 }
 
+// AddEchoPods adds a pod per name (see AddPod), each running its echo
+// server, and returns them in that order.
+func (e *Env) AddEchoPods(ctx context.Context, names ...string) ([]*Pod, error) {
+	var pods []*Pod
+	for _, name := range names {
+		p, err := e.AddPod(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.StartEcho(ctx); err != nil {
+			return nil, err
+		}
+		pods = append(pods, p)
+	}
+	return pods, nil
+}
+
 // Pods returns the pods in the order they were added.
 func (e *Env) Pods() []*Pod {
 	e.mu.Lock()

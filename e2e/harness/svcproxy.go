@@ -99,6 +99,25 @@ func (e *Env) WaitSvcproxySynced(ctx context.Context, timeout time.Duration) err
 	return nil
 }
 
+// StartSvcproxyAndWait starts svcproxy with extra flags and waits up to
+// timeout for its first sync.
+func (e *Env) StartSvcproxyAndWait(ctx context.Context, timeout time.Duration, extra ...string) error {
+	if _, err := e.StartSvcproxy(ctx, extra...); err != nil {
+		return err
+	}
+	return e.WaitSvcproxySynced(ctx, timeout)
+}
+
+// RestartSvcproxy stops svcproxy (SIGTERM), fails if it did not exit
+// cleanly, and starts it again with extra flags, waiting up to timeout for
+// its first sync.
+func (e *Env) RestartSvcproxy(ctx context.Context, timeout time.Duration, extra ...string) error {
+	if err := e.StopSvcproxy(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop svcproxy: %w", err)
+	}
+	return e.StartSvcproxyAndWait(ctx, timeout, extra...)
+}
+
 // DryRun runs `svcproxy --dry-run` (with the usual flags) in the node
 // namespace and returns its stdout and stderr.
 func (e *Env) DryRun(ctx context.Context, extra ...string) (stdout, stderr string, err error) {

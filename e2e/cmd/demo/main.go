@@ -106,22 +106,11 @@ The host's own network setup is not touched, and everything is removed at the en
 	done("      ready: namespaces %s-*", env.Prefix)
 
 	step(2, "Starting pods")
-	var backends []*harness.Pod
-	var client *harness.Pod
-	for _, name := range []string{"a", "b", "c", "client"} {
-		p, err := env.AddPod(ctx, name)
-		if err != nil {
-			return err
-		}
-		if err := p.StartEcho(ctx); err != nil {
-			return err
-		}
-		if name == "client" {
-			client = p
-		} else {
-			backends = append(backends, p)
-		}
+	pods, err := env.AddEchoPods(ctx, "a", "b", "c", "client")
+	if err != nil {
+		return err
 	}
+	backends, client := pods[:3], pods[3]
 	var list []string
 	for _, p := range env.Pods() {
 		list = append(list, p.Name+" "+p.IP)
@@ -129,10 +118,7 @@ The host's own network setup is not touched, and everything is removed at the en
 	done("%s", strings.Join(list, ", "))
 
 	step(3, "Starting svcproxy in the node namespace")
-	if _, err := env.StartSvcproxy(ctx); err != nil {
-		return err
-	}
-	if err := env.WaitSvcproxySynced(ctx, 60*time.Second); err != nil {
+	if err := env.StartSvcproxyAndWait(ctx, 60*time.Second); err != nil {
 		return err
 	}
 	done("first sync done")

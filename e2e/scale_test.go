@@ -46,11 +46,15 @@ func scaleServices() int {
 //     kernel, watched with `nft monitor`; p50 and max of 20 changes.
 //
 // The bar (issue 4): cold start ≤ 3 s, change p50 ≤ 20 ms.
+//
+// It runs after every other test: it calls t.Parallel, and Go resumes a
+// package's parallel top-level tests only once all its sequential ones
+// have finished (no other test here is parallel). The 10,000 Services it
+// leaves would slow every test after it.
 func TestScale(t *testing.T) {
+	t.Parallel()
 	c := begin(t, true)
-	if env.ProxyMode != "nftables" {
-		t.Skip("the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
-	}
+	c.onlyIn("nftables", "the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	n := scaleServices()
@@ -71,9 +75,8 @@ func TestScale(t *testing.T) {
 	}
 	// svcproxy is stopped while the Services are written, so that its start
 	// afterwards is a true cold start. The Services are not deleted: this
-	// file's name makes the case run last, and the run's teardown removes the
-	// whole control plane (deleting 10,000 Services one by one would take
-	// minutes).
+	// case runs last, and the run's teardown removes the whole control
+	// plane (deleting 10,000 Services one by one would take minutes).
 	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
 		t.Logf("svcproxy stop: %v", err)
 	}
@@ -131,10 +134,7 @@ func TestScale(t *testing.T) {
 		// measuring svcproxy.
 		c.since(fmt.Sprintf("waited for an idle machine (%s)", waitIdle(time.Minute)), time.Now())
 		restart := time.Now()
-		if _, err := env.StartSvcproxy(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := env.WaitSvcproxySynced(ctx, 2*time.Minute); err != nil {
+		if err := env.StartSvcproxyAndWait(ctx, 2*time.Minute); err != nil {
 			t.Fatal(err)
 		}
 		startToSynced := time.Since(restart)
@@ -324,18 +324,6 @@ func scaleSlice(svc *v1.Service, i, g int) *discovery.EndpointSlice {
 		})
 	}
 	return es
-}
-
-// waitDNATsTo waits until the Service's "http" port goes to ips:8080.
-func (c *tc) waitDNATsTo(svc *v1.Service, ips []string, timeout time.Duration) {
-	c.Helper()
-	want := make([]string, len(ips))
-	for i, ip := range ips {
-		want[i] = ip + ":8080"
-	}
-	if _, err := env.WaitForServiceDNATs(context.Background(), timeout, svc.Namespace, svc.Name, "http", want...); err != nil {
-		c.Fatalf("%s/%s never went to %v: %v", svc.Namespace, svc.Name, ips, err)
-	}
 }
 
 // watchNewElements subscribes, in the network namespace at nsPath, to

@@ -9,6 +9,9 @@ import (
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
 
+// ClusterIP traffic from pods: spread over the endpoints, source kept,
+// rejected without endpoints, hairpin.
+
 // TestPodToPod checks the harness itself: pods reach each other directly
 // over the bridge, and each echo server sees the client's own address.
 func TestPodToPod(t *testing.T) {
@@ -26,9 +29,7 @@ func TestPodToPod(t *testing.T) {
 // client pod's own address (in-cluster traffic is not masqueraded).
 func TestClusterIPTCP(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("clusterip-tcp", "web", []harness.Port{harness.TCP})
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
+	svc := c.service("clusterip-tcp", "web", []harness.Port{harness.TCP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Target: target(svc, 80), Count: 60, Timeout: 2 * time.Second})
 	c.checkSpread(rs, 60, backends, client.IP)
 }
@@ -37,9 +38,7 @@ func TestClusterIPTCP(t *testing.T) {
 // (so a new conntrack entry and a new choice of backend).
 func TestClusterIPUDP(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("clusterip-udp", "dns", []harness.Port{harness.UDP})
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "udp", backends...)
+	svc := c.service("clusterip-udp", "dns", []harness.Port{harness.UDP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Proto: "udp", Target: target(svc, 80), Count: 60, Timeout: 2 * time.Second})
 	c.checkSpread(rs, 60, backends, client.IP)
 }
@@ -48,9 +47,7 @@ func TestClusterIPUDP(t *testing.T) {
 // one, and the rules converge, every connection reaches that one.
 func TestScaleDown(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("scale", "web", []harness.Port{harness.TCP})
-	c.endpoints(svc, backends...)
-	c.waitDNATs(svc, "tcp", backends...)
+	svc := c.service("scale", "web", []harness.Port{harness.TCP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Target: target(svc, 80), Count: 30})
 	c.checkSpread(rs, 30, backends, client.IP)
 
@@ -107,10 +104,7 @@ func TestNoEndpoints(t *testing.T) {
 // (hairpin traffic is masqueraded, or the pod would answer itself directly).
 func TestHairpin(t *testing.T) {
 	c := begin(t, true)
-	svc := c.service("hairpin", "self", []harness.Port{harness.TCP, harness.UDP})
-	c.endpoints(svc, client)
-	c.waitDNATs(svc, "tcp", client)
-	c.waitDNATs(svc, "udp", client)
+	svc := c.service("hairpin", "self", []harness.Port{harness.TCP, harness.UDP}, client)
 	for _, proto := range []string{"tcp", "udp"} {
 		rs := c.connect(client, harness.ClientOptions{Proto: proto, Target: target(svc, 80), Count: 10})
 		c.checkSpread(rs, 10, []*harness.Pod{client}, harness.BridgeIP)
