@@ -1,17 +1,7 @@
 package nftables
 
 import (
-	"context"
-	"encoding/json"
-	"fmt"
-	"maps"
-	"os/exec"
-	"slices"
-	"strconv"
-	"strings"
-
-	"k8s.io/klog/v2"
-	"sigs.k8s.io/knftables"
+	"net/netip"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
@@ -30,16 +20,16 @@ import (
 // and port is in dests and whose endpoint is not in live.
 type staleAffinity struct {
 	mapName string
-	dests   map[[2]string]bool // service address, port
-	live    map[[2]string]bool // endpoint address, port
+	dests   map[netip.AddrPort]bool // service address, port
+	live    map[netip.AddrPort]bool // endpoint address, port
 }
 
 // affinityEndpoints is every endpoint a rendered service balances over.
-func affinityEndpoints(r *svcRender) map[[2]string]bool {
-	out := map[[2]string]bool{}
+func affinityEndpoints(r *svcRender) map[netip.AddrPort]bool {
+	out := map[netip.AddrPort]bool{}
 	for _, eps := range [][]proxier.Endpoint{r.plan.InternalEndpoints, r.plan.ClusterEndpoints, r.plan.LocalEndpoints} {
 		for _, e := range eps {
-			out[[2]string{e.IP.String(), strconv.Itoa(int(e.Port))}] = true
+			out[netip.AddrPortFrom(e.IP, uint16(e.Port))] = true
 		}
 	}
 	return out
@@ -52,7 +42,7 @@ func staleAffinityOf(before, after *svcRender) []*staleAffinity {
 	if before == nil || before.affinity == nil {
 		return nil
 	}
-	dests, live := map[[2]string]bool{}, map[[2]string]bool{}
+	dests, live := map[netip.AddrPort]bool{}, map[netip.AddrPort]bool{}
 	for _, d := range before.affDests {
 		dests[d] = true
 	}
@@ -98,28 +88,6 @@ func staleAffinities(removed []*svcRender, changed []*proxier.Service, renders m
 	return out
 }
 
-// forgetAffinity deletes the entries stale names, one transaction per map.
-// An entry may time out between the read and the delete, which fails the
-// transaction: it is then read and tried once more.
-func (p *Proxier) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
-	for name, ss := range byAffinityMap(stale) {
-		var err error
-		n := 0
-		for try := 0; try < 2; try++ {
-			if n, err = p.forgetAffinityOnce(ctx, name, ss); err == nil {
-				break
-			}
-		}
-		if err != nil {
-			klog.ErrorS(err, "Could not forget session affinity to removed endpoints", "family", p.cfg.Family, "map", name)
-			continue
-		}
-		if n > 0 {
-			klog.V(2).InfoS("Forgot session affinity to removed endpoints", "family", p.cfg.Family, "map", name, "entries", n)
-		}
-	}
-}
-
 // byAffinityMap groups stale by map.
 func byAffinityMap(stale []*staleAffinity) map[string][]*staleAffinity {
 	byMap := map[string][]*staleAffinity{}
@@ -127,66 +95,6 @@ func byAffinityMap(stale []*staleAffinity) map[string][]*staleAffinity {
 		byMap[s.mapName] = append(byMap[s.mapName], s)
 	}
 	return byMap
-}
-
-// staleEntries reads the affinity map name and returns the keys of the
-// entries ss names.
-func (p *Proxier) staleEntries(ctx context.Context, name string, ss []*staleAffinity) ([][]string, error) {
-	elems, err := p.nft.ListElements(ctx, "map", name)
-	if knftables.IsNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var keys [][]string
-	for _, e := range elems {
-		if len(e.Key) != 3 || len(e.Value) != 2 {
-			continue
-		}
-		dest, ep := [2]string{e.Key[1], e.Key[2]}, [2]string{e.Value[0], e.Value[1]}
-		for _, s := range ss {
-			if s.dests[dest] && !s.live[ep] {
-				keys = append(keys, e.Key)
-				break
-			}
-		}
-	}
-	return keys, nil
-}
-
-// staleAffinityOps returns the deletion of the entries stale names, to go
-// into the same netlink batch as the sync that removes their endpoints (so
-// that no new connection follows an entry to an endpoint already gone). ok
-// is false when a map could not be read.
-func (p *Proxier) staleAffinityOps(ctx context.Context, stale []*staleAffinity) (ops []elemOp, ok bool) {
-	byMap := byAffinityMap(stale)
-	names := slices.Sorted(maps.Keys(byMap))
-	for _, name := range names {
-		keys, err := p.staleEntries(ctx, name, byMap[name])
-		if err != nil {
-			return nil, false
-		}
-		for _, k := range keys {
-			ops = append(ops, elemOp{e: elem{set: name, key: k}})
-		}
-	}
-	return ops, true
-}
-
-func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*staleAffinity) (int, error) {
-	keys, err := p.staleEntries(ctx, name, ss)
-	if err != nil || len(keys) == 0 {
-		return 0, err
-	}
-	tx := p.nft.NewTransaction()
-	for _, k := range keys {
-		tx.Delete(&knftables.Element{Map: name, Key: k})
-	}
-	if err := p.nft.Run(ctx, tx); err != nil {
-		return 0, fmt.Errorf("delete %d entries: %w", tx.NumOperations(), err)
-	}
-	return tx.NumOperations(), nil
 }
 
 // A full sync replaces the whole table, dynamic maps included. So that
@@ -197,114 +105,18 @@ func (p *Proxier) forgetAffinityOnce(ctx context.Context, name string, ss []*sta
 
 // affinityEntry is one entry read from an affinity map.
 type affinityEntry struct {
-	key     [3]string // client, service address, port
-	value   [2]string // endpoint address, port
-	expires int       // seconds left
-}
-
-// readAffinityMap reads a dynamic affinity map through nft's JSON output
-// (knftables does not report timeouts).
-type affinityReader func(ctx context.Context, family, mapName string) ([]affinityEntry, error)
-
-func execReadAffinity(ctx context.Context, family, mapName string) ([]affinityEntry, error) {
-	out, err := exec.CommandContext(ctx, "nft", "--json", "list", "map", family, TableName, mapName).Output()
-	if err != nil {
-		return nil, err
-	}
-	return parseAffinityJSON(out)
-}
-
-// parseAffinityJSON reads the entries of `nft --json list map` output.
-func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
-	var doc struct {
-		Nftables []struct {
-			Map *struct {
-				Elem [][2]json.RawMessage `json:"elem"`
-			} `json:"map"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		return nil, err
-	}
-	type concat struct {
-		Concat []any `json:"concat"`
-	}
-	str := func(v any) string {
-		if f, ok := v.(float64); ok {
-			return strconv.Itoa(int(f))
-		}
-		s, _ := v.(string)
-		return s
-	}
-	var entries []affinityEntry
-	for _, o := range doc.Nftables {
-		if o.Map == nil {
-			continue
-		}
-		for _, kv := range o.Map.Elem {
-			var k struct {
-				Elem struct {
-					Val     concat `json:"val"`
-					Expires int    `json:"expires"`
-				} `json:"elem"`
-			}
-			var v concat
-			if json.Unmarshal(kv[0], &k) != nil || json.Unmarshal(kv[1], &v) != nil || len(k.Elem.Val.Concat) != 3 || len(v.Concat) != 2 {
-				continue
-			}
-			e := affinityEntry{expires: k.Elem.Expires}
-			for i, x := range k.Elem.Val.Concat {
-				e.key[i] = str(x)
-			}
-			for i, x := range v.Concat {
-				e.value[i] = str(x)
-			}
-			entries = append(entries, e)
-		}
-	}
-	return entries, nil
-}
-
-// carriedAffinity returns the add-element commands (nft -f syntax) that
-// put back the affinity entries still valid under renders, read from the
-// kernel's maps of the affinity keys in use. Errors only lose affinity:
-// they are logged, not returned.
-func (p *Proxier) carriedAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) []string {
-	byMap := validAffinity(renders)
-	names := make([]string, 0, len(byMap))
-	for n := range byMap {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	var lines []string
-	for _, name := range names {
-		entries, err := p.readAffinity(ctx, string(p.f.family), name)
-		if err != nil {
-			// Most often the map does not exist yet.
-			klog.V(4).InfoS("Could not read an affinity map", "family", p.cfg.Family, "map", name, "err", err)
-			continue
-		}
-		var elems []string
-		for _, e := range entries {
-			if byMap.valid(name, e) && e.expires > 0 {
-				elems = append(elems, fmt.Sprintf("%s . %s . %s timeout %ds : %s . %s", e.key[0], e.key[1], e.key[2], e.expires, e.value[0], e.value[1]))
-			}
-		}
-		for len(elems) > 0 {
-			n := min(len(elems), maxGroup)
-			lines = append(lines, fmt.Sprintf("add element %s %s %s { %s }", p.f.family, TableName, name, strings.Join(elems[:n], ", ")))
-			elems = elems[n:]
-		}
-	}
-	return lines
+	client   netip.Addr
+	dest     netip.AddrPort // service address, port
+	endpoint netip.AddrPort
+	expires  int // seconds left
 }
 
 // affinityTargets is, per affinity map, per service address and port, the
 // endpoints the service balances over.
-type affinityTargets map[string]map[[2]string]map[[2]string]bool
+type affinityTargets map[string]map[netip.AddrPort]map[netip.AddrPort]bool
 
 func (t affinityTargets) valid(mapName string, e affinityEntry) bool {
-	return t[mapName][[2]string{e.key[1], e.key[2]}][e.value]
+	return t[mapName][e.dest][e.endpoint]
 }
 
 // validAffinity is what affinity entries may point to under renders.
@@ -317,7 +129,7 @@ func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
 		live := affinityEndpoints(r)
 		for _, name := range []string{affinityMap(r.affinity.proto, r.affinity.timeout), affinityLocalMap(r.affinity.proto, r.affinity.timeout)} {
 			if byMap[name] == nil {
-				byMap[name] = map[[2]string]map[[2]string]bool{}
+				byMap[name] = map[netip.AddrPort]map[netip.AddrPort]bool{}
 			}
 			for _, d := range r.affDests {
 				byMap[name][d] = live
@@ -325,52 +137,4 @@ func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
 		}
 	}
 	return byMap
-}
-
-// pruneAffinity deletes, after a full sync that kept the affinity maps
-// (refill), the entries no longer valid under renders: those of services
-// gone or without affinity, and those pinned to endpoints gone.
-func (p *Proxier) pruneAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) {
-	if p.reader == nil {
-		return
-	}
-	shape, err := p.reader.readShape(ctx)
-	if err != nil {
-		klog.V(2).InfoS("Could not list maps to prune session affinity", "family", p.cfg.Family, "err", err)
-		return
-	}
-	byMap := validAffinity(renders)
-	var names []string
-	for name := range shape.sets {
-		if shape.maps[name] && isAffinityMap(name) {
-			names = append(names, name)
-		}
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		// An entry may expire between the read and the delete, failing
-		// the transaction: it is then read and tried once more.
-		var err error
-		for try := 0; try < 2; try++ {
-			var entries []affinityEntry
-			if entries, err = p.readAffinity(ctx, string(p.f.family), name); err != nil {
-				break
-			}
-			tx := p.nft.NewTransaction()
-			for _, e := range entries {
-				if !byMap.valid(name, e) {
-					tx.Delete(&knftables.Element{Map: name, Key: slices.Clone(e.key[:])})
-				}
-			}
-			if tx.NumOperations() == 0 {
-				break
-			}
-			if err = p.nft.Run(ctx, tx); err == nil {
-				break
-			}
-		}
-		if err != nil {
-			klog.V(2).InfoS("Could not prune session affinity", "family", p.cfg.Family, "map", name, "err", err)
-		}
-	}
 }

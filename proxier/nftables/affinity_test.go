@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -34,8 +35,8 @@ func TestStaleAffinityOf(t *testing.T) {
 	if len(ss) != 2 || ss[0].mapName != affinityMap(proxier.TCP, 600) || ss[1].mapName != affinityLocalMap(proxier.TCP, 600) {
 		t.Fatalf("an endpoint removed: %+v, want the entries of both maps", ss)
 	}
-	if s := ss[0]; !s.dests[[2]string{"10.96.0.9", "80"}] ||
-		!s.live[[2]string{"10.244.1.2", "8080"}] || s.live[[2]string{"10.244.1.3", "8080"}] {
+	if s := ss[0]; !s.dests[netip.MustParseAddrPort("10.96.0.9:80")] ||
+		!s.live[netip.MustParseAddrPort("10.244.1.2:8080")] || s.live[netip.MustParseAddrPort("10.244.1.3:8080")] {
 		t.Fatalf("an endpoint removed: %+v", s)
 	}
 	if s := staleAffinityOf(three, nil); len(s) != 2 || len(s[0].live) != 0 {
@@ -86,17 +87,17 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	st3 := st2
 	st3.Services = slices.Clone(st2.Services)
 	st3.Services[0] = stickyState(d, c).Services[0]
-	g0, err := p.reader.generation(ctx)
+	g0, err := p.w.batch.conn.Generation(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	batches := p.writer.batches
+	batches := p.w.batch.batches
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	g1, _ := p.reader.generation(ctx)
-	if p.writer.batches != batches+1 || g1 != g0+1 {
-		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.writer.batches-batches, g1-g0)
+	g1, _ := p.w.batch.conn.Generation(ctx)
+	if p.w.batch.batches != batches+1 || g1 != g0+1 {
+		t.Errorf("endpoint a replaced: %d batches, %d transactions; want the sync and the forgetting in one", p.w.batch.batches-batches, g1-g0)
 	}
 	if got, want := mapEntries(t, nft, m), []string{"10.0.0.7 . 10.96.0.77 . 80 : 10.244.1.3 . 8080"}; !slices.Equal(got, want) {
 		t.Errorf("affinity entries after a was replaced:\n got %q\nwant %q", got, want)
@@ -121,7 +122,8 @@ func mapEntries(t *testing.T, nft knftables.Interface, m string) []string {
 func TestParseAffinityJSON(t *testing.T) {
 	out := `{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"map": {"family": "ip", "name": "m", "table": "t", "elem": [[{"elem": {"val": {"concat": ["10.0.0.8", "10.96.0.9", 80]}, "expires": 599}}, {"concat": ["10.244.1.2", 8080]}]]}}]}`
 	got, err := parseAffinityJSON([]byte(out))
-	want := []affinityEntry{{key: [3]string{"10.0.0.8", "10.96.0.9", "80"}, value: [2]string{"10.244.1.2", "8080"}, expires: 599}}
+	want := []affinityEntry{{client: netip.MustParseAddr("10.0.0.8"), dest: netip.MustParseAddrPort("10.96.0.9:80"),
+		endpoint: netip.MustParseAddrPort("10.244.1.2:8080"), expires: 599}}
 	if err != nil || !slices.Equal(got, want) {
 		t.Errorf("got %+v, %v; want %+v", got, err, want)
 	}
@@ -133,7 +135,7 @@ func TestParseAffinityJSON(t *testing.T) {
 func TestKernelAffinityKeptByFullSync(t *testing.T) {
 	_, fd := enterNetns(t)
 	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
-	p.readAffinity = execReadAffinity
+	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
 	a, b := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true)
 	if err := p.Sync(ctx, stickyState(a, b)); err != nil {
@@ -153,7 +155,8 @@ func TestKernelAffinityKeptByFullSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != 1 || entries[0].key != [3]string{"10.0.0.8", "10.96.0.9", "80"} || entries[0].expires > 100 || entries[0].expires < 90 {
+	if len(entries) != 1 || entries[0].client != netip.MustParseAddr("10.0.0.8") || entries[0].dest != netip.MustParseAddrPort("10.96.0.9:80") ||
+		entries[0].expires > 100 || entries[0].expires < 90 {
 		t.Errorf("after the full sync: %+v, want only 10.0.0.8's entry, about 100s left", entries)
 	}
 }

@@ -2,8 +2,6 @@ package nftables
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -11,15 +9,14 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // TestFakeCheck: the tick stops at the generation while nothing changed,
@@ -28,17 +25,18 @@ func TestFakeCheck(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
 	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
-	p.reader = &fakeReader{fake: nft}
+	p.guard = guard.New(guard.Config{Family: proxier.IPv4, Table: TableName, Reader: &fakeReader{fake: nft}})
+	p.w.guard = p.guard
 	if err := p.Sync(ctx, testState()); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
-		if what, err := p.Check(ctx); err != nil || what != "" {
+		if what, err := p.guard.Check(ctx); err != nil || what != "" {
 			t.Fatalf("check after sync: %q, %v", what, err)
 		}
 	}
-	if p.chk.shape != 0 || p.chk.idle != 3 {
-		t.Errorf("after our own sync: %d shape reads, %d idle ticks; want 0 and 3", p.chk.shape, p.chk.idle)
+	if s := p.guard.Stats(); s.ShapeReads != 0 || s.IdleChecks != 3 {
+		t.Errorf("after our own sync: %d shape reads, %d idle ticks; want 0 and 3", s.ShapeReads, s.IdleChecks)
 	}
 	// Someone deletes an element: the shape is whole (the notifications
 	// catch this), read once.
@@ -48,8 +46,8 @@ func TestFakeCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
-		if what, err := p.Check(ctx); err != nil || what != "" || p.chk.shape != 1 {
-			t.Fatalf("tick %d after a deleted element: %q, %v, %d shape reads; want one", i, what, err, p.chk.shape)
+		if what, err := p.guard.Check(ctx); err != nil || what != "" || p.guard.Stats().ShapeReads != 1 {
+			t.Fatalf("tick %d after a deleted element: %q, %v, %d shape reads; want one", i, what, err, p.guard.Stats().ShapeReads)
 		}
 	}
 	tx = nft.NewTransaction()
@@ -57,362 +55,9 @@ func TestFakeCheck(t *testing.T) {
 	if err := nft.Run(ctx, tx); err != nil {
 		t.Fatal(err)
 	}
-	if what, err := p.Check(ctx); err != nil || !strings.Contains(what, chServices) {
+	if what, err := p.guard.Check(ctx); err != nil || !strings.Contains(what, chServices) {
 		t.Errorf("check after a flushed chain: %q, %v; want %s named", what, err, chServices)
 	}
-}
-
-// TestJudge: which committed transactions count as someone else's.
-func TestJudge(t *testing.T) {
-	p := &Proxier{synced: true}
-	p.chk.owned(9, 10, true)   // a full sync: generation 10
-	p.chk.owned(10, 11, false) // a partial one: 11
-	p.chk.owned(13, 15, false) // ours is 14 or 15; 12 and the other are not
-	for _, c := range []struct {
-		ev      txEvent
-		foreign bool
-	}{
-		{txEvent{gen: 8, touched: true}, false}, // before our full sync
-		{txEvent{gen: 10, touched: true}, false},
-		{txEvent{gen: 11, touched: true}, false},
-		{txEvent{gen: 11, touched: false}, false},
-		{txEvent{gen: 12, touched: false}, false},
-		{txEvent{gen: 12, touched: true, proc: "nft", pid: 7}, true},
-		{txEvent{gen: 14, touched: false}, false},
-		{txEvent{gen: 15, touched: true}, false}, // the one of the span that touched us
-		{txEvent{gen: 16, touched: true}, true},
-	} {
-		if got := p.judge(c.ev) != ""; got != c.foreign {
-			t.Errorf("%+v: foreign %v, want %v", c.ev, got, c.foreign)
-		}
-	}
-	// Two transactions of one span touched our table: one was not ours,
-	// and may have come after ours.
-	q := &Proxier{synced: true}
-	q.chk.owned(9, 10, true)
-	q.chk.owned(10, 12, false)
-	if q.judge(txEvent{gen: 11, touched: true}) != "" || q.judge(txEvent{gen: 12, touched: true}) == "" {
-		t.Errorf("two transactions touching our table in one span: want the second called foreign")
-	}
-	// Before a full sync is known to be done, nothing is foreign (one is
-	// coming).
-	q.synced = false
-	if q.judge(txEvent{gen: 20, touched: true}) != "" {
-		t.Errorf("unsynced: want nothing foreign")
-	}
-	// The ring forgets old spans, never recent ones.
-	r := &Proxier{synced: true}
-	for g := uint32(1); g <= 2*ownSpans; g++ {
-		r.chk.owned(g-1, g, g == 1)
-	}
-	if r.judge(txEvent{gen: 2 * ownSpans, touched: true}) != "" || r.judge(txEvent{gen: 2, touched: true}) == "" {
-		t.Errorf("ring: want the newest span kept and an old one forgotten")
-	}
-	// Generations wrap.
-	w := &Proxier{synced: true}
-	w.chk.owned(0xfffffffe, 0xffffffff, true)
-	w.chk.owned(0xffffffff, 1, false)
-	if w.judge(txEvent{gen: 0, touched: true}) != "" || w.judge(txEvent{gen: 0xfffffffd, touched: true}) != "" ||
-		w.judge(txEvent{gen: 2, touched: true}) == "" {
-		t.Errorf("wrapping generations misjudged")
-	}
-}
-
-// TestLost: after lost notifications, the table is rewritten unless every
-// transaction since the last one heard was ours.
-func TestLost(t *testing.T) {
-	p := &Proxier{synced: true}
-	p.chk.owned(9, 10, true)
-	p.chk.owned(10, 11, false)
-	p.chk.owned(12, 13, false) // 12 was someone else's
-	p.chk.owned(13, 15, false) // 14 or 15 was
-	for _, c := range []struct {
-		cur, from uint32
-		fromOK    bool
-		ok        bool
-	}{
-		{11, 10, true, true},
-		{11, 0, false, true}, // nothing heard: from our full sync on
-		{11, 3, true, true},  // heard up to before the full sync
-		{13, 11, true, false},
-		{13, 12, true, true},
-		{15, 13, true, false}, // which of 14 and 15 was ours?
-		{17, 16, true, false},
-		{13, 13, true, true},
-		{5, 0, false, true}, // read before our full sync
-		{9, 12, true, true},
-	} {
-		if got := p.lost(c.cur, c.from, c.fromOK) == ""; got != c.ok {
-			t.Errorf("lost(cur %d, from %d, %v): fine %v, want %v", c.cur, c.from, c.fromOK, got, c.ok)
-		}
-	}
-	q := &Proxier{synced: true}
-	if q.lost(5, 4, true) == "" {
-		t.Errorf("no generation of ours known: want a rewrite")
-	}
-	q.synced = false
-	if q.lost(5, 4, true) != "" {
-		t.Errorf("unsynced: a full sync is due anyway")
-	}
-}
-
-// notif is an nf_tables notification of type typ.
-func notif(typ uint16, family uint8, attrs ...netlink.Attribute) netlink.Message {
-	data, err := netlink.MarshalAttributes(attrs)
-	if err != nil {
-		panic(err)
-	}
-	return netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ)},
-		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
-	}
-}
-
-func tableAttr(name string) netlink.Attribute {
-	return netlink.Attribute{Type: 1, Data: []byte(name + "\x00")}
-}
-
-func newGen(gen uint32) netlink.Message {
-	return notif(unix.NFT_MSG_NEWGEN, unix.AF_UNSPEC,
-		netlink.Attribute{Type: unix.NFTA_GEN_ID, Data: binary.BigEndian.AppendUint32(nil, gen)},
-		netlink.Attribute{Type: unix.NFTA_GEN_PROC_PID, Data: binary.BigEndian.AppendUint32(nil, 42)},
-		netlink.Attribute{Type: unix.NFTA_GEN_PROC_NAME, Data: []byte("nft\x00")})
-}
-
-// TestTxDecoder: a transaction touched our table when one of its
-// notifications names it, in our family.
-func TestTxDecoder(t *testing.T) {
-	d := txDecoder{family: unix.NFPROTO_IPV4}
-	for _, c := range []struct {
-		msgs    []netlink.Message
-		touched bool
-	}{
-		{[]netlink.Message{notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName)), newGen(5)}, true},
-		{[]netlink.Message{notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV6, tableAttr(TableName)), newGen(6)}, false},
-		{[]netlink.Message{notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, tableAttr("filter")), newGen(7)}, false},
-		{[]netlink.Message{
-			notif(unix.NFT_MSG_NEWRULE, unix.NFPROTO_IPV4, tableAttr("filter")),
-			notif(unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, tableAttr(TableName)),
-			notif(unix.NFT_MSG_DELCHAIN, unix.NFPROTO_IPV4, tableAttr("nat")),
-			newGen(8),
-		}, true},
-		{[]netlink.Message{newGen(9)}, false},
-		// Affinity map entries are no damage; affinity-dests sets are.
-		{[]netlink.Message{notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
-			netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-tcp-10800\x00")}), newGen(10)}, false},
-		{[]netlink.Message{
-			notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
-				netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-tcp-10800\x00")}),
-			notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
-				netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte("affinity-dests-tcp-10800\x00")}),
-			newGen(11),
-		}, true},
-		{[]netlink.Message{notif(unix.NFT_MSG_DELSET, unix.NFPROTO_IPV4, tableAttr(TableName),
-			netlink.Attribute{Type: unix.NFTA_SET_NAME, Data: []byte("affinity-tcp-10800\x00")}), newGen(12)}, true},
-	} {
-		var evs []txEvent
-		for _, m := range c.msgs {
-			if ev, ok := d.add(m); ok {
-				evs = append(evs, ev)
-			}
-		}
-		if len(evs) != 1 || evs[0].touched != c.touched || evs[0].proc != "nft" || evs[0].pid != 42 {
-			t.Errorf("%d messages: %+v, want one transaction, touched %v", len(c.msgs), evs, c.touched)
-		}
-	}
-}
-
-// TestTxDecoderDamage: what a foreign transaction's notifications say it
-// changed, and when that is too much or too vague to repair narrowly.
-func TestTxDecoderDamage(t *testing.T) {
-	setAttr := func(n string) netlink.Attribute {
-		return netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(n + "\x00")}
-	}
-	chainAttr := func(n string) netlink.Attribute {
-		return netlink.Attribute{Type: unix.NFTA_RULE_CHAIN, Data: []byte(n + "\x00")}
-	}
-	v4, tbl := uint8(unix.NFPROTO_IPV4), tableAttr(TableName)
-	many := []netlink.Message{}
-	for i := 0; i <= maxDamaged; i++ {
-		many = append(many, notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr(fmt.Sprint("c", i))))
-	}
-	for _, c := range []struct {
-		name string
-		msgs []netlink.Message
-		want string
-	}{
-		{"a map flushed", []netlink.Message{
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
-		}, "[elements of service-ips]"},
-		{"a chain flushed, a rule added", []netlink.Message{
-			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
-			notif(nftMsgDestroyRule, v4, tbl, chainAttr("services")),
-			notif(unix.NFT_MSG_NEWRULE, v4, tbl, chainAttr("nat-prerouting")),
-		}, "[chain nat-prerouting chain services]"},
-		{"elements deleted and added", []netlink.Message{
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("cluster-ips")),
-			notif(unix.NFT_MSG_NEWSETELEM, v4, tbl, setAttr("cluster-ips")),
-			notif(nftMsgDestroySetElem, v4, tbl, setAttr("firewall-allow")),
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("affinity-tcp-10800")),
-		}, "[elements of cluster-ips elements of firewall-allow]"},
-		{"a chain deleted", []netlink.Message{
-			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
-			notif(unix.NFT_MSG_DELCHAIN, v4, tbl),
-		}, "the table"},
-		{"no table name", []netlink.Message{notif(unix.NFT_MSG_DELSETELEM, v4, setAttr("cluster-ips"))}, "the table"},
-		{"a rule without its chain", []netlink.Message{notif(unix.NFT_MSG_DELRULE, v4, tbl)}, "the table"},
-		{"too many objects", many, "the table"},
-	} {
-		d := txDecoder{family: v4}
-		var evs []txEvent
-		for _, m := range append(c.msgs, newGen(7)) {
-			if ev, ok := d.add(m); ok {
-				evs = append(evs, ev)
-			}
-		}
-		if len(evs) != 1 || !evs[0].touched || evs[0].dmg == nil {
-			t.Fatalf("%s: %+v, want one transaction touching our table", c.name, evs)
-		}
-		if got := evs[0].dmg.String(); got != c.want {
-			t.Errorf("%s: damage %s, want %s", c.name, got, c.want)
-		}
-		if c.name == "elements deleted and added" && (!evs[0].dmg.sets["cluster-ips"] || evs[0].dmg.sets["firewall-allow"]) {
-			t.Errorf("%s: added-to %v, want cluster-ips only", c.name, evs[0].dmg.sets)
-		}
-	}
-}
-
-// fakeConn delivers notification batches; a nil batch is an overflow.
-type fakeConn struct {
-	ch   chan []netlink.Message
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *fakeConn) Receive() ([]netlink.Message, error) {
-	select {
-	case m := <-c.ch:
-		if m == nil {
-			return nil, unix.ENOBUFS
-		}
-		return m, nil
-	case <-c.done:
-		return nil, errors.New("closed")
-	}
-}
-
-func (c *fakeConn) Close() error {
-	c.once.Do(func() { close(c.done) })
-	return nil
-}
-
-// TestFakeWatch runs the watcher on fake notifications: our own
-// transactions (even when their notification is read before the sync
-// recorded them) are not repaired, others' are, and an overflow is
-// repaired only when the generation moved past ours.
-func TestFakeWatch(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
-	r := &fakeReader{fake: nft}
-	p.reader = r
-	if err := p.Sync(ctx, testState()); err != nil {
-		t.Fatal(err)
-	}
-	own := r.gen
-	conn := &fakeConn{ch: make(chan []netlink.Message), done: make(chan struct{})}
-	repairs := make(chan string, 10)
-	done := make(chan struct{})
-	go func() {
-		p.watch(ctx, watcher{
-			dial: func() (eventConn, error) { return conn, nil },
-			gen: func() (uint32, error) {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				return r.generation(ctx)
-			},
-			repair: func(what, _ string) { repairs <- what },
-		})
-		close(done)
-	}()
-	// Narrow damage (one map's elements), so that a repair leaves the
-	// proxier synced and the next foreign transaction is judged too.
-	ours := notif(unix.NFT_MSG_NEWSETELEM, unix.NFPROTO_IPV4, tableAttr(TableName),
-		netlink.Attribute{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(mServiceIPs + "\x00")})
-	// expect sends a foreign transaction (a marker, generation 1001 on)
-	// and checks that the first repair that follows names want (the
-	// marker's own when want is ""), and then waits for the marker's.
-	marker := uint32(1000)
-	expect := func(what string, want string) {
-		t.Helper()
-		marker++
-		conn.ch <- []netlink.Message{ours, newGen(marker)}
-		mine := fmt.Sprintf("transaction %d ", marker)
-		for _, w := range []string{want, mine} {
-			if w == "" {
-				continue
-			}
-			select {
-			case got := <-repairs:
-				if !strings.Contains(got, w) {
-					t.Errorf("%s: repair %q, want it to name %q", what, got, w)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatalf("%s: no repair (want %q)", what, w)
-			}
-		}
-	}
-	conn.ch <- []netlink.Message{ours, newGen(own)}
-	expect("our full sync", "")
-
-	// An event read while the sync that caused it still runs waits for
-	// it to record its generation.
-	p.mu.Lock()
-	conn.ch <- []netlink.Message{ours, newGen(own + 1)}
-	time.Sleep(20 * time.Millisecond)
-	p.chk.owned(own, own+1, false)
-	p.mu.Unlock()
-	expect("an event ahead of its sync", "")
-
-	// Someone else's.
-	conn.ch <- []netlink.Message{ours, newGen(own + 2)}
-	expect("a foreign transaction", fmt.Sprintf("transaction %d ", own+2))
-
-	// An overflow while the generation is ours: nothing lost.
-	p.mu.Lock()
-	r.gen = own + 3
-	p.chk.owned(own+2, own+3, false)
-	p.mu.Unlock()
-	conn.ch <- []netlink.Message{newGen(own + 3)}
-	conn.ch <- nil
-	expect("an overflow after our own transaction", "")
-	if n := p.chk.overflows.Load(); n != 1 {
-		t.Errorf("%d overflows counted, want 1", n)
-	}
-	// An overflow after someone else committed.
-	p.mu.Lock()
-	r.gen = marker + 5
-	p.mu.Unlock()
-	conn.ch <- nil
-	select {
-	case got := <-repairs:
-		if !strings.Contains(got, "lost") {
-			t.Errorf("an overflow after a foreign transaction: repair %q, want it to name the loss", got)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("an overflow after a foreign transaction: no repair")
-	}
-	// What was lost may be anything: the next sync is a full one.
-	p.mu.Lock()
-	synced := p.synced
-	p.mu.Unlock()
-	if synced {
-		t.Error("after lost notifications, the next sync is not a full one")
-	}
-	cancel()
-	<-done
 }
 
 // TestKernelEvents: in a namespace, the notifications show others'
@@ -448,8 +93,8 @@ func TestKernelEvents(t *testing.T) {
 	if err := p.Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
-	if r := p.LastResult(); r.Full || p.writer.batches == 0 {
-		t.Fatalf("want a partial sync over netlink: %+v, %d batches", r, p.writer.batches)
+	if r := p.LastResult(); r.Full || p.w.batch.batches == 0 {
+		t.Fatalf("want a partial sync over netlink: %+v, %d batches", r, p.w.batch.batches)
 	}
 	// Four endpoints: a new lb chain, a partial sync through nft.
 	web := *st2.Services[3]
@@ -457,11 +102,11 @@ func TestKernelEvents(t *testing.T) {
 	st3 := st2
 	st3.Services = append([]*proxier.Service(nil), st2.Services...)
 	st3.Services[3] = &web
-	batches := p.writer.batches
+	batches := p.w.batch.batches
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	if r := p.LastResult(); r.Full || p.writer.batches != batches {
+	if r := p.LastResult(); r.Full || p.w.batch.batches != batches {
 		t.Fatalf("want a partial sync through nft: %+v", r)
 	}
 	none("our own syncs")
@@ -478,9 +123,9 @@ func TestKernelEvents(t *testing.T) {
 	// Narrow damage is repaired by rewriting what it names, over a
 	// partial sync; the rest by a full sync. Either way the table is
 	// what it was.
-	want := content(t, p.nft)
+	want := content(t, p.w.nft)
 	lb := ""
-	for c := range p.lbChains {
+	for c := range p.last.idx.lbChains {
 		lb = c
 	}
 	for _, c := range []struct {
@@ -523,7 +168,7 @@ func TestKernelEvents(t *testing.T) {
 		if r := p.LastResult(); r.Full != c.full {
 			t.Errorf("%s: repaired by a full sync %v, want %v", c.damage, r.Full, c.full)
 		}
-		if d := diffLines(content(t, p.nft), want); d != "" {
+		if d := diffLines(content(t, p.w.nft), want); d != "" {
 			t.Errorf("after repairing %s:\n%s", c.damage, d)
 		}
 		none("our repair of " + c.damage)
@@ -542,19 +187,39 @@ func TestKernelEvents(t *testing.T) {
 	if err := p.Sync(ctx, &st3); err != nil {
 		t.Fatal(err)
 	}
-	if d := diffLines(content(t, p.nft), want); d != "" {
+	if d := diffLines(content(t, p.w.nft), want); d != "" {
 		t.Errorf("after repairing a change made while muted:\n%s", d)
 	}
 	none("our repair of a change made while muted")
-	if n := p.chk.overflows.Load(); n != 0 {
+	if n := p.guard.Stats().Overflows; n != 0 {
 		t.Errorf("%d overflows", n)
 	}
 }
 
-// kernelWatch runs p.watch on the namespace fd until the test ends and
-// returns the repairs it asks for.
+// kernelWatch runs p's notification watcher on the namespace fd until
+// the test ends and returns the repairs it asks for.
 func kernelWatch(tb testing.TB, p *Proxier, fd int) <-chan string {
-	return kernelWatchBuffer(tb, p, fd, eventBuffer, true)
+	return watchKernel(tb, p, guard.Events{NetNS: fd})
+}
+
+// kernelWatchSentinel is kernelWatch with the sentinel, as Watch runs it.
+func kernelWatchSentinel(tb testing.TB, p *Proxier, fd int) <-chan string {
+	return watchKernel(tb, p, guard.Events{NetNS: fd, Sentinel: true})
+}
+
+func watchKernel(tb testing.TB, p *Proxier, ev guard.Events) <-chan string {
+	ctx, cancel := context.WithCancel(context.Background())
+	repairs := make(chan string, 100)
+	done := make(chan struct{})
+	go func() {
+		p.guard.Notify(ctx, ev, func(what, _ string) { repairs <- what })
+		close(done)
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return repairs
 }
 
 // noRepair returns a check that repairs reports nothing for 300 ms.
@@ -574,67 +239,13 @@ func noRepair(t *testing.T, repairs <-chan string) func(what string) {
 // nothing is heard meanwhile.
 func foreignWhileMuted(t *testing.T, p *Proxier, cmd string, none func(string)) {
 	t.Helper()
-	p.mu.Lock()
-	unmute := p.mute(context.Background())
-	p.mu.Unlock()
+	unmute := p.guard.Mute(context.Background())
 	if unmute == nil {
 		t.Fatal("no watcher to mute")
 	}
 	sh(t, "nft", cmd)
 	none("a foreign transaction while muted: " + cmd)
-	p.mu.Lock()
 	unmute()
-	p.mu.Unlock()
-}
-
-// kernelWatchSentinel is kernelWatch with the sentinel (sentinel.go), as
-// Monitor runs it.
-func kernelWatchSentinel(tb testing.TB, p *Proxier, fd int) <-chan string {
-	return watchKernel(tb, p, fd, eventBuffer, true, true)
-}
-
-// kernelWatchBuffer is kernelWatch with a receive buffer of buffer bytes,
-// and bulk writes muted (mute.go) only when mute.
-func kernelWatchBuffer(tb testing.TB, p *Proxier, fd, buffer int, mute bool) <-chan string {
-	return watchKernel(tb, p, fd, buffer, mute, false)
-}
-
-func watchKernel(tb testing.TB, p *Proxier, fd, buffer int, mute, sentinel bool) <-chan string {
-	ctx, cancel := context.WithCancel(context.Background())
-	var sc *sentinelConns
-	if sentinel {
-		r := newNetlinkReader(p.f.family)
-		r.netns = fd
-		sc = newSentinelConns(r)
-	}
-	repairs := make(chan string, 100)
-	done := make(chan struct{})
-	gr := newNetlinkReader(p.f.family)
-	gr.netns = fd
-	go func() {
-		p.watch(ctx, watcher{
-			dial: func() (eventConn, error) {
-				c, err := dialEvents(fd, buffer)
-				if err != nil {
-					return nil, err
-				}
-				if !mute {
-					// Without JoinGroup and LeaveGroup: never muted.
-					return struct{ eventConn }{c}, nil
-				}
-				return c, nil
-			},
-			gen:      func() (uint32, error) { return gr.generation(ctx) },
-			repair:   func(what, _ string) { repairs <- what },
-			sentinel: sc,
-		})
-		close(done)
-	}()
-	tb.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return repairs
 }
 
 // TestKernelEventsOverflow: with a receive buffer too small for the
@@ -645,7 +256,8 @@ func TestKernelEventsOverflow(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
 	p, _ := kernelProxier(t, fd, testConfig(), nil)
-	repairs := kernelWatchBuffer(t, p, fd, 1, false) // the kernel's minimum, a few KB
+	// The kernel's minimum buffer, a few KB; bulk writes not muted.
+	repairs := watchKernel(t, p, guard.Events{NetNS: fd, Buffer: 1, Unmuted: true})
 	st := scaleState(100)
 	for i := 0; i < 3; i++ {
 		if err := p.Sync(ctx, st); err != nil {
@@ -661,7 +273,7 @@ func TestKernelEventsOverflow(t *testing.T) {
 		t.Errorf("our own full syncs: repair %q, want none", what)
 	case <-time.After(300 * time.Millisecond):
 	}
-	lost := p.chk.overflows.Load()
+	lost := p.guard.Stats().Overflows
 	if lost == 0 {
 		t.Fatalf("no notifications lost; the test needs a smaller buffer or more elements")
 	}
@@ -679,7 +291,7 @@ func TestKernelEventsOverflow(t *testing.T) {
 	}
 	select {
 	case what := <-repairs:
-		t.Logf("foreign transaction: %s (%d overflows before, %d after)", what, lost, p.chk.overflows.Load())
+		t.Logf("foreign transaction: %s (%d overflows before, %d after)", what, lost, p.guard.Stats().Overflows)
 	case <-time.After(time.Second):
 		t.Errorf("foreign transaction not noticed within 1s")
 	}
@@ -708,12 +320,10 @@ func benchNetns(b *testing.B) int {
 // benchKernel10k makes a proxier as svcproxy does, with its sockets in the
 // namespace fd, and syncs 10,000 Services × 10 endpoints into it.
 func benchKernel10k(b *testing.B, fd int) (*Proxier, *proxier.State) {
-	p, err := NewKernel(testConfig(), []string{"10.96.0.0/16"})
+	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
 	if err != nil {
 		b.Fatal(err)
 	}
-	p.reader.(*netlinkReader).netns = fd
-	p.writer.netns = fd
 	st := scaleState(10000)
 	if err := p.Sync(context.Background(), st); err != nil {
 		b.Fatal(err)
@@ -746,6 +356,12 @@ func cpuTime() time.Duration {
 // rewrites the map named).
 //
 //	go test -run XXX -bench KernelCheck10k -benchtime 1000x ./proxier/nftables/
+//
+// Measured on the 2-core test machine (2026-12): an idle tick 70 µs, a
+// shape read 1.4 ms, a full sync 0.46 s and 0.45 s of CPU, and 0.59 s and
+// 0.48 s of CPU with the watcher subscribed (its bulk writes mute it; the
+// kernel builds a notification per element for any subscriber), a
+// deleted element detected in 9 ms and repaired in 42 ms.
 func BenchmarkKernelCheck10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -804,26 +420,25 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 			b.Fatalf("nft: %v: %s", err, out)
 		}
 		start := time.Now()
-		what, err := p.Check(ctx)
+		what, err := p.guard.Check(ctx)
 		shape += time.Since(start)
 		if err != nil || what != "" {
 			b.Fatalf("shape check: %q, %v", what, err)
 		}
 	}
-	p.mu.Lock()
-	shapes, overflows := p.chk.shape, p.chk.overflows.Load()
-	p.mu.Unlock()
+	stats := p.guard.Stats()
+	shapes, overflows := stats.ShapeReads, stats.Overflows
 	if shapes != shapeRuns {
 		b.Fatalf("%d shape reads, want %d", shapes, shapeRuns)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if what, err := p.Check(ctx); err != nil || what != "" {
+		if what, err := p.guard.Check(ctx); err != nil || what != "" {
 			b.Fatalf("idle check: %q, %v", what, err)
 		}
 	}
 	b.StopTimer()
-	if p.chk.shape != shapeRuns {
+	if p.guard.Stats().ShapeReads != shapeRuns {
 		b.Fatalf("idle checks read the table")
 	}
 	b.ReportMetric(float64(shape.Microseconds())/1000/shapeRuns, "shape-ms")

@@ -8,19 +8,9 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
-	"sigs.k8s.io/knftables"
-)
 
-// tableAbsent reports whether the kernel has no table of ours (an error
-// reading it counts as present: the caller then takes the atomic path).
-func (p *Proxier) tableAbsent(ctx context.Context) bool {
-	if p.reader != nil {
-		shape, err := p.reader.readShape(ctx)
-		return err == nil && !shape.exists
-	}
-	_, err := p.nft.List(ctx, "chains")
-	return knftables.IsNotFound(err)
-}
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
+)
 
 // coldLoad writes a full sync's table when the kernel has none: first the
 // table with its chains, rules, sets and maps and the elements netlink
@@ -28,69 +18,66 @@ func (p *Proxier) tableAbsent(ctx context.Context) bool {
 // batch, grouped per set. The two steps are two transactions; between
 // them the table has rules and no service elements, which serves no
 // traffic, exactly as the missing table before it did.
-//
-// *gen and *genOK are the ruleset generation before the sync (see
-// genBefore); coldLoad moves them past its first transaction so that the
-// caller's genAfter sees one transaction of ours, or clears *genOK when it
-// cannot tell.
-func (p *Proxier) coldLoad(ctx context.Context, pd *pending, gen *uint32, genOK *bool) error {
+func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) error {
 	start := time.Now()
-	text, ops := splitColdLoad(pd)
+	text, ops := groupOps(ch.elems, nil, nil, false)
 	tSplit := time.Since(start)
-	if err := p.runText(ctx, func(w io.Writer) error { return p.writeText(w, text) }); err != nil {
+	tx := w.fullTx(ch, false)
+	if err := w.runText(ctx, func(out io.Writer) error { return w.writeText(out, tx, sortElems(text), nil) }); err != nil {
 		return err
 	}
 	tText := time.Since(start)
-	p.stepOwn(ctx, gen, genOK)
-	err := p.writer.apply(ops)
-	klog.V(2).InfoS("Loaded the table", "family", p.cfg.Family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
+	ws.Step(ctx)
+	err := w.batch.apply(ctx, ops)
+	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
 	return err
 }
 
-// splitColdLoad splits a full sync's elements into what nft writes (the
-// transaction and the elements netlink cannot write) and the element ops
-// netlink writes, grouped per set in set order.
-func splitColdLoad(pd *pending) (*pending, []elemOp) {
-	text := &pending{tx: pd.tx, elems: map[string]*elemRef{}}
-	// Counted first, so that every set's run is allocated once (at
-	// 100,000 elements, growing the slices cost more than the kernel's
-	// work).
-	count := map[string]int{}
-	for id, r := range pd.elems {
-		if _, _, _, ok := setLayout(r.e.set); !ok {
-			text.elems[id] = r
-			continue
+// groupOps groups the elements of x and fixed for a full change: those of
+// the sets netlink does not write (text), and, for each set of sets in
+// order (nil: every set netlink writes that has elements, sorted), a flush
+// when flush, then an addition of each of its elements, in one slice
+// allocated once.
+func groupOps(x *index, fixed []elem, sets []string, flush bool) (text []elem, ops []elemOp) {
+	each := func(f func(e elem)) {
+		for _, e := range fixed {
+			f(e)
 		}
-		count[r.e.set]++
+		for id, en := range x.elems {
+			f(id.with(en))
+		}
 	}
-	sets := slices.Sorted(maps.Keys(count))
+	count := map[string]int{}
+	each(func(e elem) {
+		if netlinkWrites(e.set) {
+			count[e.set]++
+		} else {
+			text = append(text, e)
+		}
+	})
+	if sets == nil {
+		sets = slices.Sorted(maps.Keys(count))
+	}
 	at := make(map[string]int, len(sets))
 	n := 0
 	for _, s := range sets {
+		if flush {
+			n++
+		}
 		at[s] = n
 		n += count[s]
 	}
-	ops := make([]elemOp, n)
-	for _, r := range pd.elems {
-		i, ok := at[r.e.set]
-		if !ok {
-			continue
+	ops = make([]elemOp, n)
+	for _, s := range sets {
+		if flush {
+			ops[at[s]-1] = elemOp{flush: true, e: elem{set: s}}
 		}
-		ops[i] = elemOp{add: true, e: r.e}
-		at[r.e.set] = i + 1
 	}
+	each(func(e elem) {
+		if i, ok := at[e.set]; ok {
+			ops[i] = elemOp{add: true, e: e}
+			at[e.set] = i + 1
+		}
+	})
 	return text, ops
-}
-
-// stepOwn accounts for one of several transactions of a sync: when exactly
-// one transaction was committed since *gen, it was this one and *gen moves
-// past it (so that genAfter, after the last one, sees one transaction of
-// ours); otherwise *genOK is cleared.
-func (p *Proxier) stepOwn(ctx context.Context, gen *uint32, genOK *bool) {
-	if g, ok := p.genBefore(ctx); ok && *genOK && g == *gen+1 {
-		*gen = g
-		p.group.own(g)
-	} else {
-		*genOK = false
-	}
 }

@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // MinKernel is the oldest kernel the layout works on (kube-proxy's nftables
@@ -55,6 +57,12 @@ func parseKernelVersion(release string) ([2]int, bool) {
 // NewKernel returns a Proxier that programs this network namespace's
 // "svcproxy" table of cfg.Family, checking the kernel and nft first.
 func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
+	return newKernel(cfg, serviceCIDRs, 0)
+}
+
+// newKernel is NewKernel with its netlink sockets in the network namespace
+// netns (an fd; 0: the current one). nft runs in the caller's.
+func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
@@ -63,13 +71,29 @@ func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	// One connection for the guard's checks and accounting, one for the
+	// writer's batches and listings.
+	checks, err := nfnl.Dial(netns)
+	if err != nil {
+		return nil, err
+	}
+	writes, err := nfnl.Dial(netns)
+	if err != nil {
+		checks.Close()
+		return nil, err
+	}
 	p := New(cfg, nft, serviceCIDRs)
-	p.reader = newNetlinkReader(f.family)
-	p.runText = execNFT
-	p.writer = newElemWriter(cfg.Family)
-	p.readAffinity = execReadAffinity
+	nfFamily := newElemWriter(cfg.Family, nil).family
+	p.guard = guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet,
+		Reader: guard.TableReader{Conn: checks, Family: nfFamily, Table: TableName},
+		Events: &guard.Events{NetNS: netns, Sentinel: true}})
+	p.w.guard = p.guard
+	p.w.runText = execNFT
+	p.w.batch = newElemWriter(cfg.Family, writes)
+	p.w.shapes = guard.TableReader{Conn: writes, Family: nfFamily, Table: TableName}
+	p.w.readAffinity = execReadAffinity
 	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
-		p.noAffinity = true
+		p.tr.noAffinity = true
 		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
 	}
 	return p, nil
@@ -123,9 +147,6 @@ func Cleanup(ctx context.Context) error { return deleteTables(ctx, TableName) }
 // leaves (ip and ip6 "kube-proxy"). Its iptables chains are removed by the
 // iptables package's Cleanup.
 func CleanupKubeProxy(ctx context.Context) error { return deleteTables(ctx, "kube-proxy") }
-
-// maxGroup bounds the elements of one add-element command.
-const maxGroup = 20000
 
 // execNFT runs `nft -f -`, streaming what write writes into it.
 func execNFT(ctx context.Context, write func(io.Writer) error) error {

@@ -2,7 +2,7 @@ package nftables
 
 import (
 	"encoding/binary"
-	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/mdlayher/netlink"
@@ -55,18 +55,20 @@ func decodeElemMsg(t *testing.T, m netlink.Message) decodedMsg {
 // same set and direction, split before an attribute would overflow, in order.
 func TestElemMessages(t *testing.T) {
 	ep := func(i int) elem {
-		return elem{set: poolIP.endpointsMap("tcp"), key: []string{"10.96.0.1", "80", fmt.Sprint(i)}, value: []string{"10.1.0.1", "8080"}}
+		return elem{set: poolIP.endpointsMap("tcp"), key: tupleOf(addrAtom(netip.MustParseAddr("10.96.0.1")), portAtom(80), indexAtom(i)),
+			value: [maxValue]atom{addrAtom(netip.MustParseAddr("10.1.0.1")), portAtom(8080)}}
 	}
-	svc := elem{set: mServiceIPs, key: []string{"10.96.0.1", "tcp", "80"}, value: []string{"goto lb-x"}}
+	svc := elem{set: mServiceIPs, key: tupleOf(addrAtom(netip.MustParseAddr("10.96.0.1")), protoAtom(proxier.TCP), portAtom(80)), verdict: gotoChain("lb-x")}
 	var ops []elemOp
 	for i := 0; i < 3000; i++ {
 		ops = append(ops, elemOp{add: true, e: ep(i)})
 	}
 	ops = append(ops, elemOp{e: svc}, elemOp{add: true, e: svc}, elemOp{e: ep(0)})
-	msgs, err := newElemWriter(proxier.IPv4).messages(ops)
+	b, err := newElemWriter(proxier.IPv4, nil).encode(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
+	msgs := b.Messages()
 	var got []decodedMsg
 	total := 0
 	for _, m := range msgs {
@@ -93,12 +95,24 @@ func TestElemMessages(t *testing.T) {
 
 // TestAppendElemVerdict: a goto verdict is encoded as nf_tables wants it.
 func TestAppendElemVerdict(t *testing.T) {
-	b, err := appendElem(nil, elemOp{add: true, e: elem{set: mServiceIPs, key: []string{"10.0.0.1", "udp", "53"}, value: []string{"goto lb-y"}}},
-		[]field{fAddr, fProto, fPort}, nil, true)
+	b, err := newElemWriter(proxier.IPv4, nil).encode([]elemOp{{add: true, e: elem{set: mServiceIPs,
+		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ad, _ := netlink.NewAttributeDecoder(b)
+	msgs := b.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages, want 1", len(msgs))
+	}
+	// The message's elements: one NFTA_LIST_ELEM.
+	ad, _ := netlink.NewAttributeDecoder(msgs[0].Data[4:])
+	var elems []byte
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			elems = ad.Bytes()
+		}
+	}
+	ad, _ = netlink.NewAttributeDecoder(elems)
 	var key []byte
 	var code uint32
 	var chain string

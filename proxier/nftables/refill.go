@@ -7,6 +7,8 @@ import (
 
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/knftables"
+
+	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
 )
 
 // A full sync over a table that exists (a periodic full sync, the first
@@ -27,40 +29,40 @@ import (
 // one: between steps 1 and 2 the new rules meet the old elements, which
 // are the desired ones but for what changed since the last sync (the same
 // mixture a partial sync goes through). Dynamic maps (session affinity)
-// are never flushed, so affinity outlives the sync. This costs a few
-// hundred milliseconds at 10,000 Services, where nft parsing every element
-// costs seconds.
+// are never flushed, so affinity outlives the sync. It costs a fraction of
+// a replacement, in which nft parses every element
+// (BenchmarkKernelFullSync10k compares the ways).
 //
 // refill reports false, having changed nothing, when the table cannot be
 // listed or a set or map of the kernel has a definition the skeleton does
 // not (an older layout): the caller then replaces the table as a whole.
-// After that, errors are returned in pd.err.
-func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *bool) bool {
-	sk := pd.sk
+// After that, it reports true and the error of the step that failed.
+func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool, error) {
+	sk := ch.sk
 	start := time.Now()
 	var tList, t1, t2 time.Duration
 	defer func() {
 		if t1 > 0 {
-			klog.V(2).InfoS("Refilled the table", "family", p.cfg.Family, "list", tList, "rules", t1-tList, "elements", t2-t1, "stale", time.Since(start)-t2)
+			klog.V(2).InfoS("Refilled the table", "family", w.family, "list", tList, "rules", t1-tList, "elements", t2-t1, "stale", time.Since(start)-t2)
 		}
 	}()
-	if p.reader == nil {
-		return false
+	if w.shapes == nil {
+		return false, nil
 	}
 	// Names only, over netlink: nft would list every element too.
-	kernel, err := p.reader.readShape(ctx)
-	if err != nil || !kernel.exists {
-		klog.V(2).InfoS("Cannot list the table; replacing it", "family", p.cfg.Family, "err", err)
-		return false
+	kernel, err := w.shapes.Shape(ctx)
+	if err != nil || !kernel.Exists {
+		klog.V(2).InfoS("Cannot list the table; replacing it", "family", w.family, "err", err)
+		return false, nil
 	}
 
 	tList = time.Since(start)
 
 	// Step 1.
-	tx := p.nft.NewTransaction()
+	tx := w.nft.NewTransaction()
 	comment := "rules for svcproxy"
 	tx.Add(&knftables.Table{Comment: &comment})
-	dyn := dynChains(p.f, pd.lbChains, pd.affChains)
+	dyn := ch.dyn
 	want := map[string]bool{}
 	for _, c := range sk.chains {
 		tx.Add(c)
@@ -73,87 +75,48 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		want[c.name] = true
 	}
 	var netlinkSets []string
-	textSet := map[string]bool{}
-	for _, s := range sk.sets {
-		tx.Add(s)
-		want[s.Name] = true
-		switch {
-		case slices.Contains(s.Flags, knftables.DynamicFlag):
-		case setWritable(s.Name):
-			netlinkSets = append(netlinkSets, s.Name)
+	for _, s := range sk.setDefs() {
+		tx.Add(s.obj)
+		want[s.name] = true
+		switch sp := mustSpec(s.name); {
+		case sp.dynamic:
+		case !sp.interval:
+			netlinkSets = append(netlinkSets, s.name)
 		default:
-			tx.Flush(s)
-			textSet[s.Name] = true
+			tx.Flush(s.obj)
 		}
 	}
-	for _, m := range sk.maps {
-		tx.Add(m)
-		want[m.Name] = true
-		switch {
-		case slices.Contains(m.Flags, knftables.DynamicFlag):
-		case setWritable(m.Name):
-			netlinkSets = append(netlinkSets, m.Name)
-		default:
-			tx.Flush(m)
-			textSet[m.Name] = true
-		}
+	addRules(tx, sk, dyn)
+	slices.Sort(netlinkSets)
+	text, ops := groupOps(ch.elems, sk.elems, netlinkSets, true)
+	for _, e := range text {
+		tx.Add(element(e))
 	}
-	for _, c := range sk.chains {
-		for _, r := range sk.rules[c.Name] {
-			tx.Add(&knftables.Rule{Chain: c.Name, Rule: r})
-		}
-	}
-	for _, c := range dyn {
-		for _, r := range c.rules {
-			tx.Add(&knftables.Rule{Chain: c.name, Rule: r})
-		}
-	}
-	bySet := map[string][]elemOp{}
-	add := func(e elem) {
-		if textSet[e.set] {
-			tx.Add(p.element(e))
-		} else {
-			bySet[e.set] = append(bySet[e.set], elemOp{add: true, e: e})
-		}
-	}
-	for _, e := range sk.elems {
-		add(e)
-	}
-	for _, r := range pd.elems {
-		add(r.e)
-	}
-	if err := p.nft.Run(ctx, tx); err != nil {
+	if err := w.nft.Run(ctx, tx); err != nil {
 		// Most likely a set or map whose definition changed: replace
 		// the table instead.
-		klog.V(2).InfoS("Cannot rewrite the table in place; replacing it", "family", p.cfg.Family, "err", err)
-		return false
+		klog.V(2).InfoS("Cannot rewrite the table in place; replacing it", "family", w.family, "err", err)
+		return false, nil
 	}
-	p.stepOwn(ctx, gen, genOK)
+	ws.Step(ctx)
 	t1 = time.Since(start)
 
 	// Step 2.
-	slices.Sort(netlinkSets)
-	var ops []elemOp
-	for _, s := range netlinkSets {
-		ops = append(ops, elemOp{flush: true, e: elem{set: s}})
-		ops = append(ops, bySet[s]...)
-	}
-	err = p.writer.apply(ops)
+	err = w.batch.apply(ctx, ops)
 	t2 = time.Since(start)
 	if err != nil {
-		pd.err = err
-		return true
+		return true, err
 	}
 
 	// Step 3.
-	stale := p.nft.NewTransaction()
+	stale := w.nft.NewTransaction()
 	var staleChains, staleSets []string
-	for c := range kernel.chains {
+	for c := range kernel.Chains {
 		if !want[c] {
 			staleChains = append(staleChains, c)
 		}
 	}
-	for s := range kernel.sets {
+	for s := range kernel.Sets {
 		if !want[s] {
 			staleSets = append(staleSets, s)
 		}
@@ -167,7 +130,7 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		stale.Flush(&knftables.Chain{Name: c})
 	}
 	for _, s := range staleSets {
-		if kernel.maps[s] {
+		if kernel.Sets[s].IsMap() {
 			stale.Delete(&knftables.Map{Name: s})
 		} else {
 			stale.Delete(&knftables.Set{Name: s})
@@ -177,17 +140,8 @@ func (p *Proxier) refill(ctx context.Context, pd *pending, gen *uint32, genOK *b
 		stale.Delete(&knftables.Chain{Name: c})
 	}
 	if stale.NumOperations() > 0 {
-		p.stepOwn(ctx, gen, genOK)
-		if err := p.nft.Run(ctx, stale); err != nil {
-			pd.err = err
-		}
+		ws.Step(ctx)
+		return true, w.nft.Run(ctx, stale)
 	}
-	return true
-}
-
-// setWritable reports whether netlink writes the elements of set or map
-// name (see setLayout).
-func setWritable(name string) bool {
-	_, _, _, ok := setLayout(name)
-	return ok
+	return true, nil
 }

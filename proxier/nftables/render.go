@@ -4,40 +4,15 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/svcproxy/svcproxy/proxier"
 )
-
-// elem is one set or map element: the set/map it belongs to, its key
-// components and (for maps) value components.
-type elem struct {
-	set   string
-	key   []string
-	value []string
-}
-
-// id identifies an element within the table: its set and key.
-func (e elem) id() string {
-	n := len(e.set) + 1
-	for _, k := range e.key {
-		n += len(k) + 3
-	}
-	var b strings.Builder
-	b.Grow(n)
-	b.WriteString(e.set)
-	b.WriteByte(0)
-	for i, k := range e.key {
-		if i > 0 {
-			b.WriteString(" . ")
-		}
-		b.WriteString(k)
-	}
-	return b.String()
-}
 
 // affinityKey identifies an affinity map: one per protocol and timeout in use.
 type affinityKey struct {
@@ -51,10 +26,9 @@ type svcRender struct {
 	elems    []elem
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
-	// affDests are the destinations (address, port) of a Service port
-	// with affinity, affChain its record chain and affRules the chain's
-	// rules.
-	affDests [][2]string
+	// affDests are the destinations of a Service port with affinity,
+	// affChain its record chain and affRules the chain's rules.
+	affDests []netip.AddrPort
 	affChain string
 	affRules []string
 }
@@ -64,67 +38,77 @@ func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Sec
 // renderService computes one service port's elements from its plan.
 func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 	svc := sp.Svc
-	r := &svcRender{plan: *sp, lbCounts: map[string]int{}}
+	r := &svcRender{plan: *sp, lbCounts: map[string]int{}, elems: make([]elem, 0, elemsBound(sp))}
 	proto := svc.Protocol.Lower()
-	port := strconv.Itoa(int(svc.Port))
-	dest := func(ip netip.Addr) []string { return []string{ip.String(), proto, port} }
-	add := func(set string, key []string, value ...string) {
-		r.elems = append(r.elems, elem{set: set, key: key, value: value})
+	protoA, portA := protoAtom(svc.Protocol), portAtom(svc.Port)
+	dest := func(ip netip.Addr) tuple { return tupleOf(addrAtom(ip), protoA, portA) }
+	add := func(set string, key tuple) {
+		r.elems = append(r.elems, elem{set: set, key: key})
 	}
-	addPool := func(p pool, key []string, eps []proxier.Endpoint) {
+	addV := func(set string, key tuple, v verdict) {
+		r.elems = append(r.elems, elem{set: set, key: key, verdict: v})
+	}
+	addPool := func(p pool, key tuple, eps []proxier.Endpoint) {
 		if len(eps) == 0 {
 			return
 		}
 		lb := p.lbChain(proto, len(eps))
 		r.lbCounts[lb] = len(eps)
-		add(p.countMap(), key, "goto "+lb)
-		// The endpoints map is per protocol: its key has no protocol.
-		epKey := slices.Delete(slices.Clone(key), len(key)-2, len(key)-1)
+		addV(p.countMap(), key, gotoChain(lb))
+		// The endpoints map is per protocol: its key has no protocol, and
+		// ends with the endpoint's index.
+		epKey, at := tupleOf(key[0], key[2]), 2
+		if p.byPort {
+			epKey, at = tupleOf(key[1]), 1
+		}
+		m := p.endpointsMap(proto)
 		for i, e := range eps {
-			add(p.endpointsMap(proto), append(slices.Clone(epKey), strconv.Itoa(i)), e.IP.String(), strconv.Itoa(int(e.Port)))
+			k := epKey
+			k[at] = indexAtom(i)
+			r.elems = append(r.elems, elem{set: m, key: k, value: [maxValue]atom{addrAtom(e.IP), portAtom(e.Port)}})
 		}
 	}
-	noEndpoints := func(v proxier.Verdict) string {
+	noEndpoints := func(v proxier.Verdict) verdict {
 		if v == proxier.Reject {
-			return "goto " + chReject
+			return gotoChain(chReject)
 		}
-		return "drop"
+		return drop
 	}
 
-	add(sClusterIPs, []string{svc.ClusterIP.String()})
+	add(sClusterIPs, tupleOf(addrAtom(svc.ClusterIP)))
 
 	// ClusterIP.
 	switch sp.Internal {
 	case proxier.Forward:
 		if svc.InternalPolicyLocal {
-			add(mServiceIPs, dest(svc.ClusterIP), "goto "+chClusterIPLocal)
+			addV(mServiceIPs, dest(svc.ClusterIP), gotoChain(chClusterIPLocal))
 			addPool(poolIPLocal, dest(svc.ClusterIP), sp.InternalEndpoints)
 		} else {
-			add(mServiceIPs, dest(svc.ClusterIP), "goto "+chClusterIP)
+			addV(mServiceIPs, dest(svc.ClusterIP), gotoChain(chClusterIP))
 			addPool(poolIP, dest(svc.ClusterIP), sp.InternalEndpoints)
 		}
 	default:
-		add(mNoEndpointServices, dest(svc.ClusterIP), noEndpoints(sp.Internal))
+		addV(mNoEndpointServices, dest(svc.ClusterIP), noEndpoints(sp.Internal))
 	}
 
 	// External destinations.
 	if svc.ExternallyAccessible() {
 		externalIPs := append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...)
-		npKey := []string{proto, strconv.Itoa(int(svc.NodePort))}
+		npKey := tupleOf(protoA, portAtom(svc.NodePort))
 		if sp.HasEndpoints {
 			ipChain, npChain := chExternal, chNodePort
 			if svc.ExternalPolicyLocal {
 				ipChain, npChain = chExternalLocal, chNodePortLocal
 			}
 			for _, ip := range externalIPs {
-				add(mServiceIPs, dest(ip), "goto "+ipChain)
+				addV(mServiceIPs, dest(ip), gotoChain(ipChain))
 				addPool(poolIP, dest(ip), sp.ClusterEndpoints)
 				if svc.ExternalPolicyLocal {
 					addPool(poolIPLocal, dest(ip), sp.LocalEndpoints)
 				}
 			}
 			if svc.NodePort != 0 {
-				add(mServiceNodePorts, npKey, "goto "+npChain)
+				addV(mServiceNodePorts, npKey, gotoChain(npChain))
 				addPool(poolNP, npKey, sp.ClusterEndpoints)
 				if svc.ExternalPolicyLocal {
 					addPool(poolNPLocal, npKey, sp.LocalEndpoints)
@@ -133,20 +117,25 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool)
 		}
 		if sp.External != proxier.Forward {
 			for _, ip := range externalIPs {
-				add(mNoEndpointServices, dest(ip), noEndpoints(sp.External))
+				addV(mNoEndpointServices, dest(ip), noEndpoints(sp.External))
 			}
 			if svc.NodePort != 0 {
-				add(mNoEndpointNodePort, npKey, noEndpoints(sp.External))
+				addV(mNoEndpointNodePort, npKey, noEndpoints(sp.External))
 			}
 		}
 		if sp.Firewall {
 			for _, ip := range svc.LoadBalancerIPs {
 				add(sFirewallDests, dest(ip))
+				allow := func(src netip.Prefix) {
+					k := dest(ip)
+					k[3] = prefixAtom(src)
+					add(sFirewallAllow, k)
+				}
 				for _, cidr := range sp.FirewallRanges {
-					add(sFirewallAllow, append(dest(ip), cidr.String()))
+					allow(cidr)
 				}
 				if sp.FirewallAllowNode {
-					add(sFirewallAllow, append(dest(ip), ip.String()))
+					allow(netip.PrefixFrom(ip, ip.BitLen()))
 				}
 			}
 		}
@@ -156,38 +145,60 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool)
 	// Only a pod on this node can send its own packets through this node.
 	for _, e := range sp.AllEndpoints {
 		if e.IsLocal {
-			add(sHairpin, []string{e.IP.String(), e.IP.String()})
+			add(sHairpin, tupleOf(addrAtom(e.IP), addrAtom(e.IP)))
 		}
 	}
 
 	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints && !noAffinity {
 		r.affinity = &affinityKey{svc.Protocol, t}
-		r.affDests = [][2]string{{svc.ClusterIP.String(), port}}
+		r.affDests = []netip.AddrPort{netip.AddrPortFrom(svc.ClusterIP, uint16(svc.Port))}
 		for _, ip := range append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...) {
-			r.affDests = append(r.affDests, [2]string{ip.String(), port})
+			r.affDests = append(r.affDests, netip.AddrPortFrom(ip, uint16(svc.Port)))
 		}
 		if svc.NodePort != 0 {
 			for _, ip := range cfg.NodeIPs {
 				if cfg.Family.Matches(ip) {
-					r.affDests = append(r.affDests, [2]string{ip.String(), strconv.Itoa(int(svc.NodePort))})
+					r.affDests = append(r.affDests, netip.AddrPortFrom(ip, uint16(svc.NodePort)))
 				}
 			}
 		}
 		r.affChain = affinityChain(svc.Name)
 		for _, d := range r.affDests {
-			add(affinityDests(svc.Protocol, t), d[:], "goto "+r.affChain)
+			addV(affinityDests(svc.Protocol, t), tupleOf(addrAtom(d.Addr()), portAtom(int32(d.Port()))), gotoChain(r.affChain))
 		}
 		local := svc.ExternalPolicyLocal || svc.InternalPolicyLocal
 		if local {
 			for _, e := range sp.AllEndpoints {
 				if e.IsLocal {
-					add(sAffinityLocalEPs, []string{e.IP.String(), proto, strconv.Itoa(int(e.Port))})
+					add(sAffinityLocalEPs, tupleOf(addrAtom(e.IP), protoA, portAtom(e.Port)))
 				}
 			}
 		}
 		r.affRules = affinityRules(famOf(cfg.Family), *r.affinity, r.affDests, local)
 	}
 	return r
+}
+
+// elemsBound bounds the elements renderService makes of sp, so that its
+// slice is allocated once.
+func elemsBound(sp *proxier.ServicePlan) int {
+	svc := sp.Svc
+	external := len(svc.ExternalIPs) + len(svc.LoadBalancerIPs)
+	if svc.NodePort != 0 {
+		external++
+	}
+	// Per destination: its verdict map's element, and a count and the
+	// endpoints per pool.
+	perExternal := 3 + len(sp.ClusterEndpoints)
+	if svc.ExternalPolicyLocal {
+		perExternal += 1 + len(sp.LocalEndpoints)
+	}
+	n := 3 + len(sp.InternalEndpoints) + external*perExternal + len(sp.AllEndpoints)
+	n += len(svc.LoadBalancerIPs) * (2 + len(sp.FirewallRanges))
+	if svc.AffinityTimeoutSeconds > 0 {
+		n += 1 + external + len(sp.AllEndpoints)
+	}
+	return n
 }
 
 // affinityChain names the record chain of a Service port with affinity:
@@ -202,14 +213,14 @@ func affinityChain(n proxier.ServicePortName) string {
 // written under every destination of the Service port, and into the local
 // pools' map too when the endpoint is on this node and a Local policy may
 // look it up.
-func affinityRules(f fam, a affinityKey, dests [][2]string, local bool) []string {
+func affinityRules(f fam, a affinityKey, dests []netip.AddrPort, local bool) []string {
 	updates := func(m string) string {
 		var b strings.Builder
 		for i, d := range dests {
 			if i > 0 {
 				b.WriteByte(' ')
 			}
-			fmt.Fprintf(&b, "update @%s { %s saddr . %s . %s : %s daddr . th dport }", m, f.ip, d[0], d[1], f.ip)
+			fmt.Fprintf(&b, "update @%s { %s saddr . %s . %d : %s daddr . th dport }", m, f.ip, d.Addr(), d.Port(), f.ip)
 		}
 		return b.String()
 	}
@@ -237,4 +248,27 @@ func lbChainPool(name string) (pool, string, int, bool) {
 		}
 	}
 	return pool{}, "", 0, false
+}
+
+// renderAll plans and renders svcs, on every CPU when there are many;
+// without session affinity when noAffinity.
+func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, noAffinity bool) []*svcRender {
+	out := make([]*svcRender, len(svcs))
+	workers := runtime.GOMAXPROCS(0)
+	if len(svcs) < 1000 || workers < 2 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < len(svcs); i += workers {
+				sp := proxier.PlanService(cfg, st, svcs[i])
+				out[i] = renderService(cfg, &sp, noAffinity)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return out
 }

@@ -11,20 +11,13 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-func prefixes(ss ...string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(ss))
-	for _, s := range ss {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
 
 // withCIDRs is st carrying ServiceCIDRs (the same Service pointers).
 func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
 	c := *st
-	c.ServiceCIDRs = prefixes(cidrs...)
+	c.ServiceCIDRs = proxiertest.Prefixes(cidrs...)
 	return &c
 }
 
@@ -111,11 +104,11 @@ func TestServiceCIDRElems(t *testing.T) {
 		{proxier.IPv6, []string{"10.96.0.0/16", "fd00:10:96::/112", "fd00:10:96::/64"}, "[fd00:10:96::/64]"},
 	} {
 		var got []string
-		for _, e := range serviceCIDRElems(tc.f, prefixes(tc.cidrs...)) {
+		for _, e := range serviceCIDRElems(tc.f, proxiertest.Prefixes(tc.cidrs...)) {
 			if e.set != sServiceCIDRs {
 				t.Errorf("element of %s", e.set)
 			}
-			got = append(got, e.key...)
+			got = append(got, e.keyText(mustSpec(e.set)))
 		}
 		if fmt.Sprint(got) != tc.want {
 			t.Errorf("%v %v: %v, want %s", tc.f, tc.cidrs, got, tc.want)
@@ -191,13 +184,8 @@ func TestServiceCIDRIncremental(t *testing.T) {
 // new ServiceCIDR is dropped by the cluster-ips-check rule (counted with nft
 // by a lookup of the set).
 func TestKernelServiceCIDRs(t *testing.T) {
-	_, fd := enterNetns(t)
+	_, p, nft, st := syncedKernel(t)
 	ctx := context.Background()
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
-	st := testState()
-	if err := p.Sync(ctx, st); err != nil {
-		t.Fatalf("first sync: %v", err)
-	}
 	for _, step := range []struct {
 		st   *proxier.State
 		want string
@@ -217,7 +205,7 @@ func TestKernelServiceCIDRs(t *testing.T) {
 		if got := cidrElements(t, nft); got != step.want {
 			t.Errorf("sync to %v: kernel's service-cidrs = %s, want %s", step.st.ServiceCIDRs, got, step.want)
 		}
-		if what, err := p.Check(ctx); err != nil || what != "" {
+		if what, err := p.guard.Check(ctx); err != nil || what != "" {
 			t.Errorf("check after sync to %v: %q, %v", step.st.ServiceCIDRs, what, err)
 		}
 	}
