@@ -28,7 +28,7 @@ import (
 const deployFieldManager = "svcproxy-e2e-deploy"
 
 // deployRenders are the ways deploy/ is meant to be used: the base, and
-// the base with its config-file component.
+// the base with each of its components.
 var deployRenders = []struct {
 	name       string
 	components []string
@@ -36,6 +36,8 @@ var deployRenders = []struct {
 }{
 	{"base", nil, []string{"ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"}},
 	{"config-file", []string{"config-file"}, []string{"ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "ServiceAccount"}},
+	{"kubeadm", []string{"kubeadm"}, []string{"ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"}},
+	{"k3s", []string{"k3s"}, []string{"ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"}},
 }
 
 // applyDeploy renders deploy/ with components, applies every object with
