@@ -40,15 +40,21 @@ var deployRenders = []struct {
 	{"k3s", []string{"k3s"}, []string{"ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"}},
 }
 
-// applyDeploy renders deploy/ with components, applies every object with
-// server-side apply and returns what the API server stored; the objects
-// are deleted when the test ends.
+// applyDeploy renders deploy/ with components and applies it (see
+// applyObjects).
 func (c *tc) applyDeploy(components ...string) []*unstructured.Unstructured {
 	c.Helper()
 	objs, err := harness.RenderKustomization(filepath.Join(env.Root, "deploy"), components...)
 	if err != nil {
 		c.Fatal(err)
 	}
+	return c.applyObjects(objs)
+}
+
+// applyObjects applies every object with server-side apply and returns
+// what the API server stored; the objects are deleted when the test ends.
+func (c *tc) applyObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	c.Helper()
 	applied, err := env.ServerSideApply(c.ctx, deployFieldManager, objs)
 	c.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -61,6 +67,19 @@ func (c *tc) applyDeploy(components ...string) []*unstructured.Unstructured {
 		c.Fatal(err)
 	}
 	return applied
+}
+
+// checkApplied fails the test where the applied DaemonSet strays from
+// least privilege (podProblems).
+func (c *tc) checkApplied(applied []*unstructured.Unstructured) {
+	c.Helper()
+	var ds appsv1.DaemonSet
+	typed(c, applied, "DaemonSet", &ds)
+	var binding rbacv1.ClusterRoleBinding
+	typed(c, applied, "ClusterRoleBinding", &binding)
+	for _, problem := range podProblems(&ds.Spec.Template.Spec, &binding) {
+		c.Error(problem)
+	}
 }
 
 // typed is the only object of kind in objs, converted to out.
@@ -100,16 +119,79 @@ func TestDeployManifests(t *testing.T) {
 			if !slices.Equal(kinds, r.kinds) {
 				t.Errorf("applied %v, want %v", kinds, r.kinds)
 			}
-			var ds appsv1.DaemonSet
-			typed(c, applied, "DaemonSet", &ds)
-			var binding rbacv1.ClusterRoleBinding
-			typed(c, applied, "ClusterRoleBinding", &binding)
-			for _, problem := range podProblems(&ds.Spec.Template.Spec, &binding) {
-				t.Error(problem)
-			}
+			c.checkApplied(applied)
 			t.Logf("RESULT %s: server-side apply (strict validation) accepted %s", r.name, strings.Join(kinds, ", "))
 		})
 	}
+}
+
+// TestDeployMigrateExamples: every overlay docs/migrate.md shows renders,
+// is accepted as TestDeployManifests requires, and keeps deploy/'s least
+// privilege. An overlay is a YAML block whose first line is
+// "# svcproxy-overlay/kustomization.yaml", with the blocks after it that
+// name other files of svcproxy-overlay/.
+func TestDeployMigrateExamples(t *testing.T) {
+	begin(t, false)
+	doc, err := os.ReadFile(filepath.Join(env.Root, "docs", "migrate.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlays := docOverlays(string(doc))
+	if len(overlays) < 3 {
+		t.Fatalf("docs/migrate.md shows %d overlays, want one each for kubeadm, k3s and other clusters", len(overlays))
+	}
+	for _, o := range overlays {
+		t.Run(o.section, func(t *testing.T) {
+			c := begin(t, false)
+			objs, err := harness.RenderOverlay(filepath.Join(env.Root, "deploy"), o.files)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.checkApplied(c.applyObjects(objs))
+			t.Logf("RESULT overlay of %q (%d files) accepted", o.section, len(o.files))
+		})
+	}
+}
+
+// docOverlay is one overlay of a document: its files, and the heading of
+// the section that shows it.
+type docOverlay struct {
+	section string
+	files   map[string]string
+}
+
+// docOverlays finds the overlays in a Markdown document (see
+// TestDeployMigrateExamples); indented code blocks (in list items) are
+// dedented by their fence's indentation.
+func docOverlays(doc string) []docOverlay {
+	var out []docOverlay
+	section, indent := "", -1
+	var block []string
+	for _, line := range strings.Split(doc, "\n") {
+		trimmed := strings.TrimLeft(line, " ")
+		switch {
+		case indent < 0 && strings.HasPrefix(line, "## "):
+			section = strings.TrimPrefix(line, "## ")
+		case indent < 0 && trimmed == "```yaml":
+			indent, block = len(line)-len(trimmed), nil
+		case indent >= 0 && trimmed == "```":
+			name, ok := "", false
+			if len(block) > 0 {
+				name, ok = strings.CutPrefix(block[0], "# svcproxy-overlay/")
+			}
+			switch {
+			case ok && name == "kustomization.yaml":
+				out = append(out, docOverlay{section: section, files: map[string]string{}})
+				fallthrough
+			case ok && len(out) > 0:
+				out[len(out)-1].files[name] = strings.Join(block, "\n") + "\n"
+			}
+			indent = -1
+		case indent >= 0:
+			block = append(block, line[min(indent, len(line)-len(trimmed)):])
+		}
+	}
+	return out
 }
 
 // podProblems lists how pod (as the API server stored it) strays from

@@ -35,27 +35,37 @@ import (
 // kustomize` does; with components (directories below dir), it renders an
 // overlay of dir that lists them, as a user's overlay would.
 func RenderKustomization(dir string, components ...string) ([]*unstructured.Unstructured, error) {
-	fsys := filesys.MakeFsOnDisk()
-	root := dir
-	if len(components) > 0 {
-		// kustomize takes bases only by relative path: copy dir into
-		// memory next to the overlay.
-		fsys = filesys.MakeFsInMemory()
-		if err := copyIntoFs(fsys, dir, "/base"); err != nil {
-			return nil, err
-		}
-		k := "resources:\n- ../base\ncomponents:\n"
-		for _, c := range components {
-			k += "- ../base/" + filepath.ToSlash(c) + "\n"
-		}
-		if err := fsys.WriteFile("/overlay/kustomization.yaml", []byte(k)); err != nil {
-			return nil, err
-		}
-		root = "/overlay"
+	if len(components) == 0 {
+		return render(filesys.MakeFsOnDisk(), dir)
 	}
-	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(fsys, root)
+	k := "resources:\n- ../svcproxy/deploy\ncomponents:\n"
+	for _, c := range components {
+		k += "- ../svcproxy/deploy/" + filepath.ToSlash(c) + "\n"
+	}
+	return RenderOverlay(dir, map[string]string{"kustomization.yaml": k})
+}
+
+// RenderOverlay renders an overlay made of files (name to content) that
+// refers to deploy/ as ../svcproxy/deploy, as docs/migrate.md lays it out:
+// deployDir is copied into memory beside it, since kustomize takes bases
+// only by relative path.
+func RenderOverlay(deployDir string, files map[string]string) ([]*unstructured.Unstructured, error) {
+	fsys := filesys.MakeFsInMemory()
+	if err := copyIntoFs(fsys, deployDir, "/svcproxy/deploy"); err != nil {
+		return nil, err
+	}
+	for name, content := range files {
+		if err := fsys.WriteFile(path.Join("/svcproxy-overlay", name), []byte(content)); err != nil {
+			return nil, err
+		}
+	}
+	return render(fsys, "/svcproxy-overlay")
+}
+
+func render(fsys filesys.FileSystem, dir string) ([]*unstructured.Unstructured, error) {
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(fsys, dir)
 	if err != nil {
-		return nil, fmt.Errorf("kustomize %s %v: %w", dir, components, err)
+		return nil, fmt.Errorf("kustomize %s: %w", dir, err)
 	}
 	var out []*unstructured.Unstructured
 	for _, r := range m.Resources() {
