@@ -321,13 +321,13 @@ func (e *Env) StartSvcproxyConfined(ctx context.Context, c Confinement, extra ..
 		return nil, err
 	}
 	p, err := e.StartProcess(e.Node, "svcproxy", argv...)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		// The svcproxy the harness waits for, stops and describes.
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.svcproxy = p
 	}
-	e.mu.Lock()
-	e.svcproxy = p
-	e.mu.Unlock()
-	return p, nil
+	return p, err
 }
 
 // RunConfined runs argv under c inside ns, with stdin, and returns its
