@@ -84,6 +84,9 @@ func (e *Env) startAPIServer(ctx context.Context) error {
 		"--cert-dir="+certDir,
 		"--token-auth-file="+tokenFile,
 		"--authorization-mode=RBAC",
+		// As kubeadm, k3s and kops run it: deploy/'s init container is
+		// privileged.
+		"--allow-privileged=true",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+saKey,
 		"--service-account-signing-key-file="+saKey,
