@@ -43,8 +43,12 @@ func NewKernel(ctx context.Context, cfg proxier.Config) (*Proxier, error) {
 		// KUBE-FIREWALL rule keeps outside packets to 127/8 out. Never set
 		// it when --nodeport-addresses leaves loopback out: there would be
 		// no guard (CVE-2020-8558).
-		if err := os.WriteFile(routeLocalnetPath, []byte("1"), 0o644); err != nil {
-			klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
+		// An init container may have set it already, where this one
+		// cannot write /proc/sys.
+		if b, err := os.ReadFile(routeLocalnetPath); err != nil || strings.TrimSpace(string(b)) != "1" {
+			if err := os.WriteFile(routeLocalnetPath, []byte("1"), 0o644); err != nil {
+				klog.ErrorS(err, "Cannot enable route_localnet; NodePorts on localhost will not work")
+			}
 		}
 	}
 	return New(cfg, opt, NewExecRunner(bin)), nil

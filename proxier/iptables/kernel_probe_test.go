@@ -90,6 +90,21 @@ func TestNewKernelRouteLocalnet(t *testing.T) {
 			}
 		})
 	}
+	// Already set (by an init container): left alone, so a read-only
+	// /proc/sys is no error.
+	path := hostFiles(t, "0")
+	if err := os.WriteFile(path, []byte("1\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewKernel(context.Background(), proxier.Config{Family: proxier.IPv4, LocalhostNodePorts: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "1\n" {
+		t.Errorf("route_localnet already 1 was rewritten: %q", b)
+	}
 	if _, err := NewKernel(context.Background(), proxier.Config{Family: 7}); err == nil {
 		t.Error("NewKernel accepted family 7")
 	}
