@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os/exec"
 	"strings"
 	"sync"
@@ -110,8 +109,8 @@ func iptablesLeftovers(ctx context.Context) ([]string, error) {
 }
 
 // nftTableCleanup returns a cleanup that runs del when an ip or ip6 table
-// called name exists, and names the tables it found. Without nft there is
-// nothing to remove.
+// called name exists, and names the tables it found. Without nft, or
+// without nf_tables in the kernel, there is nothing to remove.
 func nftTableCleanup(name string, del func(context.Context) error) func(context.Context) ([]string, error) {
 	return func(ctx context.Context) ([]string, error) {
 		if _, err := exec.LookPath("nft"); err != nil {
@@ -119,7 +118,8 @@ func nftTableCleanup(name string, del func(context.Context) error) func(context.
 		}
 		out, err := exec.CommandContext(ctx, "nft", "list", "tables").Output()
 		if err != nil {
-			return nil, fmt.Errorf("nft list tables: %w", err)
+			klog.V(2).InfoS("Cannot list nftables tables; none removed", "err", err)
+			return nil, nil
 		}
 		found := tablesNamed(string(out), name)
 		if len(found) == 0 {
