@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -70,6 +72,28 @@ func TestAfterFirstSyncs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAfterFirstSyncsConcurrent: families sync on their own goroutines;
+// f still runs exactly once.
+func TestAfterFirstSyncsConcurrent(t *testing.T) {
+	for range 50 {
+		ps := []*fakeSynced{{}, {}}
+		var runs atomic.Int32
+		afterFirstSyncs(ps, func() { runs.Add(1) })
+		var wg sync.WaitGroup
+		for _, p := range ps {
+			wg.Go(func() {
+				for range 3 {
+					p.sync()
+				}
+			})
+		}
+		wg.Wait()
+		if n := runs.Load(); n != 1 {
+			t.Fatalf("f ran %d times, want 1", n)
+		}
 	}
 }
 
