@@ -108,6 +108,7 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
+	removeLeftoversAfterSync(ctx, o, backends)
 	proxiers := make([]syncer.Proxier, len(backends))
 	var triggers []syncer.Trigger
 	var hcServers []*healthcheck.Servers
