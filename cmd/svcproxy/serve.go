@@ -89,8 +89,9 @@ func writeBody(w http.ResponseWriter, contentType string, body []byte) {
 	_, _ = w.Write(body)
 }
 
-// retryListen is how long serve waits before listening again.
-const retryListen = 5 * time.Second
+// retryListen is how long serve waits before listening again (a variable
+// for tests).
+var retryListen = 5 * time.Second
 
 // serve runs an HTTP server on addr until ctx ends. As kube-proxy's, it
 // tries again every retryListen while it cannot listen (the port may still
@@ -98,6 +99,7 @@ const retryListen = 5 * time.Second
 // logged and passed to failed (if not nil).
 func serve(ctx context.Context, what, addr string, h http.Handler, failed func(error)) {
 	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	retry := retryListen
 	go func() {
 		for reported := false; ; reported = true {
 			err := srv.ListenAndServe()
@@ -105,7 +107,7 @@ func serve(ctx context.Context, what, addr string, h http.Handler, failed func(e
 				return
 			}
 			if !reported {
-				klog.ErrorS(err, "HTTP server failed; retrying", "server", what, "address", addr, "every", retryListen)
+				klog.ErrorS(err, "HTTP server failed; retrying", "server", what, "address", addr, "every", retry)
 				if failed != nil {
 					failed(err)
 				}
@@ -113,7 +115,7 @@ func serve(ctx context.Context, what, addr string, h http.Handler, failed func(e
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(retryListen):
+			case <-time.After(retry):
 			}
 		}
 	}()
