@@ -324,11 +324,42 @@ func (r *fakeRunner) Restore(context.Context, []byte) error {
 	return nil
 }
 
-// fakeCleaner is a conntrack cleaner with work after every sync.
-type fakeCleaner struct{ runs int }
+// TestTimedClean: a cleanup run is timed; a sync that leaves the cleaner
+// nothing to do is no run.
+func TestTimedClean(t *testing.T) {
+	boom := errors.New("conntrack dump: boom")
+	for _, tc := range []struct {
+		name      string
+		c         *fakeCleaner
+		runs, obs int
+		err       error
+	}{
+		{"work", &fakeCleaner{}, 1, 1, nil},
+		{"nothing to do", &fakeCleaner{idle: true}, 0, 0, nil},
+		{"failed", &fakeCleaner{err: boom}, 1, 1, boom},
+	} {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h"})
+		err := timedClean(tc.c, h)(&proxier.Plan{})
+		var d dto.Metric
+		if werr := h.Write(&d); werr != nil {
+			t.Fatal(werr)
+		}
+		if tc.c.runs != tc.runs || int(d.GetHistogram().GetSampleCount()) != tc.obs || err != tc.err {
+			t.Errorf("%s: %d runs, %d observations, error %v; want %d, %d, %v", tc.name, tc.c.runs, d.GetHistogram().GetSampleCount(), err, tc.runs, tc.obs, tc.err)
+		}
+	}
+}
 
-func (c *fakeCleaner) Needed(*proxier.Plan) bool { return true }
-func (c *fakeCleaner) Clean(*proxier.Plan) error { c.runs++; return nil }
+// fakeCleaner is a conntrack cleaner with work after every sync, unless
+// idle; its runs fail with err.
+type fakeCleaner struct {
+	idle bool
+	err  error
+	runs int
+}
+
+func (c *fakeCleaner) Needed(*proxier.Plan) bool { return !c.idle }
+func (c *fakeCleaner) Clean(*proxier.Plan) error { c.runs++; return c.err }
 
 // capture records Events.
 type capture struct {
