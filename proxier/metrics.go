@@ -1,32 +1,143 @@
 package proxier
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Backend names a backend, for the metrics only it exports.
+type Backend string
+
+// Backends.
+const (
+	IPTablesBackend Backend = "iptables"
+	NFTablesBackend Backend = "nftables"
+)
 
 // Metrics are the proxier-side metrics; the syncer owns the sync metrics.
+// kube-proxy registers some metrics in one mode only; NewMetrics registers
+// the same set, but every field is usable whatever the backend (a metric
+// not registered is just not exported).
 type Metrics struct {
-	ConntrackDeleted  *prometheus.CounterVec
-	HealthCheckErrors *prometheus.CounterVec
-	Rules             *prometheus.GaugeVec
+	// Both backends.
+	NoLocalEndpoints  *prometheus.GaugeVec     // traffic_policy, ip_family
+	ConntrackDuration *prometheus.HistogramVec // ip_family
+	ConntrackDeleted  *prometheus.CounterVec   // ip_family
+	HealthCheckErrors *prometheus.CounterVec   // ip_family
+
+	// iptables: failed restores (all, and those of partial syncs), and the
+	// rules per table in the kernel and in the last restore input.
+	RestoreFailures        *prometheus.CounterVec // ip_family
+	PartialRestoreFailures *prometheus.CounterVec // ip_family
+	IPTablesRules          *prometheus.GaugeVec   // table, ip_family
+	IPTablesRulesLast      *prometheus.GaugeVec   // table, ip_family
+
+	// nftables: failed syncs, and the table's elements and the last
+	// transaction's operations (svcproxy's own: kube-proxy has none).
+	NFTablesSyncFailures *prometheus.CounterVec // ip_family
+	NFTablesElements     *prometheus.GaugeVec   // ip_family
+	NFTablesOperations   *prometheus.GaugeVec   // ip_family
 }
 
-// NewMetrics creates the metrics and registers them on reg (if not nil).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
-		ConntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kubeproxy_conntrack_reconciler_deleted_entries_total",
-			Help: "Stale UDP conntrack entries deleted after syncs.",
-		}, []string{"ip_family"}),
-		HealthCheckErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "svcproxy_healthcheck_server_errors_total",
-			Help: "Health-check node ports that could not be opened.",
-		}, []string{"ip_family"}),
-		Rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kubeproxy_sync_proxy_rules_iptables_total",
-			Help: "Rules svcproxy programs, per table, after the last sync.",
-		}, []string{"table", "ip_family"}),
+// SyncDurationBuckets are kube-proxy's buckets for its sync and conntrack
+// reconciler durations: 1ms doubling up to about 16s.
+func SyncDurationBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
+
+// KubeProxyHelp is help as kube-proxy exports it: its metrics are
+// component-base ALPHA metrics, whose help carries the stability level.
+// svcproxy's own (svcproxy_*) keep theirs as written.
+func KubeProxyHelp(name, help string) string {
+	if strings.HasPrefix(name, "kubeproxy_") {
+		return "[ALPHA] " + help
 	}
-	if reg != nil {
-		reg.MustRegister(m.ConntrackDeleted, m.HealthCheckErrors, m.Rules)
+	return help
+}
+
+// NewMetrics creates the metrics and registers, on reg (if not nil), those
+// kube-proxy exports in backend b's mode, and svcproxy's own.
+func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
+	family := []string{"ip_family"}
+	table := []string{"table", "ip_family"}
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: KubeProxyHelp(name, help)}, family)
+	}
+	gauge := func(name, help string, labels []string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: KubeProxyHelp(name, help)}, labels)
+	}
+	histogram := func(name, help string) *prometheus.HistogramVec {
+		return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: KubeProxyHelp(name, help), Buckets: SyncDurationBuckets()}, family)
+	}
+	m := &Metrics{
+		NoLocalEndpoints: gauge("kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+			"Number of services with a Local traffic policy and no endpoints", []string{"traffic_policy", "ip_family"}),
+		ConntrackDuration: histogram("kubeproxy_conntrack_reconciler_sync_duration_seconds",
+			"ReconcileConntrackFlowsLatency latency in seconds"),
+		ConntrackDeleted: counter("kubeproxy_conntrack_reconciler_deleted_entries_total",
+			"Cumulative conntrack flows deleted by conntrack reconciler"),
+		HealthCheckErrors: counter("svcproxy_healthcheck_server_errors_total",
+			"Health-check node ports that could not be opened."),
+
+		RestoreFailures: counter("kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+			"Cumulative proxy iptables restore failures"),
+		PartialRestoreFailures: counter("kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+			"Cumulative proxy iptables partial restore failures"),
+		IPTablesRules: gauge("kubeproxy_sync_proxy_rules_iptables_total",
+			"Total number of iptables rules owned by kube-proxy", table),
+		IPTablesRulesLast: gauge("kubeproxy_sync_proxy_rules_iptables_last",
+			"Number of iptables rules written by kube-proxy in last sync", table),
+
+		NFTablesSyncFailures: counter("kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+			"Cumulative proxy nftables sync failures"),
+		NFTablesElements: gauge("svcproxy_nftables_elements",
+			"Set and map elements in svcproxy's nftables table after the last sync.", family),
+		NFTablesOperations: gauge("svcproxy_nftables_sync_operations_last",
+			"Operations in the last sync's nftables transaction.", family),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.NoLocalEndpoints, m.ConntrackDuration, m.ConntrackDeleted, m.HealthCheckErrors)
+	switch b {
+	case IPTablesBackend:
+		reg.MustRegister(m.RestoreFailures, m.PartialRestoreFailures, m.IPTablesRules, m.IPTablesRulesLast)
+	case NFTablesBackend:
+		reg.MustRegister(m.NFTablesSyncFailures, m.NFTablesElements, m.NFTablesOperations)
 	}
 	return m
+}
+
+// Init makes family's failure counters exported at zero before the first
+// failure, so that rate() and alerts on them work from the start.
+func (m *Metrics) Init(family IPFamily) {
+	f := family.String()
+	for _, c := range []*prometheus.CounterVec{m.ConntrackDeleted, m.HealthCheckErrors, m.RestoreFailures, m.PartialRestoreFailures, m.NFTablesSyncFailures} {
+		c.WithLabelValues(f)
+	}
+}
+
+// AfterSync sets the metrics kube-proxy sets from a successful sync's plan:
+// the service ports whose Local traffic policy leaves them no endpoint.
+func (m *Metrics) AfterSync(p *Plan) {
+	internal, external := NoLocalEndpoints(p)
+	f := p.Config.Family.String()
+	m.NoLocalEndpoints.WithLabelValues("internal", f).Set(float64(internal))
+	m.NoLocalEndpoints.WithLabelValues("external", f).Set(float64(external))
+}
+
+// NoLocalEndpoints counts, as kube-proxy does, the service ports whose
+// traffic is dropped because a Local policy leaves no endpoint while some
+// exist elsewhere: internal for internalTrafficPolicy, external for
+// externalTrafficPolicy (externally accessible ports only).
+func NoLocalEndpoints(p *Plan) (internal, external int) {
+	for i := range p.Services {
+		sp := &p.Services[i]
+		if sp.InternalPolicy == PolicyLocal && sp.Internal == Drop {
+			internal++
+		}
+		if sp.ExternalPolicy == PolicyLocal && sp.External == Drop && sp.HasExternal() {
+			external++
+		}
+	}
+	return internal, external
 }

@@ -2,12 +2,16 @@ package syncer
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/svcproxy/svcproxy/proxier"
 )
 
 // metrics are the syncer's Prometheus collectors. Names and labels of the
 // kubeproxy_* ones are kube-proxy's, so existing dashboards keep working.
 type metrics struct {
 	syncDuration           *prometheus.HistogramVec
+	syncFullDuration       *prometheus.HistogramVec
+	syncPartialDuration    *prometheus.HistogramVec
 	lastSync               *prometheus.GaugeVec
 	lastQueued             *prometheus.GaugeVec
 	programmingLatency     *prometheus.HistogramVec
@@ -34,34 +38,39 @@ func programmingLatencyBuckets() []float64 {
 }
 
 // ipFamily is the label of per-family collectors. The constructors below
-// build one collector from its name and help: gaugeVec and histogramVec are
-// labelled by ipFamily, counterVec by the labels given.
+// build one collector from its name and help (kube-proxy's metrics with
+// kube-proxy's help, see proxier.KubeProxyHelp): gaugeVec and histogramVec
+// are labelled by ipFamily, counterVec by the labels given.
 var ipFamily = []string{"ip_family"}
 
 func counter(name, help string) prometheus.Counter {
-	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: proxier.KubeProxyHelp(name, help)})
 }
 
 func gauge(name, help string) prometheus.Gauge {
-	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: proxier.KubeProxyHelp(name, help)})
 }
 
 func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: proxier.KubeProxyHelp(name, help)}, labels)
 }
 
 func gaugeVec(name, help string) *prometheus.GaugeVec {
-	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, ipFamily)
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: proxier.KubeProxyHelp(name, help)}, ipFamily)
 }
 
 func histogramVec(name, help string, buckets []float64) *prometheus.HistogramVec {
-	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, ipFamily)
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: proxier.KubeProxyHelp(name, help), Buckets: buckets}, ipFamily)
 }
 
 func newMetrics() *metrics {
 	return &metrics{
 		syncDuration: histogramVec("kubeproxy_sync_proxy_rules_duration_seconds",
-			"SyncProxyRules latency in seconds", prometheus.ExponentialBuckets(0.001, 2, 15)),
+			"SyncProxyRules latency in seconds", proxier.SyncDurationBuckets()),
+		syncFullDuration: histogramVec("kubeproxy_sync_full_proxy_rules_duration_seconds",
+			"SyncProxyRules latency in seconds for full resyncs", proxier.SyncDurationBuckets()),
+		syncPartialDuration: histogramVec("kubeproxy_sync_partial_proxy_rules_duration_seconds",
+			"SyncProxyRules latency in seconds for partial resyncs", proxier.SyncDurationBuckets()),
 		lastSync: gaugeVec("kubeproxy_sync_proxy_rules_last_timestamp_seconds",
 			"The last time proxy rules were successfully synced"),
 		lastQueued: gaugeVec("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
@@ -91,7 +100,7 @@ func newMetrics() *metrics {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		m.syncDuration, m.lastSync, m.lastQueued, m.programmingLatency,
+		m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.lastSync, m.lastQueued, m.programmingLatency,
 		m.endpointChangesTotal, m.endpointChangesPending,
 		m.serviceChangesTotal, m.serviceChangesPending,
 		m.healthz, m.livez, m.invalidObjects, m.syncFailures, m.rulesRepaired,

@@ -43,6 +43,8 @@ func TestMetricNames(t *testing.T) {
 	}
 	// Touch every vector so that it shows up in Gather.
 	m.syncDuration.WithLabelValues("IPv4").Observe(0.003)
+	m.syncFullDuration.WithLabelValues("IPv4").Observe(0.003)
+	m.syncPartialDuration.WithLabelValues("IPv4").Observe(0.003)
 	m.lastSync.WithLabelValues("IPv4")
 	m.lastQueued.WithLabelValues("IPv4")
 	m.programmingLatency.WithLabelValues("IPv4").Observe(1.5)
@@ -60,6 +62,8 @@ func TestMetricNames(t *testing.T) {
 	}
 	for name, typ := range map[string]dto.MetricType{
 		"kubeproxy_sync_proxy_rules_duration_seconds":              dto.MetricType_HISTOGRAM,
+		"kubeproxy_sync_full_proxy_rules_duration_seconds":         dto.MetricType_HISTOGRAM,
+		"kubeproxy_sync_partial_proxy_rules_duration_seconds":      dto.MetricType_HISTOGRAM,
 		"kubeproxy_sync_proxy_rules_last_timestamp_seconds":        dto.MetricType_GAUGE,
 		"kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds": dto.MetricType_GAUGE,
 		"kubeproxy_network_programming_duration_seconds":           dto.MetricType_HISTOGRAM,
@@ -81,8 +85,15 @@ func TestMetricNames(t *testing.T) {
 			t.Errorf("metric %s has type %v, want %v", name, mf.GetType(), typ)
 		}
 	}
-	if len(got) != 12 {
-		t.Errorf("%d metric families, want 12", len(got))
+	if len(got) != 14 {
+		t.Errorf("%d metric families, want 14", len(got))
+	}
+	// kube-proxy's help, with the stability level component-base adds.
+	if h := got["kubeproxy_sync_full_proxy_rules_duration_seconds"].GetHelp(); h != "[ALPHA] SyncProxyRules latency in seconds for full resyncs" {
+		t.Errorf("full sync duration help = %q", h)
+	}
+	if h := got["svcproxy_sync_failures_total"].GetHelp(); h != "Syncs that a proxier reported as failed" {
+		t.Errorf("svcproxy_sync_failures_total help = %q", h)
 	}
 
 	buckets := func(name string) []float64 {
@@ -92,9 +103,12 @@ func TestMetricNames(t *testing.T) {
 		}
 		return b
 	}
-	sync := buckets("kubeproxy_sync_proxy_rules_duration_seconds")
-	if len(sync) != 15 || sync[0] != 0.001 || sync[14] != 16.384 {
-		t.Errorf("sync duration buckets = %v", sync)
+	for _, name := range []string{"kubeproxy_sync_proxy_rules_duration_seconds",
+		"kubeproxy_sync_full_proxy_rules_duration_seconds", "kubeproxy_sync_partial_proxy_rules_duration_seconds"} {
+		sync := buckets(name)
+		if len(sync) != 15 || sync[0] != 0.001 || sync[14] != 16.384 {
+			t.Errorf("%s buckets = %v", name, sync)
+		}
 	}
 	lat := buckets("kubeproxy_network_programming_duration_seconds")
 	if len(lat) != 2+59+12+7 || lat[0] != 0.25 || lat[1] != 0.5 || lat[2] != 1 || lat[60] != 59 ||

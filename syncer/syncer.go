@@ -271,7 +271,9 @@ func (s *Syncer) queue() {
 }
 
 // fullReporter is a Proxier that tells whether its last sync rewrote
-// everything (a periodic full sync, a repair), for the sync's log line.
+// everything (a periodic full sync, a repair), for the sync's log line and
+// the full and partial sync durations. Without it, only the first sync is
+// a full one.
 type fullReporter interface {
 	LastSyncFull() bool
 }
@@ -309,6 +311,14 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 
 	if fr, ok := p.(fullReporter); ok && err == nil {
 		full = full || fr.LastSyncFull()
+	}
+	// What a failed sync tried is unknown: it counts in the total only.
+	if err == nil {
+		h := s.m.syncPartialDuration
+		if full {
+			h = s.m.syncFullDuration
+		}
+		h.WithLabelValues(family).Observe(took.Seconds())
 	}
 	kv := []any{"ipFamily", family, "duration", took, "convert", converted.Sub(start), "servicePorts", len(res.state.Services),
 		"endpoints", res.endpoints, "changedServices", res.changed, "fullRebuild", full}

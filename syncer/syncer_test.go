@@ -290,6 +290,43 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 }
 
+// fullFake is a fakeProxier that reports the syncs of full as full ones.
+type fullFake struct {
+	fakeProxier
+	full map[int]bool
+}
+
+func (p *fullFake) LastSyncFull() bool { return p.full[p.calls()] }
+
+// TestRunFullAndPartialDurations: a sync counts in the full or the partial
+// duration as the proxier reports it (the first always full); a failed one
+// in the total only.
+func TestRunFullAndPartialDurations(t *testing.T) {
+	client := fake.NewClientset(testObjects()...)
+	p := &fullFake{fakeProxier: fakeProxier{family: proxier.IPv4, fail: func(n int) error {
+		if n == 2 {
+			return errors.New("iptables-restore failed")
+		}
+		return nil
+	}}, full: map[int]bool{3: true}}
+	s, err := New(client, Options{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: time.Hour}, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSyncer(t, s)
+	h := func(v *prometheus.HistogramVec) float64 {
+		return metricValue(t, v.WithLabelValues("IPv4").(prometheus.Histogram))
+	}
+	waitFor(t, "the first sync", func() bool { return h(s.m.syncDuration) == 1 })
+	s.resyncNow() // fails, and is retried: a full sync
+	waitFor(t, "the retried sync", func() bool { return h(s.m.syncDuration) == 3 })
+	s.resyncNow() // partial
+	waitFor(t, "the fourth sync", func() bool { return h(s.m.syncDuration) == 4 })
+	if full, partial := h(s.m.syncFullDuration), h(s.m.syncPartialDuration); full != 2 || partial != 1 {
+		t.Errorf("full %v, partial %v sync observations; want 2 and 1 (and the failed one in neither)", full, partial)
+	}
+}
+
 func TestRunRetriesFailedFamily(t *testing.T) {
 	client := fake.NewClientset(testObjects()...)
 	v4 := &fakeProxier{family: proxier.IPv4, fail: func(n int) error {

@@ -10,27 +10,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
-	"github.com/svcproxy/svcproxy/proxier/conntrack"
 	"github.com/svcproxy/svcproxy/proxier/healthcheck"
 	"github.com/svcproxy/svcproxy/syncer"
 )
@@ -101,20 +94,21 @@ func run(ctx context.Context, o *options) error {
 	}
 	tuneNode(o, "/")
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxier.NewMetrics(reg)
+	reg, gatherer := newRegistry()
+	metrics := proxier.NewMetrics(reg, proxier.Backend(o.proxyMode))
 	backends, err := newBackends(ctx, o.proxyMode, cfgs, metrics)
 	if err != nil {
 		return err
 	}
 	removeLeftoversAfterSync(ctx, o, backends)
+	rec, stopEvents := newEventRecorder(ctx, client, name)
+	defer stopEvents()
 	proxiers := make([]syncer.Proxier, len(backends))
 	var triggers []syncer.Trigger
 	var hcServers []*healthcheck.Servers
 	for i, p := range backends {
 		proxiers[i] = p
-		hc := afterSync(p, cfgs[i], metrics)
+		hc := afterSync(p, cfgs[i], metrics, rec, newCleaner(cfgs[i].Family, metrics))
 		defer hc.Close()
 		hcServers = append(hcServers, hc)
 		if o.ruleCheckInterval > 0 {
@@ -122,16 +116,13 @@ func run(ctx context.Context, o *options) error {
 		}
 	}
 
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
-	broadcaster.StartRecordingToSink(ctx.Done())
-	defer broadcaster.Shutdown()
 	s, err := syncer.New(client, syncer.Options{
 		NodeName:         name,
 		MinSyncPeriod:    o.minSyncPeriod,
 		SyncPeriod:       o.syncPeriod,
 		ConfigSyncPeriod: o.configSyncPeriod,
 		Registerer:       reg,
-		Recorder:         broadcaster.NewRecorder(scheme.Scheme, "svcproxy"),
+		Recorder:         rec,
 		Triggers:         triggers,
 		Node:             &node,
 		WatchPodCIDRs:    podCIDRs,
@@ -143,38 +134,17 @@ func run(ctx context.Context, o *options) error {
 		hc.SetHealthy(s.Healthy)
 	}
 	if o.metricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		if o.profiling {
-			addProfiling(mux)
-		}
-		serve(ctx, "metrics", o.metricsAddr, mux)
+		mux := metricsMux(o, gatherer, s.HealthHandler(), flagValues(os.Args[1:]))
+		serve(ctx, "metrics", o.metricsAddr, mux, rec.nodeWarning("FailedToStartMetricServer"))
 	}
 	if o.healthzAddr != "" {
-		serve(ctx, "healthz", o.healthzAddr, s.HealthHandler())
+		serve(ctx, "healthz", o.healthzAddr, s.HealthHandler(), rec.nodeWarning("FailedToStartProxierHealthcheck"))
 	}
 	klog.InfoS("Starting svcproxy", "node", name, "mode", o.proxyMode, "families", families, "clusterCIDRs", o.clusterCIDRs)
+	rec.onNode(v1.EventTypeNormal, "Starting", "")
 	// Rules stay in the kernel when svcproxy stops: a restart adopts them,
 	// so traffic never drops. --cleanup is the way to remove them.
 	return s.Run(ctx)
-}
-
-// afterSync hangs the after-sync steps on p: conntrack cleanup, and the
-// health-check node-port servers it returns (to be told when the proxy is
-// healthy, and closed).
-func afterSync(p backend, fc familyConfig, metrics *proxier.Metrics) *healthcheck.Servers {
-	family := fc.Family.String()
-	ct := conntrack.NewCleaner(fc.Family, func(n int) { metrics.ConntrackDeleted.WithLabelValues(family).Add(float64(n)) })
-	p.OnSynced(ct.Clean)
-	hc := healthcheck.NewServers(fc.Family, fc.HealthCheckAddrs, nil)
-	p.OnSynced(func(plan *proxier.Plan) error {
-		err := hc.Sync(healthcheck.FromPlan(plan))
-		if err != nil {
-			metrics.HealthCheckErrors.WithLabelValues(family).Inc()
-		}
-		return err
-	})
-	return hc
 }
 
 // localAddrs are this network namespace's interface addresses.
@@ -222,19 +192,4 @@ func nodeName(o *options) (string, error) {
 		name = h
 	}
 	return strings.ToLower(strings.TrimSpace(name)), nil
-}
-
-func serve(ctx context.Context, what, addr string, h http.Handler) {
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.ErrorS(err, "HTTP server failed", "server", what, "address", addr)
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
 }

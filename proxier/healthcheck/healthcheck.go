@@ -108,9 +108,37 @@ func (s *Servers) SetHealthy(healthy func() bool) {
 	s.healthy = healthy
 }
 
+// ListenError is a health-check port that could not be opened.
+type ListenError struct {
+	Service Service
+	Port    int32
+	Err     error
+}
+
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("health check for %s/%s on port %d: %v", e.Service.Namespace, e.Service.Name, e.Port, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// ListenErrors are the *ListenError that err (from Sync) joins.
+func ListenErrors(err error) []*ListenError {
+	var out []*ListenError
+	if le, ok := err.(*ListenError); ok {
+		return append(out, le)
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			out = append(out, ListenErrors(e)...)
+		}
+	}
+	return out
+}
+
 // Sync starts servers for new ports, stops those no longer wanted, and
-// updates what every server reports. A port that cannot be opened is
-// reported in the error; the others keep working.
+// updates what every server reports. Each port that cannot be opened is a
+// *ListenError in the error (see ListenErrors), and is tried again on the
+// next Sync; the others keep working.
 func (s *Servers) Sync(want map[int32]Service) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -138,7 +166,7 @@ func (s *Servers) Sync(want map[int32]Service) error {
 		srv := &server{svc: svc}
 		if err := s.start(srv, port); err != nil {
 			srv.close()
-			errs = append(errs, fmt.Errorf("health check for %s/%s on port %d: %w", svc.Namespace, svc.Name, port, err))
+			errs = append(errs, &ListenError{Service: svc, Port: port, Err: err})
 			continue
 		}
 		s.servers[port] = srv

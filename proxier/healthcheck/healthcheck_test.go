@@ -2,11 +2,14 @@ package healthcheck
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -108,12 +111,49 @@ func TestPortInUse(t *testing.T) {
 	free := freePort(t)
 	s := NewServers(proxier.IPv4, []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil)
 	defer s.Close()
-	err = s.Sync(map[int32]Service{busy: {Name: "a", LocalEndpoints: 1}, free: {Name: "b", LocalEndpoints: 1}})
+	want := map[int32]Service{busy: {Namespace: "ns", Name: "a", LocalEndpoints: 1}, free: {Name: "b", LocalEndpoints: 1}}
+	err = s.Sync(want)
 	if err == nil {
 		t.Fatalf("want an error for the busy port")
 	}
 	if code, _ := get(t, free); code != 200 {
 		t.Errorf("the other service's server: %d, want 200", code)
+	}
+	// The error names the port and its Service, for the Event.
+	les := ListenErrors(err)
+	if len(les) != 1 || les[0].Port != busy || les[0].Service != want[busy] || les[0].Err == nil {
+		t.Fatalf("ListenErrors(%v) = %+v, want one for port %d of ns/a", err, les, busy)
+	}
+	if msg := fmt.Sprintf("health check for ns/a on port %d: ", busy); !strings.HasPrefix(err.Error(), msg) {
+		t.Errorf("error %q, want it to start %q", err, msg)
+	}
+	// Once the port is free, the next Sync opens it.
+	ln.Close()
+	if err := s.Sync(want); err != nil {
+		t.Fatalf("after the port was freed: %v", err)
+	}
+	if code, _ := get(t, busy); code != 200 {
+		t.Errorf("the freed port: %d, want 200", code)
+	}
+}
+
+func TestListenErrors(t *testing.T) {
+	a := &ListenError{Port: 1, Err: errors.New("a")}
+	b := &ListenError{Port: 2, Err: errors.New("b")}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want []*ListenError
+	}{
+		{"nil", nil, nil},
+		{"other", errors.New("x"), nil},
+		{"one", a, []*ListenError{a}},
+		{"joined", errors.Join(a, errors.New("x"), b), []*ListenError{a, b}},
+		{"nested", errors.Join(errors.Join(a), b), []*ListenError{a, b}},
+	} {
+		if got := ListenErrors(tc.err); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: ListenErrors = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

@@ -61,7 +61,14 @@ type SyncResult struct {
 	ChainsWritten int
 	ChainsDeleted int
 	Rules         map[string]int // total rules per table in the desired ruleset
-	Bytes         int
+	// RulesWritten is, per table of Rules, the rules of the chains this
+	// sync's restore input wrote (0 for a table it left alone).
+	RulesWritten map[string]int
+	Bytes        int
+	// RestoreFailures counts the iptables-restore runs that failed since
+	// New, PartialRestoreFailures those of them in partial syncs. Unlike
+	// the rest of the result, a failed sync updates them too.
+	RestoreFailures, PartialRestoreFailures int
 }
 
 // New returns a Proxier that applies through run.
@@ -80,7 +87,8 @@ func New(cfg proxier.Config, opt Options, run Runner) *Proxier {
 // Family is the address family this proxier programs.
 func (p *Proxier) Family() proxier.IPFamily { return p.cfg.Family }
 
-// LastResult returns the summary of the last successful sync.
+// LastResult returns the summary of the last successful sync, with the
+// restore failures up to now.
 func (p *Proxier) LastResult() SyncResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -126,7 +134,8 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, [
 	plan := proxier.MakePlan(p.cfg, st)
 	rs := Render(plan, p.opt)
 	desired := map[string]map[string]string{}
-	res := SyncResult{Rules: map[string]int{}}
+	res := SyncResult{Rules: map[string]int{}, RulesWritten: map[string]int{},
+		RestoreFailures: p.last.RestoreFailures, PartialRestoreFailures: p.last.PartialRestoreFailures}
 	for _, t := range rs.Tables() {
 		m := make(map[string]string, len(t.Chains))
 		for _, c := range t.Chains {
@@ -134,6 +143,7 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, [
 			res.Rules[t.Name] += len(c.Rules)
 		}
 		desired[t.Name] = m
+		res.RulesWritten[t.Name] = 0
 	}
 
 	full := p.applied == nil || p.now().Sub(p.lastFull) > p.FullSyncPeriod
@@ -166,6 +176,10 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, [
 		}
 		if err != nil {
 			p.applied = nil
+			p.last.RestoreFailures++
+			if !full {
+				p.last.PartialRestoreFailures++
+			}
 			if klog.V(4).Enabled() {
 				klog.InfoS("Failed iptables-restore input", "family", p.cfg.Family, "input", string(data))
 			}
@@ -236,6 +250,7 @@ func (p *Proxier) fullInput(ctx context.Context, rs *Ruleset, res *SyncResult) (
 		extra[t.Name] = e
 		res.ChainsWritten += len(t.Chains)
 		res.ChainsDeleted += len(stale)
+		res.RulesWritten[t.Name] = res.Rules[t.Name]
 	}
 	return rs.Bytes(extra), nil
 }
@@ -270,6 +285,9 @@ func (p *Proxier) partialInput(rs *Ruleset, desired map[string]map[string]string
 		writeTable(&b, t.Name, changed, e)
 		res.ChainsWritten += len(changed)
 		res.ChainsDeleted += len(stale)
+		for _, c := range changed {
+			res.RulesWritten[t.Name] += len(c.Rules)
+		}
 	}
 	return []byte(b.String())
 }
