@@ -21,7 +21,7 @@ func TestAffinityPerServicePort(t *testing.T) {
 	s.NodePort = 30007
 	s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("1.2.3.7")}
 	s.ExternalPolicyLocal = true
-	out := DryRun(testConfig(), []string{"10.96.0.0/16"}, &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{s}})
+	out := DryRun(withRange(testConfig(), "10.96.0.0/16"), &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{s}})
 	chain := affinityChain(s.Name)
 	upd := func(m string) string {
 		return "update @" + m + " { ip saddr . 10.96.0.7 . 80 : ip daddr . th dport } " +
@@ -57,7 +57,7 @@ func TestKernelIPv6Affinity(t *testing.T) {
 	cfg.Family = proxier.IPv6
 	cfg.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
 	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
-	p, err := newKernel(cfg, []string{"fd00:10:96::/112"}, fd)
+	p, err := newKernel(withRange(cfg, "fd00:10:96::/112"), fd)
 	if err != nil {
 		t.Fatal(err)
 	}

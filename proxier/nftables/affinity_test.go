@@ -52,7 +52,7 @@ func TestStaleAffinityOf(t *testing.T) {
 // affinity entries pinned to it are deleted; the others stay.
 func TestKernelAffinityForgotten(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	ctx := context.Background()
 	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
 	st := stickyState(a, b, c)
@@ -134,7 +134,7 @@ func TestParseAffinityJSON(t *testing.T) {
 // remaining time, and drops those to endpoints that went away.
 func TestKernelAffinityKeptByFullSync(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
 	a, b := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true)

@@ -24,7 +24,7 @@ import (
 func TestFakeCheck(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(testConfig(), "10.96.0.0/16"), nft)
 	p.guard = guard.New(guard.Config{Family: proxier.IPv4, Table: TableName, Reader: &fakeReader{fake: nft}})
 	p.w.guard = p.guard
 	if err := p.Sync(ctx, testState()); err != nil {
@@ -68,7 +68,7 @@ func TestKernelEvents(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, testConfig())
 	repairs := kernelWatch(t, p, fd)
 	none := noRepair(t, repairs)
 	// A cold load without elements for netlink (one transaction).
@@ -255,7 +255,7 @@ func foreignWhileMuted(t *testing.T, p *Proxier, cmd string, none func(string)) 
 func TestKernelEventsOverflow(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, testConfig())
 	// The kernel's minimum buffer, a few KB; bulk writes not muted.
 	repairs := watchKernel(t, p, guard.Events{NetNS: fd, Buffer: 1, Unmuted: true})
 	st := scaleState(100)
@@ -320,7 +320,7 @@ func benchNetns(b *testing.B) int {
 // benchKernel10k makes a proxier as svcproxy does, with its sockets in the
 // namespace fd, and syncs 10,000 Services × 10 endpoints into it.
 func benchKernel10k(b *testing.B, fd int) (*Proxier, *proxier.State) {
-	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
+	p, err := newKernel(withRange(testConfig(), "10.96.0.0/16"), fd)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -461,12 +461,12 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 func TestKernelSharedListeners(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p4, _ := kernelProxier(t, fd, testConfig(), nil)
+	p4, _ := kernelProxier(t, fd, testConfig())
 	cfg6 := testConfig()
 	cfg6.Family = proxier.IPv6
 	cfg6.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
 	cfg6.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
-	p6, _ := kernelProxier(t, fd, cfg6, nil)
+	p6, _ := kernelProxier(t, fd, cfg6)
 	Share(p4, p6)
 	st6 := &proxier.State{Family: proxier.IPv6, NodeName: "node-1", Services: []*proxier.Service{
 		svc("ns", "web6", proxier.TCP, "fd00:10:96::8", 80, ep("fd00:10:244:1::6", 8080, true))}}
@@ -531,7 +531,7 @@ func TestKernelSharedListeners(t *testing.T) {
 func TestKernelSentinel(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, testConfig())
 	st := scaleState(10000) // 100,000 endpoints
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)

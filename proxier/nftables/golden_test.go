@@ -2,8 +2,6 @@ package nftables
 
 import (
 	"context"
-	"flag"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -15,8 +13,6 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 // terminating is an endpoint that is shutting down but still serving.
 func terminating(e proxier.Endpoint) proxier.Endpoint {
@@ -107,29 +103,28 @@ func goldenConfig(f proxier.IPFamily) proxier.Config {
 // goldenCases are the whole tables the golden files hold: the first sync
 // of a State (DryRun's output), under several configurations.
 var goldenCases = []struct {
-	name  string
-	cfg   func() proxier.Config
-	cidrs []string
-	st    func() *proxier.State
+	name string
+	cfg  func() proxier.Config
+	st   func() *proxier.State
 }{
-	{"ipv4", func() proxier.Config { return goldenConfig(proxier.IPv4) }, []string{"10.96.0.0/16"}, goldenV4},
+	{"ipv4", func() proxier.Config { return withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16") }, goldenV4},
 	{"ipv4-nodeport-addresses", func() proxier.Config {
 		cfg := goldenConfig(proxier.IPv4)
 		cfg.NodePortAddresses = proxiertest.Prefixes("192.168.0.0/24", "fd00::/64")
-		return cfg
-	}, []string{"10.96.0.0/16"}, goldenV4},
+		return withRange(cfg, "10.96.0.0/16")
+	}, goldenV4},
 	{"ipv4-masquerade-all", func() proxier.Config {
 		cfg := goldenConfig(proxier.IPv4)
 		cfg.MasqueradeAll = true
 		cfg.LocalDetector = proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}
 		return cfg
-	}, nil, func() *proxier.State { st := goldenV4(); st.ServiceCIDRs = nil; return st }},
+	}, func() *proxier.State { st := goldenV4(); st.ServiceCIDRs = nil; return st }},
 	{"ipv4-no-detector", func() proxier.Config {
 		cfg := goldenConfig(proxier.IPv4)
 		cfg.LocalDetector = proxier.LocalDetector{}
-		return cfg
-	}, []string{"10.96.0.0/12"}, func() *proxier.State { st := goldenV4(); st.ServiceCIDRs = nil; return st }},
-	{"ipv6", func() proxier.Config { return goldenConfig(proxier.IPv6) }, []string{"fd00:10:96::/112"}, goldenV6},
+		return withRange(cfg, "10.96.0.0/12")
+	}, func() *proxier.State { st := goldenV4(); st.ServiceCIDRs = nil; return st }},
+	{"ipv6", func() proxier.Config { return withRange(goldenConfig(proxier.IPv6), "fd00:10:96::/112") }, goldenV6},
 }
 
 // TestDryRunGolden compares the whole table a first sync writes (DryRun)
@@ -138,11 +133,11 @@ var goldenCases = []struct {
 func TestDryRunGolden(t *testing.T) {
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := DryRun(tc.cfg(), tc.cidrs, tc.st())
-			if again := DryRun(tc.cfg(), tc.cidrs, tc.st()); again != got {
+			got := DryRun(tc.cfg(), tc.st())
+			if again := DryRun(tc.cfg(), tc.st()); again != got {
 				t.Fatal("DryRun is not deterministic")
 			}
-			compareGolden(t, tc.name+".nft", got)
+			proxiertest.Golden(t, filepath.Join("testdata", tc.name+".nft"), got)
 		})
 	}
 }
@@ -156,7 +151,7 @@ func TestDryRunGolden(t *testing.T) {
 func TestPartialSyncGolden(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(goldenConfig(proxier.IPv4), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16"), nft)
 	st := goldenV4()
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
@@ -190,35 +185,15 @@ func TestPartialSyncGolden(t *testing.T) {
 	if r := p.LastResult(); r.Full {
 		t.Fatalf("want a partial sync: %+v", r)
 	}
-	compareGolden(t, "ipv4-partial.nft", nft.LastTransaction.String())
+	proxiertest.Golden(t, filepath.Join("testdata", "ipv4-partial.nft"), nft.LastTransaction.String())
 
 	// The partial sync leaves the table a first sync of st2 leaves.
 	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(goldenConfig(proxier.IPv4), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+	if err := New(withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16"), fresh).Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := sortedLines(nft.Dump()), sortedLines(fresh.Dump()); got != want {
 		t.Errorf("partial sync differs from a full sync (-full +partial):\n%s", cmp.Diff(want, got))
-	}
-}
-
-func compareGolden(t *testing.T, name, got string) {
-	t.Helper()
-	golden := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("differs from %s (-want +got):\n%s", golden, d)
 	}
 }
 

@@ -56,13 +56,13 @@ func parseKernelVersion(release string) ([2]int, bool) {
 
 // NewKernel returns a Proxier that programs this network namespace's
 // "svcproxy" table of cfg.Family, checking the kernel and nft first.
-func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
-	return newKernel(cfg, serviceCIDRs, 0)
+func NewKernel(cfg proxier.Config) (*Proxier, error) {
+	return newKernel(cfg, 0)
 }
 
 // newKernel is NewKernel with its netlink sockets in the network namespace
 // netns (an fd; 0: the current one). nft runs in the caller's.
-func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, error) {
+func newKernel(cfg proxier.Config, netns int) (*Proxier, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
@@ -82,7 +82,7 @@ func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, 
 		checks.Close()
 		return nil, err
 	}
-	p := New(cfg, nft, serviceCIDRs)
+	p := New(cfg, nft)
 	nfFamily := newElemWriter(cfg.Family, nil).family
 	p.guard = guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet,
 		Reader: guard.TableReader{Conn: checks, Family: nfFamily, Table: TableName},

@@ -47,9 +47,9 @@ func sh(t *testing.T, argv ...string) string {
 
 // kernelProxier is a Proxier as svcproxy makes one, with its sockets in
 // the namespace fd, whose full syncs do not carry session affinity.
-func kernelProxier(t testing.TB, fd int, cfg proxier.Config, cidrs []string) (*Proxier, knftables.Interface) {
+func kernelProxier(t testing.TB, fd int, cfg proxier.Config) (*Proxier, knftables.Interface) {
 	t.Helper()
-	p, err := newKernel(cfg, cidrs, fd)
+	p, err := newKernel(cfg, fd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func content(t testing.TB, nft knftables.Interface) []string {
 func syncedKernel(t *testing.T) (int, *Proxier, knftables.Interface, *proxier.State) {
 	t.Helper()
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	st := testState()
 	if err := p.Sync(context.Background(), st); err != nil {
 		t.Fatalf("first sync: %v", err)
@@ -180,7 +180,7 @@ func TestKernelNftables(t *testing.T) {
 		t.Errorf("%d element-only syncs went over netlink, want >= 3", p.w.batch.batches)
 	}
 	incremental := content(t, nft)
-	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p2, _ := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	if err := p2.Sync(ctx, &st2); err != nil {
 		t.Fatalf("full sync: %v", err)
 	}
@@ -256,7 +256,7 @@ func TestKernelNftablesTraffic(t *testing.T) {
 			udp.WriteTo(buf[:n], from)
 		}
 	}()
-	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	var web []proxier.Endpoint
 	for _, ip := range eps {
 		web = append(web, ep(ip, 8080, true))
@@ -333,7 +333,7 @@ func TestKernelNftablesTraffic(t *testing.T) {
 func BenchmarkKernelNftables10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	p, _ := kernelProxier(b, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(b, fd, withRange(testConfig(), "10.96.0.0/16"))
 	st := scaleState(10000)
 	start := time.Now()
 	if err := p.Sync(ctx, st); err != nil {
@@ -366,7 +366,7 @@ func TestKernelCleanup(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
 	sh(t, "nft", "add table ip kube-proxy; add chain ip kube-proxy services; add table ip6 kube-proxy; add table ip other")
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, testConfig())
 	if err := p.Sync(ctx, testState()); err != nil {
 		t.Fatal(err)
 	}

@@ -205,14 +205,13 @@ type fam struct {
 	family knftables.Family
 	ip     string // "ip" or "ip6" (as in "ip daddr")
 	addr   string // ipv4_addr or ipv6_addr
-	lo     string // loopback net
 }
 
 func famOf(f proxier.IPFamily) fam {
 	if f == proxier.IPv6 {
-		return fam{knftables.IPv6Family, "ip6", "ipv6_addr", "::1"}
+		return fam{knftables.IPv6Family, "ip6", "ipv6_addr"}
 	}
-	return fam{knftables.IPv4Family, "ip", "ipv4_addr", "127.0.0.0/8"}
+	return fam{knftables.IPv4Family, "ip", "ipv4_addr"}
 }
 
 // serviceCIDRElems are the elements of the service-cidrs set for cidrs:
@@ -251,17 +250,6 @@ func serviceCIDRElems(f proxier.IPFamily, cidrs []netip.Prefix) []elem {
 	out := make([]elem, 0, len(kept))
 	for _, p := range kept {
 		out = append(out, elem{set: sServiceCIDRs, key: tupleOf(prefixAtom(p))})
-	}
-	return out
-}
-
-// parseCIDRs parses CIDR strings, skipping invalid ones.
-func parseCIDRs(ss []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
-			out = append(out, p)
-		}
 	}
 	return out
 }

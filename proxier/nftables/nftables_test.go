@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 func ep(ip string, port int32, local bool) proxier.Endpoint {
@@ -28,6 +29,12 @@ func testConfig() proxier.Config {
 	return proxier.Config{Family: proxier.IPv4, MasqueradeBit: 14,
 		LocalDetector: proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
 		NodeIPs:       []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
+}
+
+// withRange is cfg with --service-cluster-ip-range cidrs.
+func withRange(cfg proxier.Config, cidrs ...string) proxier.Config {
+	cfg.ServiceClusterIPRange = proxiertest.Prefixes(cidrs...)
+	return cfg
 }
 
 func testState() *proxier.State {
@@ -48,7 +55,7 @@ func testState() *proxier.State {
 
 func TestFakeSyncAndIncremental(t *testing.T) {
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(testConfig(), "10.96.0.0/16"), nft)
 	ctx := context.Background()
 	st := testState()
 	if err := p.Sync(ctx, st); err != nil {
@@ -90,7 +97,7 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 	}
 	// The result equals a fresh full sync of the same state.
 	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+	if err := New(withRange(testConfig(), "10.96.0.0/16"), fresh).Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
 	// (The fake dumps elements in insertion order; compare them as sets.)
@@ -109,7 +116,7 @@ func TestIncrementalCostIsConstant(t *testing.T) {
 		// knftables' Fake looks elements up linearly; at 10,000 services a
 		// recorder that only counts is what the test needs.
 		nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
-		p := New(testConfig(), nft, nil)
+		p := New(testConfig(), nft)
 		if err := p.Sync(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +161,7 @@ func sortedLines(s string) string {
 // services (the transaction is built but not run).
 func BenchmarkPartialSync10k(b *testing.B) {
 	nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
-	p := New(testConfig(), nft, nil)
+	p := New(testConfig(), nft)
 	st := scaleState(10000)
 	ctx := context.Background()
 	if err := p.Sync(ctx, st); err != nil {
@@ -200,7 +207,7 @@ func TestNodePortAddresses(t *testing.T) {
 	cfg.NodeIPs = append(cfg.NodeIPs, netip.MustParseAddr("10.0.0.5"))
 	cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")}
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(cfg, nft, nil).Sync(context.Background(), testState()); err != nil {
+	if err := New(cfg, nft).Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
 	dump := nft.Dump()
@@ -217,7 +224,7 @@ func TestNodePortAddresses(t *testing.T) {
 // every element (nothing is run).
 func BenchmarkFullTransaction10k(b *testing.B) {
 	st := scaleState(10000)
-	p := New(testConfig(), knftables.NewFake(knftables.IPv4Family, TableName), nil)
+	p := New(testConfig(), knftables.NewFake(knftables.IPv4Family, TableName))
 	w := newElemWriter(proxier.IPv4, nil)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
@@ -249,13 +256,13 @@ func TestFullSyncReusesRenders(t *testing.T) {
 	st2.Services = append(st2.Services, svc("ns", "new", proxier.UDP, "10.96.0.9", 53, ep("10.244.1.9", 53, true)))
 
 	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+	if err := New(withRange(testConfig(), "10.96.0.0/16"), fresh).Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
 	want := fresh.Dump()
 
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(testConfig(), "10.96.0.0/16"), nft)
 	clock := time.Unix(1000, 0)
 	p.now = func() time.Time { return clock }
 	if err := p.Sync(ctx, st1); err != nil {

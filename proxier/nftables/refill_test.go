@@ -25,7 +25,7 @@ func tableHandle(t *testing.T) string {
 // left, and leaving exactly what a sync into an empty table leaves.
 func TestKernelRefill(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, withRange(testConfig(), "10.96.0.0/16"))
 	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
 	st := testState()
@@ -93,7 +93,7 @@ func diffLines(got, want []string) string {
 func BenchmarkKernelFullSync10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
+	p, err := newKernel(withRange(testConfig(), "10.96.0.0/16"), fd)
 	if err != nil {
 		b.Fatal(err)
 	}

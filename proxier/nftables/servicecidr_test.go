@@ -27,7 +27,7 @@ func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
 // carries none, else the State's.
 func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(testConfig(), "10.96.0.0/16"), nft)
 	if err := p.Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 
 	// ServiceCIDRs in the State replace the flag's.
 	nft2 := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), nft2, []string{"10.96.0.0/16"}).Sync(context.Background(), withCIDRs(testState(), "10.96.0.0/12", "10.112.0.0/24")); err != nil {
+	if err := New(withRange(testConfig(), "10.96.0.0/16"), nft2).Sync(context.Background(), withCIDRs(testState(), "10.96.0.0/12", "10.112.0.0/24")); err != nil {
 		t.Fatal(err)
 	}
 	if got := cidrElements(t, nft2); got != "[10.96.0.0/12 10.112.0.0/24]" {
@@ -58,14 +58,14 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 	}
 
 	// --dry-run prints them too.
-	out := DryRun(testConfig(), []string{"10.96.0.0/16"}, withCIDRs(testState(), "10.97.0.0/24", "10.96.0.0/16"))
+	out := DryRun(withRange(testConfig(), "10.96.0.0/16"), withCIDRs(testState(), "10.97.0.0/24", "10.96.0.0/16"))
 	if want := "add element ip svcproxy " + sServiceCIDRs + " { 10.96.0.0/16, 10.97.0.0/24 }"; !strings.Contains(out, want) {
 		t.Errorf("dry run lacks %q:\n%s", want, out)
 	}
 
 	// Without any service CIDR the drop rule matches nothing.
 	nft3 := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), nft3, nil).Sync(context.Background(), testState()); err != nil {
+	if err := New(testConfig(), nft3).Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
 	if got := cidrElements(t, nft3); got != "[]" {
@@ -122,7 +122,7 @@ func TestServiceCIDRElems(t *testing.T) {
 func TestServiceCIDRIncremental(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(withRange(testConfig(), "10.96.0.0/16"), nft)
 	st := testState()
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
@@ -158,7 +158,7 @@ func TestServiceCIDRIncremental(t *testing.T) {
 			t.Errorf("%s: service-cidrs = %s, want %s", step.name, got, step.want)
 		}
 		fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-		if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, step.st); err != nil {
+		if err := New(withRange(testConfig(), "10.96.0.0/16"), fresh).Sync(ctx, step.st); err != nil {
 			t.Fatal(err)
 		}
 		if got, want := sortedLines(nft.Dump()), sortedLines(fresh.Dump()); got != want {

@@ -36,7 +36,7 @@ func snapshot(t *table) [3]any {
 // last table, two builds give the same change, and the committed index is
 // the one a full build of the new State counts.
 func TestBuildLeavesLastTable(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16"))
 	now := time.Unix(1000, 0)
 	st := goldenV4()
 	last := tr.build(st, nil, true, true, now).commit()
@@ -62,7 +62,7 @@ func TestBuildLeavesLastTable(t *testing.T) {
 // TestOperationsCount: a change counts its operations as the nft
 // transaction the writer makes of it does.
 func TestOperationsCount(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16"))
 	w := &writer{f: famOf(proxier.IPv4), nft: knftables.NewFake(knftables.IPv4Family, TableName)}
 	st := goldenV4()
 	full := tr.build(st, nil, true, true, time.Time{})
@@ -78,7 +78,7 @@ func TestOperationsCount(t *testing.T) {
 // TestRepairContents: a repair rewrites a damaged set with what the set
 // holds once the sync is committed, and a damaged chain with its rules.
 func TestRepairContents(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(withRange(goldenConfig(proxier.IPv4), "10.96.0.0/16"))
 	st := goldenV4()
 	last := tr.build(st, nil, true, true, time.Time{}).commit()
 	d := tr.build(changedV4(st), last, false, false, time.Time{})
