@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -83,6 +84,9 @@ func newKernel(cfg proxier.Config, netns int) (*Proxier, error) {
 		return nil, err
 	}
 	p := New(cfg, nft)
+	if lo := ignoredLoopback(p.cfg); len(lo) > 0 {
+		klog.Warningf("nftables mode serves no NodePorts on loopback, as kube-proxy's: ignoring the loopback addresses of --nodeport-addresses %v for %v (connections to them are refused)", lo, cfg.Family)
+	}
 	nfFamily := newElemWriter(cfg.Family, nil).family
 	p.guard = guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet,
 		Reader: guard.TableReader{Conn: checks, Family: nfFamily, Table: TableName},
@@ -97,6 +101,24 @@ func newKernel(cfg proxier.Config, netns int) (*Proxier, error) {
 		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
 	}
 	return p, nil
+}
+
+// ignoredLoopback lists the --nodeport-addresses of cfg's family that
+// hold loopback addresses, which the plan leaves out of the NodePort
+// addresses in nftables mode; none when NodePorts answer on every local
+// address (loopback is never among them then).
+func ignoredLoopback(cfg proxier.Config) []netip.Prefix {
+	np := proxier.NodePortsOf(cfg)
+	if np.AllLocal || np.Localhost {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, p := range cfg.NodePortAddresses {
+		if p.Overlaps(np.Loopback) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // ipv6AffinityWorks checks (nft -c, nothing committed) that nft can write

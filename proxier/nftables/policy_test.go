@@ -114,3 +114,30 @@ func TestNodePortMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestIgnoredLoopback: the warning at start names the --nodeport-addresses
+// that hold loopback, which nftables mode leaves out.
+func TestIgnoredLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  proxier.Config
+		want []string
+	}{
+		{"every address", pt.Config(pt.NodeIPs(pt.NodeIP), pt.LocalhostNodePorts), nil},
+		{"0.0.0.0/0 beside loopback", pt.Config(pt.NodeIPs(pt.NodeIP), pt.NodePortAddresses("127.0.0.0/8", "0.0.0.0/0")), nil},
+		{"loopback range", pt.Config(pt.NodeIPs(pt.NodeIP, "127.0.0.1"), pt.NodePortAddresses("127.0.0.0/8", "192.168.0.0/24"), pt.LocalhostNodePorts),
+			[]string{"127.0.0.0/8"}},
+		{"127.0.0.1 alone", pt.Config(pt.NodeIPs(pt.NodeIP), pt.NodePortAddresses("127.0.0.1/32")), []string{"127.0.0.1/32"}},
+		{"IPv6 loopback", pt.Config(pt.IPv6, pt.NodeIPs(pt.NodeIPv6), pt.NodePortAddresses("::1/128", "2001:db8::/64")), []string{"::1/128"}},
+		{"other family's loopback", pt.Config(pt.NodeIPs(pt.NodeIP), pt.NodePortAddresses("::1/128", "192.168.0.0/24")), nil},
+		{"no loopback", pt.Config(pt.NodeIPs(pt.NodeIP), pt.NodePortAddresses("192.168.0.0/24")), nil},
+	} {
+		var got []string
+		for _, p := range ignoredLoopback(newTranslator(tc.cfg).cfg) {
+			got = append(got, p.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
