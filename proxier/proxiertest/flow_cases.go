@@ -156,10 +156,12 @@ func noDetectorFlows(mode proxier.ModeTraits) flowGroup {
 	}}
 }
 
-func bridgeFlows(mode proxier.ModeTraits) flowGroup {
-	cfg := Config(NodeIPs(NodeIP), Detector(proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}), Mode(mode))
+// interfaceFlows are the flows of an interface detector (a bridge, or a
+// prefix of the pods' interface names).
+func interfaceFlows(mode proxier.ModeTraits, name string, d proxier.LocalDetector) flowGroup {
+	cfg := Config(NodeIPs(NodeIP), Detector(d), Mode(mode))
 	webEPs := []string{"10.244.1.2:8080", "10.244.2.2:8080"}
-	return flowGroup{name: "bridge", cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
+	return flowGroup{name: name, cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
 		{Name: "local pod to ClusterIP", Packet: Pkt(proxier.FromLocalPod, LocalPodIP, "10.96.0.10:80"),
 			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
 		{Name: "remote pod to ClusterIP", Packet: Pkt(proxier.FromRemotePod, RemotePodIP, "10.96.0.10:80"),
@@ -245,19 +247,5 @@ func twoCIDRFlows(mode proxier.ModeTraits) flowGroup {
 			Want: dnat("ns/lb:https", proxier.ViaNodePort, proxier.ReasonShortCircuitPod, false, "10.244.1.4:8443", "10.244.2.4:8443")},
 		{Name: "remote pod of the second cluster CIDR to ClusterIP", Packet: Pkt(proxier.FromRemotePod, "10.245.2.5", "10.96.0.10:80"),
 			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
-	}}
-}
-
-// interfacePrefixFlows: InterfaceNamePrefix detection.
-func interfacePrefixFlows(mode proxier.ModeTraits) flowGroup {
-	cfg := Config(NodeIPs(NodeIP), Detector(proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}), Mode(mode))
-	webEPs := []string{"10.244.1.2:8080", "10.244.2.2:8080"}
-	return flowGroup{name: "interface-prefix", cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
-		{Name: "local pod to ClusterIP", Packet: Pkt(proxier.FromLocalPod, LocalPodIP, "10.96.0.10:80"),
-			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
-		{Name: "remote pod to ClusterIP", Packet: Pkt(proxier.FromRemotePod, RemotePodIP, "10.96.0.10:80"),
-			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, true, webEPs...)},
-		{Name: "local pod short-circuits", Packet: Pkt(proxier.FromLocalPod, LocalPodIP, NodeIP+":30012"),
-			Want: dnat("ns/lb:https", proxier.ViaNodePort, proxier.ReasonShortCircuitPod, false, "10.244.1.4:8443", "10.244.2.4:8443")},
 	}}
 }

@@ -162,13 +162,13 @@ func Flows(mode proxier.ModeTraits) []Flow {
 		mainFlows(mode),
 		masqueradeAllFlows(mode),
 		noDetectorFlows(mode),
-		bridgeFlows(mode),
+		interfaceFlows(mode, "bridge", proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}),
 		nodeCIDRFlows(mode),
 		nodePortAddressFlows(mode),
 		ipv6Flows(mode),
 		planFlows(mode),
 		twoCIDRFlows(mode),
-		interfacePrefixFlows(mode),
+		interfaceFlows(mode, "interface-prefix", proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}),
 	} {
 		out = append(out, g.expand()...)
 	}
