@@ -24,10 +24,10 @@
 // The backend is three parts, which proxier.go ties together:
 //
 //   - the translator, pure: a State's plan rendered to typed elements and
-//     chains (render.go, elem.go, skeleton.go), their ref-counted index
-//     (index.go), and the change from the last table (translate.go, with
-//     the stale session affinity in affinity.go and the repair of others'
-//     damage in repair.go);
+//     chains (render.go, elem.go, skeleton.go, policy.go), their
+//     ref-counted index (index.go), and the change from the last table
+//     (translate.go, with the stale session affinity in affinity.go and
+//     the repair of others' damage in repair.go);
 //   - the writer, the only code that writes to the kernel: it picks how a
 //     change gets there (writer.go, coldload.go, refill.go, netlink.go) and
 //     deletes and carries session-affinity entries (affinity_kernel.go);

@@ -26,8 +26,9 @@ type svcRender struct {
 	elems    []elem
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
-	// affDests are the destinations of a Service port with affinity,
-	// affChain its record chain and affRules the chain's rules.
+	// affDests are the plan's affinity destinations of a Service port
+	// with affinity, affChain its record chain and affRules the chain's
+	// rules.
 	affDests []netip.AddrPort
 	affChain string
 	affRules []string
