@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"context"
 	"slices"
 	"testing"
 
@@ -139,5 +140,28 @@ func TestIgnoredLoopback(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestKernelLocalMatches: nft and the kernel take the policy chains of
+// every detector, with several pod CIDRs an anonymous set in either
+// polarity, and list them back as written.
+func TestKernelLocalMatches(t *testing.T) {
+	_, fd := enterNetns(t)
+	for _, tc := range []struct {
+		d    proxier.LocalDetector
+		want []string
+	}{
+		// Apart, so that nft does not merge them into one interval.
+		{proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: pt.Prefixes(pt.PodCIDR, "10.250.0.0/16")},
+			[]string{"ip saddr != { 10.244.0.0/16, 10.250.0.0/16 } jump mark-for-masquerade", "ip saddr { 10.244.0.0/16, 10.250.0.0/16 } goto pick-np"}},
+		{proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"},
+			[]string{`iifname != "veth*" jump mark-for-masquerade`, `iifname "veth*" goto pick-ip`}},
+	} {
+		p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.Detector(tc.d)))
+		if err := p.Sync(context.Background(), testState()); err != nil {
+			t.Fatalf("%v: %v", tc.d, err)
+		}
+		mustContain(t, "the kernel's table", sh(t, "nft", "list", "table", "ip", TableName), tc.want...)
 	}
 }
