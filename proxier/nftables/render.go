@@ -91,7 +91,7 @@ func renderService(f fam, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 	// External destinations: the policy chain's pool gets the external
 	// endpoints; under Local, the cluster pool the short-circuit goes to
 	// gets the cluster endpoints.
-	if svc.ExternallyAccessible() {
+	if sp.HasExternal() {
 		externalIPs := append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...)
 		npKey := tupleOf(protoA, portAtom(svc.NodePort))
 		pools := func(pc policyChain, key tuple) {
