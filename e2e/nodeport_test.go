@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,14 +82,20 @@ func TestNodePortAddresses(t *testing.T) {
 	}
 }
 
-// TestLocalhostNodePorts (iptables mode): a process on the node reaches a
-// NodePort at 127.0.0.1, unless --iptables-localhost-nodeports=false.
+// TestLocalhostNodePorts: in iptables mode a process on the node reaches a
+// NodePort at 127.0.0.1, unless --iptables-localhost-nodeports=false. In
+// nftables mode, as in kube-proxy's, NodePorts never answer on loopback,
+// even with 127.0.0.0/8 in --nodeport-addresses: a warning says so at
+// start, and a connection to 127.0.0.1:<NodePort> is refused at once.
 func TestLocalhostNodePorts(t *testing.T) {
 	c := begin(t, true)
-	c.onlyIn("iptables", "localhost NodePorts are an iptables-mode feature (as in kube-proxy)")
 	svc := c.createService("np-localhost", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	if env.ProxyMode == "nftables" {
+		c.localhostNodePortRefused(svc, target)
+		return
+	}
 	var rs []harness.Reply
 	c.eventually("NodePort on 127.0.0.1", func() string {
 		rs = c.connectFrom(env.Node, target, 10, time.Second)
@@ -103,6 +111,37 @@ func TestLocalhostNodePorts(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// localhostNodePortRefused is TestLocalhostNodePorts in nftables mode:
+// with 127.0.0.0/8 and the node IP in --nodeport-addresses, svcproxy
+// warns that it ignores loopback, the NodePort answers on the node IP,
+// and every connection to target (127.0.0.1:<NodePort>) is refused within
+// a second (nothing answers there, so the kernel resets it), not dropped.
+func (c *tc) localhostNodePortRefused(svc *v1.Service, target string) {
+	c.restartSvcproxy("--nodeport-addresses=127.0.0.0/8," + harness.NodeIP + "/32")
+	log, err := os.ReadFile(env.Svcproxy().LogPath)
+	if err != nil {
+		c.Fatal(err)
+	}
+	if !strings.Contains(string(log), "nftables mode serves no NodePorts on loopback") {
+		c.Errorf("svcproxy's log has no warning that loopback is ignored in --nodeport-addresses")
+	}
+	c.eventually("NodePort on the node IP", func() string {
+		return landed(c.connectFrom(env.Node, nodePortTarget(svc), 4, time.Second), backends[:2], "", "")
+	})
+	start := time.Now()
+	rs := c.connectFrom(env.Node, target, 5, time.Second)
+	took := time.Since(start)
+	for _, r := range rs {
+		if r.Err != "refused" {
+			c.Errorf("node to %s: %q, want refused within 1s", target, r.Line)
+		}
+	}
+	if len(rs) != 5 {
+		c.Errorf("node to %s: %d attempts reported, want 5", target, len(rs))
+	}
+	c.Logf("RESULT node to %s: %s in %v", target, harness.FormatTally(harness.Tally(rs)), took.Round(time.Millisecond))
 }
 
 // TestTwoNodes: a Service with one endpoint on this node and one on the

@@ -10,15 +10,6 @@ import (
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
-// observe is what a backend check could see of a trace.
-func observe(tr proxier.Trace) pt.Observed {
-	o := pt.Observed{Verdict: tr.Verdict, Affinity: tr.Affinity != nil}
-	for _, c := range tr.Endpoints {
-		o.Endpoints = append(o.Endpoints, pt.ObservedEndpoint{Endpoint: c.Endpoint, Probability: c.Probability, Masquerade: c.Masquerade})
-	}
-	return o
-}
-
 // TestTraceFlows runs the packet-flow table against the tracer, in each
 // mode's traits.
 func TestTraceFlows(t *testing.T) {
@@ -29,7 +20,7 @@ func TestTraceFlows(t *testing.T) {
 		for _, f := range pt.Flows(m.mode) {
 			t.Run(m.name+"/"+f.Name, func(t *testing.T) {
 				tr := proxier.MakePlan(f.Config, f.State).Trace(f.Packet)
-				errs := f.Want.Check(observe(tr))
+				errs := f.Want.Check(pt.ObservedOf(tr))
 				port, via := "", proxier.Via("")
 				if tr.Port != nil {
 					port, via = tr.Port.Name.String(), tr.Port.Via

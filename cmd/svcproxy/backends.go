@@ -40,7 +40,7 @@ func newBackends(ctx context.Context, mode string, cfgs []familyConfig, metrics 
 	var nft []*nftables.Proxier
 	for _, fc := range cfgs {
 		if mode == "nftables" {
-			p, err := nftables.NewKernel(fc.Config, fc.ServiceCIDRs)
+			p, err := nftables.NewKernel(fc.Config)
 			if err != nil {
 				return nil, err
 			}
@@ -168,7 +168,7 @@ func dryRun(w io.Writer, mode string, cfgs []familyConfig, states map[proxier.IP
 	for _, fc := range cfgs {
 		st := states[fc.Family]
 		if mode == "nftables" {
-			if _, err := io.WriteString(w, nftables.DryRun(fc.Config, fc.ServiceCIDRs, st)); err != nil {
+			if _, err := io.WriteString(w, nftables.DryRun(fc.Config, st)); err != nil {
 				return err
 			}
 			continue

@@ -14,9 +14,6 @@ import (
 // built from.
 type familyConfig struct {
 	proxier.Config
-	// ServiceCIDRs are the --service-cluster-ip-range CIDRs of the family
-	// (nftables mode drops traffic to unallocated ClusterIPs in them).
-	ServiceCIDRs []string
 	// HealthCheckAddrs are where health-check node ports listen; nil means
 	// every address.
 	HealthCheckAddrs []netip.Addr
@@ -46,9 +43,11 @@ func proxyConfigs(o *options, h host) ([]familyConfig, error) {
 			MasqueradeBit:      o.masqueradeBit,
 			LocalhostNodePorts: o.localhostNodePorts && f == proxier.IPv4,
 			LocalDetector:      localDetector(o, f, h.Node),
+			// nftables mode drops traffic to unallocated ClusterIPs in them.
+			ServiceClusterIPRange: familyPrefixes(f, o.serviceCIDRs),
 		}
 		cfg.NodeIPs, cfg.NodePortAddresses = nodeAddrs(o, f, ips, h.Local)
-		fc := familyConfig{Config: cfg, ServiceCIDRs: familyStrings(f, o.serviceCIDRs)}
+		fc := familyConfig{Config: cfg}
 		if !cfg.NodePortsMatchAll() {
 			fc.HealthCheckAddrs = cfg.NodePortIPs()
 		}
@@ -73,24 +72,19 @@ func localDetector(o *options, f proxier.IPFamily, node syncer.NodeInfo) proxier
 	case "InterfaceNamePrefix":
 		return proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: o.interfacePrefix}
 	}
-	var mine []netip.Prefix
-	for _, c := range cidrs {
-		if f.Matches(c.Addr()) {
-			mine = append(mine, c)
-		}
-	}
+	mine := familyPrefixes(f, cidrs)
 	if len(mine) == 0 {
 		return proxier.LocalDetector{}
 	}
 	return proxier.LocalDetector{Mode: proxier.LocalMode(o.detectLocalMode), CIDRs: mine}
 }
 
-// familyStrings are the prefixes of family f, as text.
-func familyStrings(f proxier.IPFamily, ps []netip.Prefix) []string {
-	var out []string
+// familyPrefixes are the prefixes of family f.
+func familyPrefixes(f proxier.IPFamily, ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
 	for _, p := range ps {
 		if f.Matches(p.Addr()) {
-			out = append(out, p.String())
+			out = append(out, p)
 		}
 	}
 	return out

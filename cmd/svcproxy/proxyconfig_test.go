@@ -25,7 +25,7 @@ func describe(fc familyConfig) string {
 	d := fc.LocalDetector
 	return fmt.Sprintf("ips %v npa %v local %q %v %q masq %v/%d localhost %v hc %v svc %v",
 		fc.NodeIPs, fc.NodePortAddresses, d.Mode, d.CIDRs, d.Interface, fc.MasqueradeAll, fc.MasqueradeBit,
-		fc.LocalhostNodePorts, fc.HealthCheckAddrs, fc.ServiceCIDRs)
+		fc.LocalhostNodePorts, fc.HealthCheckAddrs, fc.ServiceClusterIPRange)
 }
 
 // TestProxyConfigs: the mapping from options to each family's config.

@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -37,7 +38,7 @@ func featureConfig() proxier.Config {
 func TestRenderFeaturesGolden(t *testing.T) {
 	got := string(DryRun(featureConfig(), Options{RandomFully: true}, featureState()))
 	checkConsistent(t, got)
-	checkGolden(t, "features", got)
+	pt.Golden(t, filepath.Join("testdata", "features.golden"), got)
 }
 
 func TestNodePortAddresses(t *testing.T) {

@@ -23,29 +23,12 @@ func observeFlow(f pt.Flow) (pt.Observed, error) {
 	}
 	results, err := rs.walk(walkPacket{
 		src: pkt.Source, dst: pkt.Dest.Addr(), dport: pkt.Dest.Port(), proto: pkt.Protocol.Lower(),
-		iface: inputInterface(f.Config.LocalDetector, pkt.Kind), local: local,
+		iface: pt.InputInterface(f.Config.LocalDetector, pkt.Kind), local: local,
 	}, pkt.Kind == proxier.FromNode)
 	if err != nil {
 		return pt.Observed{}, err
 	}
 	return observed(results)
-}
-
-// inputInterface is the interface a packet from kind comes in on: a pod's
-// own (a bridge, or one named with the detector's prefix), another for
-// everything routed here, none for the node's own packets.
-func inputInterface(d proxier.LocalDetector, kind proxier.SourceKind) string {
-	switch {
-	case kind == proxier.FromNode:
-		return ""
-	case kind != proxier.FromLocalPod:
-		return "eth0"
-	case d.Mode == proxier.LocalBridgeInterface:
-		return d.Interface
-	case d.Mode == proxier.LocalInterfacePrefix:
-		return d.Interface + "1a2b"
-	}
-	return "veth1a2b"
 }
 
 // observed sums the walk's results up as a verdict: DNAT when every way

@@ -1,20 +1,14 @@
 package iptables
 
 import (
-	"flag"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/svcproxy/svcproxy/proxier"
 	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 // ep and svc are the kernel tests' short forms of the proxiertest builders.
 func ep(ip string, port int32, ready bool) proxier.Endpoint {
@@ -45,25 +39,6 @@ func testState() *proxier.State {
 	)
 }
 
-// checkGolden compares got with testdata/<name>.golden (rewritten first
-// with -update).
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	golden := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create)", err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("rules differ from %s (-want +got):\n%s", golden, d)
-	}
-}
-
 func TestRenderGolden(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -84,7 +59,7 @@ func TestRenderGolden(t *testing.T) {
 			if got != again {
 				t.Fatalf("render is not deterministic")
 			}
-			checkGolden(t, tc.name, got)
+			pt.Golden(t, filepath.Join("testdata", tc.name+".golden"), got)
 		})
 	}
 }

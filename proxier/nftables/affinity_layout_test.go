@@ -2,11 +2,11 @@ package nftables
 
 import (
 	"context"
-	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // TestAffinityPerServicePort: a Service port with ClientIP affinity gets
@@ -16,12 +16,9 @@ import (
 // endpoints also go to the local pools' map, and only this node's
 // endpoints are in affinity-dests-local-eps.
 func TestAffinityPerServicePort(t *testing.T) {
-	s := svc("ns", "sticky", proxier.TCP, "10.96.0.7", 80, ep("10.244.1.5", 8080, true), ep("10.244.2.6", 8080, false))
-	s.AffinityTimeoutSeconds = 600
-	s.NodePort = 30007
-	s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("1.2.3.7")}
-	s.ExternalPolicyLocal = true
-	out := DryRun(testConfig(), []string{"10.96.0.0/16"}, &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{s}})
+	s := pt.Service("ns/sticky", proxier.TCP, "10.96.0.7", 80, pt.Affinity(600), pt.NodePort(30007), pt.LoadBalancer("1.2.3.7"), pt.ExternalLocal,
+		pt.Endpoints(pt.Endpoint("10.244.1.5", 8080, pt.Local), pt.Endpoint("10.244.2.6", 8080)))
+	out := DryRun(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), pt.State(proxier.IPv4, s))
 	chain := affinityChain(s.Name)
 	upd := func(m string) string {
 		return "update @" + m + " { ip saddr . 10.96.0.7 . 80 : ip daddr . th dport } " +
@@ -53,18 +50,14 @@ func TestAffinityPerServicePort(t *testing.T) {
 // elsewhere the record chain is there.
 func TestKernelIPv6Affinity(t *testing.T) {
 	_, fd := enterNetns(t)
-	cfg := testConfig()
-	cfg.Family = proxier.IPv6
-	cfg.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
-	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
-	p, err := newKernel(cfg, []string{"fd00:10:96::/112"}, fd)
+	cfg := pt.Config(pt.IPv6, pt.NodeIPs("fd00::2"), pt.ServiceRange("fd00:10:96::/112"))
+	p, err := newKernel(cfg, fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := svc("ns", "sticky6", proxier.TCP, "fd00:10:96::7", 80, ep("fd00:10:244:1::5", 8080, true))
-	s.AffinityTimeoutSeconds = 600
-	plain := svc("ns", "plain6", proxier.TCP, "fd00:10:96::8", 80, ep("fd00:10:244:1::6", 8080, true))
-	st := &proxier.State{Family: proxier.IPv6, NodeName: "node-1", Services: []*proxier.Service{s, plain}}
+	s := pt.Service("ns/sticky6", proxier.TCP, "fd00:10:96::7", 80, pt.Affinity(600), pt.Endpoints(pt.Endpoint("fd00:10:244:1::5", 8080, pt.Local)))
+	plain := pt.Service("ns/plain6", proxier.TCP, "fd00:10:96::8", 80, pt.Endpoints(pt.Endpoint("fd00:10:244:1::6", 8080, pt.Local)))
+	st := pt.State(proxier.IPv6, s, plain)
 	if err := p.Sync(context.Background(), st); err != nil {
 		t.Fatalf("IPv6 sync with an affinity Service: %v", err)
 	}

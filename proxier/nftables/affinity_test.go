@@ -10,24 +10,25 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
+// stickyState has a Service port with affinity over eps, and one without.
 func stickyState(eps ...proxier.Endpoint) *proxier.State {
-	s := svc("ns", "sticky", proxier.TCP, "10.96.0.9", 80, eps...)
-	s.AffinityTimeoutSeconds = 600
-	other := svc("ns", "web", proxier.TCP, "10.96.0.1", 80, ep("10.244.1.2", 8080, true))
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{s, other}}
+	return pt.State(proxier.IPv4,
+		pt.Service("ns/sticky", proxier.TCP, "10.96.0.9", 80, pt.Affinity(600), pt.Endpoints(eps...)),
+		pt.Service("ns/web", proxier.TCP, "10.96.0.1", 80, pt.Endpoints(pt.Endpoint("10.244.1.2", 8080, pt.Local))))
 }
 
 // TestStaleAffinityOf: only a service with affinity that lost an endpoint
 // has entries to forget, and only those of its lost endpoints.
 func TestStaleAffinityOf(t *testing.T) {
-	cfg := testConfig()
+	cfg := pt.Config(pt.NodeIPs(pt.NodeIP))
 	render := func(st *proxier.State) *svcRender {
 		return renderAll(cfg, st, st.Services[:1], false)[0]
 	}
-	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
-	three, two, grown := render(stickyState(a, b, c)), render(stickyState(a, c)), render(stickyState(a, b, c, ep("10.244.2.9", 8080, false)))
+	a, b, c := pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.1.3", 8080, pt.Local), pt.Endpoint("10.244.2.2", 8080)
+	three, two, grown := render(stickyState(a, b, c)), render(stickyState(a, c)), render(stickyState(a, b, c, pt.Endpoint("10.244.2.9", 8080)))
 	if s := staleAffinityOf(three, grown); s != nil {
 		t.Errorf("an endpoint added: %+v, want nothing to forget", s)
 	}
@@ -42,7 +43,7 @@ func TestStaleAffinityOf(t *testing.T) {
 	if s := staleAffinityOf(three, nil); len(s) != 2 || len(s[0].live) != 0 {
 		t.Errorf("service removed: %+v, want every entry forgotten", s)
 	}
-	plain := render(&proxier.State{Family: proxier.IPv4, Services: []*proxier.Service{svc("ns", "p", proxier.TCP, "10.96.0.5", 80, a, b)}})
+	plain := render(pt.State(proxier.IPv4, pt.Service("ns/p", proxier.TCP, "10.96.0.5", 80, pt.Endpoints(a, b))))
 	if s := staleAffinityOf(plain, nil); s != nil {
 		t.Errorf("no affinity: %+v", s)
 	}
@@ -52,9 +53,9 @@ func TestStaleAffinityOf(t *testing.T) {
 // affinity entries pinned to it are deleted; the others stay.
 func TestKernelAffinityForgotten(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	ctx := context.Background()
-	a, b, c := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)
+	a, b, c := pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.1.3", 8080, pt.Local), pt.Endpoint("10.244.2.2", 8080)
 	st := stickyState(a, b, c)
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
@@ -83,7 +84,7 @@ func TestKernelAffinityForgotten(t *testing.T) {
 	// An endpoint replaced (the count unchanged: elements only): the
 	// entries pinned to it go in the same netlink batch, one transaction,
 	// so no new connection follows them to the endpoint gone.
-	d := ep("10.244.2.9", 8080, false)
+	d := pt.Endpoint("10.244.2.9", 8080)
 	st3 := st2
 	st3.Services = slices.Clone(st2.Services)
 	st3.Services[0] = stickyState(d, c).Services[0]
@@ -134,10 +135,10 @@ func TestParseAffinityJSON(t *testing.T) {
 // remaining time, and drops those to endpoints that went away.
 func TestKernelAffinityKeptByFullSync(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
-	a, b := ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true)
+	a, b := pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.1.3", 8080, pt.Local)
 	if err := p.Sync(ctx, stickyState(a, b)); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // TestFakeCheck: the tick stops at the generation while nothing changed,
@@ -24,7 +24,7 @@ import (
 func TestFakeCheck(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft)
 	p.guard = guard.New(guard.Config{Family: proxier.IPv4, Table: TableName, Reader: &fakeReader{fake: nft}})
 	p.w.guard = p.guard
 	if err := p.Sync(ctx, testState()); err != nil {
@@ -68,11 +68,11 @@ func TestKernelEvents(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP)))
 	repairs := kernelWatch(t, p, fd)
 	none := noRepair(t, repairs)
 	// A cold load without elements for netlink (one transaction).
-	if err := p.Sync(ctx, &proxier.State{Family: proxier.IPv4, NodeName: "node-1"}); err != nil {
+	if err := p.Sync(ctx, pt.State(proxier.IPv4)); err != nil {
 		t.Fatal(err)
 	}
 	none("a cold load without elements")
@@ -85,9 +85,8 @@ func TestKernelEvents(t *testing.T) {
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	np := svc("ns", "np", proxier.TCP, "10.96.0.9", 8080, ep("10.244.1.7", 80, true), ep("10.244.2.7", 80, false))
-	np.NodePort, np.ExternalPolicyLocal = 30999, true
-	np.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.99")}
+	np := pt.Service("ns/np", proxier.TCP, "10.96.0.9", 8080, pt.NodePort(30999), pt.ExternalLocal, pt.ExternalIPs("203.0.113.99"),
+		pt.Endpoints(pt.Endpoint("10.244.1.7", 80, pt.Local), pt.Endpoint("10.244.2.7", 80)))
 	st2 := *st
 	st2.Services = append(st2.Services[:len(st2.Services):len(st2.Services)], np)
 	if err := p.Sync(ctx, &st2); err != nil {
@@ -98,7 +97,7 @@ func TestKernelEvents(t *testing.T) {
 	}
 	// Four endpoints: a new lb chain, a partial sync through nft.
 	web := *st2.Services[3]
-	web.Endpoints = append(web.Endpoints[:3:3], ep("10.244.2.10", 8080, false))
+	web.Endpoints = append(web.Endpoints[:3:3], pt.Endpoint("10.244.2.10", 8080))
 	st3 := st2
 	st3.Services = append([]*proxier.Service(nil), st2.Services...)
 	st3.Services[3] = &web
@@ -255,10 +254,10 @@ func foreignWhileMuted(t *testing.T, p *Proxier, cmd string, none func(string)) 
 func TestKernelEventsOverflow(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP)))
 	// The kernel's minimum buffer, a few KB; bulk writes not muted.
 	repairs := watchKernel(t, p, guard.Events{NetNS: fd, Buffer: 1, Unmuted: true})
-	st := scaleState(100)
+	st := pt.ScaleState(100)
 	for i := 0; i < 3; i++ {
 		if err := p.Sync(ctx, st); err != nil {
 			t.Fatal(err)
@@ -320,11 +319,11 @@ func benchNetns(b *testing.B) int {
 // benchKernel10k makes a proxier as svcproxy does, with its sockets in the
 // namespace fd, and syncs 10,000 Services × 10 endpoints into it.
 func benchKernel10k(b *testing.B, fd int) (*Proxier, *proxier.State) {
-	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
+	p, err := newKernel(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), fd)
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := scaleState(10000)
+	st := pt.ScaleState(10000)
 	if err := p.Sync(context.Background(), st); err != nil {
 		b.Fatal(err)
 	}
@@ -461,15 +460,10 @@ func BenchmarkKernelCheck10k(b *testing.B) {
 func TestKernelSharedListeners(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p4, _ := kernelProxier(t, fd, testConfig(), nil)
-	cfg6 := testConfig()
-	cfg6.Family = proxier.IPv6
-	cfg6.LocalDetector.CIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:10:244::/48")}
-	cfg6.NodeIPs = []netip.Addr{netip.MustParseAddr("fd00::2")}
-	p6, _ := kernelProxier(t, fd, cfg6, nil)
+	p4, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP)))
+	p6, _ := kernelProxier(t, fd, pt.Config(pt.IPv6, pt.NodeIPs("fd00::2")))
 	Share(p4, p6)
-	st6 := &proxier.State{Family: proxier.IPv6, NodeName: "node-1", Services: []*proxier.Service{
-		svc("ns", "web6", proxier.TCP, "fd00:10:96::8", 80, ep("fd00:10:244:1::6", 8080, true))}}
+	st6 := pt.State(proxier.IPv6, pt.Service("ns/web6", proxier.TCP, "fd00:10:96::8", 80, pt.Endpoints(pt.Endpoint("fd00:10:244:1::6", 8080, pt.Local))))
 	if err := p4.Sync(ctx, testState()); err != nil {
 		t.Fatal(err)
 	}
@@ -492,7 +486,7 @@ func TestKernelSharedListeners(t *testing.T) {
 	// An IPv4 full sync of 300 Services (3,000+ elements) mutes both
 	// watchers; its two transactions are the IPv6 watcher's own too.
 	p4.ForceFullSync()
-	if err := p4.Sync(ctx, scaleState(300)); err != nil {
+	if err := p4.Sync(ctx, pt.ScaleState(300)); err != nil {
 		t.Fatal(err)
 	}
 	none("an IPv4 full sync")
@@ -531,8 +525,8 @@ func TestKernelSharedListeners(t *testing.T) {
 func TestKernelSentinel(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
-	st := scaleState(10000) // 100,000 endpoints
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP)))
+	st := pt.ScaleState(10000) // 100,000 endpoints
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +541,7 @@ func TestKernelSentinel(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		changed := *st.Services[i]
 		changed.Endpoints = slices.Clone(changed.Endpoints)
-		changed.Endpoints[5] = ep(fmt.Sprintf("10.250.0.%d", i), 8080, false)
+		changed.Endpoints[5] = pt.Endpoint(fmt.Sprintf("10.250.0.%d", i), 8080)
 		st2 := *st
 		st2.Services = slices.Clone(st.Services)
 		st2.Services[i] = &changed

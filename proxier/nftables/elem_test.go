@@ -18,7 +18,7 @@ import (
 func TestSpecsMatchSkeleton(t *testing.T) {
 	for _, f := range []proxier.IPFamily{proxier.IPv4, proxier.IPv6} {
 		cfg := goldenConfig(f)
-		sk := newSkeleton(cfg, []affinityKey{{proxier.TCP, 600}, {proxier.UDP, 10800}})
+		sk := newSkeleton(proxier.MakePlan(cfg, &proxier.State{Family: f}), []affinityKey{{proxier.TCP, 600}, {proxier.UDP, 10800}})
 		type decl struct {
 			name, typ string
 			flags     []knftables.SetFlag

@@ -13,8 +13,8 @@ import (
 // nft's the renderer writes: selectors (ip/ip6 saddr and daddr, meta
 // l4proto, th/tcp/udp/sctp dport, numgen random mod N, ct original ip
 // daddr and proto-dst, mark with a mask, iifname) joined by "." into
-// concatenations; matches against a literal, a set (@s, != @s) or a
-// verdict map (vmap @m); ct state, ct status, fib saddr/daddr type local;
+// concatenations; matches against a literal, an anonymous set ({ a, b }),
+// a set (@s, != @s) or a verdict map (vmap @m); ct state, ct status, fib saddr/daddr type local;
 // mark set, update @m { k : v }, dnat to (a literal or a map lookup),
 // masquerade, counter, comment; and the verdicts.
 
@@ -267,6 +267,29 @@ func (t *nftTable) parseMatch(words []string, i int) (stmt, int, error) {
 				return step{b: b, stop: true}, nil
 			})
 		}}, j + 2, err
+	case w == "{" && len(e.atoms) == 1:
+		// An anonymous set: "{ v, v, ... }".
+		end := slices.Index(words[j:], "}")
+		if end < 0 {
+			return stmt{}, 0, fmt.Errorf("anonymous set without its end")
+		}
+		var vs []nftVal
+		for _, vw := range splitWords(words[j+1:j+end], ",") {
+			if len(vw) != 1 {
+				return stmt{}, 0, fmt.Errorf("anonymous set element %q", strings.Join(vw, " "))
+			}
+			v, err := parseVal(e.atoms[0].typ, vw[0], true)
+			if err != nil {
+				return stmt{}, 0, err
+			}
+			vs = append(vs, v)
+		}
+		return stmt{run: func(_ *walker, b branch) ([]step, error) {
+			return eachAlt(e, b, func(b branch, vals []nftVal) (step, error) {
+				in := slices.ContainsFunc(vs, func(v nftVal) bool { return v.contains(vals[0]) })
+				return step{b: b, stop: in == neg}, nil
+			})
+		}}, j + end + 1, nil
 	case len(e.atoms) == 1 && w != "":
 		v, err := parseVal(e.atoms[0].typ, w, true)
 		return stmt{run: func(_ *walker, b branch) ([]step, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -56,13 +57,13 @@ func parseKernelVersion(release string) ([2]int, bool) {
 
 // NewKernel returns a Proxier that programs this network namespace's
 // "svcproxy" table of cfg.Family, checking the kernel and nft first.
-func NewKernel(cfg proxier.Config, serviceCIDRs []string) (*Proxier, error) {
-	return newKernel(cfg, serviceCIDRs, 0)
+func NewKernel(cfg proxier.Config) (*Proxier, error) {
+	return newKernel(cfg, 0)
 }
 
 // newKernel is NewKernel with its netlink sockets in the network namespace
 // netns (an fd; 0: the current one). nft runs in the caller's.
-func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, error) {
+func newKernel(cfg proxier.Config, netns int) (*Proxier, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
@@ -82,7 +83,10 @@ func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, 
 		checks.Close()
 		return nil, err
 	}
-	p := New(cfg, nft, serviceCIDRs)
+	p := New(cfg, nft)
+	if lo := ignoredLoopback(p.cfg); len(lo) > 0 {
+		klog.Warningf("nftables mode serves no NodePorts on loopback, as kube-proxy's: ignoring the loopback addresses of --nodeport-addresses %v for %v (connections to them are refused)", lo, cfg.Family)
+	}
 	nfFamily := newElemWriter(cfg.Family, nil).family
 	p.guard = guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet,
 		Reader: guard.TableReader{Conn: checks, Family: nfFamily, Table: TableName},
@@ -97,6 +101,24 @@ func newKernel(cfg proxier.Config, serviceCIDRs []string, netns int) (*Proxier, 
 		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
 	}
 	return p, nil
+}
+
+// ignoredLoopback lists the --nodeport-addresses of cfg's family that
+// hold loopback addresses, which the plan leaves out of the NodePort
+// addresses in nftables mode; none when NodePorts answer on every local
+// address (loopback is never among them then).
+func ignoredLoopback(cfg proxier.Config) []netip.Prefix {
+	np := proxier.NodePortsOf(cfg)
+	if np.AllLocal || np.Localhost {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, p := range cfg.NodePortAddresses {
+		if p.Overlaps(np.Loopback) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // ipv6AffinityWorks checks (nft -c, nothing committed) that nft can write

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/nfnl/nfnltest"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // enterNetns creates a network namespace with a unique name for this test
@@ -47,9 +47,9 @@ func sh(t *testing.T, argv ...string) string {
 
 // kernelProxier is a Proxier as svcproxy makes one, with its sockets in
 // the namespace fd, whose full syncs do not carry session affinity.
-func kernelProxier(t testing.TB, fd int, cfg proxier.Config, cidrs []string) (*Proxier, knftables.Interface) {
+func kernelProxier(t testing.TB, fd int, cfg proxier.Config) (*Proxier, knftables.Interface) {
 	t.Helper()
-	p, err := newKernel(cfg, cidrs, fd)
+	p, err := newKernel(cfg, fd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func content(t testing.TB, nft knftables.Interface) []string {
 func syncedKernel(t *testing.T) (int, *Proxier, knftables.Interface, *proxier.State) {
 	t.Helper()
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	st := testState()
 	if err := p.Sync(context.Background(), st); err != nil {
 		t.Fatalf("first sync: %v", err)
@@ -135,7 +135,7 @@ func TestKernelNftables(t *testing.T) {
 	// An endpoint change goes as a small partial transaction, and leaves
 	// the same table a full sync of the new state makes.
 	web := *st.Services[3]
-	web.Endpoints = append(web.Endpoints[:1:1], ep("10.244.2.9", 8080, false))
+	web.Endpoints = append(web.Endpoints[:1:1], pt.Endpoint("10.244.2.9", 8080))
 	st2 := *st
 	st2.Services = slices.Clone(st.Services)
 	st2.Services[3] = &web
@@ -147,7 +147,7 @@ func TestKernelNftables(t *testing.T) {
 	}
 	// A new endpoint count needs a new lb chain, added in a partial sync.
 	web4 := web
-	web4.Endpoints = append(slices.Clone(web.Endpoints), ep("10.244.2.10", 8080, false), ep("10.244.2.11", 8080, false))
+	web4.Endpoints = append(slices.Clone(web.Endpoints), pt.Endpoint("10.244.2.10", 8080), pt.Endpoint("10.244.2.11", 8080))
 	st4 := st2
 	st4.Services = slices.Clone(st2.Services)
 	st4.Services[3] = &web4
@@ -163,9 +163,8 @@ func TestKernelNftables(t *testing.T) {
 	// A NodePort Service with an external IP and externalTrafficPolicy
 	// Local arrives, and then one goes: element-only partial syncs, which
 	// go over netlink, touching most kinds of set and map.
-	np := svc("ns", "np", proxier.TCP, "10.96.0.9", 8080, ep("10.244.1.7", 80, true), ep("10.244.2.7", 80, false))
-	np.NodePort, np.ExternalPolicyLocal = 30999, true
-	np.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.99")}
+	np := pt.Service("ns/np", proxier.TCP, "10.96.0.9", 8080, pt.NodePort(30999), pt.ExternalLocal, pt.ExternalIPs("203.0.113.99"),
+		pt.Endpoints(pt.Endpoint("10.244.1.7", 80, pt.Local), pt.Endpoint("10.244.2.7", 80)))
 	without := st2
 	st2.Services = append(slices.Clone(st2.Services), np)
 	for _, s := range []*proxier.State{&st2, &without, &st2} {
@@ -180,7 +179,7 @@ func TestKernelNftables(t *testing.T) {
 		t.Errorf("%d element-only syncs went over netlink, want >= 3", p.w.batch.batches)
 	}
 	incremental := content(t, nft)
-	p2, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p2, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	if err := p2.Sync(ctx, &st2); err != nil {
 		t.Fatalf("full sync: %v", err)
 	}
@@ -256,16 +255,16 @@ func TestKernelNftablesTraffic(t *testing.T) {
 			udp.WriteTo(buf[:n], from)
 		}
 	}()
-	p, _ := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	var web []proxier.Endpoint
 	for _, ip := range eps {
-		web = append(web, ep(ip, 8080, true))
+		web = append(web, pt.Endpoint(ip, 8080, pt.Local))
 	}
-	st := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{
-		svc("ns", "web", proxier.TCP, "10.96.0.1", 80, web...),
-		svc("ns", "empty", proxier.TCP, "10.96.0.2", 80),
-		svc("ns", "dns", proxier.UDP, "10.96.0.3", 53, ep("10.244.1.2", 5353, true)),
-	}}
+	st := pt.State(proxier.IPv4,
+		pt.Service("ns/web", proxier.TCP, "10.96.0.1", 80, pt.Endpoints(web...)),
+		pt.Service("ns/empty", proxier.TCP, "10.96.0.2", 80),
+		pt.Service("ns/dns", proxier.UDP, "10.96.0.3", 53, pt.Endpoints(pt.Endpoint("10.244.1.2", 5353, pt.Local))),
+	)
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
 	}
@@ -333,8 +332,8 @@ func TestKernelNftablesTraffic(t *testing.T) {
 func BenchmarkKernelNftables10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	p, _ := kernelProxier(b, fd, testConfig(), []string{"10.96.0.0/16"})
-	st := scaleState(10000)
+	p, _ := kernelProxier(b, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
+	st := pt.ScaleState(10000)
 	start := time.Now()
 	if err := p.Sync(ctx, st); err != nil {
 		b.Fatal(err)
@@ -344,7 +343,7 @@ func BenchmarkKernelNftables10k(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		changed := *st.Services[i%len(st.Services)]
 		changed.Endpoints = slices.Clone(changed.Endpoints)
-		changed.Endpoints[5] = ep(fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255), 8080, false)
+		changed.Endpoints[5] = pt.Endpoint(fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255), 8080)
 		st2 := *st
 		st2.Services = slices.Clone(st.Services)
 		st2.Services[i%len(st.Services)] = &changed
@@ -366,7 +365,7 @@ func TestKernelCleanup(t *testing.T) {
 	_, fd := enterNetns(t)
 	ctx := context.Background()
 	sh(t, "nft", "add table ip kube-proxy; add chain ip kube-proxy services; add table ip6 kube-proxy; add table ip other")
-	p, _ := kernelProxier(t, fd, testConfig(), nil)
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP)))
 	if err := p.Sync(ctx, testState()); err != nil {
 		t.Fatal(err)
 	}

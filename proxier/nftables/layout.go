@@ -24,10 +24,10 @@
 // The backend is three parts, which proxier.go ties together:
 //
 //   - the translator, pure: a State's plan rendered to typed elements and
-//     chains (render.go, elem.go, skeleton.go), their ref-counted index
-//     (index.go), and the change from the last table (translate.go, with
-//     the stale session affinity in affinity.go and the repair of others'
-//     damage in repair.go);
+//     chains (render.go, elem.go, skeleton.go, policy.go), their
+//     ref-counted index (index.go), and the change from the last table
+//     (translate.go, with the stale session affinity in affinity.go and
+//     the repair of others' damage in repair.go);
 //   - the writer, the only code that writes to the kernel: it picks how a
 //     change gets there (writer.go, coldload.go, refill.go, netlink.go) and
 //     deletes and carries session-affinity entries (affinity_kernel.go);
@@ -205,14 +205,13 @@ type fam struct {
 	family knftables.Family
 	ip     string // "ip" or "ip6" (as in "ip daddr")
 	addr   string // ipv4_addr or ipv6_addr
-	lo     string // loopback net
 }
 
 func famOf(f proxier.IPFamily) fam {
 	if f == proxier.IPv6 {
-		return fam{knftables.IPv6Family, "ip6", "ipv6_addr", "::1"}
+		return fam{knftables.IPv6Family, "ip6", "ipv6_addr"}
 	}
-	return fam{knftables.IPv4Family, "ip", "ipv4_addr", "127.0.0.0/8"}
+	return fam{knftables.IPv4Family, "ip", "ipv4_addr"}
 }
 
 // serviceCIDRElems are the elements of the service-cidrs set for cidrs:
@@ -251,17 +250,6 @@ func serviceCIDRElems(f proxier.IPFamily, cidrs []netip.Prefix) []elem {
 	out := make([]elem, 0, len(kept))
 	for _, p := range kept {
 		out = append(out, elem{set: sServiceCIDRs, key: tupleOf(prefixAtom(p))})
-	}
-	return out
-}
-
-// parseCIDRs parses CIDR strings, skipping invalid ones.
-func parseCIDRs(ss []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
-			out = append(out, p)
-		}
 	}
 	return out
 }

@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -13,42 +12,26 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
-func ep(ip string, port int32, local bool) proxier.Endpoint {
-	return proxier.Endpoint{IP: netip.MustParseAddr(ip), Port: port, Ready: true, Serving: true, IsLocal: local}
-}
-
-func svc(ns, name string, proto proxier.Protocol, cip string, port int32, eps ...proxier.Endpoint) *proxier.Service {
-	return &proxier.Service{Name: proxier.ServicePortName{Namespace: ns, Name: name, Protocol: proto},
-		ClusterIP: netip.MustParseAddr(cip), Port: port, Protocol: proto, Endpoints: eps}
-}
-
-func testConfig() proxier.Config {
-	return proxier.Config{Family: proxier.IPv4, MasqueradeBit: 14,
-		LocalDetector: proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
-		NodeIPs:       []netip.Addr{netip.MustParseAddr("192.168.0.2")}}
-}
-
+// testState is a small State: a Service without endpoints, a load
+// balancer with source ranges and externalTrafficPolicy Local, one with
+// affinity, and a ClusterIP with three endpoints.
 func testState() *proxier.State {
-	lb := svc("ns", "lb", proxier.TCP, "10.96.0.3", 443, ep("10.244.1.3", 8443, true), ep("10.244.2.4", 8443, false))
-	lb.NodePort = 30443
-	lb.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("1.2.3.4")}
-	lb.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/25")}
-	lb.ExternalPolicyLocal = true
-	sticky := svc("ns", "sticky", proxier.UDP, "10.96.0.4", 53, ep("10.244.1.5", 53, true), ep("10.244.2.6", 53, false))
-	sticky.AffinityTimeoutSeconds = 600
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: []*proxier.Service{
-		svc("ns", "empty", proxier.TCP, "10.96.0.2", 80),
-		lb,
-		sticky,
-		svc("ns", "web", proxier.TCP, "10.96.0.1", 80, ep("10.244.1.2", 8080, true), ep("10.244.1.3", 8080, true), ep("10.244.2.2", 8080, false)),
-	}}
+	return pt.State(proxier.IPv4,
+		pt.Service("ns/empty", proxier.TCP, "10.96.0.2", 80),
+		pt.Service("ns/lb", proxier.TCP, "10.96.0.3", 443, pt.NodePort(30443), pt.LoadBalancer("1.2.3.4"), pt.SourceRanges("203.0.113.0/25"), pt.ExternalLocal,
+			pt.Endpoints(pt.Endpoint("10.244.1.3", 8443, pt.Local), pt.Endpoint("10.244.2.4", 8443))),
+		pt.Service("ns/sticky", proxier.UDP, "10.96.0.4", 53, pt.Affinity(600), pt.Endpoints(pt.Endpoint("10.244.1.5", 53, pt.Local), pt.Endpoint("10.244.2.6", 53))),
+		pt.Service("ns/web", proxier.TCP, "10.96.0.1", 80,
+			pt.Endpoints(pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.1.3", 8080, pt.Local), pt.Endpoint("10.244.2.2", 8080))),
+	)
 }
 
 func TestFakeSyncAndIncremental(t *testing.T) {
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft)
 	ctx := context.Background()
 	st := testState()
 	if err := p.Sync(ctx, st); err != nil {
@@ -90,7 +73,7 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 	}
 	// The result equals a fresh full sync of the same state.
 	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+	if err := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), fresh).Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
 	// (The fake dumps elements in insertion order; compare them as sets.)
@@ -104,20 +87,20 @@ func TestFakeSyncAndIncremental(t *testing.T) {
 func TestIncrementalCostIsConstant(t *testing.T) {
 	ops := map[int]int{}
 	for _, n := range []int{10, 10000} {
-		st := scaleState(n)
+		st := pt.ScaleState(n)
 		svcs := st.Services
 		// knftables' Fake looks elements up linearly; at 10,000 services a
 		// recorder that only counts is what the test needs.
 		nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
-		p := New(testConfig(), nft, nil)
+		p := New(pt.Config(pt.NodeIPs(pt.NodeIP)), nft)
 		if err := p.Sync(context.Background(), st); err != nil {
 			t.Fatal(err)
 		}
 		// Replace one endpoint IP of service 0 (it has a NodePort too).
 		changed := *svcs[0]
 		changed.Endpoints = append([]proxier.Endpoint(nil), svcs[0].Endpoints...)
-		changed.Endpoints[5] = ep("10.250.0.1", 8080, false)
-		st2 := &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: append([]*proxier.Service{&changed}, svcs[1:]...)}
+		changed.Endpoints[5] = pt.Endpoint("10.250.0.1", 8080)
+		st2 := pt.State(proxier.IPv4, append([]*proxier.Service{&changed}, svcs[1:]...)...)
 		if err := p.Sync(context.Background(), st2); err != nil {
 			t.Fatal(err)
 		}
@@ -154,8 +137,8 @@ func sortedLines(s string) string {
 // services (the transaction is built but not run).
 func BenchmarkPartialSync10k(b *testing.B) {
 	nft := &recorder{Fake: knftables.NewFake(knftables.IPv4Family, TableName)}
-	p := New(testConfig(), nft, nil)
-	st := scaleState(10000)
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP)), nft)
+	st := pt.ScaleState(10000)
 	ctx := context.Background()
 	if err := p.Sync(ctx, st); err != nil {
 		b.Fatal(err)
@@ -165,7 +148,7 @@ func BenchmarkPartialSync10k(b *testing.B) {
 		k := i % len(st.Services)
 		changed := *st.Services[k]
 		changed.Endpoints = append([]proxier.Endpoint(nil), changed.Endpoints...)
-		changed.Endpoints[5] = ep(fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255), 8080, false)
+		changed.Endpoints[5] = pt.Endpoint(fmt.Sprintf("10.250.%d.%d", (i>>8)&255, i&255), 8080)
 		st2 := *st
 		st2.Services = append([]*proxier.Service(nil), st.Services...)
 		st2.Services[k] = &changed
@@ -176,31 +159,12 @@ func BenchmarkPartialSync10k(b *testing.B) {
 	}
 }
 
-// scaleState is n services of 10 endpoints each; every tenth has a NodePort.
-func scaleState(n int) *proxier.State {
-	svcs := make([]*proxier.Service, 0, n)
-	for i := 0; i < n; i++ {
-		eps := make([]proxier.Endpoint, 0, 10)
-		for j := 0; j < 10; j++ {
-			eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, j == 0))
-		}
-		s := svc("ns", fmt.Sprintf("svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, eps...)
-		if i%10 == 0 {
-			s.NodePort = int32(30000 + i/10)
-		}
-		svcs = append(svcs, s)
-	}
-	return &proxier.State{Family: proxier.IPv4, NodeName: "node-1", Services: svcs}
-}
-
 // TestNodePortAddresses: with --nodeport-addresses, NodePorts match the
 // selected node IPs through the nodeport-ips set.
 func TestNodePortAddresses(t *testing.T) {
-	cfg := testConfig()
-	cfg.NodeIPs = append(cfg.NodeIPs, netip.MustParseAddr("10.0.0.5"))
-	cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")}
+	cfg := pt.Config(pt.NodeIPs(pt.NodeIP, "10.0.0.5"), pt.NodePortAddresses("192.168.0.0/24"))
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(cfg, nft, nil).Sync(context.Background(), testState()); err != nil {
+	if err := New(cfg, nft).Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
 	dump := nft.Dump()
@@ -216,8 +180,8 @@ func TestNodePortAddresses(t *testing.T) {
 // services: plan, render, the element index, and the netlink messages of
 // every element (nothing is run).
 func BenchmarkFullTransaction10k(b *testing.B) {
-	st := scaleState(10000)
-	p := New(testConfig(), knftables.NewFake(knftables.IPv4Family, TableName), nil)
+	st := pt.ScaleState(10000)
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP)), knftables.NewFake(knftables.IPv4Family, TableName))
 	w := newElemWriter(proxier.IPv4, nil)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
@@ -243,19 +207,19 @@ func TestFullSyncReusesRenders(t *testing.T) {
 	st2 := *st1
 	st2.Services = slices.Clone(st1.Services)
 	web := *st2.Services[3]
-	web.Endpoints = append(slices.Clone(web.Endpoints), ep("10.244.2.9", 8080, false))
+	web.Endpoints = append(slices.Clone(web.Endpoints), pt.Endpoint("10.244.2.9", 8080))
 	st2.Services[3] = &web
 	st2.Services = append(st2.Services[:0:0], st2.Services[1:]...)
-	st2.Services = append(st2.Services, svc("ns", "new", proxier.UDP, "10.96.0.9", 53, ep("10.244.1.9", 53, true)))
+	st2.Services = append(st2.Services, pt.Service("ns/new", proxier.UDP, "10.96.0.9", 53, pt.Endpoints(pt.Endpoint("10.244.1.9", 53, pt.Local))))
 
 	fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, &st2); err != nil {
+	if err := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), fresh).Sync(ctx, &st2); err != nil {
 		t.Fatal(err)
 	}
 	want := fresh.Dump()
 
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft)
 	clock := time.Unix(1000, 0)
 	p.now = func() time.Time { return clock }
 	if err := p.Sync(ctx, st1); err != nil {

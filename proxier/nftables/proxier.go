@@ -53,11 +53,15 @@ type SyncResult struct {
 
 // New returns a Proxier for cfg.Family using nft, whose table must be
 // TableName in that family. It writes through nft alone, and its guard
-// reads nothing: NewKernel makes the Proxier svcproxy runs.
-func New(cfg proxier.Config, nft knftables.Interface, serviceCIDRs []string) *Proxier {
+// reads nothing: NewKernel makes the Proxier svcproxy runs. The plan is
+// made in kube-proxy's nftables mode (cfg.Mode is set to
+// proxier.NFTablesMode); cfg.ServiceClusterIPRange stands for the service
+// CIDRs while a State carries none.
+func New(cfg proxier.Config, nft knftables.Interface) *Proxier {
+	tr := newTranslator(cfg)
 	f := famOf(cfg.Family)
 	g := guard.New(guard.Config{Family: cfg.Family, Table: TableName, Traffic: isTrafficSet})
-	return &Proxier{cfg: cfg, tr: newTranslator(cfg, serviceCIDRs), guard: g,
+	return &Proxier{cfg: tr.cfg, tr: tr, guard: g,
 		w:              &writer{family: cfg.Family, f: f, nft: nft, guard: g},
 		FullSyncPeriod: DefaultFullSyncPeriod, now: time.Now}
 }
@@ -111,8 +115,8 @@ func (p *Proxier) Watch(ctx context.Context, interval time.Duration) <-chan stru
 
 // DryRun returns the transaction a first sync of st would run, in nft -f
 // syntax. It never touches the kernel.
-func DryRun(cfg proxier.Config, serviceCIDRs []string, st *proxier.State) string {
-	p := New(cfg, knftables.NewFake(famOf(cfg.Family).family, TableName), serviceCIDRs)
+func DryRun(cfg proxier.Config, st *proxier.State) string {
+	p := New(cfg, knftables.NewFake(famOf(cfg.Family).family, TableName))
 	ch := p.tr.build(st, nil, true, true, time.Time{}).change
 	var b strings.Builder
 	p.w.writeText(&b, p.w.fullTx(ch, false), ch.elems.sorted(), nil)

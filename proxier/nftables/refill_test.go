@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // tableHandle is the kernel's handle of our table: it changes when the
@@ -25,7 +27,7 @@ func tableHandle(t *testing.T) string {
 // left, and leaving exactly what a sync into an empty table leaves.
 func TestKernelRefill(t *testing.T) {
 	_, fd := enterNetns(t)
-	p, nft := kernelProxier(t, fd, testConfig(), []string{"10.96.0.0/16"})
+	p, nft := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	p.w.readAffinity = execReadAffinity
 	ctx := context.Background()
 	st := testState()
@@ -93,11 +95,11 @@ func diffLines(got, want []string) string {
 func BenchmarkKernelFullSync10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()
-	p, err := newKernel(testConfig(), []string{"10.96.0.0/16"}, fd)
+	p, err := newKernel(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), fd)
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := scaleState(10000)
+	st := pt.ScaleState(10000)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, way := range []string{"cold", "refill", "replace"} {

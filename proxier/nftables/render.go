@@ -26,8 +26,9 @@ type svcRender struct {
 	elems    []elem
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
-	// affDests are the destinations of a Service port with affinity,
-	// affChain its record chain and affRules the chain's rules.
+	// affDests are the plan's affinity destinations of a Service port
+	// with affinity, affChain its record chain and affRules the chain's
+	// rules.
 	affDests []netip.AddrPort
 	affChain string
 	affRules []string
@@ -36,7 +37,7 @@ type svcRender struct {
 func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // renderService computes one service port's elements from its plan.
-func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
+func renderService(f fam, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 	svc := sp.Svc
 	r := &svcRender{plan: *sp, lbCounts: map[string]int{}, elems: make([]elem, 0, elemsBound(sp))}
 	proto := svc.Protocol.Lower()
@@ -80,39 +81,34 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool)
 	// ClusterIP.
 	switch sp.Internal {
 	case proxier.Forward:
-		if svc.InternalPolicyLocal {
-			addV(mServiceIPs, dest(svc.ClusterIP), gotoChain(chClusterIPLocal))
-			addPool(poolIPLocal, dest(svc.ClusterIP), sp.InternalEndpoints)
-		} else {
-			addV(mServiceIPs, dest(svc.ClusterIP), gotoChain(chClusterIP))
-			addPool(poolIP, dest(svc.ClusterIP), sp.InternalEndpoints)
-		}
+		pc := policyChainOf(false, false, sp.InternalPolicy)
+		addV(mServiceIPs, dest(svc.ClusterIP), gotoChain(pc.name))
+		addPool(pc.pick(), dest(svc.ClusterIP), sp.InternalEndpoints)
 	default:
 		addV(mNoEndpointServices, dest(svc.ClusterIP), noEndpoints(sp.Internal))
 	}
 
-	// External destinations.
-	if svc.ExternallyAccessible() {
+	// External destinations: the policy chain's pool gets the external
+	// endpoints; under Local, the cluster pool the short-circuit goes to
+	// gets the cluster endpoints.
+	if sp.HasExternal() {
 		externalIPs := append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...)
 		npKey := tupleOf(protoA, portAtom(svc.NodePort))
-		if sp.HasEndpoints {
-			ipChain, npChain := chExternal, chNodePort
-			if svc.ExternalPolicyLocal {
-				ipChain, npChain = chExternalLocal, chNodePortLocal
+		pools := func(pc policyChain, key tuple) {
+			if pc.policy == proxier.PolicyLocal {
+				addPool(pc.cluster, key, sp.ClusterEndpoints)
 			}
+			addPool(pc.pick(), key, sp.ExternalEndpoints)
+		}
+		if sp.HasEndpoints {
+			ipChain, npChain := policyChainOf(true, false, sp.ExternalPolicy), policyChainOf(true, true, sp.ExternalPolicy)
 			for _, ip := range externalIPs {
-				addV(mServiceIPs, dest(ip), gotoChain(ipChain))
-				addPool(poolIP, dest(ip), sp.ClusterEndpoints)
-				if svc.ExternalPolicyLocal {
-					addPool(poolIPLocal, dest(ip), sp.LocalEndpoints)
-				}
+				addV(mServiceIPs, dest(ip), gotoChain(ipChain.name))
+				pools(ipChain, dest(ip))
 			}
 			if svc.NodePort != 0 {
-				addV(mServiceNodePorts, npKey, gotoChain(npChain))
-				addPool(poolNP, npKey, sp.ClusterEndpoints)
-				if svc.ExternalPolicyLocal {
-					addPool(poolNPLocal, npKey, sp.LocalEndpoints)
-				}
+				addV(mServiceNodePorts, npKey, gotoChain(npChain.name))
+				pools(npChain, npKey)
 			}
 		}
 		if sp.External != proxier.Forward {
@@ -142,39 +138,24 @@ func renderService(cfg proxier.Config, sp *proxier.ServicePlan, noAffinity bool)
 	}
 
 	// Hairpin: an endpoint reaching itself through the service is SNATed.
-	// Only a pod on this node can send its own packets through this node.
-	for _, e := range sp.AllEndpoints {
-		if e.IsLocal {
-			add(sHairpin, tupleOf(addrAtom(e.IP), addrAtom(e.IP)))
-		}
+	for _, e := range sp.Hairpin {
+		add(sHairpin, tupleOf(addrAtom(e.IP), addrAtom(e.IP)))
 	}
 
-	if t := svc.AffinityTimeoutSeconds; t > 0 && sp.HasEndpoints && !noAffinity {
-		r.affinity = &affinityKey{svc.Protocol, t}
-		r.affDests = []netip.AddrPort{netip.AddrPortFrom(svc.ClusterIP, uint16(svc.Port))}
-		for _, ip := range append(slices.Clone(svc.ExternalIPs), svc.LoadBalancerIPs...) {
-			r.affDests = append(r.affDests, netip.AddrPortFrom(ip, uint16(svc.Port)))
-		}
-		if svc.NodePort != 0 {
-			for _, ip := range cfg.NodeIPs {
-				if cfg.Family.Matches(ip) {
-					r.affDests = append(r.affDests, netip.AddrPortFrom(ip, uint16(svc.NodePort)))
-				}
-			}
-		}
+	if a := sp.Affinity; a.Enabled() && !noAffinity {
+		r.affinity = &affinityKey{a.Protocol, a.TimeoutSeconds}
+		r.affDests = a.Destinations
 		r.affChain = affinityChain(svc.Name)
 		for _, d := range r.affDests {
-			addV(affinityDests(svc.Protocol, t), tupleOf(addrAtom(d.Addr()), portAtom(int32(d.Port()))), gotoChain(r.affChain))
+			addV(affinityDests(a.Protocol, a.TimeoutSeconds), tupleOf(addrAtom(d.Addr()), portAtom(int32(d.Port()))), gotoChain(r.affChain))
 		}
-		local := svc.ExternalPolicyLocal || svc.InternalPolicyLocal
+		local := sp.InternalPolicy == proxier.PolicyLocal || sp.ExternalPolicy == proxier.PolicyLocal
 		if local {
-			for _, e := range sp.AllEndpoints {
-				if e.IsLocal {
-					add(sAffinityLocalEPs, tupleOf(addrAtom(e.IP), protoA, portAtom(e.Port)))
-				}
+			for _, e := range sp.LocalEndpoints {
+				add(sAffinityLocalEPs, tupleOf(addrAtom(e.IP), protoA, portAtom(e.Port)))
 			}
 		}
-		r.affRules = affinityRules(famOf(cfg.Family), *r.affinity, r.affDests, local)
+		r.affRules = affinityRules(f, *r.affinity, r.affDests, local)
 	}
 	return r
 }
@@ -190,13 +171,13 @@ func elemsBound(sp *proxier.ServicePlan) int {
 	// Per destination: its verdict map's element, and a count and the
 	// endpoints per pool.
 	perExternal := 3 + len(sp.ClusterEndpoints)
-	if svc.ExternalPolicyLocal {
+	if sp.ExternalPolicy == proxier.PolicyLocal {
 		perExternal += 1 + len(sp.LocalEndpoints)
 	}
-	n := 3 + len(sp.InternalEndpoints) + external*perExternal + len(sp.AllEndpoints)
+	n := 3 + len(sp.InternalEndpoints) + external*perExternal + len(sp.Hairpin)
 	n += len(svc.LoadBalancerIPs) * (2 + len(sp.FirewallRanges))
-	if svc.AffinityTimeoutSeconds > 0 {
-		n += 1 + external + len(sp.AllEndpoints)
+	if sp.Affinity.Enabled() {
+		n += len(sp.Affinity.Destinations) + len(sp.LocalEndpoints)
 	}
 	return n
 }
@@ -254,6 +235,7 @@ func lbChainPool(name string) (pool, string, int, bool) {
 // without session affinity when noAffinity.
 func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, noAffinity bool) []*svcRender {
 	out := make([]*svcRender, len(svcs))
+	f := famOf(cfg.Family)
 	workers := runtime.GOMAXPROCS(0)
 	if len(svcs) < 1000 || workers < 2 {
 		workers = 1
@@ -265,7 +247,7 @@ func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, n
 			defer wg.Done()
 			for i := w; i < len(svcs); i += workers {
 				sp := proxier.PlanService(cfg, st, svcs[i])
-				out[i] = renderService(cfg, &sp, noAffinity)
+				out[i] = renderService(f, &sp, noAffinity)
 			}
 		}(w)
 	}

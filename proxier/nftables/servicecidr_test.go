@@ -11,15 +11,8 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"github.com/svcproxy/svcproxy/proxier"
-	"github.com/svcproxy/svcproxy/proxier/proxiertest"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
-
-// withCIDRs is st carrying ServiceCIDRs (the same Service pointers).
-func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
-	c := *st
-	c.ServiceCIDRs = proxiertest.Prefixes(cidrs...)
-	return &c
-}
 
 // TestServiceCIDRDropAfterClusterIPReject: a known ClusterIP on an unknown port is
 // rejected, and any other address inside a service CIDR is dropped — in that order.
@@ -27,7 +20,7 @@ func withCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
 // carries none, else the State's.
 func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft)
 	if err := p.Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +43,7 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 
 	// ServiceCIDRs in the State replace the flag's.
 	nft2 := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), nft2, []string{"10.96.0.0/16"}).Sync(context.Background(), withCIDRs(testState(), "10.96.0.0/12", "10.112.0.0/24")); err != nil {
+	if err := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft2).Sync(context.Background(), pt.WithServiceCIDRs(testState(), "10.96.0.0/12", "10.112.0.0/24")); err != nil {
 		t.Fatal(err)
 	}
 	if got := cidrElements(t, nft2); got != "[10.96.0.0/12 10.112.0.0/24]" {
@@ -58,14 +51,14 @@ func TestServiceCIDRDropAfterClusterIPReject(t *testing.T) {
 	}
 
 	// --dry-run prints them too.
-	out := DryRun(testConfig(), []string{"10.96.0.0/16"}, withCIDRs(testState(), "10.97.0.0/24", "10.96.0.0/16"))
+	out := DryRun(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), pt.WithServiceCIDRs(testState(), "10.97.0.0/24", "10.96.0.0/16"))
 	if want := "add element ip svcproxy " + sServiceCIDRs + " { 10.96.0.0/16, 10.97.0.0/24 }"; !strings.Contains(out, want) {
 		t.Errorf("dry run lacks %q:\n%s", want, out)
 	}
 
 	// Without any service CIDR the drop rule matches nothing.
 	nft3 := knftables.NewFake(knftables.IPv4Family, TableName)
-	if err := New(testConfig(), nft3, nil).Sync(context.Background(), testState()); err != nil {
+	if err := New(pt.Config(pt.NodeIPs(pt.NodeIP)), nft3).Sync(context.Background(), testState()); err != nil {
 		t.Fatal(err)
 	}
 	if got := cidrElements(t, nft3); got != "[]" {
@@ -104,7 +97,7 @@ func TestServiceCIDRElems(t *testing.T) {
 		{proxier.IPv6, []string{"10.96.0.0/16", "fd00:10:96::/112", "fd00:10:96::/64"}, "[fd00:10:96::/64]"},
 	} {
 		var got []string
-		for _, e := range serviceCIDRElems(tc.f, proxiertest.Prefixes(tc.cidrs...)) {
+		for _, e := range serviceCIDRElems(tc.f, pt.Prefixes(tc.cidrs...)) {
 			if e.set != sServiceCIDRs {
 				t.Errorf("element of %s", e.set)
 			}
@@ -122,7 +115,7 @@ func TestServiceCIDRElems(t *testing.T) {
 func TestServiceCIDRIncremental(t *testing.T) {
 	ctx := context.Background()
 	nft := knftables.NewFake(knftables.IPv4Family, TableName)
-	p := New(testConfig(), nft, []string{"10.96.0.0/16"})
+	p := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), nft)
 	st := testState()
 	if err := p.Sync(ctx, st); err != nil {
 		t.Fatal(err)
@@ -134,10 +127,10 @@ func TestServiceCIDRIncremental(t *testing.T) {
 		ops   int
 		elems string // the transaction's element operations
 	}{
-		{"ServiceCIDR objects as the flag", withCIDRs(st, "10.96.0.0/16"), "[10.96.0.0/16]", 0, ""},
-		{"a ServiceCIDR added", withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]", 1,
+		{"ServiceCIDR objects as the flag", pt.WithServiceCIDRs(st, "10.96.0.0/16"), "[10.96.0.0/16]", 0, ""},
+		{"a ServiceCIDR added", pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]", 1,
 			"add element ip svcproxy service-cidrs { 10.97.0.0/24 }"},
-		{"one covering both", withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.96.0.0/12"), "[10.96.0.0/12]", 3,
+		{"one covering both", pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.96.0.0/12"), "[10.96.0.0/12]", 3,
 			"delete element ip svcproxy service-cidrs { 10.96.0.0/16 }\ndelete element ip svcproxy service-cidrs { 10.97.0.0/24 }\nadd element ip svcproxy service-cidrs { 10.96.0.0/12 }"},
 		{"back to the flag's", st, "[10.96.0.0/16]", 2,
 			"delete element ip svcproxy service-cidrs { 10.96.0.0/12 }\nadd element ip svcproxy service-cidrs { 10.96.0.0/16 }"},
@@ -158,7 +151,7 @@ func TestServiceCIDRIncremental(t *testing.T) {
 			t.Errorf("%s: service-cidrs = %s, want %s", step.name, got, step.want)
 		}
 		fresh := knftables.NewFake(knftables.IPv4Family, TableName)
-		if err := New(testConfig(), fresh, []string{"10.96.0.0/16"}).Sync(ctx, step.st); err != nil {
+		if err := New(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")), fresh).Sync(ctx, step.st); err != nil {
 			t.Fatal(err)
 		}
 		if got, want := sortedLines(nft.Dump()), sortedLines(fresh.Dump()); got != want {
@@ -168,7 +161,7 @@ func TestServiceCIDRIncremental(t *testing.T) {
 	// A Service change next to a ServiceCIDR change: both in one partial sync.
 	web := *st.Services[3]
 	web.Endpoints = web.Endpoints[:2]
-	st2 := withCIDRs(st, "10.96.0.0/16", "10.98.0.0/24")
+	st2 := pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.98.0.0/24")
 	st2.Services = slices.Clone(st.Services)
 	st2.Services[3] = &web
 	if err := p.Sync(ctx, st2); err != nil {
@@ -190,10 +183,10 @@ func TestKernelServiceCIDRs(t *testing.T) {
 		st   *proxier.State
 		want string
 	}{
-		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
-		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.97.0.128/25", "10.96.0.0/12"), "[10.96.0.0/12]"},
-		{withCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
-		{withCIDRs(st, "10.96.0.0/16", "10.96.1.0/24", "10.97.0.0/24", "10.97.1.0/24"), "[10.96.0.0/16 10.97.0.0/24 10.97.1.0/24]"},
+		{pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
+		{pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.97.0.0/24", "10.97.0.128/25", "10.96.0.0/12"), "[10.96.0.0/12]"},
+		{pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.97.0.0/24"), "[10.96.0.0/16 10.97.0.0/24]"},
+		{pt.WithServiceCIDRs(st, "10.96.0.0/16", "10.96.1.0/24", "10.97.0.0/24", "10.97.1.0/24"), "[10.96.0.0/16 10.97.0.0/24 10.97.1.0/24]"},
 		{st, "[10.96.0.0/16]"},
 	} {
 		if err := p.Sync(ctx, step.st); err != nil {

@@ -54,7 +54,10 @@ func (sk *skeleton) static(name string) knftables.Object {
 	return nil
 }
 
-func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
+// newSkeleton is the skeleton of the node-wide plan p (its Services are
+// not read) with the affinity maps of affinity.
+func newSkeleton(p *proxier.Plan, affinity []affinityKey) *skeleton {
+	cfg := p.Config
 	f := famOf(cfg.Family)
 	mark := cfg.MasqueradeMark()
 	sk := &skeleton{rules: map[string][]string{}}
@@ -91,7 +94,7 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	add(&knftables.Chain{Name: chFirewallCheck},
 		fmt.Sprintf("%s @%s %s . %s saddr != @%s drop", key, sFirewallDests, key, f.ip, sFirewallAllow))
 	add(&knftables.Chain{Name: chServiceEPCheck}, key+" vmap @"+mNoEndpointServices)
-	add(&knftables.Chain{Name: chNodePortEPCheck}, nodePortMatch(cfg, f)+" meta l4proto . th dport vmap @"+mNoEndpointNodePort)
+	add(&knftables.Chain{Name: chNodePortEPCheck}, nodePortMatch(f, p.NodePorts)+" meta l4proto . th dport vmap @"+mNoEndpointNodePort)
 	// A known ClusterIP on an unknown port is rejected; any other address in
 	// a service CIDR is unallocated and dropped. The CIDRs are elements of
 	// an interval set, so a ServiceCIDR change is an element change, not a
@@ -102,7 +105,7 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 	add(&knftables.Chain{Name: chReject}, "reject")
 	add(&knftables.Chain{Name: chServices},
 		key+" vmap @"+mServiceIPs,
-		nodePortMatch(cfg, f)+" meta l4proto . th dport vmap @"+mServiceNodePorts)
+		nodePortMatch(f, p.NodePorts)+" meta l4proto . th dport vmap @"+mServiceNodePorts)
 	add(&knftables.Chain{Name: chMarkMasq}, "mark set mark or "+mark)
 	add(&knftables.Chain{Name: chMasquerading},
 		fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s masquerade fully-random", f.ip, f.ip, sHairpin),
@@ -110,31 +113,11 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 		"mark set mark xor "+mark,
 		"masquerade fully-random")
 
-	// Policy chains.
-	var masq []string
-	switch {
-	case cfg.MasqueradeAll:
-		masq = []string{"jump " + chMarkMasq}
-	case cfg.LocalDetector.Implemented():
-		masq = []string{ifNotLocal(cfg, f) + " jump " + chMarkMasq}
-	}
-	add(&knftables.Chain{Name: chClusterIP}, append(masq, "goto "+poolIP.pickChain())...)
-	add(&knftables.Chain{Name: chClusterIPLocal}, append(masq, "goto "+poolIPLocal.pickChain())...)
-	add(&knftables.Chain{Name: chExternal}, "jump "+chMarkMasq, "goto "+poolIP.pickChain())
-	add(&knftables.Chain{Name: chNodePort}, "jump "+chMarkMasq, "goto "+poolNP.pickChain())
-	for _, lc := range []struct {
-		name           string
-		cluster, local pool
-	}{{chExternalLocal, poolIP, poolIPLocal}, {chNodePortLocal, poolNP, poolNPLocal}} {
-		var rules []string
-		if cfg.LocalDetector.Implemented() {
-			rules = append(rules, ifLocal(cfg, f)+" goto "+lc.cluster.pickChain())
-		}
-		rules = append(rules,
-			"fib saddr type local jump "+chMarkMasq,
-			"fib saddr type local goto "+lc.cluster.pickChain(),
-			"goto "+lc.local.pickChain())
-		add(&knftables.Chain{Name: lc.name}, rules...)
+	// Policy chains, from the plan's decisions.
+	plans := policyPlans(cfg)
+	for _, pc := range policyChains {
+		sp := plans[pc.policy]
+		add(&knftables.Chain{Name: pc.name}, pc.rules(f, &sp)...)
 	}
 
 	// Pick chains: affinity first (a client with an entry is DNATed to its
@@ -184,8 +167,8 @@ func newSkeleton(cfg proxier.Config, affinity []affinityKey) *skeleton {
 				TypeOf: p.endpointsKeyExpr(f, proto) + " . numgen random mod 1 : " + f.ip + " daddr . " + proto + " dport"})
 		}
 	}
-	if !cfg.NodePortsMatchAll() {
-		for _, ip := range cfg.NodePortIPs() {
+	if !p.NodePorts.AllLocal {
+		for _, ip := range p.NodePorts.IPs {
 			sk.elems = append(sk.elems, elem{set: sNodePortIPs, key: tupleOf(addrAtom(ip))})
 		}
 	}
@@ -238,33 +221,4 @@ func deref[T any](v *T) any {
 		return nil
 	}
 	return *v
-}
-
-// nodePortMatch selects packets addressed to a NodePort address.
-func nodePortMatch(cfg proxier.Config, f fam) string {
-	if cfg.NodePortsMatchAll() {
-		return fmt.Sprintf("fib daddr type local %s daddr != %s", f.ip, f.lo)
-	}
-	return fmt.Sprintf("%s daddr @%s", f.ip, sNodePortIPs)
-}
-
-func ifNotLocal(cfg proxier.Config, f fam) string {
-	d := cfg.LocalDetector
-	switch d.Mode {
-	case proxier.LocalClusterCIDR, proxier.LocalNodeCIDR:
-		for _, c := range d.CIDRs {
-			if cfg.Family.Matches(c.Addr()) {
-				return fmt.Sprintf("%s saddr != %s", f.ip, c)
-			}
-		}
-	case proxier.LocalBridgeInterface:
-		return fmt.Sprintf("iifname != %q", d.Interface)
-	case proxier.LocalInterfacePrefix:
-		return fmt.Sprintf("iifname != %q", d.Interface+"*")
-	}
-	return ""
-}
-
-func ifLocal(cfg proxier.Config, f fam) string {
-	return strings.Replace(ifNotLocal(cfg, f), " != ", " ", 1)
 }

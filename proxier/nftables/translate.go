@@ -16,17 +16,21 @@ import (
 type translator struct {
 	cfg proxier.Config
 	f   fam
-	// flagCIDRs are the service-cidrs elements from
-	// --service-cluster-ip-range, used when a State carries no
-	// ServiceCIDRs of this family.
-	flagCIDRs []elem
 	// noAffinity: Services are balanced without session affinity (this
 	// nft cannot write the family's affinity rules).
 	noAffinity bool
 }
 
-func newTranslator(cfg proxier.Config, serviceCIDRs []string) *translator {
-	return &translator{cfg: cfg, f: famOf(cfg.Family), flagCIDRs: serviceCIDRElems(cfg.Family, parseCIDRs(serviceCIDRs))}
+func newTranslator(cfg proxier.Config) *translator {
+	cfg.Mode = proxier.NFTablesMode
+	return &translator{cfg: cfg, f: famOf(cfg.Family)}
+}
+
+// nodePlan is the plan of st without its Services: the node-wide fields
+// (local pods, NodePorts, service CIDRs) the skeleton and the
+// service-cidrs set translate.
+func nodePlan(cfg proxier.Config, st *proxier.State) *proxier.Plan {
+	return proxier.MakePlan(cfg, &proxier.State{Family: st.Family, NodeName: st.NodeName, NodeZone: st.NodeZone, ServiceCIDRs: st.ServiceCIDRs})
 }
 
 // table is what a sync put in the kernel, as the translator made it.
@@ -157,12 +161,13 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 			removed = append(removed, r)
 		}
 	}
-	plan := &proxier.Plan{Config: tr.cfg, Services: make([]proxier.ServicePlan, 0, len(st.Services))}
+	plan := nodePlan(tr.cfg, st)
+	plan.Services = make([]proxier.ServicePlan, 0, len(st.Services))
 	for _, svc := range st.Services {
 		plan.Services = append(plan.Services, renders[svc].plan)
 	}
 	d := &desired{plan: plan, fresh: fresh, result: SyncResult{Services: len(st.Services), Changed: len(changed) + len(removed)}}
-	next := &table{node: node, renders: renders, cidrs: tr.serviceCIDRRender(st)}
+	next := &table{node: node, renders: renders, cidrs: serviceCIDRRender(plan)}
 	if fresh {
 		next.rendered = now
 	} else {
@@ -212,7 +217,7 @@ func (tr *translator) moved(d *desired, next, last *table, dl *delta) {
 
 // full makes d the full change that writes next.
 func (tr *translator) full(d *desired, next *table) {
-	next.sk = newSkeleton(tr.cfg, next.idx.affinityKeys())
+	next.sk = newSkeleton(d.plan, next.idx.affinityKeys())
 	next.skelKey = next.sk.key()
 	d.delta, d.stale = nil, nil
 	d.change = &change{full: true, sk: next.sk, dyn: dynChains(tr.f, next.idx.lbChains, next.affChains), elems: next.idx}
@@ -238,7 +243,7 @@ func (tr *translator) delta(last, next *table, changed []*proxier.Service, remov
 // partial makes d the difference from last, dl. It reports false when the
 // skeleton changes (a new affinity map, say), which takes a full sync.
 func (tr *translator) partial(d *desired, next, last *table, dl *delta, changed []*proxier.Service, removed []*svcRender) bool {
-	next.sk = newSkeleton(tr.cfg, dl.affinityAfter(last.idx))
+	next.sk = newSkeleton(d.plan, dl.affinityAfter(last.idx))
 	if next.skelKey = next.sk.key(); next.skelKey != last.skelKey {
 		return false
 	}
@@ -359,15 +364,11 @@ func dynRules(f fam, name string, affChains map[string][]string) []string {
 	return affChains[name]
 }
 
-// serviceCIDRRender is the service-cidrs set's contribution for st: the
-// ServiceCIDRs it carries, else the --service-cluster-ip-range ones. Like a
-// Service's render, it is diffed element by element on partial syncs.
-func (tr *translator) serviceCIDRRender(st *proxier.State) *svcRender {
-	es := serviceCIDRElems(tr.cfg.Family, st.ServiceCIDRs)
-	if len(es) == 0 {
-		es = tr.flagCIDRs
-	}
-	return &svcRender{elems: es}
+// serviceCIDRRender is the service-cidrs set's contribution: the plan's
+// service CIDRs. Like a Service's render, it is diffed element by element
+// on partial syncs.
+func serviceCIDRRender(p *proxier.Plan) *svcRender {
+	return &svcRender{elems: serviceCIDRElems(p.Config.Family, p.ServiceCIDRs)}
 }
 
 func sameElems(a, b []elem) bool {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/nftables/guard"
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
 )
 
 // changedV4 is goldenV4 with one endpoint replaced in web, a Service gone
@@ -20,10 +21,10 @@ func changedV4(st *proxier.State) *proxier.State {
 	st2.Services = slices.Clone(st.Services)
 	i := slices.IndexFunc(st2.Services, func(s *proxier.Service) bool { return s.Name.Name == "web" })
 	web := *st2.Services[i]
-	web.Endpoints = append(slices.Clone(web.Endpoints[1:]), ep("10.244.3.2", 8080, false))
+	web.Endpoints = append(slices.Clone(web.Endpoints[1:]), pt.Endpoint("10.244.3.2", 8080))
 	st2.Services[i] = &web
 	st2.Services = slices.Delete(st2.Services, 0, 1)
-	st2.Services = append(st2.Services, svc("ns5", "added", proxier.UDP, "10.96.0.30", 5353, ep("10.244.1.30", 5353, true)))
+	st2.Services = append(st2.Services, pt.Service("ns5/added", proxier.UDP, "10.96.0.30", 5353, pt.Endpoints(pt.Endpoint("10.244.1.30", 5353, pt.Local))))
 	return &st2
 }
 
@@ -36,7 +37,7 @@ func snapshot(t *table) [3]any {
 // last table, two builds give the same change, and the committed index is
 // the one a full build of the new State counts.
 func TestBuildLeavesLastTable(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(goldenConfig(proxier.IPv4, pt.ServiceRange("10.96.0.0/16")))
 	now := time.Unix(1000, 0)
 	st := goldenV4()
 	last := tr.build(st, nil, true, true, now).commit()
@@ -62,7 +63,7 @@ func TestBuildLeavesLastTable(t *testing.T) {
 // TestOperationsCount: a change counts its operations as the nft
 // transaction the writer makes of it does.
 func TestOperationsCount(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(goldenConfig(proxier.IPv4, pt.ServiceRange("10.96.0.0/16")))
 	w := &writer{f: famOf(proxier.IPv4), nft: knftables.NewFake(knftables.IPv4Family, TableName)}
 	st := goldenV4()
 	full := tr.build(st, nil, true, true, time.Time{})
@@ -78,7 +79,7 @@ func TestOperationsCount(t *testing.T) {
 // TestRepairContents: a repair rewrites a damaged set with what the set
 // holds once the sync is committed, and a damaged chain with its rules.
 func TestRepairContents(t *testing.T) {
-	tr := newTranslator(goldenConfig(proxier.IPv4), []string{"10.96.0.0/16"})
+	tr := newTranslator(goldenConfig(proxier.IPv4, pt.ServiceRange("10.96.0.0/16")))
 	st := goldenV4()
 	last := tr.build(st, nil, true, true, time.Time{}).commit()
 	d := tr.build(changedV4(st), last, false, false, time.Time{})

@@ -12,6 +12,7 @@
 package proxiertest
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -202,3 +203,39 @@ func NodePortAddresses(cidrs ...string) ConfigOption {
 
 // Mode sets the backend's mode traits.
 func Mode(m proxier.ModeTraits) ConfigOption { return func(c *proxier.Config) { c.Mode = m } }
+
+// ServiceRange sets --service-cluster-ip-range.
+func ServiceRange(cidrs ...string) ConfigOption {
+	return func(c *proxier.Config) { c.ServiceClusterIPRange = Prefixes(cidrs...) }
+}
+
+// WithServiceCIDRs is st carrying the ServiceCIDRs cidrs (the same
+// Service pointers).
+func WithServiceCIDRs(st *proxier.State, cidrs ...string) *proxier.State {
+	c := *st
+	c.ServiceCIDRs = Prefixes(cidrs...)
+	return &c
+}
+
+// ScaleState is this node's IPv4 State with n ClusterIP service ports
+// "ns/svc<i>" of ten endpoints each (the first on this node); every tenth
+// has a NodePort.
+func ScaleState(n int) *proxier.State {
+	svcs := make([]*proxier.Service, 0, n)
+	for i := 0; i < n; i++ {
+		eps := make([]proxier.Endpoint, 0, 10)
+		for j := 0; j < 10; j++ {
+			var opts []EndpointOption
+			if j == 0 {
+				opts = append(opts, Local)
+			}
+			eps = append(eps, Endpoint(fmt.Sprintf("10.%d.%d.%d", 100+j, i>>8, i&255), 8080, opts...))
+		}
+		s := Service(fmt.Sprintf("ns/svc%d", i), proxier.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&255), 80, Endpoints(eps...))
+		if i%10 == 0 {
+			s.NodePort = int32(30000 + i/10)
+		}
+		svcs = append(svcs, s)
+	}
+	return State(proxier.IPv4, svcs...)
+}

@@ -156,10 +156,12 @@ func noDetectorFlows(mode proxier.ModeTraits) flowGroup {
 	}}
 }
 
-func bridgeFlows(mode proxier.ModeTraits) flowGroup {
-	cfg := Config(NodeIPs(NodeIP), Detector(proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}), Mode(mode))
+// interfaceFlows are the flows of an interface detector (a bridge, or a
+// prefix of the pods' interface names).
+func interfaceFlows(mode proxier.ModeTraits, name string, d proxier.LocalDetector) flowGroup {
+	cfg := Config(NodeIPs(NodeIP), Detector(d), Mode(mode))
 	webEPs := []string{"10.244.1.2:8080", "10.244.2.2:8080"}
-	return flowGroup{name: "bridge", cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
+	return flowGroup{name: name, cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
 		{Name: "local pod to ClusterIP", Packet: Pkt(proxier.FromLocalPod, LocalPodIP, "10.96.0.10:80"),
 			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
 		{Name: "remote pod to ClusterIP", Packet: Pkt(proxier.FromRemotePod, RemotePodIP, "10.96.0.10:80"),
@@ -211,5 +213,39 @@ func ipv6Flows(mode proxier.ModeTraits) flowGroup {
 		{Name: "no localhost NodePorts", Packet: Pkt(proxier.FromNode, "::1", "[::1]:30011"), Want: notOurs(proxier.ReasonNoServicePort)},
 		{Name: "unallocated ClusterIP", Packet: Pkt(proxier.FromLocalPod, "fd00:10:244:1::5", "[fd00:10:96::99]:80"),
 			Want: guarded(mode, proxier.OutcomeDrop, proxier.ReasonUnallocated)},
+	}}
+}
+
+// planFlows are flows on decisions the plan took over from the backends:
+// hairpin masquerading of every endpoint, and session affinity of a
+// service port with a Local policy.
+func planFlows(mode proxier.ModeTraits) flowGroup {
+	sticky := Service("ns/sticky-local", proxier.TCP, "10.96.0.30", 80, NodePort(30030), LoadBalancer("5.6.7.30"), ExternalLocal, Affinity(60),
+		Endpoints(Endpoint("10.244.1.30", 8080, Local), Endpoint("10.244.2.30", 8080, OnNode(OtherNode))))
+	toWeb := dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, "10.244.1.2:8080", "10.244.2.2:8080")
+	toWeb.Hairpin = "10.244.2.2:8080"
+	viaClusterIP := dnat("ns/sticky-local", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, true, "10.244.1.30:8080", "10.244.2.30:8080")
+	viaClusterIP.Affinity = true
+	viaLB := dnat("ns/sticky-local", proxier.ViaLoadBalancerIP, proxier.ReasonLocalEndpoints, false, "10.244.1.30:8080")
+	viaLB.Affinity = true
+	return flowGroup{name: "plan", cfg: Config(NodeIPs(NodeIP), Mode(mode)), state: State(proxier.IPv4, webService(), sticky), flows: []Flow{
+		{Name: "remote endpoint to its own ClusterIP (hairpin)", Packet: Pkt(proxier.FromRemotePod, "10.244.2.2", "10.96.0.10:80"), Want: toWeb},
+		{Name: "affinity to a Local service through its ClusterIP", Packet: Pkt(proxier.FromOutside, OutsideIP, "10.96.0.30:80"), Want: viaClusterIP},
+		{Name: "affinity to a Local service through its LB IP", Packet: Pkt(proxier.FromOutside, OutsideIP, "5.6.7.30:80"), Want: viaLB},
+	}}
+}
+
+// twoCIDRFlows: ClusterCIDR detection over two cluster CIDRs matches pods
+// of either.
+func twoCIDRFlows(mode proxier.ModeTraits) flowGroup {
+	cfg := Config(NodeIPs(NodeIP), Detector(proxier.LocalDetector{Mode: proxier.LocalClusterCIDR, CIDRs: Prefixes(PodCIDR, "10.245.0.0/16")}), Mode(mode))
+	webEPs := []string{"10.244.1.2:8080", "10.244.2.2:8080"}
+	return flowGroup{name: "two-cluster-cidrs", cfg: cfg, state: State(proxier.IPv4, webService(), lbService()), flows: []Flow{
+		{Name: "local pod of the second cluster CIDR to ClusterIP", Packet: Pkt(proxier.FromLocalPod, "10.245.1.5", "10.96.0.10:80"),
+			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
+		{Name: "local pod of the second cluster CIDR short-circuits", Packet: Pkt(proxier.FromLocalPod, "10.245.1.5", NodeIP+":30012"),
+			Want: dnat("ns/lb:https", proxier.ViaNodePort, proxier.ReasonShortCircuitPod, false, "10.244.1.4:8443", "10.244.2.4:8443")},
+		{Name: "remote pod of the second cluster CIDR to ClusterIP", Packet: Pkt(proxier.FromRemotePod, "10.245.2.5", "10.96.0.10:80"),
+			Want: dnat("ns/web:http", proxier.ViaClusterIP, proxier.ReasonClusterEndpoints, false, webEPs...)},
 	}}
 }

@@ -162,12 +162,41 @@ func Flows(mode proxier.ModeTraits) []Flow {
 		mainFlows(mode),
 		masqueradeAllFlows(mode),
 		noDetectorFlows(mode),
-		bridgeFlows(mode),
+		interfaceFlows(mode, "bridge", proxier.LocalDetector{Mode: proxier.LocalBridgeInterface, Interface: "cbr0"}),
 		nodeCIDRFlows(mode),
 		nodePortAddressFlows(mode),
 		ipv6Flows(mode),
+		planFlows(mode),
+		twoCIDRFlows(mode),
+		interfaceFlows(mode, "interface-prefix", proxier.LocalDetector{Mode: proxier.LocalInterfacePrefix, Interface: "veth"}),
 	} {
 		out = append(out, g.expand()...)
 	}
 	return out
+}
+
+// ObservedOf is what a backend check would see of the tracer's answer tr.
+func ObservedOf(tr proxier.Trace) Observed {
+	o := Observed{Verdict: tr.Verdict, Affinity: tr.Affinity != nil}
+	for _, c := range tr.Endpoints {
+		o.Endpoints = append(o.Endpoints, ObservedEndpoint{Endpoint: c.Endpoint, Probability: c.Probability, Masquerade: c.Masquerade})
+	}
+	return o
+}
+
+// InputInterface is the interface a packet of the given kind comes in on:
+// a local pod's own (the bridge, or one named with the detector's prefix),
+// eth0 for what is routed here, none for the node's own packets.
+func InputInterface(d proxier.LocalDetector, kind proxier.SourceKind) string {
+	switch {
+	case kind == proxier.FromNode:
+		return ""
+	case kind != proxier.FromLocalPod:
+		return "eth0"
+	case d.Mode == proxier.LocalBridgeInterface:
+		return d.Interface
+	case d.Mode == proxier.LocalInterfacePrefix:
+		return d.Interface + "1a2b"
+	}
+	return "veth1a2b"
 }
