@@ -166,7 +166,7 @@ func newWiring(t *testing.T, mode string, fail func(n int) bool) *wiring {
 	var b backend
 	if mode == "nftables" {
 		fc.Mode = proxier.NFTablesMode
-		b = measureNFTables(nftables.New(fc.Config, knftables.NewFake(knftables.IPv4Family, nftables.TableName), nil), metrics)
+		b = measureNFTables(nftables.New(fc.Config, knftables.NewFake(knftables.IPv4Family, nftables.TableName)), metrics)
 	} else {
 		b = measureIPTables(iptables.New(fc.Config, iptables.Options{}, &fakeRunner{fail: fail}), metrics)
 	}
