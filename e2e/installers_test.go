@@ -16,6 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubeproxyv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
@@ -24,77 +27,25 @@ import (
 // give kube-proxy.
 
 // kubeadmConfig is the KubeProxyConfiguration kubeadm writes into its
-// kube-proxy ConfigMap (config.conf): every field, zero values for
-// kube-proxy's defaults. Filled in with the kubeconfig, the pod subnet and
-// the mode.
-const kubeadmConfig = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
-bindAddress: 0.0.0.0
-bindAddressHardFail: false
-clientConnection:
-  acceptContentTypes: ""
-  burst: 0
-  contentType: ""
-  kubeconfig: %s
-  qps: 0
-clusterCIDR: %s
-configSyncPeriod: 0s
-conntrack:
-  maxPerCore: null
-  min: null
-  tcpBeLiberal: false
-  tcpCloseWaitTimeout: null
-  tcpEstablishedTimeout: null
-  udpStreamTimeout: 0s
-  udpTimeout: 0s
-detectLocal:
-  bridgeInterface: ""
-  interfaceNamePrefix: ""
-detectLocalMode: ""
-enableProfiling: false
-healthzBindAddress: ""
-hostnameOverride: ""
-iptables:
-  localhostNodePorts: null
-  masqueradeAll: false
-  masqueradeBit: null
-  minSyncPeriod: 0s
-  syncPeriod: 0s
-ipvs:
-  excludeCIDRs: null
-  minSyncPeriod: 0s
-  scheduler: ""
-  strictARP: false
-  syncPeriod: 0s
-  tcpFinTimeout: 0s
-  tcpTimeout: 0s
-  udpTimeout: 0s
-kind: KubeProxyConfiguration
-logging:
-  flushFrequency: 0
-  options:
-    json:
-      infoBufferSize: "0"
-    text:
-      infoBufferSize: "0"
-  verbosity: 0
-metricsBindAddress: ""
-mode: %s
-nftables:
-  masqueradeAll: false
-  masqueradeBit: null
-  minSyncPeriod: 0s
-  syncPeriod: 0s
-nodePortAddresses: null
-oomScoreAdj: null
-portRange: ""
-showHiddenMetricsForVersion: ""
-winkernel:
-  enableDSR: false
-  forwardHealthCheckVip: false
-  networkName: ""
-  rootHnsEndpointName: ""
-  sourceVip: ""
-`
+// kube-proxy ConfigMap (config.conf), made as kubeadm makes it: the type
+// with the kubeconfig, bind address and pod subnet set, marshalled whole,
+// so every other field is spelled out with a zero value (kube-proxy's
+// default). mode is the run's (kubeadm leaves it empty: iptables).
+func kubeadmConfig(c *tc, mode string) []byte {
+	c.Helper()
+	cfg := kubeproxyv1alpha1.KubeProxyConfiguration{
+		TypeMeta:    metav1.TypeMeta{APIVersion: "kubeproxy.config.k8s.io/v1alpha1", Kind: "KubeProxyConfiguration"},
+		BindAddress: "0.0.0.0",
+		ClusterCIDR: harness.ClusterCIDR + "," + harness.ClusterCIDR6,
+		Mode:        kubeproxyv1alpha1.ProxyMode(mode),
+	}
+	cfg.ClientConnection.Kubeconfig = env.Kubeconfig
+	b, err := yaml.Marshal(cfg)
+	if err != nil {
+		c.Fatal(err)
+	}
+	return b
+}
 
 // eksConfig is the KubeProxyConfiguration of EKS's kube-proxy-config
 // ConfigMap: no cluster CIDR (VPC CNI pods), a mode (the run's here), and
@@ -176,15 +127,8 @@ func installerCases(c *tc) []installerCase {
 	if err != nil {
 		c.Fatal(err)
 	}
-	writeConfig := func(name, format string, args ...any) string {
-		path := filepath.Join(env.WorkDir, name)
-		if err := os.WriteFile(path, []byte(fmt.Sprintf(format, args...)), 0o644); err != nil {
-			c.Fatal(err)
-		}
-		return path
-	}
-	kubeadm := writeConfig("kubeadm-config.conf", kubeadmConfig, env.Kubeconfig, harness.ClusterCIDR+","+harness.ClusterCIDR6, env.ProxyMode)
-	eks := writeConfig("eks-config", eksConfig, env.Kubeconfig, env.ProxyMode)
+	kubeadm := writeFile(c, "kubeadm-config.conf", kubeadmConfig(c, env.ProxyMode))
+	eks := writeFile(c, "eks-config", []byte(fmt.Sprintf(eksConfig, env.Kubeconfig, env.ProxyMode)))
 	defaults := sysctls{ctEstablished: 86400, ctCloseWait: 3600, ctBeLiberal: 0}
 
 	// GCE's configure-helper.sh: no --hostname-override (the node's
@@ -316,10 +260,7 @@ func TestInstallerArgs(t *testing.T) {
 	// --proxy-mode=ipvs, or mode: ipvs in --config, is an error at start.
 	t.Run("ipvs-mode", func(t *testing.T) {
 		c := &tc{T: t, ctx: c.ctx, start: time.Now()}
-		ipvsConfig := filepath.Join(env.WorkDir, "kubeadm-ipvs.conf")
-		if err := os.WriteFile(ipvsConfig, []byte(fmt.Sprintf(kubeadmConfig, env.Kubeconfig, harness.ClusterCIDR, "ipvs")), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		ipvsConfig := writeFile(c, "kubeadm-ipvs.conf", kubeadmConfig(c, "ipvs"))
 		for _, args := range [][]string{
 			{"--proxy-mode=ipvs", nodeFlag, "--kubeconfig=" + env.Kubeconfig},
 			{"--config=" + ipvsConfig, nodeFlag},
@@ -375,6 +316,16 @@ func (c *tc) checkOOMScore(run svcproxyRun, want int) string {
 		c.Errorf("without CAP_SYS_RESOURCE, svcproxy's log lacks %q (oom_score_adj %s)", warning, got)
 	}
 	return fmt.Sprintf("oom_score_adj %s (no CAP_SYS_RESOURCE here: warned it cannot set %d)", got, want)
+}
+
+// writeFile writes b to name in the work directory and returns its path.
+func writeFile(c *tc, name string, b []byte) string {
+	c.Helper()
+	path := filepath.Join(env.WorkDir, name)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		c.Fatal(err)
+	}
+	return path
 }
 
 // grepLines are the lines of s that contain sub.
