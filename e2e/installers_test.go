@@ -145,7 +145,7 @@ func installerCases(c *tc) []installerCase {
 		// kubeadm's DaemonSet (cmd/kubeadm/app/phases/addons/proxy).
 		{name: "kubeadm", launch: harness.Launch{Args: []string{"--config=" + kubeadm, nodeFlag}},
 			cidr: harness.ClusterCIDR, oom: -999, want: defaults},
-		// kops's static pod (nodeup), behind go-runner's logging.
+		// kops's static pod (nodeup), without go-runner, which only logs.
 		{name: "kops", launch: harness.Launch{Args: []string{"--cluster-cidr=100.96.0.0/11", "--conntrack-max-per-core=131072", nodeFlag,
 			"--kubeconfig=" + deadServer, "--master=" + api, "--oom-score-adj=-998", "--v=2"}},
 			cidr: "100.96.0.0/11", oom: -998, want: defaults},
