@@ -102,11 +102,29 @@ func (c *tc) ownSvcproxy() {
 		if err := setNodeSysctls(ctx, before); err != nil {
 			c.Errorf("restore the node namespace's conntrack sysctls: %v", err)
 		}
+		dropSharedFirewall(ctx)
 		if err := env.StartSvcproxyAndWait(ctx, 30*time.Second); err != nil {
 			svcproxyErr = err
 			c.Errorf("restart svcproxy with its usual flags: %v", err)
 		}
 	})
+}
+
+// dropSharedFirewall removes the IPv4 KUBE-FIREWALL chain and its jumps,
+// which --cleanup leaves (kubelet shares it): the restart then puts them
+// back where a fresh node has them, first in INPUT and OUTPUT, and later
+// tests (TestJumpOrder) see the node as svcproxy left it, not as this
+// test's --cleanup did.
+func dropSharedFirewall(ctx context.Context) {
+	for _, chain := range []string{"INPUT", "OUTPUT"} {
+		for i := 0; i < 4; i++ {
+			if _, err := env.Node.Run(ctx, "iptables", "-t", "filter", "-D", chain, "-j", "KUBE-FIREWALL"); err != nil {
+				break
+			}
+		}
+	}
+	env.Node.Run(ctx, "iptables", "-t", "filter", "-F", "KUBE-FIREWALL")
+	env.Node.Run(ctx, "iptables", "-t", "filter", "-X", "KUBE-FIREWALL")
 }
 
 // svcproxyRun is a svcproxy a test started, and where its log starts.
