@@ -38,6 +38,11 @@ type options struct {
 	healthzAddr      string
 	dryRun           bool
 	cleanup          bool
+	// manifests: read the cluster's objects from this directory's files
+	// instead of the API server (--dry-run, explain); diff: --dry-run
+	// prints only the difference from the kernel's rules.
+	manifests string
+	diff      bool
 
 	nodePortAddresses  []netip.Prefix
 	nodePortPrimary    bool       // "primary" was given: add the node's own IPs
@@ -148,6 +153,8 @@ func newFlagSet(o *options) (*pflag.FlagSet, *rawFlags) {
 	fs.Int32Var(&o.healthzPort, "healthz-port", healthzPort, "Deprecated: the port of --healthz-bind-address when it is a bare IP; 0 disables /healthz.")
 	fs.BoolVar(&o.profiling, "profiling", false, "Serve Go profiling (/debug/pprof/) and a verbosity setter (/debug/flags/v) on the metrics address.")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Print the rules svcproxy would program, without touching the kernel, and exit.")
+	fs.StringVar(&o.manifests, "manifests", "", "With --dry-run or explain: read Services, EndpointSlices and optionally the Node and ServiceCIDRs from this directory's YAML and JSON files instead of the API server.")
+	fs.BoolVar(&o.diff, "diff", false, "With --dry-run: print only the difference between the rules svcproxy would program and those in the kernel now; exit 0 when equal, 1 when they differ.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove every rule and chain svcproxy (or kube-proxy) created, then exit.")
 	fs.BoolVar(&o.initOnly, "init-only", false, "Do the setup that needs full privilege (conntrack sysctls; route_localnet for localhost NodePorts in iptables mode), then exit: the proxy itself can then run with NET_ADMIN and NET_RAW only.")
 	fs.StringVar(&r.bind, "bind-address", "0.0.0.0", "This node's IP (kube-proxy's --bind-address): when not 0.0.0.0 or ::, it overrides the Node object's address of its family.")

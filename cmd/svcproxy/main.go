@@ -58,39 +58,20 @@ func main() {
 }
 
 func run(ctx context.Context, o *options) error {
-	client, err := newClient(o)
+	if o.dryRun {
+		return runDryRun(ctx, o)
+	}
+	n, err := readNode(ctx, o)
 	if err != nil {
 		return err
 	}
-	name, err := nodeName(o)
-	if err != nil {
-		return err
-	}
-	// The Node is read once here to configure the proxiers; the syncer
-	// watches it from then on and ends Run when it changes.
-	wait, needNode, podCIDRs := nodeWait(o)
-	node, ok := syncer.GetNodeInfo(ctx, client, name, wait, podCIDRs)
-	if !ok && needNode {
-		klog.InfoS("Could not read this node's Node object; --nodeport-addresses=primary and NodeCIDR detection fall back", "node", name)
-	}
-	families := usableFamilies(ctx, o)
-	cfgs, err := proxyConfigs(o, host{Name: name, Node: node, Local: localAddrs(), Families: families})
-	if err != nil {
-		return err
-	}
-	if o.cleanupKubeProxy && !o.dryRun {
+	client, name, node, cfgs := n.client, n.name, n.info, n.cfgs
+	if o.cleanupKubeProxy {
 		// A one-step migration from kube-proxy: its rules go before ours
 		// arrive (kube-proxy itself must already be stopped).
 		if err := cleanupKubeProxy(ctx); err != nil {
 			return fmt.Errorf("--cleanup-kube-proxy: %w", err)
 		}
-	}
-	if o.dryRun {
-		states, err := syncer.Snapshot(ctx, client, name, families...)
-		if err != nil {
-			return err
-		}
-		return dryRun(os.Stdout, o.proxyMode, cfgs, states)
 	}
 	tuneNode(o, "/")
 
@@ -125,7 +106,7 @@ func run(ctx context.Context, o *options) error {
 		Recorder:         rec,
 		Triggers:         triggers,
 		Node:             &node,
-		WatchPodCIDRs:    podCIDRs,
+		WatchPodCIDRs:    n.podCIDRs,
 	}, proxiers...)
 	if err != nil {
 		return err
@@ -140,7 +121,7 @@ func run(ctx context.Context, o *options) error {
 	if o.healthzAddr != "" {
 		serve(ctx, "healthz", o.healthzAddr, s.HealthHandler(), rec.nodeWarning("FailedToStartProxierHealthcheck"))
 	}
-	klog.InfoS("Starting svcproxy", "node", name, "mode", o.proxyMode, "families", families, "clusterCIDRs", o.clusterCIDRs)
+	klog.InfoS("Starting svcproxy", "node", name, "mode", o.proxyMode, "families", n.families(), "clusterCIDRs", o.clusterCIDRs)
 	rec.onNode(v1.EventTypeNormal, "Starting", "")
 	// Rules stay in the kernel when svcproxy stops: a restart adopts them,
 	// so traffic never drops. --cleanup is the way to remove them.

@@ -106,6 +106,12 @@ func (o *options) checkMode(set map[string]bool) error {
 	if o.cleanup && o.dryRun {
 		return errors.New("--cleanup: cannot be combined with --dry-run (cleanup changes the kernel)")
 	}
+	if o.diff && !o.dryRun {
+		return errors.New("--diff: only with --dry-run")
+	}
+	if o.manifests != "" && !o.dryRun {
+		return errors.New("--manifests: only with --dry-run or explain (the proxy itself reads the API server)")
+	}
 	if o.initOnly && o.dryRun {
 		return errors.New("--init-only: cannot be combined with --dry-run (it sets sysctls)")
 	}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"os"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/syncer"
+)
+
+// node is what the proxy learns of its cluster and node before the first
+// sync: the API to read, this node's name, and each family's
+// configuration.
+type node struct {
+	client kubernetes.Interface
+	name   string
+	info   syncer.NodeInfo
+	cfgs   []familyConfig
+	// podCIDRs: the configuration depends on the Node's pod CIDRs.
+	podCIDRs bool
+}
+
+// readNode connects (to the API server, or to o.manifests' objects), reads
+// this node's Node object and maps the options onto each family's
+// configuration.
+func readNode(ctx context.Context, o *options) (*node, error) {
+	client, err := clientFor(o)
+	if err != nil {
+		return nil, err
+	}
+	name, err := nodeName(o)
+	if err != nil {
+		return nil, err
+	}
+	// The Node is read once here to configure the proxiers; the syncer
+	// watches it from then on and ends Run when it changes.
+	wait, needNode, podCIDRs := nodeWait(o)
+	if o.manifests != "" {
+		wait = 0 // the files have the Node or do not
+	}
+	info, ok := syncer.GetNodeInfo(ctx, client, name, wait, podCIDRs)
+	if !ok && needNode {
+		klog.InfoS("Could not read this node's Node object; --nodeport-addresses=primary and NodeCIDR detection fall back", "node", name)
+	}
+	h := host{Name: name, Node: info, Families: usableFamilies(ctx, o)}
+	if o.manifests == "" {
+		// From files, the node's addresses are the Node object's alone,
+		// so the output does not depend on the machine it runs on.
+		h.Local = localAddrs()
+	}
+	cfgs, err := proxyConfigs(o, h)
+	if err != nil {
+		return nil, err
+	}
+	return &node{client: client, name: name, info: info, cfgs: cfgs, podCIDRs: podCIDRs}, nil
+}
+
+// families are the families n proxies.
+func (n *node) families() []proxier.IPFamily {
+	out := make([]proxier.IPFamily, len(n.cfgs))
+	for i, fc := range n.cfgs {
+		out[i] = fc.Family
+	}
+	return out
+}
+
+// states reads the State of each of n's families once.
+func (n *node) states(ctx context.Context) (map[proxier.IPFamily]*proxier.State, error) {
+	return syncer.Snapshot(ctx, n.client, n.name, n.families()...)
+}
+
+// runDryRun prints the rules svcproxy would program.
+func runDryRun(ctx context.Context, o *options) error {
+	n, err := readNode(ctx, o)
+	if err != nil {
+		return err
+	}
+	states, err := n.states(ctx)
+	if err != nil {
+		return err
+	}
+	return dryRun(os.Stdout, o.proxyMode, n.cfgs, states)
+}
