@@ -62,7 +62,7 @@ func main() {
 
 func run(ctx context.Context, o *options) error {
 	if o.dryRun {
-		return runDryRun(ctx, o)
+		return runDryRun(ctx, o, os.Stdout)
 	}
 	n, err := readNode(ctx, o)
 	if err != nil {
