@@ -274,7 +274,11 @@ func explain(o *options, n *node, cfg proxier.Config, st *proxier.State, ea *exp
 			e.Rules = append(e.Rules, location{Step: l.Step, Table: l.Table, Chain: l.Chain, Rule: l.Rule, Set: l.Set, Element: l.Element})
 		}
 	} else {
-		for _, l := range iptables.Explain(plan, iptables.DryRunOptions(), t) {
+		opt := iptables.DryRunOptions()
+		if o.manifests != "" {
+			opt.DropInvalid = true // as --dry-run renders from files
+		}
+		for _, l := range iptables.Explain(plan, opt, t) {
 			e.Rules = append(e.Rules, location{Step: l.Step, Table: l.Table, Chain: l.Chain, Rule: l.Rule})
 		}
 	}

@@ -16,10 +16,15 @@ func (e explanation) text() string {
 	}
 	line("node", "%s, %s mode, %s", e.Node, e.Mode, e.Family)
 	line("source", "%s is %s (%s)", e.Packet.Source, e.SourceKind, e.SourceKindWhy)
+	trace := e.Trace.String()
 	if e.Port == nil {
+		// After the packet line: nothing matched.
+		packet, rest, _ := strings.Cut(trace, "\n")
+		b.WriteString(packet + "\n")
 		line("port", "none matched")
+		trace = rest
 	}
-	b.WriteString(e.Trace.String())
+	b.WriteString(trace)
 	if e.Verdict == proxier.OutcomeNotOurs {
 		line("rules", "none: svcproxy's rules let the packet pass")
 		return b.String()
