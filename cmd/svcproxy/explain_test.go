@@ -289,3 +289,28 @@ func TestInferSourceKind(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainOtherFamily: a destination of a family the options do not
+// name (explain probes nothing) is explained under that family's
+// configuration, as the proxy on a dual-stack node would.
+func TestExplainOtherFamily(t *testing.T) {
+	o, _, err := parseExplain([]string{"--from", "fd00:10:244:1::5", "--to", "[fd00:10:96::10]:80/tcp", "--cluster-cidr", "10.244.0.0/16", "--manifests", explainManifests})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := syncer.NodeInfo{InternalIPs: pt.Addrs("192.168.0.2", "2001:db8::2")}
+	n := &node{name: "node-1", info: info}
+	if n.cfgs, err = proxyConfigs(o, host{Name: n.name, Node: info, Families: []proxier.IPFamily{proxier.IPv4}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := familyConfigOf(o, n, proxier.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Family != proxier.IPv6 || !slices.Equal(cfg.NodeIPs, pt.Addrs("2001:db8::2")) {
+		t.Errorf("config %v with node IPs %v, want IPv6 with 2001:db8::2", cfg.Family, cfg.NodeIPs)
+	}
+	if cfg, _ := familyConfigOf(o, n, proxier.IPv4); cfg.Family != proxier.IPv4 || !slices.Equal(cfg.NodeIPs, pt.Addrs("192.168.0.2")) {
+		t.Errorf("IPv4 config %v with node IPs %v", cfg.Family, cfg.NodeIPs)
+	}
+}
