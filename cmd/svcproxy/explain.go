@@ -41,8 +41,10 @@ type explainArgs struct {
 var sourceKinds = []proxier.SourceKind{proxier.FromLocalPod, proxier.FromRemotePod, proxier.FromNode, proxier.FromOutside}
 
 // explainFlagsNotApplicable are the proxy's flags that make no sense with
-// explain (they run or change something).
-var explainFlagsNotApplicable = []string{"dry-run", "diff", "cleanup", "cleanup-kube-proxy", "init-only", "write-config-to"}
+// explain: each runs something else instead of the proxy. The proxy's
+// start-time actions (--cleanup-kube-proxy) are accepted and not done, so
+// a DaemonSet's arguments can be reused as they are.
+var explainFlagsNotApplicable = []string{"dry-run", "diff", "cleanup", "init-only", "write-config-to"}
 
 // parseExplain parses explain's command line: its own flags and every flag
 // of the proxy, through the same flag set.

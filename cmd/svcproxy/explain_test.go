@@ -224,8 +224,10 @@ func TestExplainArgs(t *testing.T) {
 			t.Errorf("parseExplain(%q) = %v, want an error with %q", tc.args, err, tc.want)
 		}
 	}
-	if _, _, err := parseExplain(ok); err != nil {
-		t.Errorf("parseExplain(%q): %v", ok, err)
+	for _, args := range [][]string{ok, append([]string{"--proxy-mode", "nftables", "--cleanup-kube-proxy", "--metrics-bind-address", "127.0.0.1:10249", "-v=2"}, ok...)} {
+		if _, _, err := parseExplain(args); err != nil {
+			t.Errorf("parseExplain(%q): %v", args, err)
+		}
 	}
 	if _, _, err := parseExplain([]string{"--help"}); !errors.Is(err, pflag.ErrHelp) {
 		t.Errorf("--help: %v, want pflag.ErrHelp", err)
