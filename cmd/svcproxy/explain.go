@@ -202,16 +202,20 @@ type location struct {
 
 // runExplain reads the cluster and writes the explanation of ea's packet.
 func runExplain(ctx context.Context, w io.Writer, o *options, ea *explainArgs) error {
+	if o.manifests == "" {
+		// Fail fast and clearly when the API server cannot be reached:
+		// reading the Node and the informers would wait for it.
+		client, err := newClient(o)
+		if err != nil {
+			return err
+		}
+		if err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err != nil {
+			return fmt.Errorf("API server: %w", err)
+		}
+	}
 	n, err := readNode(ctx, o)
 	if err != nil {
 		return err
-	}
-	if o.manifests == "" {
-		// Fail fast and clearly when the API server cannot be reached
-		// (the informers would wait for it until the timeout).
-		if err := n.client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err != nil {
-			return fmt.Errorf("API server: %w", err)
-		}
 	}
 	family := proxier.IPv4
 	if ea.dst.Addr().Is6() {

@@ -244,18 +244,21 @@ func TestExplainArgs(t *testing.T) {
 // TestExplainUnreachable: an API server that cannot be reached is an
 // error (explainMain exits 1), not an explanation.
 func TestExplainUnreachable(t *testing.T) {
-	o, ea, err := parseExplain([]string{"--from", "10.244.1.5", "--to", "10.96.0.10:80/tcp", "--master", "http://127.0.0.1:1", "--hostname-override", "node-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := runExplain(ctx, &out, o, ea); err == nil || !strings.Contains(err.Error(), "API server") {
-		t.Errorf("runExplain = %v, want an API server error", err)
-	}
-	if out.Len() > 0 {
-		t.Errorf("printed %q", out.String())
+	for _, mode := range []string{"iptables", "nftables"} {
+		o, ea, err := parseExplain([]string{"--from", "10.244.1.5", "--to", "10.96.0.10:80/tcp", "--master", "http://127.0.0.1:1", "--hostname-override", "node-1", "--proxy-mode", mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		var out bytes.Buffer
+		err = runExplain(ctx, &out, o, ea)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "API server") {
+			t.Errorf("%s: runExplain = %v, want an API server error", mode, err)
+		}
+		if out.Len() > 0 {
+			t.Errorf("%s: printed %q", mode, out.String())
+		}
 	}
 }
 
