@@ -55,7 +55,7 @@ func parseExplain(args []string) (*options, *explainArgs, error) {
 		check: func(set map[string]bool) error {
 			for _, name := range explainFlagsNotApplicable {
 				if set[name] {
-					return fmt.Errorf("explain: --%s does not apply (explain changes nothing)", name)
+					return fmt.Errorf("--%s does not apply to explain (it changes nothing)", name)
 				}
 			}
 			return nil
@@ -78,7 +78,7 @@ func addExplainFlags(fs *pflag.FlagSet, ea *explainArgs) {
 // check validates and converts explain's flags.
 func (ea *explainArgs) check() error {
 	if ea.from == "" || ea.to == "" {
-		return errors.New("explain: --from and --to are required")
+		return errors.New("--from and --to are required")
 	}
 	var err error
 	if ea.src, err = netip.ParseAddr(strings.TrimSpace(ea.from)); err != nil {
