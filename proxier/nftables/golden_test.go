@@ -166,14 +166,10 @@ func TestPartialSyncGolden(t *testing.T) {
 }
 
 // TestKernelGoldenLoads: nft takes every golden table, in a throwaway
-// namespace (the IPv6 one only where nft can write IPv6 affinity).
+// namespace.
 func TestKernelGoldenLoads(t *testing.T) {
 	enterNetns(t)
 	for _, tc := range goldenCases {
-		if tc.cfg().Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
-			t.Logf("%s: skipped, this nft cannot write IPv6 affinity", tc.name)
-			continue
-		}
 		cmd := exec.Command("nft", "-f", filepath.Join("testdata", tc.name+".nft"))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("%s: nft -f: %v: %s", tc.name, err, out)
