@@ -179,14 +179,22 @@ func (r *svcRender) renderAffinity(f fam, sp *proxier.ServicePlan) {
 	h := serviceHash(svc.Name)
 	rec, pick, pickLocal := affinityChainPrefix+h, affinityPickPrefix+h, affinityPickLocalPrefix+h
 	set := affinitySet(a.Protocol, a.TimeoutSeconds)
-	local := (sp.InternalPolicy == proxier.PolicyLocal || sp.ExternalPolicy == proxier.PolicyLocal) && len(sp.LocalEndpoints) > 0
+	// A destination reaches the local pools when its policy is Local.
+	localAt := func(d netip.AddrPort) bool {
+		if d == netip.AddrPortFrom(svc.ClusterIP, uint16(svc.Port)) {
+			return sp.InternalPolicy == proxier.PolicyLocal
+		}
+		return sp.ExternalPolicy == proxier.PolicyLocal
+	}
+	local := false
 	protoA := protoAtom(a.Protocol)
 	for _, d := range r.affDests {
 		addr, port := addrAtom(d.Addr()), portAtom(int32(d.Port()))
 		r.elems = append(r.elems,
 			elem{set: affinityDests(a.Protocol, a.TimeoutSeconds), key: tupleOf(addr, port), verdict: gotoChain(rec)},
 			elem{set: mAffinityPick, key: tupleOf(addr, protoA, port), verdict: jumpChain(pick)})
-		if local {
+		if localAt(d) && len(sp.LocalEndpoints) > 0 {
+			local = true
 			r.elems = append(r.elems, elem{set: mAffinityPickLocal, key: tupleOf(addr, protoA, port), verdict: jumpChain(pickLocal)})
 		}
 	}
