@@ -56,8 +56,8 @@ func TestIPv6(t *testing.T) {
 // affinity and three endpoints sends every connection of a client to one
 // endpoint, and still does after a restart of svcproxy. In nftables mode
 // the client's entry is in the ip6 table's affinity set, carried over the
-// restart's full sync (nft 1.0.6 cannot write the IPv6 form of an
-// affinity map, so a layout with one balanced without affinity).
+// restart's full sync (nft 1.0.6 aborts on an IPv6 dynamic map update, so
+// the layout before, with affinity maps, balanced IPv6 without affinity).
 func TestIPv6SessionAffinity(t *testing.T) {
 	c := begin(t, true)
 	svc := c.createService("ipv6-affinity", affinity(900, v1.ServiceSpec{

@@ -14,7 +14,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// affinityKey identifies an affinity map: one per protocol and timeout in use.
+// affinityKey identifies an affinity set: one per protocol and timeout in use.
 type affinityKey struct {
 	proto   proxier.Protocol
 	timeout int32

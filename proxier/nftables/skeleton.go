@@ -55,7 +55,7 @@ func (sk *skeleton) static(name string) knftables.Object {
 }
 
 // newSkeleton is the skeleton of the node-wide plan p (its Services are
-// not read) with the affinity maps of affinity.
+// not read) with the affinity sets of affinity.
 func newSkeleton(p *proxier.Plan, affinity []affinityKey) *skeleton {
 	cfg := p.Config
 	f := famOf(cfg.Family)
