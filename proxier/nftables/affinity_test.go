@@ -167,3 +167,27 @@ func TestKernelAffinityKeptByFullSync(t *testing.T) {
 		t.Errorf("after the full sync: %+v, want only 10.0.0.8's entry, about 100s left", entries)
 	}
 }
+
+// TestKernelAffinityCarriedFromMaps: the first sync over a table of the
+// layout before affinity sets (an upgrade of svcproxy) replaces the old
+// affinity map by the set and carries its valid entries into it.
+func TestKernelAffinityCarriedFromMaps(t *testing.T) {
+	_, fd := enterNetns(t)
+	m := affinitySet(proxier.TCP, 600)
+	sh(t, "nft", "add table ip "+TableName+"; add map ip "+TableName+" "+m+
+		" { typeof ip saddr . ip daddr . th dport : ip daddr . tcp dport ; flags dynamic,timeout ; timeout 600s ; }")
+	sh(t, "nft", "add", "element", "ip", TableName, m,
+		"{ 10.0.0.7 . 10.96.0.9 . 80 timeout 100s : 10.244.1.3 . 8080, 10.0.0.8 . 10.96.0.9 . 80 timeout 100s : 10.244.1.9 . 8080 }")
+	p, _ := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
+	p.w.readAffinity = execReadAffinity
+	ctx := context.Background()
+	if err := p.Sync(ctx, stickyState(pt.Endpoint("10.244.1.2", 8080, pt.Local), pt.Endpoint("10.244.1.3", 8080, pt.Local))); err != nil {
+		t.Fatal(err)
+	}
+	out := sh(t, "nft", "list", "set", "ip", TableName, m)
+	entries, err := execReadAffinity(ctx, "ip", m)
+	if err != nil || len(entries) != 1 || entries[0].client != netip.MustParseAddr("10.0.0.7") ||
+		entries[0].endpoint != netip.MustParseAddrPort("10.244.1.3:8080") || entries[0].expires > 100 || entries[0].expires < 90 {
+		t.Errorf("after the upgrade: %+v, %v; want only 10.0.0.7's entry (10.244.1.9 is no endpoint), about 100s left\n%s", entries, err, out)
+	}
+}
