@@ -42,7 +42,7 @@ func Explain(p *proxier.Plan, t proxier.Trace) []Location {
 		return nil
 	}
 	x.sp = &p.Services[i]
-	x.r = renderService(f, x.sp, false)
+	x.r = renderService(f, x.sp)
 	var aff []affinityKey
 	if x.r.affinity != nil {
 		aff = append(aff, *x.r.affinity)
@@ -66,8 +66,12 @@ type explainer struct {
 // rule adds the first rule of chain that ok matches.
 func (x *explainer) rule(step, chain string, ok func(string) bool) {
 	rules := x.sk.rules[chain]
-	if x.r != nil && chain == x.r.affChain {
-		rules = x.r.affRules
+	if x.r != nil {
+		for _, c := range x.r.affChains {
+			if c.name == chain {
+				rules = c.rules
+			}
+		}
 	}
 	if pl, proto, k, isLB := lbChainPool(chain); isLB {
 		rules = []string{lbRule(x.f, pl, proto, k)}
@@ -244,14 +248,23 @@ func (x *explainer) pick(p pool, key tuple) {
 	t, svc := x.t, x.sp.Svc
 	proto := svc.Protocol.Lower()
 	if a := x.r.affinity; t.Affinity != nil && a != nil {
-		m := affinityMap(a.proto, a.timeout)
+		// The lookup: the pick vmap leads to the Service port's pick
+		// chain, one rule per endpoint a client may be pinned to; the
+		// record chain writes the entry after DNAT.
+		m, pick := mAffinityPick, affinityPickPrefix+serviceHash(svc.Name)
 		if p.local() {
-			m = affinityLocalMap(a.proto, a.timeout)
+			m, pick = mAffinityPickLocal, affinityPickLocalPrefix+serviceHash(svc.Name)
 		}
-		x.rule("affinity", p.pickChain(), contains("map @"+m))
 		d := t.Packet.Dest
-		x.find("affinity", affinityDests(a.proto, a.timeout), keyIs(tupleOf(addrAtom(d.Addr()), portAtom(int32(d.Port())))))
-		x.rule("affinity", x.r.affChain, func(string) bool { return true })
+		addr, port := addrAtom(d.Addr()), portAtom(int32(d.Port()))
+		x.rule("affinity", p.pickChain(), contains("vmap @"+m))
+		x.find("affinity", m, keyIs(tupleOf(addr, protoAtom(svc.Protocol), port)))
+		for _, c := range t.Endpoints {
+			x.rule("affinity", pick, contains(" to "+c.Endpoint.String()))
+		}
+		x.rule("affinity", chAffinityRecord, contains("@"+affinityDests(a.proto, a.timeout)))
+		x.find("affinity", affinityDests(a.proto, a.timeout), keyIs(tupleOf(addr, port)))
+		x.rule("affinity", affinityChain(svc.Name), func(string) bool { return true })
 	}
 	x.rule("endpoint", p.pickChain(), contains("vmap @"+p.countMap()))
 	count, ok := x.find("endpoint", p.countMap(), keyIs(key))
