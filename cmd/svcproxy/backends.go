@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxier/conntrack"
 	"github.com/svcproxy/svcproxy/proxier/healthcheck"
 	"github.com/svcproxy/svcproxy/proxier/iptables"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
 	"github.com/svcproxy/svcproxy/proxier/nftables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
@@ -54,11 +56,44 @@ func newBackends(ctx context.Context, mode string, cfgs []familyConfig, metrics 
 		if err != nil {
 			return nil, err
 		}
+		useNFAcct(p, metrics, nfacctReader)
 		out = append(out, measureIPTables(p, metrics))
 	}
 	nftables.Share(nft...)
 	return out, nil
 }
+
+// acctReader reads the packet count of an nfacct object.
+type acctReader = func(ctx context.Context, object string) (uint64, error)
+
+// useNFAcct makes m export the nfacct counters p's rules feed, read by
+// the reader newReader makes; none when p's rules feed none (the kernel
+// has no nfacct), as kube-proxy.
+func useNFAcct(p *iptables.Proxier, m *proxier.Metrics, newReader func() (acctReader, error)) {
+	objs := p.NFAcct()
+	if len(objs) == 0 {
+		return
+	}
+	read, err := newReader()
+	if err != nil {
+		klog.ErrorS(err, "Cannot read nfacct counters; nfacct based metrics won't be available")
+		return
+	}
+	m.NFAcct.Use(read, objs...)
+}
+
+// nfacctReader reads the nfacct objects of this network namespace, on one
+// netlink socket kept for the process's life.
+var nfacctReader = sync.OnceValues(func() (acctReader, error) {
+	c, err := nfnl.Dial(0)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, object string) (uint64, error) {
+		a, err := c.Acct(ctx, object)
+		return a.Packets, err
+	}, nil
+})
 
 // measured is a backend whose Sync also sets metrics: done gets each
 // Sync's error.

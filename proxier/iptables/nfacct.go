@@ -29,6 +29,9 @@ const (
 // NFAccts are kube-proxy's nfacct objects.
 var NFAccts = []string{NFAcctInvalidDropped, NFAcctLocalhostNodePorts}
 
+// NFAcct are the nfacct objects p's rules count packets in.
+func (p *Proxier) NFAcct() []string { return p.opt.NFAcct }
+
 // nfacctMatch is the match that counts a rule's packets in the nfacct
 // object name, with a trailing space; "" when the kernel lacks it.
 func (o Options) nfacctMatch(name string) string {

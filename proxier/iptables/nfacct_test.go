@@ -159,3 +159,19 @@ func TestKernelApplyNFAcct(t *testing.T) {
 		}
 	}
 }
+
+// TestNFAcctMetricNames: every object the rules feed has its metric.
+func TestNFAcctMetricNames(t *testing.T) {
+	want := map[string]string{
+		NFAcctInvalidDropped:     "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+		NFAcctLocalhostNodePorts: "kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+	}
+	for _, o := range NFAccts {
+		if got := proxier.NFAcctMetricName(o); got != want[o] {
+			t.Errorf("metric of %s: %q, want %q", o, got, want[o])
+		}
+	}
+	if len(NFAccts) != len(want) {
+		t.Errorf("NFAccts = %v", NFAccts)
+	}
+}
