@@ -221,7 +221,9 @@ func newWiring(t *testing.T, mode string, fail func(n int) bool) *wiring {
 		b = measureNFTables(nftables.New(fc.Config, knftables.NewFake(knftables.IPv4Family, nftables.TableName)), metrics)
 	} else {
 		p := iptables.New(fc.Config, iptables.Options{NFAcct: iptables.NFAccts}, &fakeRunner{fail: fail})
-		useNFAcct(p, metrics, func() (acctReader, error) { return fakeAcct{iptables.NFAcctInvalidDropped: 3, iptables.NFAcctLocalhostNodePorts: 5}.read, nil })
+		useNFAcct(p, metrics, func() (acctReader, error) {
+			return fakeAcct{iptables.NFAcctInvalidDropped: 3, iptables.NFAcctLocalhostNodePorts: 5}.read, nil
+		})
 		b = measureIPTables(p, metrics)
 	}
 	rec := &eventRecorder{EventRecorder: &capture{}, node: "node-a"}
