@@ -45,8 +45,10 @@ type Metrics struct {
 	NFTablesOperations   *prometheus.GaugeVec   // ip_family
 
 	// iptables: kube-proxy's nfacct packet counters, read at scrape time
-	// (see NFAcctCollector).
-	NFAcct *NFAcctCollector
+	// (see NFAcctCollector). nftables: the syncs that could not delete
+	// stale chains, sets or maps.
+	NFAcct                  *NFAcctCollector
+	NFTablesCleanupFailures *prometheus.CounterVec // ip_family
 }
 
 // SyncDurationBuckets are kube-proxy's buckets for its sync and conntrack
@@ -104,6 +106,8 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 			"Operations in the last sync's nftables transaction.", family),
 
 		NFAcct: newNFAcctCollector(),
+		NFTablesCleanupFailures: counter("kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+			"Cumulative proxy nftables cleanup failures"),
 	}
 	if reg == nil {
 		return m
@@ -115,6 +119,7 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 		reg.MustRegister(m.NFAcct)
 	case NFTablesBackend:
 		reg.MustRegister(m.NFTablesSyncFailures, m.NFTablesElements, m.NFTablesOperations)
+		reg.MustRegister(m.NFTablesCleanupFailures)
 	}
 	return m
 }
@@ -123,7 +128,7 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 // failure, so that rate() and alerts on them work from the start.
 func (m *Metrics) Init(family IPFamily) {
 	f := family.String()
-	for _, c := range []*prometheus.CounterVec{m.ConntrackDeleted, m.HealthCheckErrors, m.RestoreFailures, m.PartialRestoreFailures, m.NFTablesSyncFailures} {
+	for _, c := range []*prometheus.CounterVec{m.ConntrackDeleted, m.HealthCheckErrors, m.RestoreFailures, m.PartialRestoreFailures, m.NFTablesSyncFailures, m.NFTablesCleanupFailures} {
 		c.WithLabelValues(f)
 	}
 }

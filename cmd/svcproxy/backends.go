@@ -130,16 +130,20 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 }
 
 // measureNFTables sets the nftables metrics after each of p's syncs: the
-// failures, and the table's elements and the transaction's operations.
+// failures (of syncs, and of stale objects' deletion), and the table's
+// elements and the transaction's operations.
 func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
+	cleanups := 0 // failures as last counted
 	return measured{p, func(err error) {
 		if err != nil {
 			m.NFTablesSyncFailures.WithLabelValues(family).Inc()
 			return
 		}
 		r := p.LastResult()
+		m.NFTablesCleanupFailures.WithLabelValues(family).Add(float64(r.CleanupFailures - cleanups))
+		cleanups = r.CleanupFailures
 		m.NFTablesElements.WithLabelValues(family).Set(float64(r.Elements))
 		m.NFTablesOperations.WithLabelValues(family).Set(float64(r.Operations))
 	}}

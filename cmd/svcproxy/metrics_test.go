@@ -66,12 +66,11 @@ var (
 	}
 	kubeProxyMetricsNFTables = []string{
 		"kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+		"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
 	}
 	// kubeProxyMetricsAbsent are kube-proxy's that svcproxy does not
-	// export, and why.
-	kubeProxyMetricsAbsent = map[string]string{
-		"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total": "the nftables backend does not report its stale-object removal apart from the sync",
-	}
+	// export, and why (none now).
+	kubeProxyMetricsAbsent = map[string]string{}
 )
 
 // TestMetricNamesPerMode: after syncs through cmd's wiring (syncer,

@@ -1,0 +1,73 @@
+package nftables
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	gnft "github.com/google/nftables"
+
+	pt "github.com/svcproxy/svcproxy/proxier/proxiertest"
+)
+
+// TestKernelCleanupFailure: a stale chain the refill cannot delete (its
+// name has a space, which nft cannot parse; netlink can create it) fails
+// no sync: the table is what it should be, and the failure is counted.
+// Once the chain is gone, a full sync counts nothing more.
+func TestKernelCleanupFailure(t *testing.T) {
+	_, fd := enterNetns(t)
+	p, nft := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
+	ctx := context.Background()
+	st := testState()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	want := content(t, nft)
+
+	conn, err := gnft.New(gnft.WithNetNSFd(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := &gnft.Chain{Name: "old chain", Table: &gnft.Table{Name: TableName, Family: gnft.TableFamilyIPv4}}
+	conn.AddChain(stale)
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	hasStale := func() bool {
+		chains, err := nft.List(ctx, "chains")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Contains(chains, stale.Name)
+	}
+	if !hasStale() {
+		t.Fatal("the stale chain was not created")
+	}
+
+	p.ForceFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatalf("a failed cleanup failed the sync: %v", err)
+	}
+	if r := p.LastResult(); !r.Full || r.CleanupFailures != 1 {
+		t.Errorf("after the refill: full %v, cleanup failures %d; want a full sync and 1", r.Full, r.CleanupFailures)
+	}
+	if !hasStale() {
+		t.Error("the stale chain is gone: the test did not make the deletion fail")
+	}
+	// nft cannot list it either: gone, the table is what it should be.
+	conn.DelChain(stale)
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := content(t, nft); !slices.Equal(got, want) {
+		t.Errorf("after the failed cleanup:\n%s", diffLines(got, want))
+	}
+
+	p.ForceFullSync()
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.LastResult().CleanupFailures; n != 1 {
+		t.Errorf("with nothing stale: %d cleanup failures, want still 1", n)
+	}
+}
