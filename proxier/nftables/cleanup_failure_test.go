@@ -12,8 +12,9 @@ import (
 
 // TestKernelCleanupFailure: a stale chain the refill cannot delete (its
 // name has a space, which nft cannot parse; netlink can create it) fails
-// no sync: the table is what it should be, and the failure is counted.
-// Once the chain is gone, a full sync counts nothing more.
+// no sync: the table is what it should be, the failure is counted, and
+// the next sync is a full one that tries again. Once the chain is gone,
+// the retry counts nothing more.
 func TestKernelCleanupFailure(t *testing.T) {
 	_, fd := enterNetns(t)
 	p, nft := kernelProxier(t, fd, pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
@@ -54,20 +55,29 @@ func TestKernelCleanupFailure(t *testing.T) {
 	if !hasStale() {
 		t.Error("the stale chain is gone: the test did not make the deletion fail")
 	}
+	// The next sync is a full one that tries again.
+	if err := p.Sync(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.LastResult(); !r.Full || r.CleanupFailures != 2 {
+		t.Errorf("the sync after: full %v, cleanup failures %d; want a full sync and 2", r.Full, r.CleanupFailures)
+	}
+
 	// nft cannot list it either: gone, the table is what it should be.
 	conn.DelChain(stale)
 	if err := conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if got := content(t, nft); !slices.Equal(got, want) {
-		t.Errorf("after the failed cleanup:\n%s", diffLines(got, want))
+		t.Errorf("after the failed cleanups:\n%s", diffLines(got, want))
 	}
-
-	p.ForceFullSync()
-	if err := p.Sync(ctx, st); err != nil {
-		t.Fatal(err)
-	}
-	if n := p.LastResult().CleanupFailures; n != 1 {
-		t.Errorf("with nothing stale: %d cleanup failures, want still 1", n)
+	// With nothing stale, the retry counts nothing and syncs go partial.
+	for i, wantFull := range []bool{true, false} {
+		if err := p.Sync(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		if r := p.LastResult(); r.Full != wantFull || r.CleanupFailures != 2 {
+			t.Errorf("sync %d with nothing stale: full %v, cleanup failures %d; want full %v, 2", i, r.Full, r.CleanupFailures, wantFull)
+		}
 	}
 }

@@ -145,8 +145,8 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 		if err := w.nft.Run(ctx, stale); err != nil {
 			// As kube-proxy's deletion of stale chains: the table holds
 			// what the sync meant and nothing refers to what is left, so
-			// the sync stands; the failure is counted apart. The guard
-			// finds the leftovers, and its sync tries again.
+			// the sync stands; the failure is counted apart, and the
+			// next sync is a full one that tries again (Proxier.sync).
 			w.cleanupFailures++
 			klog.ErrorS(err, "Unable to delete stale chains, sets and maps; will retry later", "family", w.family,
 				"chains", staleChains, "sets", staleSets)
