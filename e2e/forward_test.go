@@ -116,7 +116,9 @@ func TestForwardDropInvalid(t *testing.T) {
 	// Control: without the rule the same segments are forwarded, so the
 	// check above can fail. The rule is put back at once (and svcproxy's
 	// next full sync rewrites KUBE-FORWARD anyway).
-	del := []string{"iptables", "-t", "filter", "-D", "KUBE-FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+	// The rule as the kernel lists it (with its nfacct match, if any).
+	spec := strings.Fields(rule)[2:]
+	del := append([]string{"iptables", "-t", "filter", "-D", "KUBE-FORWARD"}, spec...)
 	if out, err := env.Node.Run(c.ctx, del...); err != nil {
 		t.Fatalf("%v: %v: %s", del, err, out)
 	}
@@ -126,7 +128,7 @@ func TestForwardDropInvalid(t *testing.T) {
 			return
 		}
 		restored = true
-		if out, err := env.Node.Run(context.Background(), "iptables", "-t", "filter", "-I", "KUBE-FORWARD", "1", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"); err != nil {
+		if out, err := env.Node.Run(context.Background(), append([]string{"iptables", "-t", "filter", "-I", "KUBE-FORWARD", "1"}, spec...)...); err != nil {
 			t.Errorf("put the INVALID rule back: %v: %s", err, out)
 		}
 	}

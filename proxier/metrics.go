@@ -1,9 +1,14 @@
 package proxier
 
 import (
+	"context"
+	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/klog/v2"
 )
 
 // Backend names a backend, for the metrics only it exports.
@@ -38,6 +43,12 @@ type Metrics struct {
 	NFTablesSyncFailures *prometheus.CounterVec // ip_family
 	NFTablesElements     *prometheus.GaugeVec   // ip_family
 	NFTablesOperations   *prometheus.GaugeVec   // ip_family
+
+	// iptables: kube-proxy's nfacct packet counters, read at scrape time
+	// (see NFAcctCollector). nftables: the syncs that could not delete
+	// stale chains, sets or maps.
+	NFAcct                  *NFAcctCollector
+	NFTablesCleanupFailures *prometheus.CounterVec // ip_family
 }
 
 // SyncDurationBuckets are kube-proxy's buckets for its sync and conntrack
@@ -93,6 +104,10 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 			"Set and map elements in svcproxy's nftables table after the last sync.", family),
 		NFTablesOperations: gauge("svcproxy_nftables_sync_operations_last",
 			"Operations in the last sync's nftables transaction.", family),
+
+		NFAcct: newNFAcctCollector(),
+		NFTablesCleanupFailures: counter("kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+			"Cumulative proxy nftables cleanup failures"),
 	}
 	if reg == nil {
 		return m
@@ -101,8 +116,10 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 	switch b {
 	case IPTablesBackend:
 		reg.MustRegister(m.RestoreFailures, m.PartialRestoreFailures, m.IPTablesRules, m.IPTablesRulesLast)
+		reg.MustRegister(m.NFAcct)
 	case NFTablesBackend:
 		reg.MustRegister(m.NFTablesSyncFailures, m.NFTablesElements, m.NFTablesOperations)
+		reg.MustRegister(m.NFTablesCleanupFailures)
 	}
 	return m
 }
@@ -111,7 +128,7 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 // failure, so that rate() and alerts on them work from the start.
 func (m *Metrics) Init(family IPFamily) {
 	f := family.String()
-	for _, c := range []*prometheus.CounterVec{m.ConntrackDeleted, m.HealthCheckErrors, m.RestoreFailures, m.PartialRestoreFailures, m.NFTablesSyncFailures} {
+	for _, c := range []*prometheus.CounterVec{m.ConntrackDeleted, m.HealthCheckErrors, m.RestoreFailures, m.PartialRestoreFailures, m.NFTablesSyncFailures, m.NFTablesCleanupFailures} {
 		c.WithLabelValues(f)
 	}
 }
@@ -140,4 +157,88 @@ func NoLocalEndpoints(p *Plan) (internal, external int) {
 		}
 	}
 	return internal, external
+}
+
+// kube-proxy's nfacct counters (iptables mode). Its rules count packets in
+// nfacct objects (see proxier/iptables/nfacct.go); the metrics are the
+// objects' packet counts, read when scraped. Where the kernel has no
+// nfacct, kube-proxy exports none of them, and neither does svcproxy.
+
+// nfacctMetrics are kube-proxy's nfacct objects and the metrics of each.
+var nfacctMetrics = []struct{ object, name, help string }{
+	{"ct_state_invalid_dropped_pkts", "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+		"packets dropped by iptables to work around conntrack problems"},
+	{"localhost_nps_accepted_pkts", "kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+		"Number of packets accepted on nodeports of loopback interface"},
+}
+
+// NFAcctMetricName is the metric of kube-proxy's nfacct object, "" for
+// another object.
+func NFAcctMetricName(object string) string {
+	for _, m := range nfacctMetrics {
+		if m.object == object {
+			return m.name
+		}
+	}
+	return ""
+}
+
+// NFAcctReadTimeout bounds the reading of one counter during a scrape.
+const NFAcctReadTimeout = 2 * time.Second
+
+// NFAcctCollector exports the nfacct objects it was told of (Use): one
+// counter each, without labels, whose value is the object's packet count
+// when scraped. An object that cannot be read is left out of that scrape.
+type NFAcctCollector struct {
+	descs map[string]*prometheus.Desc // by object
+
+	mu      sync.Mutex
+	read    func(ctx context.Context, object string) (packets uint64, err error)
+	objects []string
+}
+
+func newNFAcctCollector() *NFAcctCollector {
+	c := &NFAcctCollector{descs: map[string]*prometheus.Desc{}}
+	for _, m := range nfacctMetrics {
+		c.descs[m.object] = prometheus.NewDesc(m.name, KubeProxyHelp(m.name, m.help), nil, nil)
+	}
+	return c
+}
+
+// Use makes the collector export objects (kube-proxy's, others are
+// ignored), reading them with read. A later call adds to the objects and
+// replaces read.
+func (c *NFAcctCollector) Use(read func(ctx context.Context, object string) (uint64, error), objects ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.read = read
+	for _, o := range objects {
+		if c.descs[o] != nil && !slices.Contains(c.objects, o) {
+			c.objects = append(c.objects, o)
+		}
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *NFAcctCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range nfacctMetrics {
+		ch <- c.descs[m.object]
+	}
+}
+
+// Collect implements prometheus.Collector: it reads each object now.
+func (c *NFAcctCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	read, objects := c.read, append([]string(nil), c.objects...)
+	c.mu.Unlock()
+	for _, o := range objects {
+		ctx, cancel := context.WithTimeout(context.Background(), NFAcctReadTimeout)
+		n, err := read(ctx, o)
+		cancel()
+		if err != nil {
+			klog.ErrorS(err, "Failed to collect nfacct counter", "counter", o)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[o], prometheus.CounterValue, float64(n))
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os/exec"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxier/conntrack"
 	"github.com/svcproxy/svcproxy/proxier/healthcheck"
 	"github.com/svcproxy/svcproxy/proxier/iptables"
+	"github.com/svcproxy/svcproxy/proxier/nfnl"
 	"github.com/svcproxy/svcproxy/proxier/nftables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
@@ -52,11 +54,44 @@ func newBackends(ctx context.Context, mode string, cfgs []familyConfig, metrics 
 		if err != nil {
 			return nil, err
 		}
+		useNFAcct(p, metrics, nfacctReader)
 		out = append(out, measureIPTables(p, metrics))
 	}
 	nftables.Share(nft...)
 	return out, nil
 }
+
+// acctReader reads the packet count of an nfacct object.
+type acctReader = func(ctx context.Context, object string) (uint64, error)
+
+// useNFAcct makes m export the nfacct counters p's rules feed, read by
+// the reader newReader makes; none when p's rules feed none (the kernel
+// has no nfacct), as kube-proxy.
+func useNFAcct(p *iptables.Proxier, m *proxier.Metrics, newReader func() (acctReader, error)) {
+	objs := p.NFAcct()
+	if len(objs) == 0 {
+		return
+	}
+	read, err := newReader()
+	if err != nil {
+		klog.ErrorS(err, "Cannot read nfacct counters; nfacct based metrics won't be available")
+		return
+	}
+	m.NFAcct.Use(read, objs...)
+}
+
+// nfacctReader reads the nfacct objects of this network namespace, on one
+// netlink socket kept for the process's life.
+var nfacctReader = sync.OnceValues(func() (acctReader, error) {
+	c, err := nfnl.Dial(0)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, object string) (uint64, error) {
+		a, err := c.Acct(ctx, object)
+		return a.Packets, err
+	}, nil
+})
 
 // measured is a backend whose Sync also sets metrics: done gets each
 // Sync's error.
@@ -93,16 +128,20 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 }
 
 // measureNFTables sets the nftables metrics after each of p's syncs: the
-// failures, and the table's elements and the transaction's operations.
+// failures (of syncs, and of stale objects' deletion), and the table's
+// elements and the transaction's operations.
 func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
+	cleanups := 0 // failures as last counted
 	return measured{p, func(err error) {
 		if err != nil {
 			m.NFTablesSyncFailures.WithLabelValues(family).Inc()
 			return
 		}
 		r := p.LastResult()
+		m.NFTablesCleanupFailures.WithLabelValues(family).Add(float64(r.CleanupFailures - cleanups))
+		cleanups = r.CleanupFailures
 		m.NFTablesElements.WithLabelValues(family).Set(float64(r.Elements))
 		m.NFTablesOperations.WithLabelValues(family).Set(float64(r.Operations))
 	}}

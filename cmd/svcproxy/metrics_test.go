@@ -61,17 +61,16 @@ var (
 		"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
 		"kubeproxy_sync_proxy_rules_iptables_total",
 		"kubeproxy_sync_proxy_rules_iptables_last",
+		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+		"kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
 	}
 	kubeProxyMetricsNFTables = []string{
 		"kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+		"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
 	}
 	// kubeProxyMetricsAbsent are kube-proxy's that svcproxy does not
-	// export, and why.
-	kubeProxyMetricsAbsent = map[string]string{
-		"kubeproxy_iptables_ct_state_invalid_dropped_packets_total":     "needs an nfacct counter on the INVALID drop rule",
-		"kubeproxy_iptables_localhost_nodeports_accepted_packets_total": "needs an nfacct counter on the localhost NodePort rule",
-		"kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total":    "the nftables backend does not report its stale-object removal apart from the sync",
-	}
+	// export, and why (none now).
+	kubeProxyMetricsAbsent = map[string]string{}
 )
 
 // TestMetricNamesPerMode: after syncs through cmd's wiring (syncer,
@@ -147,6 +146,58 @@ func TestIPTablesMetricValues(t *testing.T) {
 	}
 }
 
+// TestNFAcctMetrics: the nfacct counters a Proxier's rules feed are read
+// at each scrape; one that cannot be read, or that the rules do not feed
+// (a kernel without nfacct), has no sample.
+func TestNFAcctMetrics(t *testing.T) {
+	const invalid, localhost = "kubeproxy_iptables_ct_state_invalid_dropped_packets_total", "kubeproxy_iptables_localhost_nodeports_accepted_packets_total"
+	for _, tc := range []struct {
+		name   string
+		objs   []string
+		counts []fakeAcct // per scrape
+		want   []map[string]float64
+	}{
+		{"both", iptables.NFAccts, []fakeAcct{{iptables.NFAcctInvalidDropped: 2, iptables.NFAcctLocalhostNodePorts: 0}, {iptables.NFAcctInvalidDropped: 9, iptables.NFAcctLocalhostNodePorts: 4}},
+			[]map[string]float64{{invalid: 2, localhost: 0}, {invalid: 9, localhost: 4}}},
+		{"one unreadable", iptables.NFAccts, []fakeAcct{{iptables.NFAcctLocalhostNodePorts: 1}}, []map[string]float64{{localhost: 1}}},
+		{"INVALID only", []string{iptables.NFAcctInvalidDropped}, []fakeAcct{{iptables.NFAcctInvalidDropped: 1, iptables.NFAcctLocalhostNodePorts: 1}}, []map[string]float64{{invalid: 1}}},
+		{"no nfacct", nil, []fakeAcct{{iptables.NFAcctInvalidDropped: 1, iptables.NFAcctLocalhostNodePorts: 1}}, []map[string]float64{{}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, gatherer := newRegistry()
+			m := proxier.NewMetrics(reg, proxier.IPTablesBackend)
+			var now fakeAcct
+			read := func(ctx context.Context, object string) (uint64, error) { return now.read(ctx, object) }
+			p := iptables.New(proxier.Config{Family: proxier.IPv4}, iptables.Options{NFAcct: tc.objs}, &fakeRunner{})
+			useNFAcct(p, m, func() (acctReader, error) { return read, nil })
+			for i, counts := range tc.counts {
+				now = counts
+				got := gather(t, gatherer)
+				for _, name := range []string{invalid, localhost} {
+					want, ok := tc.want[i][name]
+					if (got[name] != nil) != ok || value(got, name) != want {
+						t.Errorf("scrape %d: %s: present %v, %v; want present %v, %v", i, name, got[name] != nil, value(got, name), ok, want)
+					}
+					if mf := got[name]; mf != nil && mf.GetType() != dto.MetricType_COUNTER {
+						t.Errorf("%s is a %v, want a counter", name, mf.GetType())
+					}
+				}
+			}
+		})
+	}
+}
+
+// fakeAcct is the kernel's nfacct objects: their packet counts.
+type fakeAcct map[string]uint64
+
+func (f fakeAcct) read(_ context.Context, object string) (uint64, error) {
+	n, ok := f[object]
+	if !ok {
+		return 0, fmt.Errorf("nfacct object %s: no such object", object)
+	}
+	return n, nil
+}
+
 // wiring is cmd's wiring of one IPv4 backend on a fake kernel, synced from
 // a fake API.
 type wiring struct {
@@ -168,7 +219,11 @@ func newWiring(t *testing.T, mode string, fail func(n int) bool) *wiring {
 		fc.Mode = proxier.NFTablesMode
 		b = measureNFTables(nftables.New(fc.Config, knftables.NewFake(knftables.IPv4Family, nftables.TableName)), metrics)
 	} else {
-		b = measureIPTables(iptables.New(fc.Config, iptables.Options{}, &fakeRunner{fail: fail}), metrics)
+		p := iptables.New(fc.Config, iptables.Options{NFAcct: iptables.NFAccts}, &fakeRunner{fail: fail})
+		useNFAcct(p, metrics, func() (acctReader, error) {
+			return fakeAcct{iptables.NFAcctInvalidDropped: 3, iptables.NFAcctLocalhostNodePorts: 5}.read, nil
+		})
+		b = measureIPTables(p, metrics)
 	}
 	rec := &eventRecorder{EventRecorder: &capture{}, node: "node-a"}
 	hc := afterSync(b, fc, metrics, rec, &fakeCleaner{})

@@ -29,15 +29,16 @@ var (
 // iptables of cfg.Family, with the tools and options this host calls for:
 // the iptables backend the host already uses (Detect), --random-fully when
 // the tools have it, INVALID packets dropped unless conntrack is liberal,
-// and route_localnet set when NodePorts answer on localhost.
+// kube-proxy's nfacct counters where the kernel has them, and
+// route_localnet set when NodePorts answer on localhost.
 func NewKernel(ctx context.Context, cfg proxier.Config) (*Proxier, error) {
 	if cfg.Family != proxier.IPv4 && cfg.Family != proxier.IPv6 {
 		return nil, fmt.Errorf("iptables: invalid family %d", int(cfg.Family))
 	}
 	bin := Detect(ctx, cfg.Family)
-	opt := Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal()}
+	opt := Options{RandomFully: hasRandomFully(bin), DropInvalid: !tcpBeLiberal(), NFAcct: nfacctUsable(ctx, cfg.Family)}
 	klog.InfoS("Using iptables", "family", cfg.Family, "backend", bin.Mode, "restore", bin.Restore, "randomFully", opt.RandomFully,
-		"nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
+		"nfacct", opt.NFAcct, "nodePortAddresses", cfg.NodePortAddresses, "localDetector", cfg.LocalDetector.Mode)
 	if LocalhostNodePorts(cfg) {
 		// NodePorts on 127.0.0.1 need routing of localnet packets; the
 		// KUBE-FIREWALL rule keeps outside packets to 127/8 out. Never set

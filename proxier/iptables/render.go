@@ -129,6 +129,10 @@ type Options struct {
 	// DropInvalid drops conntrack-INVALID forwarded packets, unless the
 	// kernel is liberal about TCP windows (nf_conntrack_tcp_be_liberal).
 	DropInvalid bool
+	// NFAcct are the nfacct objects (of NFAccts) the kernel holds and can
+	// match: the INVALID drop and the localhost NodePort rules count their
+	// packets in them, as kube-proxy's do (see nfacct.go).
+	NFAcct []string
 }
 
 // Render turns a plan into the desired ruleset. It is pure and
@@ -192,7 +196,7 @@ func (r *renderer) writeMasqueradeMachinery() {
 
 func (r *renderer) writeForward() {
 	if r.opt.DropInvalid {
-		r.filterForward.add("-m conntrack --ctstate INVALID -j DROP")
+		r.filterForward.add("-m conntrack --ctstate INVALID " + r.opt.nfacctMatch(NFAcctInvalidDropped) + "-j DROP")
 	}
 	r.filterForward.add(fmt.Sprintf(`-m comment --comment "kubernetes forwarding rules" -m mark --mark %s/%s -j ACCEPT`, r.mark, r.mark))
 	r.filterForward.add(`-m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)

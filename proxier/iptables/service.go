@@ -55,6 +55,11 @@ func (r *renderer) writeService(sp *proxier.ServicePlan) {
 			r.natServices.add(fmt.Sprintf("%s %s -j %s", comment("", " loadbalancer IP"), dst(ip), lbChain))
 		}
 		if svc.NodePort != 0 {
+			// kube-proxy counts what localhost NodePorts accept in a rule
+			// of its own, only where the kernel has the counter.
+			if m := r.opt.nfacctMatch(NFAcctLocalhostNodePorts); m != "" && r.plan.NodePorts.Localhost {
+				r.natNodePorts.add(fmt.Sprintf("%s %s -d %s --dport %d %s-j %s", comment("", ""), pmatch, r.plan.NodePorts.Loopback, svc.NodePort, m, extChain))
+			}
 			r.natNodePorts.add(fmt.Sprintf("%s %s --dport %d -j %s", comment("", ""), pmatch, svc.NodePort, extChain))
 		}
 	}

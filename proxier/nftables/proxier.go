@@ -49,6 +49,9 @@ type SyncResult struct {
 	Services   int
 	Changed    int
 	Elements   int // set and map elements in the table after the sync
+	// CleanupFailures counts, since New, the syncs that could not delete
+	// stale chains, sets or maps (kube-proxy's cleanup failures).
+	CleanupFailures int
 }
 
 // New returns a Proxier for cfg.Family using nft, whose table must be
@@ -144,6 +147,7 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State, dmg guard.Damage)
 		rep = p.tr.repair(d, dmg)
 	}
 	tRender := time.Since(start)
+	cleanupFailures := p.w.cleanupFailures
 	o, err := p.w.write(ctx, d, rep)
 	if err != nil {
 		p.synced = false
@@ -151,6 +155,11 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State, dmg guard.Damage)
 		return err
 	}
 	p.last, p.synced, p.res = d.commit(), true, d.result
+	p.res.CleanupFailures = p.w.cleanupFailures
+	if p.w.cleanupFailures > cleanupFailures {
+		// A full sync deletes what is left: the next one tries again.
+		p.synced = false
+	}
 	if d.change.full {
 		klog.V(2).InfoS("Full sync", "family", p.cfg.Family, "way", o.way, "fresh", d.fresh, "render", tRender,
 			"apply", time.Since(start)-tRender, "muted", o.muted)

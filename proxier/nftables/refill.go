@@ -23,7 +23,8 @@ import (
 //  2. over netlink, one batch: every other static set and map is flushed
 //     and refilled;
 //  3. through nft, when the kernel holds chains, sets or maps the skeleton
-//     no longer has: they are deleted, now that nothing refers to them.
+//     no longer has: they are deleted, now that nothing refers to them (a
+//     failure here is counted in cleanupFailures and fails nothing).
 //
 // Each step is atomic and each only moves the table towards the desired
 // one: between steps 1 and 2 the new rules meet the old elements, which
@@ -141,7 +142,15 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 	}
 	if stale.NumOperations() > 0 {
 		ws.Step(ctx)
-		return true, w.nft.Run(ctx, stale)
+		if err := w.nft.Run(ctx, stale); err != nil {
+			// As kube-proxy's deletion of stale chains: the table holds
+			// what the sync meant and nothing refers to what is left, so
+			// the sync stands; the failure is counted apart, and the
+			// next sync is a full one that tries again (Proxier.sync).
+			w.cleanupFailures++
+			klog.ErrorS(err, "Unable to delete stale chains, sets and maps; will retry later", "family", w.family,
+				"chains", staleChains, "sets", staleSets)
+		}
 	}
 	return true, nil
 }

@@ -48,6 +48,9 @@ type writer struct {
 	// nil: full changes do not carry affinity.
 	readAffinity affinityReader
 	guard        guardian
+	// cleanupFailures counts the refills that could not delete the
+	// stale chains, sets and maps (refill.go, step 3).
+	cleanupFailures int
 }
 
 // guardian is what the writer tells the guard of its writes (so that the
