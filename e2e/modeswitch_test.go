@@ -52,7 +52,7 @@ var foreignKept = map[string][]string{
 // and not one connection failed: the leftovers go only after our first
 // sync.
 func TestModeSwitch(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "TestModeSwitch switches modes itself (iptables → nftables → iptables) and covers both; it runs once, in the iptables run")
 	svc := c.createService("modeswitch", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.endpoints(svc, backends...)

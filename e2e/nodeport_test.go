@@ -17,7 +17,7 @@ import (
 // addresses, on localhost.
 
 func TestNodePortFromOutside(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("nodeport", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
@@ -35,7 +35,7 @@ func TestNodePortFromOutside(t *testing.T) {
 // address in iptables mode and on the node IP only in nftables mode
 // (kube-proxy's defaults: all, and primary).
 func TestNodePortAddresses(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("np-addresses", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName))
 	port := strconv.Itoa(int(svc.Spec.Ports[0].NodePort))
@@ -88,7 +88,7 @@ func TestNodePortAddresses(t *testing.T) {
 // even with 127.0.0.0/8 in --nodeport-addresses: a warning says so at
 // start, and a connection to 127.0.0.1:<NodePort> is refused at once.
 func TestLocalhostNodePorts(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("np-localhost", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
 	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
@@ -150,7 +150,7 @@ func (c *tc) localhostNodePortRefused(svc *v1.Service, target string) {
 // masqueraded; with externalTrafficPolicy Local only the local one is, with
 // the client's source.
 func TestTwoNodes(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	remote := c.remotePod("remote")
 	local := backends[0]
 	both := []*harness.Pod{local, remote}
