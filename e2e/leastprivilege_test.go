@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -125,9 +124,7 @@ var klogWarning = regexp.MustCompile(`^[WE]\d{4} `)
 func (c *tc) startConfined(conf harness.Confinement, extra ...string) *harness.Process {
 	c.Helper()
 	c.Cleanup(func() {
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Errorf("confined svcproxy did not exit cleanly: %v", err)
-		}
+		stopSvcproxyCleanly(c)
 		if err := env.StartSvcproxyAndWait(context.Background(), 30*time.Second); err != nil {
 			c.Errorf("restart svcproxy as usual: %v", err)
 		}

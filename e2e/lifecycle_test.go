@@ -72,9 +72,7 @@ func TestRestart(t *testing.T) {
 
 	t.Run("changes-while-down", func(t *testing.T) {
 		c := begin(t)
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
-		}
+		stopSvcproxyCleanly(c)
 		c.endpoints(svc, backends[0])
 		start := time.Now()
 		if _, err := env.StartSvcproxy(c.ctx); err != nil {

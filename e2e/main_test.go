@@ -171,6 +171,15 @@ func stopSvcproxy(t testing.TB) {
 	}
 }
 
+// stopSvcproxyCleanly stops the shared svcproxy with SIGTERM and fails the
+// test unless it exits cleanly.
+func stopSvcproxyCleanly(t testing.TB) {
+	t.Helper()
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
+	}
+}
+
 // onlyIn skips the test, saying why, unless svcproxy runs in mode
 // (iptables or nftables).
 func (c *tc) onlyIn(mode, why string) {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -111,9 +110,7 @@ func TestModeSwitch(t *testing.T) {
 			time.Sleep(700 * time.Millisecond)
 
 			start := time.Now()
-			if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-				t.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
-			}
+			stopSvcproxyCleanly(t)
 			logBefore := removedLines()
 			if err := env.StartSvcproxyAndWait(c.ctx, 30*time.Second, step.extra...); err != nil {
 				svcproxyErr = err
