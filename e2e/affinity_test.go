@@ -34,7 +34,7 @@ func twoHereOneThere() []harness.Endpoint {
 }
 
 func TestSessionAffinity(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("affinity", affinity(300, v1.ServiceSpec{}))
 	c.slice(svc, twoHereOneThere()...)
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
@@ -53,7 +53,7 @@ func TestSessionAffinity(t *testing.T) {
 // client is idle longer than the timeout the affinity is gone and
 // connections land anywhere.
 func TestSessionAffinityTimeout(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const timeout = 2 * time.Second
 	svc := c.createService("affinity-timeout", affinity(int32(timeout/time.Second), v1.ServiceSpec{
 		Ports: ports(harness.TCP, harness.UDP)}))
@@ -107,7 +107,7 @@ func TestSessionAffinityTimeout(t *testing.T) {
 // there when X comes back: the affinity to X went with X (kube-proxy
 // deletes X's KUBE-SEP chain and its recent list, or its affinity set).
 func TestSessionAffinityEndpointRemoved(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("affinity-removed", affinity(300, v1.ServiceSpec{}))
 	c.slice(svc, twoHereOneThere()...)
 	c.waitDNATs(svc, "tcp", backends...)
@@ -143,7 +143,7 @@ func TestSessionAffinityEndpointRemoved(t *testing.T) {
 // the Service port). So a client pinned through the ClusterIP lands on the
 // same endpoint through the NodePort.
 func TestSessionAffinityAcrossAddresses(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const timeout = 2 * time.Second
 	svc := c.createService("affinity-shared", affinity(int32(timeout/time.Second), v1.ServiceSpec{Type: v1.ServiceTypeNodePort}))
 	c.slice(svc, twoHereOneThere()...)
@@ -179,7 +179,7 @@ func TestSessionAffinityAcrossAddresses(t *testing.T) {
 // it DNATs (recent --set / nft update in the endpoint chain), whatever the
 // endpoint is.
 func TestSessionAffinityHostEndpoint(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const timeout = 2 * time.Second
 	host, err := env.StartProcess(env.Node, "echo-host", env.Bins.Echo, "serve", "--name", "host", "--port", strconv.Itoa(harness.EchoPort))
 	if err != nil {
@@ -228,7 +228,7 @@ func TestSessionAffinityHostEndpoint(t *testing.T) {
 // the removed one until the affinity times out; its new pin then survives a
 // restart of svcproxy.
 func TestSessionAffinityFollowsEndpoints(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("affinity-follows", affinity(900, v1.ServiceSpec{}))
 	c.slice(svc, atNode(harness.NodeName, backends...)...)
 	c.waitDNATs(svc, "tcp", backends...)
@@ -275,7 +275,7 @@ func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 // node is not sent there once the policy is Local (kube-proxy checks only
 // the local endpoints' recent lists in KUBE-SVL).
 func TestSessionAffinityExternalLocal(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	remote := c.remotePod("remote-aff")
 	svc := c.createService("affinity-ext-local", affinity(300, v1.ServiceSpec{Type: v1.ServiceTypeNodePort}))
 	// Only the remote endpoint at first: the outside client is pinned to it.

@@ -19,7 +19,7 @@ import (
 // in svcproxy_invalid_objects_total); svcproxy keeps running and every other
 // Service keeps working.
 func TestBadInput(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	good := c.createService("good", v1.ServiceSpec{})
 	c.slice(good, at(backends[0], harness.NodeName))
 	bad := c.createService("bad", v1.ServiceSpec{

@@ -15,7 +15,7 @@ import (
 // TestPodToPod checks the harness itself: pods reach each other directly
 // over the bridge, and each echo server sees the client's own address.
 func TestPodToPod(t *testing.T) {
-	c := begin(t, false)
+	c := beginWithoutSvcproxy(t)
 	for _, b := range append(backends, client) {
 		rs := c.connect(client, harness.ClientOptions{Target: net.JoinHostPort(b.IP, strconv.Itoa(harness.EchoPort)), Count: 3})
 		c.checkSpread(rs, 3, []*harness.Pod{b}, client.IP)
@@ -28,7 +28,7 @@ func TestPodToPod(t *testing.T) {
 // endpoints reach all three and nothing else, and every backend sees the
 // client pod's own address (in-cluster traffic is not masqueraded).
 func TestClusterIPTCP(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("clusterip-tcp", "web", []harness.Port{harness.TCP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Target: target(svc, 80), Count: 60, Timeout: 2 * time.Second})
 	c.checkSpread(rs, 60, backends, client.IP)
@@ -37,7 +37,7 @@ func TestClusterIPTCP(t *testing.T) {
 // TestClusterIPUDP: the same with 60 UDP datagrams, each from a new socket
 // (so a new conntrack entry and a new choice of backend).
 func TestClusterIPUDP(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("clusterip-udp", "dns", []harness.Port{harness.UDP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Proto: "udp", Target: target(svc, 80), Count: 60, Timeout: 2 * time.Second})
 	c.checkSpread(rs, 60, backends, client.IP)
@@ -46,7 +46,7 @@ func TestClusterIPUDP(t *testing.T) {
 // TestScaleDown: after the EndpointSlice shrinks from three endpoints to
 // one, and the rules converge, every connection reaches that one.
 func TestScaleDown(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("scale", "web", []harness.Port{harness.TCP}, backends...)
 	rs := c.connect(client, harness.ClientOptions{Target: target(svc, 80), Count: 30})
 	c.checkSpread(rs, 30, backends, client.IP)
@@ -62,13 +62,13 @@ func TestScaleDown(t *testing.T) {
 // none at all) is rejected at once — ECONNREFUSED (TCP RST or ICMP port
 // unreachable for UDP) well within a second, not a timeout.
 func TestNoEndpoints(t *testing.T) {
-	begin(t, true)
+	begin(t)
 	for _, tt := range []struct {
 		name      string
 		withSlice bool
 	}{{"empty-slice", true}, {"no-slice", false}} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := begin(t, true)
+			c := begin(t)
 			svc := c.service("no-endpoints", tt.name, []harness.Port{harness.TCP, harness.UDP})
 			if tt.withSlice {
 				c.endpoints(svc)
@@ -103,7 +103,7 @@ func TestNoEndpoints(t *testing.T) {
 // itself reaches itself, and sees the node's bridge address (10.244.1.1) as the source
 // (hairpin traffic is masqueraded, or the pod would answer itself directly).
 func TestHairpin(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("hairpin", "self", []harness.Port{harness.TCP, harness.UDP}, client)
 	for _, proto := range []string{"tcp", "udp"} {
 		rs := c.connect(client, harness.ClientOptions{Proto: proto, Target: target(svc, 80), Count: 10})

@@ -28,7 +28,7 @@ import (
 // usual flags for what the file covers are logged as ignored, and so is the
 // conntrack section. svcproxy is restarted with its usual flags afterwards.
 func TestConfigFile(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	path := filepath.Join(env.WorkDir, "kube-proxy-config.conf")
 	config := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -79,7 +79,7 @@ conntrack:
 // ClusterIP keeps its source and traffic from outside the pod network (the
 // external client, routed to the Service CIDR) is masqueraded.
 func TestDetectLocalModes(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	mustRun(c, env.Ext, "ip", "route", "replace", harness.ServiceCIDR, "via", harness.NodeIP)
 	t.Cleanup(func() { env.Ext.Run(context.Background(), "ip", "route", "del", harness.ServiceCIDR) })
 	svc := c.createService("detect-local", v1.ServiceSpec{})

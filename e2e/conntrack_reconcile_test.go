@@ -170,7 +170,7 @@ func (c *tc) ctUDPService(name, clusterIP string, nodePort, targetPort int32) *v
 // endpoint: the entry has to be deleted, since the nat table only sees a
 // flow's first packet.
 func TestConntrackReconcileNodePortBeforeRules(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	if err := env.SetupExternalClients(c.ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func (c *tc) ctPinned(name string, a *harness.Pod, base int) (*v1.Service, []ctF
 // be rejected as new ones are, not keep reaching a through their entries.
 // Back at one endpoint (b), they reach b.
 func TestConntrackReconcileZeroEndpoints(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b := backends[0], backends[1]
 	svc, flows := c.ctPinned("ct-rec-zero", a, 40420)
 
@@ -247,9 +247,7 @@ func (c *tc) ctWhileStopped(f func()) {
 		}
 		return env.WaitSvcproxySynced(context.Background(), 30*time.Second)
 	}
-	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "exit status 0") {
-		c.Logf("svcproxy stop: %v", err)
-	}
+	stopSvcproxy(c)
 	c.Cleanup(func() {
 		if exited, _ := env.Svcproxy().Exited(); exited {
 			if err := start(); err != nil {
@@ -270,7 +268,7 @@ func (c *tc) ctWhileStopped(f func()) {
 // svcproxy never saw the endpoint leave, so only the Service's state now
 // (no serving endpoint) can tell it that the flows' entries are stale.
 func TestConntrackReconcileZeroEndpointsAcrossRestart(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a := backends[0]
 	svc, flows := c.ctPinned("ct-rec-zero-rs", a, 40450)
 	c.ctWhileStopped(func() {
@@ -287,7 +285,7 @@ func TestConntrackReconcileZeroEndpointsAcrossRestart(t *testing.T) {
 // must stop reaching a. Recreated with the same ClusterIP and NodePort at
 // b, they reach b.
 func TestConntrackReconcileDeletedService(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b := backends[0], backends[1]
 	svc, flows := c.ctPinned("ct-rec-deleted", a, 40430)
 
@@ -314,7 +312,7 @@ func TestConntrackReconcileDeletedService(t *testing.T) {
 // echo server in a answers under another name. The flows must reach the
 // new port although the endpoint IP is the same.
 func TestConntrackReconcileTargetPort(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a := backends[0]
 	const newPort = harness.EchoPort + 1
 	newName := fmt.Sprintf("%s-%d", a.Name, newPort)

@@ -24,7 +24,7 @@ import (
 // (its server still running), the stale entry is deleted and the next
 // datagrams reach another endpoint.
 func TestConntrackUDP(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("conntrack-udp", v1.ServiceSpec{
 		Ports: ports(harness.UDP)})
 	c.slice(svc, atNode(harness.NodeName, backends...)...)
@@ -63,7 +63,7 @@ func TestConntrackUDP(t *testing.T) {
 //     server still running): when endpoint B arrives, the datagrams must
 //     reach B.
 func TestConntrackUDPZeroToN(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b := backends[0], backends[1]
 	const srcPort, srcPort2 = 40211, 40212
 	// A ClusterIP chosen up front, so the client can send to it before the
@@ -176,7 +176,7 @@ func TestConntrackUDPZeroToN(t *testing.T) {
 // the NodePort entry (kube-proxy matches NodePort entries by port) and the
 // next datagrams reach another endpoint.
 func TestConntrackUDPNodePort(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("ct-udp-nodeport", v1.ServiceSpec{
 		Type:  v1.ServiceTypeNodePort,
 		Ports: ports(harness.UDP)})
@@ -212,7 +212,7 @@ func TestConntrackUDPNodePort(t *testing.T) {
 // Service (kube-proxy's reconciler covers every Service address): flows
 // pinned to a and b move to c when the slice is replaced by c alone.
 func TestConntrackUDPExternalAddresses(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const extIP, lbIP = "10.99.0.70", "10.99.0.71"
 	c.routeToNode(extIP, lbIP)
 	a, b, cc := backends[0], backends[1], backends[2]

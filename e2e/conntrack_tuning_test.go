@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -96,9 +95,7 @@ func (c *tc) ownSvcproxy() {
 		c.diagnose()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Logf("svcproxy stop: %v", err)
-		}
+		stopSvcproxy(c)
 		if err := setNodeSysctls(ctx, before); err != nil {
 			c.Errorf("restore the node namespace's conntrack sysctls: %v", err)
 		}
@@ -150,9 +147,7 @@ func (r svcproxyRun) log(c *tc) string {
 // first sync.
 func (c *tc) runSvcproxy(l harness.Launch) svcproxyRun {
 	c.Helper()
-	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-		c.Logf("svcproxy stop: %v", err)
-	}
+	stopSvcproxy(c)
 	var off int64
 	if st, err := os.Stat(filepath.Join(env.LogDir, "svcproxy.log")); err == nil {
 		off = st.Size()
@@ -229,7 +224,7 @@ func (c *tc) closeWaitTimeout(target string) (int, string) {
 // tells them apart. --init-only sets the sysctls and exits 0 without
 // creating a rule, chain or table.
 func TestConntrackTuning(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.ownSvcproxy()
 	svc := c.createService("ct-tuning", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName))
@@ -329,9 +324,7 @@ conntrack:
 
 	t.Run("init-only", func(t *testing.T) {
 		c := &tc{T: t, ctx: c.ctx, start: time.Now()}
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			t.Logf("svcproxy stop: %v", err)
-		}
+		stopSvcproxy(t)
 		if out, err := env.Node.Command(c.ctx, env.Bins.Svcproxy, "--cleanup").CombinedOutput(); err != nil {
 			t.Fatalf("svcproxy --cleanup: %v: %s", err, out)
 		}

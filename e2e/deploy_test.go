@@ -106,10 +106,10 @@ func typed(c *tc, objs []*unstructured.Unstructured, kind string, out any) {
 // root filesystem; only the init container is privileged, and it runs
 // `--init-only` with the proxy's own image, arguments and environment.
 func TestDeployManifests(t *testing.T) {
-	begin(t, false)
+	beginWithoutSvcproxy(t)
 	for _, r := range deployRenders {
 		t.Run(r.name, func(t *testing.T) {
-			c := begin(t, false)
+			c := beginWithoutSvcproxy(t)
 			applied := c.applyDeploy(r.components...)
 			var kinds []string
 			for _, o := range applied {
@@ -131,7 +131,7 @@ func TestDeployManifests(t *testing.T) {
 // "# svcproxy-overlay/kustomization.yaml", with the blocks after it that
 // name other files of svcproxy-overlay/.
 func TestDeployMigrateExamples(t *testing.T) {
-	begin(t, false)
+	beginWithoutSvcproxy(t)
 	doc, err := os.ReadFile(filepath.Join(env.Root, "docs", "migrate.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +142,7 @@ func TestDeployMigrateExamples(t *testing.T) {
 	}
 	for _, o := range overlays {
 		t.Run(o.section, func(t *testing.T) {
-			c := begin(t, false)
+			c := beginWithoutSvcproxy(t)
 			objs, err := harness.RenderOverlay(filepath.Join(env.Root, "deploy"), o.files)
 			if err != nil {
 				t.Fatal(err)

@@ -18,7 +18,7 @@ import (
 // table, ip6tables-save and `nft list ruleset` in the node namespace are
 // identical before and after (ignoring counters and date comments).
 func TestDryRun(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("dry-run", "web", []harness.Port{harness.TCP}, backends...)
 
 	before := kernelSnapshot(c)

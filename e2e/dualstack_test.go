@@ -18,7 +18,7 @@ import (
 // from a pod (not masqueraded) and through its NodePort from outside
 // (masqueraded), with the IPv6 proxier next to the IPv4 one.
 func TestIPv6(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("ipv6", v1.ServiceSpec{
 		Type:           v1.ServiceTypeNodePort,
 		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),

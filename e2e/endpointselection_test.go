@@ -17,7 +17,7 @@ import (
 // terminating fallback, internalTrafficPolicy Local, topology hints.
 
 func TestTerminatingFallback(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("terminating", v1.ServiceSpec{})
 	c.slice(svc,
@@ -40,7 +40,7 @@ func TestTerminatingFallback(t *testing.T) {
 }
 
 func TestInternalTrafficPolicyLocal(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("itp-local", v1.ServiceSpec{
 		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
@@ -62,7 +62,7 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 // svcproxy's Node informer), endpoints hinted for zone-a take the traffic;
 // when no endpoint is hinted for zone-a, all endpoints do.
 func TestTopologyHints(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.setZone("zone-a")
 	svc := c.createService("topology", v1.ServiceSpec{
 		TrafficDistribution: ptr.To(v1.ServiceTrafficDistributionPreferClose)})
@@ -99,7 +99,7 @@ func TestTopologyHints(t *testing.T) {
 // endpoints hinted for this node; otherwise zone hints are tried the same
 // way, and failing that every endpoint is used.
 func TestTopologyNodeHints(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	me, other := harness.NodeName, harness.Node2Name
 	svc := c.createService("node-hints", v1.ServiceSpec{
@@ -173,7 +173,7 @@ func TestTopologyNodeHints(t *testing.T) {
 // even though its hint names another node, while pod traffic to the
 // ClusterIP follows the hints.
 func TestTopologyNodeHintsLocalPolicy(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	me, other := harness.NodeName, harness.Node2Name
 	svc := c.createService("node-hints-local", v1.ServiceSpec{

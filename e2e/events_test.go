@@ -19,7 +19,7 @@ import (
 // node port another process holds on the node. Once the port is free, the
 // next sync opens it.
 func TestEvents(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.eventually("a Starting Event on the Node", func() string {
 		return c.findEvent(metav1.NamespaceDefault, func(e *eventsv1.Event) bool {
 			return e.Regarding.Kind == "Node" && e.Regarding.Name == harness.NodeName && e.Type == v1.EventTypeNormal &&

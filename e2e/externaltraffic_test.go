@@ -17,7 +17,7 @@ import (
 // externalTrafficPolicy Local and its health check.
 
 func TestExternalIPs(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const extIP = "10.99.0.50"
 	c.routeToNode(extIP)
 	svc := c.createService("external-ip", v1.ServiceSpec{ExternalIPs: []string{extIP}})
@@ -31,7 +31,7 @@ func TestExternalIPs(t *testing.T) {
 }
 
 func TestLoadBalancerSourceRanges(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const lbIP = "10.99.0.101"
 	const proxyIP = "10.99.0.102" // ipMode Proxy: the load balancer proxies, svcproxy ignores it
 	c.routeToNode(lbIP, proxyIP)
@@ -111,7 +111,7 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 }
 
 func TestExternalTrafficPolicyLocal(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const lbIP = "10.99.0.100"
 	c.routeToNode(lbIP)
 	a, b, cc := backends[0], backends[1], backends[2]
@@ -169,7 +169,7 @@ func TestExternalTrafficPolicyLocal(t *testing.T) {
 // while pod traffic to the ClusterIP goes to the ready remote endpoints
 // only. The health check counts only local ready endpoints (503).
 func TestETPLocalTerminatingFallback(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("etp-local-term", v1.ServiceSpec{
 		Type: v1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal})

@@ -22,7 +22,7 @@ import (
 // TestForwardPolicyDrop (iptables mode): with the filter FORWARD policy at
 // DROP, KUBE-FORWARD still lets Service traffic through.
 func TestForwardPolicyDrop(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "KUBE-FORWARD is iptables mode's")
 	svc := c.createService("forward-drop", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
@@ -45,7 +45,7 @@ func TestForwardPolicyDrop(t *testing.T) {
 // invalid TCP flag combination: conntrack state INVALID) does not, and the
 // INVALID DROP rule counts it.
 func TestForwardDropInvalid(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "kube-proxy's nftables mode installs no conntrack-INVALID drop (the iptables KUBE-FORWARD rule has no nftables counterpart); nothing to test")
 	if v, err := env.Node.Run(c.ctx, "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"); err == nil && strings.TrimSpace(v) != "0" {
 		t.Skipf("nf_conntrack_tcp_be_liberal=%s in the node namespace: kube-proxy installs no INVALID drop then", strings.TrimSpace(v))

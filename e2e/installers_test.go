@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -173,7 +172,7 @@ func installerCases(c *tc) []installerCase {
 // list's OOM score, sets (or leaves) the conntrack sysctls as kube-proxy
 // would and serves /healthz.
 func TestInstallerArgs(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.ownSvcproxy()
 	a, b := backends[0], backends[1]
 	clientIP := netip.MustParseAddr(client.IP)
@@ -183,9 +182,7 @@ func TestInstallerArgs(t *testing.T) {
 			if cs.mode != "" && cs.mode != env.ProxyMode {
 				t.Skipf("the %s list fixes --proxy-mode=%s; this run is in %s mode", cs.name, cs.mode, env.ProxyMode)
 			}
-			if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-				t.Logf("svcproxy stop: %v", err)
-			}
+			stopSvcproxy(t)
 			svc := c.createService("inst-"+cs.name, v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 			c.slice(svc, at(a, harness.NodeName), at(b, harness.NodeName))
 			if err := setNodeSysctls(c.ctx, installerPreset); err != nil {
@@ -235,9 +232,7 @@ func TestInstallerArgs(t *testing.T) {
 	// all, and svcproxy runs.
 	t.Run("inapplicable-flags", func(t *testing.T) {
 		c := &tc{T: t, ctx: c.ctx, start: time.Now()}
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			t.Logf("svcproxy stop: %v", err)
-		}
+		stopSvcproxy(t)
 		svc := c.createService("inst-ipvs-flags", v1.ServiceSpec{})
 		c.slice(svc, at(a, harness.NodeName))
 		run := c.runSvcproxy(harness.Launch{Args: env.SvcproxyArgs("--ipvs-scheduler=rr", "--bind-address-hard-fail")})

@@ -26,7 +26,7 @@ import (
 // (filter at dstnat-10 before DNAT for the firewall, nat at dstnat and
 // srcnat, filter at filter), and their rules are not duplicated.
 func TestJumpOrder(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("jump-order", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	check := func(when string) {
 		t.Helper()

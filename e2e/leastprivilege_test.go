@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,7 +52,7 @@ var leastPrivilegeCases = []struct {
 // holds, that RBAC is enforced and narrow, runs the cases above, and
 // fails if svcproxy logged anything forbidden.
 func TestLeastPrivilege(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	var ds appsv1.DaemonSet
 	typed(c, c.applyDeploy(), "DaemonSet", &ds)
 	pod := &ds.Spec.Template.Spec
@@ -125,9 +124,7 @@ var klogWarning = regexp.MustCompile(`^[WE]\d{4} `)
 func (c *tc) startConfined(conf harness.Confinement, extra ...string) *harness.Process {
 	c.Helper()
 	c.Cleanup(func() {
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Errorf("confined svcproxy did not exit cleanly: %v", err)
-		}
+		stopSvcproxyCleanly(c)
 		if err := env.StartSvcproxyAndWait(context.Background(), 30*time.Second); err != nil {
 			c.Errorf("restart svcproxy as usual: %v", err)
 		}
@@ -173,7 +170,7 @@ var rbacCases = []struct {
 // checkRBAC asks the API server, as the ServiceAccount, what it may do:
 // with RBAC enforced (not AlwaysAllow) the answers follow deploy/'s role.
 func checkRBAC(t *testing.T, client kubernetes.Interface) {
-	c := begin(t, false)
+	c := beginWithoutSvcproxy(t)
 	var allowed []string
 	for _, rc := range rbacCases {
 		what := fmt.Sprintf("%s %s", rc.verb, rc.resource)
@@ -196,7 +193,7 @@ func checkRBAC(t *testing.T, client kubernetes.Interface) {
 // runInitContainer runs the init container's command with the harness's
 // flags, privileged, as kubelet runs it before the proxy.
 func runInitContainer(t *testing.T, pod *v1.PodSpec, kubeconfig string) {
-	c := begin(t, true)
+	c := begin(t)
 	init := pod.InitContainers[0]
 	help, _ := exec.Command(env.Bins.Svcproxy, "--help").CombinedOutput()
 	if !strings.Contains(string(help), "init-only") {
@@ -213,7 +210,7 @@ func runInitContainer(t *testing.T, pod *v1.PodSpec, kubeconfig string) {
 // testEventRecorded: svcproxy records a Warning Event about a Service it
 // skips (an IPv6 external IP on an IPv4 Service).
 func testEventRecorded(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("lp-bad-input", v1.ServiceSpec{ExternalIPs: []string{"2001:db8::2"}})
 	c.eventually("a Warning Event from svcproxy about "+svc.Name, func() string {
 		evs, err := env.Client.EventsV1().Events(svc.Namespace).List(c.ctx, metav1.ListOptions{})
@@ -233,7 +230,7 @@ func testEventRecorded(t *testing.T) {
 // testRepairSeen: svcproxy notices someone else's damage to its rules
 // (nf_tables notifications or its rule checks, over netlink) and repairs it.
 func testRepairSeen(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("leastpriv", "repair", []harness.Port{harness.TCP}, backends...)
 	damage := map[string][]string{
 		"iptables": {"iptables", "-t", "nat", "-F", "KUBE-SERVICES"},
@@ -254,7 +251,7 @@ func testRepairSeen(t *testing.T) {
 // iptables-legacy (its raw socket). Every set with one of them missing
 // fails on some host.
 func TestLeastPrivilegeWhyEachCapability(t *testing.T) {
-	c := begin(t, false)
+	c := beginWithoutSvcproxy(t)
 	var ds appsv1.DaemonSet
 	objs, err := harness.RenderKustomization(filepath.Join(env.Root, "deploy"))
 	if err != nil {

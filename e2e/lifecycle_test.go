@@ -23,12 +23,12 @@ import (
 // flush. Then a change made while svcproxy is down is applied after it
 // comes back.
 func TestRestart(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("restart", "web", []harness.Port{harness.TCP}, backends...)
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
-			c := begin(t, true)
+			c := begin(t)
 			cl, err := client.StartClient(harness.ClientOptions{
 				Target: target(svc, 80), Duration: 4 * time.Second, Interval: 10 * time.Millisecond, Timeout: time.Second,
 			})
@@ -71,10 +71,8 @@ func TestRestart(t *testing.T) {
 	}
 
 	t.Run("changes-while-down", func(t *testing.T) {
-		c := begin(t, true)
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
-		}
+		c := begin(t)
+		stopSvcproxyCleanly(c)
 		c.endpoints(svc, backends[0])
 		start := time.Now()
 		if _, err := env.StartSvcproxy(c.ctx); err != nil {
@@ -103,16 +101,14 @@ func exitDesc(err error) string {
 // (or kube-proxy) made, and exits 0; traffic to Services then stops, and a
 // restarted svcproxy brings it back.
 func TestCleanup(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("cleanup", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	c.eventually("service works", func() string {
 		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 2}), backends[:1], client.IP, "")
 	})
-	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-		t.Logf("stop: %v", err)
-	}
+	stopSvcproxy(t)
 	t.Cleanup(func() {
 		if err := env.StartSvcproxyAndWait(context.Background(), 30*time.Second); err != nil {
 			t.Errorf("restart svcproxy: %v", err)
@@ -154,9 +150,7 @@ func TestCleanup(t *testing.T) {
 	c.eventually("a restarted svcproxy brings the Service back", func() string {
 		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 2}), backends[:1], client.IP, "")
 	})
-	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-		t.Logf("stop: %v", err)
-	}
+	stopSvcproxy(t)
 }
 
 // TestMigrationFromKubeProxy (nftables mode): kube-proxy's nftables tables
@@ -165,7 +159,7 @@ func TestCleanup(t *testing.T) {
 // are gone, with traffic reaching the right endpoints, when it starts with
 // it. Its iptables chains are the other mode's: they go at every start.
 func TestMigrationFromKubeProxy(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("nftables", "in iptables mode svcproxy's chains are kube-proxy's (same names): --cleanup-kube-proxy is for nftables mode")
 	svc := c.createService("migration", v1.ServiceSpec{})
 	right := backends[0]

@@ -131,18 +131,26 @@ type tc struct {
 	diagOnce sync.Once
 }
 
-// begin skips or fails the test when the shared cluster is not there
-// (needSvcproxy: also svcproxy), and on failure logs the node's state.
-func begin(t *testing.T, needSvcproxy bool) *tc {
+// begin skips or fails the test when the shared cluster or its svcproxy
+// is not there, and on failure logs the node's state.
+func begin(t *testing.T) *tc {
+	t.Helper()
+	c := beginWithoutSvcproxy(t)
+	if svcproxyErr != nil {
+		t.Fatalf("svcproxy is not running: %v", svcproxyErr)
+	}
+	return c
+}
+
+// beginWithoutSvcproxy starts a test that needs the cluster but not the
+// shared svcproxy (it runs its own, or none).
+func beginWithoutSvcproxy(t *testing.T) *tc {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
 	if setupErr != nil {
 		t.Fatalf("e2e cluster setup failed: %v", setupErr)
-	}
-	if needSvcproxy && svcproxyErr != nil {
-		t.Fatalf("svcproxy is not running: %v", svcproxyErr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	c := &tc{T: t, ctx: ctx, start: time.Now()}
@@ -152,6 +160,24 @@ func begin(t *testing.T, needSvcproxy bool) *tc {
 		t.Logf("timing: test took %v", time.Since(c.start).Round(time.Millisecond))
 	})
 	return c
+}
+
+// stopSvcproxy stops the shared svcproxy with SIGTERM, as a test does
+// before it starts one of its own; an unclean exit is logged, not failed.
+func stopSvcproxy(t testing.TB) {
+	t.Helper()
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Logf("svcproxy stop: %v", err)
+	}
+}
+
+// stopSvcproxyCleanly stops the shared svcproxy with SIGTERM and fails the
+// test unless it exits cleanly.
+func stopSvcproxyCleanly(t testing.TB) {
+	t.Helper()
+	if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
+		t.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
+	}
 }
 
 // onlyIn skips the test, saying why, unless svcproxy runs in mode
@@ -200,9 +226,7 @@ func mainLogs(paths []string) []string {
 func (c *tc) restartSvcproxy(extra ...string) {
 	c.Helper()
 	start := func(extra ...string) error {
-		if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-			c.Logf("svcproxy stop: %v", err)
-		}
+		stopSvcproxy(c)
 		return env.StartSvcproxyAndWait(context.Background(), 30*time.Second, extra...)
 	}
 	if err := start(extra...); err != nil {

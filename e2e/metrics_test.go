@@ -17,7 +17,7 @@ import (
 // /healthz and /livez answer 200 on both addresses. The metrics address
 // also serves kube-proxy's /proxyMode, /configz and /flagz.
 func TestMetricsAndHealthz(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.service("metrics", "web", []harness.Port{harness.TCP}, backends...)
 
 	start := time.Now()

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -52,7 +51,7 @@ var foreignKept = map[string][]string{
 // and not one connection failed: the leftovers go only after our first
 // sync.
 func TestModeSwitch(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "TestModeSwitch switches modes itself (iptables → nftables → iptables) and covers both; it runs once, in the iptables run")
 	svc := c.createService("modeswitch", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.endpoints(svc, backends...)
@@ -111,9 +110,7 @@ func TestModeSwitch(t *testing.T) {
 			time.Sleep(700 * time.Millisecond)
 
 			start := time.Now()
-			if err := env.StopSvcproxy(syscall.SIGTERM); err != nil {
-				t.Errorf("svcproxy did not exit cleanly on SIGTERM: %v", err)
-			}
+			stopSvcproxyCleanly(t)
 			logBefore := removedLines()
 			if err := env.StartSvcproxyAndWait(c.ctx, 30*time.Second, step.extra...); err != nil {
 				svcproxyErr = err

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"net"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +15,7 @@ import (
 // addresses, on localhost.
 
 func TestNodePortFromOutside(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("nodeport", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
@@ -35,12 +33,10 @@ func TestNodePortFromOutside(t *testing.T) {
 // address in iptables mode and on the node IP only in nftables mode
 // (kube-proxy's defaults: all, and primary).
 func TestNodePortAddresses(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("np-addresses", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName))
-	port := strconv.Itoa(int(svc.Spec.Ports[0].NodePort))
-	onNodeIP := net.JoinHostPort(harness.NodeIP, port)
-	onBridge := net.JoinHostPort(harness.BridgeIP, port)
+	onNodeIP, onBridge := nodePortTarget(svc), nodePortOn(harness.BridgeIP, svc)
 	cases := []struct {
 		flag          string // "": the running svcproxy's default
 		bridgeAnswers bool
@@ -88,10 +84,10 @@ func TestNodePortAddresses(t *testing.T) {
 // even with 127.0.0.0/8 in --nodeport-addresses: a warning says so at
 // start, and a connection to 127.0.0.1:<NodePort> is refused at once.
 func TestLocalhostNodePorts(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("np-localhost", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
-	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	target := nodePortOn("127.0.0.1", svc)
 	if env.ProxyMode == "nftables" {
 		c.localhostNodePortRefused(svc, target)
 		return
@@ -150,16 +146,15 @@ func (c *tc) localhostNodePortRefused(svc *v1.Service, target string) {
 // masqueraded; with externalTrafficPolicy Local only the local one is, with
 // the client's source.
 func TestTwoNodes(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	remote := c.remotePod("remote")
 	local := backends[0]
 	both := []*harness.Pod{local, remote}
 	svc := c.createService("two-nodes", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	c.slice(svc, at(local, harness.NodeName), at(remote, harness.Node2Name))
-	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
 	c.eventually("pod reaches the local and the remote endpoint", func() string {
-		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 30})
+		rs = c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target(svc, 80), Count: 30})
 		return exactly(rs, both, client.IP, "")
 	})
 	t.Logf("RESULT pod %s to ClusterIP, endpoints on node-1 and node-2: %s, source kept", client.IP, harness.FormatTally(harness.Tally(rs)))

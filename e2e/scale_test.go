@@ -53,7 +53,7 @@ func scaleServices() int {
 // leaves would slow every test after it.
 func TestScale(t *testing.T) {
 	t.Parallel()
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("nftables", "the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +22,7 @@ import (
 // before the damage: chains, rules and elements) and to traffic flowing
 // again, and requires both within one second.
 func TestSelfRepair(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("nftables", "nftables self-repair; iptables flush detection has its own cases")
 	// With kube-proxy's default min-sync-period: each case damages the
 	// table within a second of the last repair, which must not wait it
@@ -114,13 +113,13 @@ func TestSelfRepair(t *testing.T) {
 // svcproxy uses or removes its jump rules; svcproxy notices and rewrites
 // them, and traffic flows again within a few seconds.
 func TestFlushDetection(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "iptables flush detection; nftables mode has TestSelfRepair")
 	svc := c.createService("flush", v1.ServiceSpec{})
 	c.slice(svc, at(backends[0], harness.NodeName), at(backends[1], harness.NodeName))
-	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	addr := target(svc, 80)
 	c.eventually("service works", func() string {
-		return landed(c.connect(client, harness.ClientOptions{Target: target, Count: 3}), backends[:2], client.IP, "")
+		return landed(c.connect(client, harness.ClientOptions{Target: addr, Count: 3}), backends[:2], client.IP, "")
 	})
 	for _, damage := range [][]string{
 		{"iptables", "-t", "nat", "-F"},
@@ -154,7 +153,7 @@ func TestFlushDetection(t *testing.T) {
 		start := time.Now()
 		var back time.Duration
 		for time.Since(start) < 10*time.Second {
-			rs := c.connect(client, harness.ClientOptions{Target: target, Count: 1, Timeout: 300 * time.Millisecond})
+			rs := c.connect(client, harness.ClientOptions{Target: addr, Count: 1, Timeout: 300 * time.Millisecond})
 			if landed(rs, backends[:2], client.IP, "") == "" {
 				back = time.Since(start)
 				break

@@ -38,7 +38,7 @@ const (
 // port it does not have is rejected. When the ServiceCIDR goes, the address
 // is reachable again. None of it forces a full rewrite of the table.
 func TestServiceCIDR(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("nftables", "nftables mode only: the iptables backend has no unallocated-ClusterIP drop (kube-proxy's iptables mode has none either)")
 	a, b, cc := backends[0], backends[1], backends[2]
 	cidrs := env.Client.NetworkingV1().ServiceCIDRs()

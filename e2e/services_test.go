@@ -251,8 +251,14 @@ func target(svc *v1.Service, port int32) string {
 	return net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(port)))
 }
 
+// nodePortTarget is the Service's first NodePort on the node's address.
 func nodePortTarget(svc *v1.Service) string {
-	return net.JoinHostPort(harness.NodeIP, strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	return nodePortOn(harness.NodeIP, svc)
+}
+
+// nodePortOn is the Service's first NodePort on address ip.
+func nodePortOn(ip string, svc *v1.Service) string {
+	return net.JoinHostPort(ip, strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
 }
 
 func ips(pods []*harness.Pod) []string {

@@ -54,53 +54,51 @@ func TestSysctls(t *testing.T) {
 // /sys, including a namespace's read-only nf_conntrack_max and a kernel
 // without the module.
 func TestApply(t *testing.T) {
-	type file struct {
-		value string
-		mode  os.FileMode
+	// sysctl is one file of the scratch tree, for the write of ws at its
+	// index: its content before (empty: no such file) and mode, the
+	// outcome of the write, and the content after (empty: as before).
+	type sysctl struct {
+		before string
+		mode   os.FileMode
+		want   Outcome
+		after  string
 	}
 	ws := Sysctls(Tuning{MaxPerCore: 65536, Min: 131072, TCPCloseWaitTimeout: time.Hour, UDPTimeout: 10 * time.Second}, 2)
-	cw, udp := netfilterDir+"nf_conntrack_tcp_timeout_close_wait", netfilterDir+"nf_conntrack_udp_timeout"
+	paths := []string{MaxPath, HashSizePath, netfilterDir + "nf_conntrack_tcp_timeout_close_wait", netfilterDir + "nf_conntrack_udp_timeout"}
+	for i, w := range ws {
+		if i >= len(paths) || w.Path != paths[i] {
+			t.Fatalf("write %d is of %s; the cases are laid out for %v", i, w.Path, paths)
+		}
+	}
 	for _, tc := range []struct {
-		name  string
-		files map[string]file // absent: no such file
-		want  []Outcome       // per write of ws
-		after map[string]string
+		name    string
+		sysctls [4]sysctl // in the order of paths
 	}{
-		{name: "host namespace: all written, hash size raised",
-			files: map[string]file{MaxPath: {"262144\n", 0o644}, HashSizePath: {"16384\n", 0o600}, cw: {"60\n", 0o644}, udp: {"30\n", 0o644}},
-			want:  []Outcome{Set, Set, Set, Set},
-			after: map[string]string{MaxPath: "131072", HashSizePath: "32768", cw: "3600", udp: "10"}},
-		{name: "hash size already large enough is not lowered",
-			files: map[string]file{MaxPath: {"65536\n", 0o644}, HashSizePath: {"65536\n", 0o600}, cw: {"3600\n", 0o644}, udp: {"10\n", 0o644}},
-			want:  []Outcome{Set, Unchanged, Unchanged, Unchanged},
-			after: map[string]string{MaxPath: "131072", HashSizePath: "65536\n"}},
-		{name: "another network namespace: nf_conntrack_max read-only, hash size untouched",
-			files: map[string]file{MaxPath: {"262144\n", 0o444}, HashSizePath: {"16384\n", 0o600}, cw: {"60\n", 0o644}, udp: {"30\n", 0o644}},
-			want:  []Outcome{Failed, Skipped, Set, Set},
-			after: map[string]string{MaxPath: "262144\n", HashSizePath: "16384\n", cw: "3600", udp: "10"}},
-		{name: "read-only nf_conntrack_max already right: hash size still untouched",
-			files: map[string]file{MaxPath: {"131072\n", 0o444}, HashSizePath: {"16384\n", 0o600}, cw: {"3600\n", 0o644}, udp: {"10\n", 0o644}},
-			want:  []Outcome{Unchanged, Skipped, Unchanged, Unchanged},
-			after: map[string]string{HashSizePath: "16384\n"}},
-		{name: "read-only sysctls everywhere",
-			files: map[string]file{MaxPath: {"262144\n", 0o444}, HashSizePath: {"16384\n", 0o400}, cw: {"60\n", 0o444}, udp: {"30\n", 0o444}},
-			want:  []Outcome{Failed, Skipped, Failed, Failed},
-			after: map[string]string{MaxPath: "262144\n", HashSizePath: "16384\n", cw: "60\n", udp: "30\n"}},
-		{name: "no nf_conntrack module", files: map[string]file{},
-			want: []Outcome{Failed, Skipped, Failed, Failed}},
-		{name: "garbage in a file",
-			files: map[string]file{MaxPath: {"lots\n", 0o644}, HashSizePath: {"16384\n", 0o600}, cw: {"60\n", 0o644}, udp: {"30\n", 0o644}},
-			want:  []Outcome{Failed, Skipped, Set, Set},
-			after: map[string]string{MaxPath: "lots\n", HashSizePath: "16384\n"}},
+		{"host namespace: all written, hash size raised", [4]sysctl{
+			{"262144\n", 0o644, Set, "131072"}, {"16384\n", 0o600, Set, "32768"}, {"60\n", 0o644, Set, "3600"}, {"30\n", 0o644, Set, "10"}}},
+		{"hash size already large enough is not lowered", [4]sysctl{
+			{"65536\n", 0o644, Set, "131072"}, {"65536\n", 0o600, Unchanged, ""}, {"3600\n", 0o644, Unchanged, ""}, {"10\n", 0o644, Unchanged, ""}}},
+		{"another network namespace: nf_conntrack_max read-only, hash size untouched", [4]sysctl{
+			{"262144\n", 0o444, Failed, ""}, {"16384\n", 0o600, Skipped, ""}, {"60\n", 0o644, Set, "3600"}, {"30\n", 0o644, Set, "10"}}},
+		{"read-only nf_conntrack_max already right: hash size still untouched", [4]sysctl{
+			{"131072\n", 0o444, Unchanged, ""}, {"16384\n", 0o600, Skipped, ""}, {"3600\n", 0o644, Unchanged, ""}, {"10\n", 0o644, Unchanged, ""}}},
+		{"read-only sysctls everywhere", [4]sysctl{
+			{"262144\n", 0o444, Failed, ""}, {"16384\n", 0o400, Skipped, ""}, {"60\n", 0o444, Failed, ""}, {"30\n", 0o444, Failed, ""}}},
+		{"no nf_conntrack module", [4]sysctl{{want: Failed}, {want: Skipped}, {want: Failed}, {want: Failed}}},
+		{"garbage in a file", [4]sysctl{
+			{"lots\n", 0o644, Failed, ""}, {"16384\n", 0o600, Skipped, ""}, {"60\n", 0o644, Set, "3600"}, {"30\n", 0o644, Set, "10"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			for p, f := range tc.files {
-				path := filepath.Join(root, p)
+			for i, f := range tc.sysctls {
+				if f.before == "" {
+					continue
+				}
+				path := filepath.Join(root, paths[i])
 				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 					t.Fatal(err)
 				}
-				if err := os.WriteFile(path, []byte(f.value), f.mode); err != nil {
+				if err := os.WriteFile(path, []byte(f.before), f.mode); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -109,17 +107,26 @@ func TestApply(t *testing.T) {
 				t.Fatalf("%d results for %d writes", len(rs), len(ws))
 			}
 			for i, r := range rs {
-				if r.Write != ws[i] || r.Outcome != tc.want[i] {
-					t.Errorf("write %d (%s=%d): outcome %d (err %v), want %d", i, ws[i].Path, ws[i].Value, r.Outcome, r.Err, tc.want[i])
+				want := tc.sysctls[i].want
+				if r.Write != ws[i] || r.Outcome != want {
+					t.Errorf("write %d (%s=%d): outcome %d (err %v), want %d", i, ws[i].Path, ws[i].Value, r.Outcome, r.Err, want)
 				}
 				if (r.Outcome == Failed) != (r.Err != nil) {
 					t.Errorf("write %d: outcome %d with err %v", i, r.Outcome, r.Err)
 				}
 			}
-			for p, want := range tc.after {
-				b, err := os.ReadFile(filepath.Join(root, p))
-				if err != nil || string(b) != want {
-					t.Errorf("%s = %q (%v), want %q", p, b, err, want)
+			for i, f := range tc.sysctls {
+				want := f.after
+				if want == "" {
+					want = f.before
+				}
+				b, err := os.ReadFile(filepath.Join(root, paths[i]))
+				if want == "" {
+					if !os.IsNotExist(err) {
+						t.Errorf("%s = %q (%v), want no such file", paths[i], b, err)
+					}
+				} else if err != nil || string(b) != want {
+					t.Errorf("%s = %q (%v), want %q", paths[i], b, err, want)
 				}
 			}
 		})

@@ -10,117 +10,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/svcproxy/svcproxy/proxier/nfnl/nfnltest"
 )
 
-// decodedMsg is what a test reads back of one element message, with the
-// generic attribute decoder.
-type decodedMsg struct {
-	Type  uint16
-	Flags netlink.HeaderFlags
-	Table string
-	Set   string
-	Elems []decodedElem
-}
-
-type decodedElem struct {
-	Flags   uint32
-	Key     []byte
-	KeyEnd  []byte
-	Value   []byte
-	Code    uint32
-	Chain   string
-	Verdict bool
-}
-
-func nestedValue(ad *netlink.AttributeDecoder) []byte {
-	var v []byte
-	ad.Nested(func(nd *netlink.AttributeDecoder) error {
-		for nd.Next() {
-			if nd.Type() == unix.NFTA_DATA_VALUE {
-				v = nd.Bytes()
-			}
-		}
-		return nil
-	})
-	return v
-}
-
-func decodeElem(ad *netlink.AttributeDecoder) decodedElem {
-	var e decodedElem
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_SET_ELEM_FLAGS:
-			e.Flags = binary.BigEndian.Uint32(ad.Bytes())
-		case unix.NFTA_SET_ELEM_KEY:
-			e.Key = nestedValue(ad)
-		case nftaSetElemKeyEnd:
-			e.KeyEnd = nestedValue(ad)
-		case unix.NFTA_SET_ELEM_DATA:
-			ad.Nested(func(data *netlink.AttributeDecoder) error {
-				for data.Next() {
-					switch data.Type() {
-					case unix.NFTA_DATA_VALUE:
-						e.Value = data.Bytes()
-					case unix.NFTA_DATA_VERDICT:
-						e.Verdict = true
-						data.Nested(func(v *netlink.AttributeDecoder) error {
-							for v.Next() {
-								switch v.Type() {
-								case unix.NFTA_VERDICT_CODE:
-									e.Code = binary.BigEndian.Uint32(v.Bytes())
-								case unix.NFTA_VERDICT_CHAIN:
-									e.Chain = v.String()
-								}
-							}
-							return nil
-						})
-					}
-				}
-				return nil
-			})
-		}
-	}
-	return e
-}
-
-func decodeMsg(t *testing.T, m netlink.Message) decodedMsg {
-	t.Helper()
-	if len(m.Data) > 1<<16 {
-		t.Errorf("message of %d bytes", len(m.Data))
-	}
-	d := decodedMsg{Type: uint16(m.Header.Type) & 0xff, Flags: m.Header.Flags}
-	if m.Data[0] != unix.NFPROTO_IPV4 {
-		t.Errorf("family %d", m.Data[0])
-	}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_SET_ELEM_LIST_TABLE:
-			d.Table = ad.String()
-		case unix.NFTA_SET_ELEM_LIST_SET:
-			d.Set = ad.String()
-		case unix.NFTA_SET_ELEM_LIST_ELEMENTS:
-			ad.Nested(func(list *netlink.AttributeDecoder) error {
-				for list.Next() {
-					if list.Type() != unix.NFTA_LIST_ELEM {
-						t.Errorf("element attribute type %d", list.Type())
-					}
-					list.Nested(func(e *netlink.AttributeDecoder) error {
-						d.Elems = append(d.Elems, decodeElem(e))
-						return nil
-					})
-				}
-				return nil
-			})
-		}
-	}
-	if err := ad.Err(); err != nil {
-		t.Fatalf("decode: %v", err)
-	}
-	return d
+// msg is the element message Decode should read back of a batch of
+// family IPv4 and table "t".
+func msg(typ uint16, flags netlink.HeaderFlags, set string, elems ...nfnltest.Elem) nfnltest.Msg {
+	return nfnltest.Msg{Type: typ, Flags: flags, Family: unix.NFPROTO_IPV4, Table: "t", Set: set, Elems: elems}
 }
 
 const (
@@ -136,38 +33,38 @@ func TestBatchEncoding(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		build func(b *Batch)
-		want  []decodedMsg
+		want  []nfnltest.Msg
 	}{
 		{"set elements, one message", func(b *Batch) {
 			b.Add("s", Elem{Key: k1})
 			b.Add("s", Elem{Key: k2})
-		}, []decodedMsg{{unix.NFT_MSG_NEWSETELEM, add, "t", "s", []decodedElem{{Key: k1}, {Key: k2}}}}},
+		}, []nfnltest.Msg{msg(unix.NFT_MSG_NEWSETELEM, add, "s", nfnltest.Elem{Key: k1}, nfnltest.Elem{Key: k2})}},
 		{"map data and verdicts", func(b *Batch) {
 			b.Add("m", Elem{Key: k1, Value: key("10.1.0.1", uint16(8080))})
 			b.Add("v", Elem{Key: k1, Verdict: Verdict{Kind: Goto, Chain: "lb-x"}})
 			b.Add("v", Elem{Key: k2, Verdict: Verdict{Kind: Drop}})
-		}, []decodedMsg{
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "m", []decodedElem{{Key: k1, Value: key("10.1.0.1", uint16(8080))}}},
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "v", []decodedElem{
-				{Key: k1, Verdict: true, Code: 0xfffffffc, Chain: "lb-x"},
-				{Key: k2, Verdict: true, Code: 0},
-			}},
+		}, []nfnltest.Msg{
+			msg(unix.NFT_MSG_NEWSETELEM, add, "m", nfnltest.Elem{Key: k1, Value: key("10.1.0.1", uint16(8080))}),
+			msg(unix.NFT_MSG_NEWSETELEM, add, "v",
+				nfnltest.Elem{Key: k1, Verdict: true, Code: 0xfffffffc, Chain: "lb-x"},
+				nfnltest.Elem{Key: k2, Verdict: true, Code: 0},
+			),
 		}},
 		{"a deletion sends the key only", func(b *Batch) {
 			b.Delete("v", Elem{Key: k1, Verdict: Verdict{Kind: Goto, Chain: "lb-x"}})
 			b.Delete("m", Elem{Key: k1, Value: key("10.1.0.1", uint16(8080))})
-		}, []decodedMsg{
-			{unix.NFT_MSG_DELSETELEM, del, "t", "v", []decodedElem{{Key: k1}}},
-			{unix.NFT_MSG_DELSETELEM, del, "t", "m", []decodedElem{{Key: k1}}},
+		}, []nfnltest.Msg{
+			msg(unix.NFT_MSG_DELSETELEM, del, "v", nfnltest.Elem{Key: k1}),
+			msg(unix.NFT_MSG_DELSETELEM, del, "m", nfnltest.Elem{Key: k1}),
 		}},
 		{"intervals", func(b *Batch) {
 			for _, e := range PrefixElems(netip.MustParsePrefix("10.96.0.0/12")) {
 				b.Add("cidrs", e)
 			}
 			b.Add("ranges", Elem{Key: key("10.0.0.0"), KeyEnd: key("10.0.0.255")})
-		}, []decodedMsg{
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "cidrs", []decodedElem{{Key: key("10.96.0.0")}, {Key: key("10.112.0.0"), Flags: unix.NFT_SET_ELEM_INTERVAL_END}}},
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "ranges", []decodedElem{{Key: key("10.0.0.0"), KeyEnd: key("10.0.0.255")}}},
+		}, []nfnltest.Msg{
+			msg(unix.NFT_MSG_NEWSETELEM, add, "cidrs", nfnltest.Elem{Key: key("10.96.0.0")}, nfnltest.Elem{Key: key("10.112.0.0"), Flags: unix.NFT_SET_ELEM_INTERVAL_END}),
+			msg(unix.NFT_MSG_NEWSETELEM, add, "ranges", nfnltest.Elem{Key: key("10.0.0.0"), KeyEnd: key("10.0.0.255")}),
 		}},
 		{"direction and set changes start messages, in order", func(b *Batch) {
 			b.Add("s", Elem{Key: k1})
@@ -175,12 +72,12 @@ func TestBatchEncoding(t *testing.T) {
 			b.Flush("s")
 			b.Add("s", Elem{Key: k2})
 			b.Add("o", Elem{Key: k2})
-		}, []decodedMsg{
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "s", []decodedElem{{Key: k1}}},
-			{unix.NFT_MSG_DELSETELEM, del, "t", "s", []decodedElem{{Key: k2}}},
-			{unix.NFT_MSG_DELSETELEM, del, "t", "s", nil},
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "s", []decodedElem{{Key: k2}}},
-			{unix.NFT_MSG_NEWSETELEM, add, "t", "o", []decodedElem{{Key: k2}}},
+		}, []nfnltest.Msg{
+			msg(unix.NFT_MSG_NEWSETELEM, add, "s", nfnltest.Elem{Key: k1}),
+			msg(unix.NFT_MSG_DELSETELEM, del, "s", nfnltest.Elem{Key: k2}),
+			msg(unix.NFT_MSG_DELSETELEM, del, "s"),
+			msg(unix.NFT_MSG_NEWSETELEM, add, "s", nfnltest.Elem{Key: k2}),
+			msg(unix.NFT_MSG_NEWSETELEM, add, "o", nfnltest.Elem{Key: k2}),
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -189,9 +86,9 @@ func TestBatchEncoding(t *testing.T) {
 			if b.Err() != nil {
 				t.Fatal(b.Err())
 			}
-			var got []decodedMsg
+			var got []nfnltest.Msg
 			for _, m := range b.Messages() {
-				got = append(got, decodeMsg(t, m))
+				got = append(got, nfnltest.Decode(t, m))
 			}
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("messages (-want +got):\n%s", d)
@@ -214,7 +111,7 @@ func TestBatchSplits(t *testing.T) {
 	}
 	next := uint32(0)
 	for _, m := range msgs {
-		for _, e := range decodeMsg(t, m).Elems {
+		for _, e := range nfnltest.Decode(t, m).Elems {
 			if i := binary.NativeEndian.Uint32(e.Key[8:]); i != next {
 				t.Fatalf("element %d where %d was due", i, next)
 			}
@@ -268,22 +165,22 @@ func TestPrefixes(t *testing.T) {
 	for _, tc := range []struct {
 		prefix      string
 		first, last string
-		elems       []decodedElem
+		elems       []nfnltest.Elem
 	}{
-		{"10.96.1.7/16", "10.96.0.0", "10.96.255.255", []decodedElem{{Key: key("10.96.0.0")}, {Key: key("10.97.0.0"), Flags: 1}}},
-		{"192.168.1.1/32", "192.168.1.1", "192.168.1.1", []decodedElem{{Key: key("192.168.1.1")}, {Key: key("192.168.1.2"), Flags: 1}}},
-		{"0.0.0.0/0", "0.0.0.0", "255.255.255.255", []decodedElem{{Key: key("0.0.0.0")}}},
-		{"fd00:96::/112", "fd00:96::", "fd00:96::ffff", []decodedElem{{Key: key("fd00:96::")}, {Key: key("fd00:96::1:0"), Flags: 1}}},
-		{"ffff::/16", "ffff::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", []decodedElem{{Key: key("ffff::")}}},
+		{"10.96.1.7/16", "10.96.0.0", "10.96.255.255", []nfnltest.Elem{{Key: key("10.96.0.0")}, {Key: key("10.97.0.0"), Flags: 1}}},
+		{"192.168.1.1/32", "192.168.1.1", "192.168.1.1", []nfnltest.Elem{{Key: key("192.168.1.1")}, {Key: key("192.168.1.2"), Flags: 1}}},
+		{"0.0.0.0/0", "0.0.0.0", "255.255.255.255", []nfnltest.Elem{{Key: key("0.0.0.0")}}},
+		{"fd00:96::/112", "fd00:96::", "fd00:96::ffff", []nfnltest.Elem{{Key: key("fd00:96::")}, {Key: key("fd00:96::1:0"), Flags: 1}}},
+		{"ffff::/16", "ffff::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", []nfnltest.Elem{{Key: key("ffff::")}}},
 	} {
 		p := netip.MustParsePrefix(tc.prefix)
 		first, last := PrefixRange(p)
 		if first.String() != tc.first || last.String() != tc.last {
 			t.Errorf("PrefixRange(%s) = %s, %s; want %s, %s", p, first, last, tc.first, tc.last)
 		}
-		var got []decodedElem
+		var got []nfnltest.Elem
 		for _, e := range PrefixElems(p) {
-			got = append(got, decodedElem{Key: e.Key, Flags: map[bool]uint32{true: 1}[e.IntervalEnd]})
+			got = append(got, nfnltest.Elem{Key: e.Key, Flags: map[bool]uint32{true: 1}[e.IntervalEnd]})
 		}
 		if d := cmp.Diff(tc.elems, got); d != "" {
 			t.Errorf("PrefixElems(%s) (-want +got):\n%s", p, d)

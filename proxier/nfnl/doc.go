@@ -20,5 +20,6 @@
 //     Subscription.Receive, Leave, Join and Queued for the guard, which
 //     decodes with Parse, Attr and ParseGen; Barrier for the sentinel.
 //
-// Kernel tests get a throwaway namespace from package nfnltest.
+// Kernel tests get a throwaway namespace from package nfnltest, and tests
+// of element batches read them back with its Decode.
 package nfnl

@@ -1,52 +1,30 @@
 package nftables
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/nfnl/nfnltest"
 )
 
-// decodedMsg is what a test reads back of one element message.
-type decodedMsg struct {
+// msgSummary is what TestElemMessages compares of one element message.
+type msgSummary struct {
 	typ   uint16
 	set   string
 	elems int
 }
 
-func decodeElemMsg(t *testing.T, m netlink.Message) decodedMsg {
+// decodeElemMsg decodes m, which must be of svcproxy's IPv4 table.
+func decodeElemMsg(t *testing.T, m netlink.Message) nfnltest.Msg {
 	t.Helper()
-	d := decodedMsg{typ: uint16(m.Header.Type) & 0xff}
-	ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_SET_ELEM_LIST_TABLE:
-			if ad.String() != TableName {
-				t.Errorf("table %q", ad.String())
-			}
-		case unix.NFTA_SET_ELEM_LIST_SET:
-			d.set = ad.String()
-		case unix.NFTA_SET_ELEM_LIST_ELEMENTS:
-			ad.Nested(func(nd *netlink.AttributeDecoder) error {
-				for nd.Next() {
-					if nd.Type() != unix.NFTA_LIST_ELEM {
-						t.Errorf("element attribute type %d", nd.Type())
-					}
-					d.elems++
-				}
-				return nil
-			})
-		}
-	}
-	if err := ad.Err(); err != nil {
-		t.Fatalf("decode: %v", err)
+	d := nfnltest.Decode(t, m)
+	if d.Table != TableName || d.Family != unix.NFPROTO_IPV4 {
+		t.Errorf("message of family %d table %q", d.Family, d.Table)
 	}
 	return d
 }
@@ -69,23 +47,20 @@ func TestElemMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	msgs := b.Messages()
-	var got []decodedMsg
+	var got []msgSummary
 	total := 0
 	for _, m := range msgs {
 		d := decodeElemMsg(t, m)
-		got = append(got, d)
-		if d.set == poolIP.endpointsMap("tcp") && d.typ == unix.NFT_MSG_NEWSETELEM {
-			total += d.elems
-		}
-		if len(m.Data) > 1<<16 {
-			t.Errorf("message of %d bytes", len(m.Data))
+		got = append(got, msgSummary{d.Type, d.Set, len(d.Elems)})
+		if d.Set == poolIP.endpointsMap("tcp") && d.Type == unix.NFT_MSG_NEWSETELEM {
+			total += len(d.Elems)
 		}
 	}
 	if total != 3000 || len(got) < 5 {
 		t.Fatalf("3000 endpoint adds in %d messages (%d elements): %+v", len(got), total, got)
 	}
 	tail := got[len(got)-3:]
-	want := []decodedMsg{{unix.NFT_MSG_DELSETELEM, mServiceIPs, 1}, {unix.NFT_MSG_NEWSETELEM, mServiceIPs, 1}, {unix.NFT_MSG_DELSETELEM, poolIP.endpointsMap("tcp"), 1}}
+	want := []msgSummary{{unix.NFT_MSG_DELSETELEM, mServiceIPs, 1}, {unix.NFT_MSG_NEWSETELEM, mServiceIPs, 1}, {unix.NFT_MSG_DELSETELEM, poolIP.endpointsMap("tcp"), 1}}
 	for i := range want {
 		if tail[i] != want[i] {
 			t.Errorf("message %d: %+v, want %+v", len(got)-3+i, tail[i], want[i])
@@ -104,56 +79,12 @@ func TestAppendElemVerdict(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages, want 1", len(msgs))
 	}
-	// The message's elements: one NFTA_LIST_ELEM.
-	ad, _ := netlink.NewAttributeDecoder(msgs[0].Data[4:])
-	var elems []byte
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_SET_ELEM_LIST_ELEMENTS {
-			elems = ad.Bytes()
-		}
+	d := decodeElemMsg(t, msgs[0])
+	if len(d.Elems) != 1 {
+		t.Fatalf("%d elements, want 1", len(d.Elems))
 	}
-	ad, _ = netlink.NewAttributeDecoder(elems)
-	var key []byte
-	var code uint32
-	var chain string
-	for ad.Next() {
-		ad.Nested(func(e *netlink.AttributeDecoder) error {
-			for e.Next() {
-				switch e.Type() {
-				case unix.NFTA_SET_ELEM_KEY:
-					e.Nested(func(k *netlink.AttributeDecoder) error {
-						for k.Next() {
-							key = k.Bytes()
-						}
-						return nil
-					})
-				case unix.NFTA_SET_ELEM_DATA:
-					e.Nested(func(d *netlink.AttributeDecoder) error {
-						for d.Next() {
-							d.Nested(func(v *netlink.AttributeDecoder) error {
-								for v.Next() {
-									switch v.Type() {
-									case unix.NFTA_VERDICT_CODE:
-										code = binary.BigEndian.Uint32(v.Bytes())
-									case unix.NFTA_VERDICT_CHAIN:
-										chain = v.String()
-									}
-								}
-								return nil
-							})
-						}
-						return nil
-					})
-				}
-			}
-			return nil
-		})
-	}
-	if err := ad.Err(); err != nil {
-		t.Fatal(err)
-	}
-	wantKey := []byte{10, 0, 0, 1, unix.IPPROTO_UDP, 0, 0, 0, 0, 53, 0, 0}
-	if string(key) != string(wantKey) || code != 0xfffffffc || chain != "lb-y" {
-		t.Errorf("key %v code %#x chain %q", key, code, chain)
+	want := nfnltest.Elem{Key: []byte{10, 0, 0, 1, unix.IPPROTO_UDP, 0, 0, 0, 0, 53, 0, 0}, Verdict: true, Code: 0xfffffffc, Chain: "lb-y"}
+	if diff := cmp.Diff(want, d.Elems[0]); diff != "" {
+		t.Errorf("element (-want +got):\n%s", diff)
 	}
 }

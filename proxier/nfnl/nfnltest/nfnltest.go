@@ -1,5 +1,7 @@
 // Package nfnltest gives kernel tests a throwaway network namespace, so
-// what they program never reaches the host's own ruleset.
+// what they program never reaches the host's own ruleset, and gives tests
+// of element batches (package nfnl's and the nftables backend's) one
+// decoder of the messages they send.
 package nfnltest
 
 import (

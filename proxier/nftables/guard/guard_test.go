@@ -206,10 +206,13 @@ func TestTxDecoderDamage(t *testing.T) {
 	chainAttr := func(n string) netlink.Attribute {
 		return netlink.Attribute{Type: unix.NFTA_RULE_CHAIN, Data: []byte(n + "\x00")}
 	}
-	v4, tbl := uint8(unix.NFPROTO_IPV4), tableAttr(table)
+	// ours is a notification about svcproxy's IPv4 table.
+	ours := func(typ uint16, attrs ...netlink.Attribute) netlink.Message {
+		return notif(typ, unix.NFPROTO_IPV4, append([]netlink.Attribute{tableAttr(table)}, attrs...)...)
+	}
 	many := []netlink.Message{}
 	for i := 0; i <= MaxDamaged; i++ {
-		many = append(many, notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr(fmt.Sprint("c", i))))
+		many = append(many, ours(unix.NFT_MSG_DELRULE, chainAttr(fmt.Sprint("c", i))))
 	}
 	for _, c := range []struct {
 		name string
@@ -217,26 +220,26 @@ func TestTxDecoderDamage(t *testing.T) {
 		want string
 	}{
 		{"a map flushed", []netlink.Message{
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("service-ips")),
+			ours(unix.NFT_MSG_DELSETELEM, setAttr("service-ips")),
+			ours(unix.NFT_MSG_DELSETELEM, setAttr("service-ips")),
 		}, "[elements of service-ips]"},
 		{"a chain flushed, a rule added", []netlink.Message{
-			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
-			notif(nfnl.MsgDestroyRule, v4, tbl, chainAttr("services")),
-			notif(unix.NFT_MSG_NEWRULE, v4, tbl, chainAttr("nat-prerouting")),
+			ours(unix.NFT_MSG_DELRULE, chainAttr("services")),
+			ours(nfnl.MsgDestroyRule, chainAttr("services")),
+			ours(unix.NFT_MSG_NEWRULE, chainAttr("nat-prerouting")),
 		}, "[chain nat-prerouting chain services]"},
 		{"elements deleted and added", []netlink.Message{
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("cluster-ips")),
-			notif(unix.NFT_MSG_NEWSETELEM, v4, tbl, setAttr("cluster-ips")),
-			notif(nfnl.MsgDestroySetElem, v4, tbl, setAttr("firewall-allow")),
-			notif(unix.NFT_MSG_DELSETELEM, v4, tbl, setAttr("affinity-tcp-10800")),
+			ours(unix.NFT_MSG_DELSETELEM, setAttr("cluster-ips")),
+			ours(unix.NFT_MSG_NEWSETELEM, setAttr("cluster-ips")),
+			ours(nfnl.MsgDestroySetElem, setAttr("firewall-allow")),
+			ours(unix.NFT_MSG_DELSETELEM, setAttr("affinity-tcp-10800")),
 		}, "[elements of cluster-ips elements of firewall-allow]"},
 		{"a chain deleted", []netlink.Message{
-			notif(unix.NFT_MSG_DELRULE, v4, tbl, chainAttr("services")),
-			notif(unix.NFT_MSG_DELCHAIN, v4, tbl),
+			ours(unix.NFT_MSG_DELRULE, chainAttr("services")),
+			ours(unix.NFT_MSG_DELCHAIN),
 		}, "the table"},
-		{"no table name", []netlink.Message{notif(unix.NFT_MSG_DELSETELEM, v4, setAttr("cluster-ips"))}, "the table"},
-		{"a rule without its chain", []netlink.Message{notif(unix.NFT_MSG_DELRULE, v4, tbl)}, "the table"},
+		{"no table name", []netlink.Message{notif(unix.NFT_MSG_DELSETELEM, unix.NFPROTO_IPV4, setAttr("cluster-ips"))}, "the table"},
+		{"a rule without its chain", []netlink.Message{ours(unix.NFT_MSG_DELRULE)}, "the table"},
 		{"too many objects", many, "the table"},
 	} {
 		d := newDecoder()
