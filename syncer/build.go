@@ -43,6 +43,9 @@ type buildResult struct {
 	state *proxier.State
 	// changed counts the Services whose ports differ from the previous State.
 	changed int
+	// changedNames are the first logNames of those Services, sorted, as
+	// "namespace/name".
+	changedNames []string
 	// endpoints is the total number of endpoints in state.
 	endpoints int
 }
@@ -98,9 +101,23 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 			NodeZone: zone,
 			Services: fs.services,
 		},
-		changed:   len(touched),
-		endpoints: fs.endpoints,
+		changed:      len(touched),
+		changedNames: firstNames(touched, logNames),
+		endpoints:    fs.endpoints,
 	}
+}
+
+// logNames is how many changed Services a sync's log line names.
+const logNames = 5
+
+// firstNames are the first n of names, sorted, as "namespace/name".
+func firstNames(names map[types.NamespacedName]struct{}, n int) []string {
+	out := make([]string, 0, len(names))
+	for nn := range names {
+		out = append(out, nn.String())
+	}
+	slices.Sort(out)
+	return out[:min(n, len(out))]
 }
 
 // reuseEqual replaces each port in built by its equal counterpart in old, so
