@@ -117,7 +117,7 @@ type ServicePlan struct {
 	Hairpin []Endpoint `json:"hairpin"`
 	// Affinity is ClientIP session affinity, when the port has it and
 	// endpoints to pin.
-	Affinity Affinity `json:"affinity"`
+	Affinity Affinity `json:"affinity,omitzero"`
 }
 
 // ShortCircuit is kube-proxy's exception to externalTrafficPolicy Local

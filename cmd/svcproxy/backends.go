@@ -29,6 +29,7 @@ type backend interface {
 	OnSynced(func(*proxier.Plan) error)
 	Watch(ctx context.Context, interval time.Duration) <-chan struct{}
 	LastSyncFull() bool
+	LastSyncOperations() int
 }
 
 // newBackends builds one proxier of mode per family configuration, each
@@ -74,7 +75,8 @@ func (m measured) Sync(ctx context.Context, st *proxier.State) error {
 }
 
 // measureIPTables sets kube-proxy's iptables metrics after each of p's
-// syncs: the restore failures, and the rules per table owned and written.
+// syncs: the restore failures, and the rules per table owned and written;
+// and svcproxy_sync_operations.
 func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
@@ -87,6 +89,7 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 		if err != nil {
 			return
 		}
+		m.ObserveSyncOperations(p.Family(), r.Operations)
 		for table, n := range r.Rules {
 			m.IPTablesRules.WithLabelValues(table, family).Set(float64(n))
 			m.IPTablesRulesLast.WithLabelValues(table, family).Set(float64(r.RulesWritten[table]))
@@ -95,7 +98,8 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 }
 
 // measureNFTables sets the nftables metrics after each of p's syncs: the
-// failures, and the table's elements and the transaction's operations.
+// failures, and the table's elements and the transaction's operations
+// (also in svcproxy_sync_operations).
 func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
@@ -105,6 +109,7 @@ func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 			return
 		}
 		r := p.LastResult()
+		m.ObserveSyncOperations(p.Family(), r.Operations)
 		m.NFTablesElements.WithLabelValues(family).Set(float64(r.Elements))
 		m.NFTablesOperations.WithLabelValues(family).Set(float64(r.Operations))
 	}}
