@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,4 +193,127 @@ func kubeproxyLines(body string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// debugState is the part of /debug/state TestDebugState reads.
+type debugState struct {
+	Families []struct {
+		IPFamily string `json:"ipFamily"`
+		Synced   bool   `json:"synced"`
+		State    struct {
+			Services []struct {
+				Name      debugName `json:"name"`
+				ClusterIP string    `json:"clusterIP"`
+				Endpoints []struct {
+					IP   string `json:"ip"`
+					Port int    `json:"port"`
+				} `json:"endpoints"`
+			} `json:"services"`
+		} `json:"state"`
+		Plan struct {
+			Services []struct {
+				Name             debugName `json:"name"`
+				Internal         string    `json:"internal"`
+				ClusterEndpoints []struct {
+					IP   string `json:"ip"`
+					Port int    `json:"port"`
+				} `json:"clusterEndpoints"`
+			} `json:"services"`
+		} `json:"plan"`
+	} `json:"families"`
+}
+
+type debugName struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Port      string `json:"port"`
+}
+
+// TestDebugState: /debug/state on the metrics address shows a Service the
+// test created, with its ClusterIP and its endpoints, in the IPv4 State and
+// as the cluster endpoints of its plan (forwarded); POST is refused; and
+// svcproxy_sync_operations has observations of the IPv4 transactions.
+func TestDebugState(t *testing.T) {
+	c := begin(t, true)
+	svc := c.service("debugstate", "web", []harness.Port{harness.TCP}, backends...)
+	var want []string
+	for _, p := range backends {
+		want = append(want, p.IP+":"+strconv.Itoa(harness.EchoPort))
+	}
+	slices.Sort(want)
+
+	// The Service DNATs already: the sync that programmed it is done.
+	code, body, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/debug/state")
+	if err != nil || code != 200 {
+		c.Fatalf("GET /debug/state: %d %v", code, err)
+	}
+	var st debugState
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		c.Fatalf("/debug/state: %v", err)
+	}
+	var inState, inPlan []string
+	clusterIP, verdict := "", ""
+	for _, f := range st.Families {
+		if f.IPFamily != "IPv4" {
+			continue
+		}
+		if !f.Synced {
+			c.Errorf("IPv4 not synced in /debug/state")
+		}
+		for _, s := range f.State.Services {
+			if s.Name.Namespace == "debugstate" && s.Name.Name == "web" {
+				clusterIP = s.ClusterIP
+				for _, e := range s.Endpoints {
+					inState = append(inState, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+		for _, s := range f.Plan.Services {
+			if s.Name.Namespace == "debugstate" && s.Name.Name == "web" {
+				verdict = s.Internal
+				for _, e := range s.ClusterEndpoints {
+					inPlan = append(inPlan, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+	}
+	slices.Sort(inState)
+	slices.Sort(inPlan)
+	c.Logf("/debug/state (%d bytes): debugstate/web ClusterIP %s, endpoints in the State %v, in the plan %v (%s)",
+		len(body), clusterIP, inState, inPlan, verdict)
+	if clusterIP != svc.Spec.ClusterIP || !slices.Equal(inState, want) || !slices.Equal(inPlan, want) || verdict != "forward" {
+		c.Errorf("/debug/state: debugstate/web ClusterIP %s, endpoints %v in the State, %v in the plan, verdict %q; want %s, %v, forward",
+			clusterIP, inState, inPlan, verdict, svc.Spec.ClusterIP, want)
+	}
+
+	if code, err := nodePost(c.ctx, "http://"+harness.MetricsAddr+"/debug/state"); err != nil || code != 405 {
+		c.Errorf("POST /debug/state: %d %v, want 405", code, err)
+	}
+
+	_, metrics, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/metrics")
+	if err != nil {
+		c.Fatalf("GET /metrics: %v", err)
+	}
+	n, _ := metricWith(metrics, "svcproxy_sync_operations_count", `ip_family="IPv4"`)
+	sum, _ := metricWith(metrics, "svcproxy_sync_operations_sum", `ip_family="IPv4"`)
+	c.Logf("svcproxy_sync_operations{IPv4}: %v transactions, %v operations", n, sum)
+	if n == 0 || sum < n {
+		c.Errorf("svcproxy_sync_operations{IPv4}: count %v, sum %v; want transactions of at least one operation each", n, sum)
+	}
+}
+
+// nodePost POSTs nothing to url from the node's namespace and returns the
+// status.
+func nodePost(ctx context.Context, url string) (int, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: env.Node.DialContext, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
