@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -242,49 +244,27 @@ func TestDebugState(t *testing.T) {
 	}
 	slices.Sort(want)
 
-	// The Service DNATs already: the sync that programmed it is done.
-	code, body, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/debug/state")
-	if err != nil || code != 200 {
-		c.Fatalf("GET /debug/state: %d %v", code, err)
+	// The rules are in place; the snapshot is stored once the sync's
+	// after-sync steps are done, so it may come a little later.
+	var r webInState
+	start := time.Now()
+	for {
+		r = c.readDebugState("debugstate", "web")
+		if slices.Equal(r.inPlan, want) || time.Since(start) > 10*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	var st debugState
-	if err := json.Unmarshal([]byte(body), &st); err != nil {
-		c.Fatalf("/debug/state: %v", err)
-	}
-	var inState, inPlan []string
-	clusterIP, verdict := "", ""
-	for _, f := range st.Families {
-		if f.IPFamily != "IPv4" {
-			continue
-		}
-		if !f.Synced {
-			c.Errorf("IPv4 not synced in /debug/state")
-		}
-		for _, s := range f.State.Services {
-			if s.Name.Namespace == "debugstate" && s.Name.Name == "web" {
-				clusterIP = s.ClusterIP
-				for _, e := range s.Endpoints {
-					inState = append(inState, e.IP+":"+strconv.Itoa(e.Port))
-				}
-			}
-		}
-		for _, s := range f.Plan.Services {
-			if s.Name.Namespace == "debugstate" && s.Name.Name == "web" {
-				verdict = s.Internal
-				for _, e := range s.ClusterEndpoints {
-					inPlan = append(inPlan, e.IP+":"+strconv.Itoa(e.Port))
-				}
-			}
-		}
-	}
-	slices.Sort(inState)
-	slices.Sort(inPlan)
 	c.Logf("/debug/state (%d bytes): debugstate/web ClusterIP %s, endpoints in the State %v, in the plan %v (%s)",
-		len(body), clusterIP, inState, inPlan, verdict)
-	if clusterIP != svc.Spec.ClusterIP || !slices.Equal(inState, want) || !slices.Equal(inPlan, want) || verdict != "forward" {
-		c.Errorf("/debug/state: debugstate/web ClusterIP %s, endpoints %v in the State, %v in the plan, verdict %q; want %s, %v, forward",
-			clusterIP, inState, inPlan, verdict, svc.Spec.ClusterIP, want)
+		r.size, r.clusterIP, r.inState, r.inPlan, r.verdict)
+	c.Logf("/debug/state: debugstate/web's plan: %s", r.plan)
+	if !r.synced || r.clusterIP != svc.Spec.ClusterIP || !slices.Equal(r.inState, want) || !slices.Equal(r.inPlan, want) || r.verdict != "forward" {
+		c.Errorf("/debug/state: IPv4 synced %v, debugstate/web ClusterIP %s, endpoints %v in the State, %v in the plan, verdict %q; want true, %s, %v, forward",
+			r.synced, r.clusterIP, r.inState, r.inPlan, r.verdict, svc.Spec.ClusterIP, want)
 	}
+
+	// The sync that programmed it logged one line naming it.
+	c.checkSyncLogLine("debugstate/web")
 
 	if code, err := nodePost(c.ctx, "http://"+harness.MetricsAddr+"/debug/state"); err != nil || code != 405 {
 		c.Errorf("POST /debug/state: %d %v, want 405", code, err)
@@ -316,4 +296,91 @@ func nodePost(ctx context.Context, url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// webInState is what /debug/state says of one Service's IPv4 port.
+type webInState struct {
+	size            int
+	synced          bool
+	clusterIP       string
+	verdict         string
+	inState, inPlan []string // "ip:port", sorted
+	plan            string   // the port's plan as served
+}
+
+// readDebugState reads /debug/state and what it says of Service ns/name.
+func (c *tc) readDebugState(ns, name string) webInState {
+	c.Helper()
+	code, body, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/debug/state")
+	if err != nil || code != 200 {
+		c.Fatalf("GET /debug/state: %d %v", code, err)
+	}
+	var st debugState
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		c.Fatalf("/debug/state: %v", err)
+	}
+	var raw struct {
+		Families []struct {
+			Plan struct {
+				Services []json.RawMessage `json:"services"`
+			} `json:"plan"`
+		} `json:"families"`
+	}
+	if err := json.Unmarshal([]byte(body), &raw); err != nil {
+		c.Fatalf("/debug/state: %v", err)
+	}
+	r := webInState{size: len(body)}
+	for i, f := range st.Families {
+		if f.IPFamily != "IPv4" {
+			continue
+		}
+		r.synced = f.Synced
+		for _, s := range f.State.Services {
+			if s.Name.Namespace == ns && s.Name.Name == name {
+				r.clusterIP = s.ClusterIP
+				for _, e := range s.Endpoints {
+					r.inState = append(r.inState, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+		for j, s := range f.Plan.Services {
+			if s.Name.Namespace == ns && s.Name.Name == name {
+				r.verdict = s.Internal
+				r.plan = string(raw.Families[i].Plan.Services[j])
+				for _, e := range s.ClusterEndpoints {
+					r.inPlan = append(r.inPlan, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+	}
+	slices.Sort(r.inState)
+	slices.Sort(r.inPlan)
+	return r
+}
+
+// checkSyncLogLine checks that svcproxy's log has a "Synced" line of
+// IPv4 that names the Service nn among the changed ones, with the keys of
+// the per-sync line.
+func (c *tc) checkSyncLogLine(nn string) {
+	c.Helper()
+	// The line follows the snapshot /debug/state showed: wait for it.
+	found := ""
+	for start := time.Now(); found == "" && time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		b, err := os.ReadFile(filepath.Join(env.LogDir, "svcproxy.log"))
+		if err != nil {
+			c.Fatalf("svcproxy's log: %v", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, `"Synced"`) && strings.Contains(l, `ipFamily="IPv4"`) && strings.Contains(l, `"`+nn+`"`) {
+				found = l
+			}
+		}
+	}
+	c.Logf("sync log line: %s", found)
+	for _, key := range []string{"duration=", "servicePorts=", "endpoints=", "changedServices=", "changedServiceNames=[",
+		"fullRebuild=", "operations=", `result="success"`} {
+		if !strings.Contains(found, key) {
+			c.Errorf("no Synced line naming %s with %s in svcproxy's log", nn, key)
+		}
+	}
 }
