@@ -77,13 +77,14 @@ type debugStateJSON struct {
 }
 
 // familyJSON is one family: Synced is false (and the rest absent) until
-// its first successful sync.
+// its first successful sync. Operations is 0 after a sync that had
+// nothing to write.
 type familyJSON struct {
 	IPFamily   proxier.IPFamily `json:"ipFamily"`
 	Synced     bool             `json:"synced"`
 	SyncedAt   *time.Time       `json:"syncedAt,omitempty"`
-	FullSync   bool             `json:"fullSync,omitempty"`
-	Operations int              `json:"operations,omitempty"`
+	FullSync   *bool            `json:"fullSync,omitempty"`
+	Operations *int             `json:"operations,omitempty"`
 	State      *proxier.State   `json:"state,omitempty"`
 	Plan       *planJSON        `json:"plan,omitempty"`
 }
@@ -106,8 +107,8 @@ func (d *debugState) body() debugStateJSON {
 	for _, fd := range d.families {
 		f := familyJSON{IPFamily: fd.family}
 		if s := fd.last.Load(); s != nil {
-			at := s.at
-			f.Synced, f.SyncedAt, f.FullSync, f.Operations, f.State = true, &at, s.full, s.operations, s.state
+			at, full, ops := s.at, s.full, s.operations
+			f.Synced, f.SyncedAt, f.FullSync, f.Operations, f.State = true, &at, &full, &ops, s.state
 			f.Plan = &planJSON{Plan: s.plan, Services: make([]servicePlanJSON, len(s.plan.Services))}
 			for i := range s.plan.Services {
 				sp := &s.plan.Services[i]
