@@ -110,14 +110,34 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 // logNames is how many changed Services a sync's log line names.
 const logNames = 5
 
-// firstNames are the first n of names, sorted, as "namespace/name".
+// firstNames are the first n of names in order, as "namespace/name". It
+// keeps only n at a time, so a large burst costs no sort of it.
 func firstNames(names map[types.NamespacedName]struct{}, n int) []string {
-	out := make([]string, 0, len(names))
-	for nn := range names {
-		out = append(out, nn.String())
+	less := func(a, b types.NamespacedName) bool {
+		return a.Namespace < b.Namespace || a.Namespace == b.Namespace && a.Name < b.Name
 	}
-	slices.Sort(out)
-	return out[:min(n, len(out))]
+	if n <= 0 {
+		return nil
+	}
+	first := make([]types.NamespacedName, 0, min(n, len(names)))
+	for nn := range names {
+		if len(first) == n && !less(nn, first[n-1]) {
+			continue
+		}
+		i := len(first)
+		for i > 0 && less(nn, first[i-1]) {
+			i--
+		}
+		if len(first) == n {
+			first = first[:n-1]
+		}
+		first = slices.Insert(first, i, nn)
+	}
+	out := make([]string, len(first))
+	for i, nn := range first {
+		out[i] = nn.String()
+	}
+	return out
 }
 
 // reuseEqual replaces each port in built by its equal counterpart in old, so

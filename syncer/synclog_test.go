@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
@@ -131,6 +133,28 @@ func TestSyncLogLine(t *testing.T) {
 		}
 		if (l.err != nil) != (w.result == "failure") {
 			t.Errorf("line %d: error %v with result %s", i, l.err, w.result)
+		}
+	}
+}
+
+// TestFirstNames: the first n names in order, whatever the map's order
+// and size.
+func TestFirstNames(t *testing.T) {
+	for _, tc := range []struct{ names, n int }{{0, 5}, {3, 5}, {5, 5}, {6, 5}, {100, 5}, {10, 1}, {10, 0}} {
+		names := map[types.NamespacedName]struct{}{}
+		var all []string
+		for i := range tc.names {
+			// Namespaces and names both decide the order.
+			nn := types.NamespacedName{Namespace: fmt.Sprintf("ns%d", i%3), Name: fmt.Sprintf("svc%03d", (i*37)%101)}
+			names[nn] = struct{}{}
+			all = append(all, nn.String())
+		}
+		slices.Sort(all)
+		want := all[:min(tc.n, len(all))]
+		for range 3 { // map order varies
+			if got := firstNames(names, tc.n); !slices.Equal(got, want) {
+				t.Errorf("%d names, first %d: %v, want %v", tc.names, tc.n, got, want)
+			}
 		}
 	}
 }
