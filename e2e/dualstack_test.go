@@ -59,7 +59,7 @@ func TestIPv6(t *testing.T) {
 // restart's full sync (nft 1.0.6 aborts on an IPv6 dynamic map update, so
 // the layout before, with affinity maps, balanced IPv6 without affinity).
 func TestIPv6SessionAffinity(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("ipv6-affinity", affinity(900, v1.ServiceSpec{
 		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
 		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},

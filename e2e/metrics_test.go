@@ -1,7 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,4 +195,192 @@ func kubeproxyLines(body string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// debugState is the part of /debug/state TestDebugState reads.
+type debugState struct {
+	Families []struct {
+		IPFamily string `json:"ipFamily"`
+		Synced   bool   `json:"synced"`
+		State    struct {
+			Services []struct {
+				Name      debugName `json:"name"`
+				ClusterIP string    `json:"clusterIP"`
+				Endpoints []struct {
+					IP   string `json:"ip"`
+					Port int    `json:"port"`
+				} `json:"endpoints"`
+			} `json:"services"`
+		} `json:"state"`
+		Plan struct {
+			Services []struct {
+				Name             debugName `json:"name"`
+				Internal         string    `json:"internal"`
+				ClusterEndpoints []struct {
+					IP   string `json:"ip"`
+					Port int    `json:"port"`
+				} `json:"clusterEndpoints"`
+			} `json:"services"`
+		} `json:"plan"`
+	} `json:"families"`
+}
+
+type debugName struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Port      string `json:"port"`
+}
+
+// TestDebugState: /debug/state on the metrics address shows a Service the
+// test created, with its ClusterIP and its endpoints, in the IPv4 State and
+// as the cluster endpoints of its plan (forwarded); POST is refused; and
+// svcproxy_sync_operations has observations of the IPv4 transactions.
+func TestDebugState(t *testing.T) {
+	c := begin(t)
+	svc := c.service("debugstate", "web", []harness.Port{harness.TCP}, backends...)
+	var want []string
+	for _, p := range backends {
+		want = append(want, p.IP+":"+strconv.Itoa(harness.EchoPort))
+	}
+	slices.Sort(want)
+
+	// The rules are in place; the snapshot is stored once the sync's
+	// after-sync steps are done, so it may come a little later.
+	var r webInState
+	start := time.Now()
+	for {
+		r = c.readDebugState("debugstate", "web")
+		if slices.Equal(r.inPlan, want) || time.Since(start) > 10*time.Second {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Logf("/debug/state (%d bytes): debugstate/web ClusterIP %s, endpoints in the State %v, in the plan %v (%s)",
+		r.size, r.clusterIP, r.inState, r.inPlan, r.verdict)
+	c.Logf("/debug/state: debugstate/web's plan: %s", r.plan)
+	if !r.synced || r.clusterIP != svc.Spec.ClusterIP || !slices.Equal(r.inState, want) || !slices.Equal(r.inPlan, want) || r.verdict != "forward" {
+		c.Errorf("/debug/state: IPv4 synced %v, debugstate/web ClusterIP %s, endpoints %v in the State, %v in the plan, verdict %q; want true, %s, %v, forward",
+			r.synced, r.clusterIP, r.inState, r.inPlan, r.verdict, svc.Spec.ClusterIP, want)
+	}
+
+	// The sync that programmed it logged one line naming it.
+	c.checkSyncLogLine("debugstate/web")
+
+	if code, err := nodePost(c.ctx, "http://"+harness.MetricsAddr+"/debug/state"); err != nil || code != 405 {
+		c.Errorf("POST /debug/state: %d %v, want 405", code, err)
+	}
+
+	_, metrics, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/metrics")
+	if err != nil {
+		c.Fatalf("GET /metrics: %v", err)
+	}
+	n, _ := metricWith(metrics, "svcproxy_sync_operations_count", `ip_family="IPv4"`)
+	sum, _ := metricWith(metrics, "svcproxy_sync_operations_sum", `ip_family="IPv4"`)
+	c.Logf("svcproxy_sync_operations{IPv4}: %v transactions, %v operations", n, sum)
+	if n == 0 || sum < n {
+		c.Errorf("svcproxy_sync_operations{IPv4}: count %v, sum %v; want transactions of at least one operation each", n, sum)
+	}
+}
+
+// nodePost POSTs nothing to url from the node's namespace and returns the
+// status.
+func nodePost(ctx context.Context, url string) (int, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: env.Node.DialContext, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// webInState is what /debug/state says of one Service's IPv4 port.
+type webInState struct {
+	size            int
+	synced          bool
+	clusterIP       string
+	verdict         string
+	inState, inPlan []string // "ip:port", sorted
+	plan            string   // the port's plan as served
+}
+
+// readDebugState reads /debug/state and what it says of Service ns/name.
+func (c *tc) readDebugState(ns, name string) webInState {
+	c.Helper()
+	code, body, err := env.NodeHTTPGet(c.ctx, "http://"+harness.MetricsAddr+"/debug/state")
+	if err != nil || code != 200 {
+		c.Fatalf("GET /debug/state: %d %v", code, err)
+	}
+	var st debugState
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		c.Fatalf("/debug/state: %v", err)
+	}
+	var raw struct {
+		Families []struct {
+			Plan struct {
+				Services []json.RawMessage `json:"services"`
+			} `json:"plan"`
+		} `json:"families"`
+	}
+	if err := json.Unmarshal([]byte(body), &raw); err != nil {
+		c.Fatalf("/debug/state: %v", err)
+	}
+	r := webInState{size: len(body)}
+	for i, f := range st.Families {
+		if f.IPFamily != "IPv4" {
+			continue
+		}
+		r.synced = f.Synced
+		for _, s := range f.State.Services {
+			if s.Name.Namespace == ns && s.Name.Name == name {
+				r.clusterIP = s.ClusterIP
+				for _, e := range s.Endpoints {
+					r.inState = append(r.inState, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+		for j, s := range f.Plan.Services {
+			if s.Name.Namespace == ns && s.Name.Name == name {
+				r.verdict = s.Internal
+				r.plan = string(raw.Families[i].Plan.Services[j])
+				for _, e := range s.ClusterEndpoints {
+					r.inPlan = append(r.inPlan, e.IP+":"+strconv.Itoa(e.Port))
+				}
+			}
+		}
+	}
+	slices.Sort(r.inState)
+	slices.Sort(r.inPlan)
+	return r
+}
+
+// checkSyncLogLine checks that svcproxy's log has a "Synced" line of
+// IPv4 that names the Service nn among the changed ones, with the keys of
+// the per-sync line.
+func (c *tc) checkSyncLogLine(nn string) {
+	c.Helper()
+	// The line follows the snapshot /debug/state showed: wait for it.
+	found := ""
+	for start := time.Now(); found == "" && time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		b, err := os.ReadFile(filepath.Join(env.LogDir, "svcproxy.log"))
+		if err != nil {
+			c.Fatalf("svcproxy's log: %v", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, `"Synced"`) && strings.Contains(l, `ipFamily="IPv4"`) && strings.Contains(l, `"`+nn+`"`) {
+				found = l
+			}
+		}
+	}
+	c.Logf("sync log line: %s", found)
+	for _, key := range []string{"duration=", "servicePorts=", "endpoints=", "changedServices=", "changedServiceNames=[",
+		"fullRebuild=", "operations=", `result="success"`} {
+		if !strings.Contains(found, key) {
+			c.Errorf("no Synced line naming %s with %s in svcproxy's log", nn, key)
+		}
+	}
 }

@@ -25,7 +25,7 @@ const (
 // connections from the node to 127.0.0.1:<NodePort> move the two
 // counters by at least as many packets.
 func TestNFAcctMetrics(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	c.onlyIn("iptables", "kube-proxy registers its nfacct metrics in iptables mode only: its nftables mode has no conntrack-INVALID drop and no localhost NodePorts to count")
 	if v, err := env.Node.Run(c.ctx, "sysctl", "-n", "net.netfilter.nf_conntrack_tcp_be_liberal"); err != nil || strings.TrimSpace(v) != "0" {
 		t.Fatalf("nf_conntrack_tcp_be_liberal in the node namespace: %q, %v; want 0, the default, for the INVALID drop to exist", v, err)

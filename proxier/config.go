@@ -21,9 +21,9 @@ const (
 // LocalDetector says which packets come from local pods. CIDRs are used by the
 // CIDR modes, Interface by the interface modes (a bridge name or a prefix).
 type LocalDetector struct {
-	Mode      LocalMode
-	CIDRs     []netip.Prefix
-	Interface string
+	Mode      LocalMode      `json:"mode"`
+	CIDRs     []netip.Prefix `json:"cidrs,omitempty"`
+	Interface string         `json:"interface,omitempty"`
 }
 
 // Implemented reports whether the detector can tell anything apart; when it
@@ -153,27 +153,27 @@ var (
 
 // Config is what a proxier knows that does not come from the API: flags.
 type Config struct {
-	Family IPFamily
+	Family IPFamily `json:"family"`
 	// MasqueradeAll masquerades all traffic to ClusterIPs.
-	MasqueradeAll bool
+	MasqueradeAll bool `json:"masqueradeAll"`
 	// MasqueradeBit is the fwmark bit used to flag packets for SNAT.
-	MasqueradeBit int
-	LocalDetector LocalDetector
+	MasqueradeBit int           `json:"masqueradeBit"`
+	LocalDetector LocalDetector `json:"localDetector"`
 	// NodeIPs are this node's addresses of this family: NodePorts listen on
 	// those inside NodePortAddresses, and a load-balancer source range that
 	// holds one lets the node itself through.
-	NodeIPs []netip.Addr
+	NodeIPs []netip.Addr `json:"nodeIPs"`
 	// NodePortAddresses limits NodePorts to node IPs inside these CIDRs;
 	// empty means every local address.
-	NodePortAddresses []netip.Prefix
+	NodePortAddresses []netip.Prefix `json:"nodePortAddresses,omitempty"`
 	// LocalhostNodePorts makes NodePorts answer on 127.0.0.0/8 (IPv4 only;
 	// needs route_localnet).
-	LocalhostNodePorts bool
+	LocalhostNodePorts bool `json:"localhostNodePorts"`
 	// ServiceClusterIPRange (--service-cluster-ip-range) stands for the
 	// service CIDRs when the State carries none.
-	ServiceClusterIPRange []netip.Prefix
+	ServiceClusterIPRange []netip.Prefix `json:"serviceClusterIPRange,omitempty"`
 	// Mode is the backend's kube-proxy mode, as traits.
-	Mode ModeTraits
+	Mode ModeTraits `json:"mode"`
 }
 
 // NodePortsMatchAll reports whether NodePorts are open on every local

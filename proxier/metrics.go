@@ -30,6 +30,10 @@ type Metrics struct {
 	ConntrackDuration *prometheus.HistogramVec // ip_family
 	ConntrackDeleted  *prometheus.CounterVec   // ip_family
 	HealthCheckErrors *prometheus.CounterVec   // ip_family
+	// SyncOperations: the operations each sync's transaction carried
+	// (iptables: the rule and chain lines of the restore input; nftables:
+	// the transaction's commands and element operations).
+	SyncOperations *prometheus.HistogramVec // ip_family
 
 	// iptables: failed restores (all, and those of partial syncs), and the
 	// rules per table in the kernel and in the last restore input.
@@ -54,6 +58,10 @@ type Metrics struct {
 // SyncDurationBuckets are kube-proxy's buckets for its sync and conntrack
 // reconciler durations: 1ms doubling up to about 16s.
 func SyncDurationBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
+
+// SyncOperationsBuckets cover one operation up to a full sync of a large
+// cluster: powers of 4 from 1 to about 1e6.
+func SyncOperationsBuckets() []float64 { return prometheus.ExponentialBuckets(1, 4, 11) }
 
 // KubeProxyHelp is help as kube-proxy exports it: its metrics are
 // component-base ALPHA metrics, whose help carries the stability level.
@@ -88,6 +96,9 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 			"Cumulative conntrack flows deleted by conntrack reconciler"),
 		HealthCheckErrors: counter("svcproxy_healthcheck_server_errors_total",
 			"Health-check node ports that could not be opened."),
+		SyncOperations: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "svcproxy_sync_operations",
+			Help:    "Operations in each sync's transaction: iptables-restore rule and chain lines, or nftables commands and element operations.",
+			Buckets: SyncOperationsBuckets()}, family),
 
 		RestoreFailures: counter("kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
 			"Cumulative proxy iptables restore failures"),
@@ -112,7 +123,7 @@ func NewMetrics(reg prometheus.Registerer, b Backend) *Metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.NoLocalEndpoints, m.ConntrackDuration, m.ConntrackDeleted, m.HealthCheckErrors)
+	reg.MustRegister(m.NoLocalEndpoints, m.ConntrackDuration, m.ConntrackDeleted, m.HealthCheckErrors, m.SyncOperations)
 	switch b {
 	case IPTablesBackend:
 		reg.MustRegister(m.RestoreFailures, m.PartialRestoreFailures, m.IPTablesRules, m.IPTablesRulesLast)
@@ -240,5 +251,14 @@ func (c *NFAcctCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.descs[o], prometheus.CounterValue, float64(n))
+	}
+}
+
+// ObserveSyncOperations observes the n operations of one sync's
+// transaction in family; a sync that wrote nothing (n == 0) ran no
+// transaction and is not observed.
+func (m *Metrics) ObserveSyncOperations(family IPFamily, n int) {
+	if n > 0 {
+		m.SyncOperations.WithLabelValues(family.String()).Observe(float64(n))
 	}
 }

@@ -94,3 +94,43 @@ func TestNewMetricsPerBackend(t *testing.T) {
 		}
 	}
 }
+
+// TestObserveSyncOperations: svcproxy_sync_operations is registered in
+// both modes, observes each transaction's operations in its family's
+// series, skips a sync that wrote nothing, and its buckets reach 1e6.
+func TestObserveSyncOperations(t *testing.T) {
+	for _, b := range []proxier.Backend{proxier.IPTablesBackend, proxier.NFTablesBackend} {
+		reg := prometheus.NewRegistry()
+		m := proxier.NewMetrics(reg, b)
+		m.ObserveSyncOperations(proxier.IPv4, 0)
+		m.ObserveSyncOperations(proxier.IPv4, 3)
+		m.ObserveSyncOperations(proxier.IPv4, 900000)
+		m.ObserveSyncOperations(proxier.IPv6, 1)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]*dto.Histogram{}
+		for _, mf := range mfs {
+			if mf.GetName() != "svcproxy_sync_operations" {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				got[mt.GetLabel()[0].GetValue()] = mt.GetHistogram()
+			}
+		}
+		v4, v6 := got["IPv4"], got["IPv6"]
+		if v4.GetSampleCount() != 2 || v4.GetSampleSum() != 900003 || v6.GetSampleCount() != 1 {
+			t.Errorf("%s: IPv4 %d samples summing %v, IPv6 %d; want 2 summing 900003, and 1",
+				b, v4.GetSampleCount(), v4.GetSampleSum(), v6.GetSampleCount())
+		}
+		buckets := v4.GetBucket()
+		if len(buckets) == 0 || buckets[0].GetUpperBound() != 1 || buckets[len(buckets)-1].GetUpperBound() < 1e6 {
+			t.Errorf("%s: buckets %v, want from 1 to at least 1e6", b, buckets)
+		}
+		// 900000 is in the last bucket only.
+		if n := len(buckets); n < 2 || buckets[n-1].GetCumulativeCount() != 2 || buckets[n-2].GetCumulativeCount() != 1 {
+			t.Errorf("%s: 900000 not counted in the last bucket alone: %v", b, buckets)
+		}
+	}
+}

@@ -32,6 +32,9 @@ func (v Verdict) String() string {
 	return "unknown"
 }
 
+// MarshalText makes a Verdict its name in JSON.
+func (v Verdict) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
 // Policy is a traffic policy (internalTrafficPolicy or
 // externalTrafficPolicy) in force for one kind of traffic.
 type Policy int
@@ -68,31 +71,32 @@ func (p *Policy) UnmarshalText(b []byte) error {
 // ServicePlan is every decision about one service port that does not depend
 // on the backend. Backends translate it; they do not re-decide it.
 type ServicePlan struct {
-	Svc *Service
+	// Svc is left out of JSON: the State holds it, under the same name.
+	Svc *Service `json:"-"`
 	// ClusterEndpoints serve traffic under a Cluster policy: ready endpoints
 	// (topology-filtered), or serving-terminating ones when none is ready.
-	ClusterEndpoints []Endpoint
+	ClusterEndpoints []Endpoint `json:"clusterEndpoints"`
 	// LocalEndpoints serve traffic under a Local policy: local ready
 	// endpoints, or local serving-terminating ones when none is ready.
-	LocalEndpoints []Endpoint
+	LocalEndpoints []Endpoint `json:"localEndpoints"`
 	// AllEndpoints is every endpoint either set uses, sorted; each gets a
 	// DNAT target in the backend.
-	AllEndpoints []Endpoint
+	AllEndpoints []Endpoint `json:"allEndpoints"`
 	// HasEndpoints: some endpoint anywhere is ready or serving-terminating.
 	// Without one, traffic is rejected; with one but none usable, dropped.
-	HasEndpoints bool
+	HasEndpoints bool `json:"hasEndpoints"`
 
 	// InternalPolicy is the policy for ClusterIP traffic. Internal is its
 	// verdict, InternalEndpoints the endpoints it goes to when the verdict
 	// is Forward.
-	InternalPolicy    Policy
-	Internal          Verdict
-	InternalEndpoints []Endpoint
+	InternalPolicy    Policy     `json:"internalPolicy"`
+	Internal          Verdict    `json:"internal"`
+	InternalEndpoints []Endpoint `json:"internalEndpoints"`
 	// MasqueradeInternal: MasqueradeAll masquerades every ClusterIP packet,
 	// MasqueradeNonLocal only those MasqueradeInternalMatch selects (the
 	// ones not from this node's pods).
-	MasqueradeInternal      MasqueradeMode
-	MasqueradeInternalMatch LocalTraffic
+	MasqueradeInternal      MasqueradeMode `json:"masqueradeInternal"`
+	MasqueradeInternalMatch LocalTraffic   `json:"masqueradeInternalMatch"`
 
 	// ExternalPolicy is the policy for traffic to external destinations
 	// (NodePort, external IPs, load-balancer IPs). External is the verdict
@@ -100,34 +104,34 @@ type ServicePlan struct {
 	// external path, Reject when there are no endpoints, Drop when the
 	// policy is Local and none is local. ShortCircuit may serve pods and
 	// the node itself all the same.
-	ExternalPolicy Policy
-	External       Verdict
+	ExternalPolicy Policy  `json:"externalPolicy"`
+	External       Verdict `json:"external"`
 	// ExternalEndpoints serve external traffic: local endpoints under
 	// externalTrafficPolicy Local, cluster endpoints otherwise.
-	ExternalEndpoints []Endpoint
+	ExternalEndpoints []Endpoint `json:"externalEndpoints"`
 	// MasqueradeExternal: traffic that takes the external path is
 	// masqueraded (externalTrafficPolicy Cluster: the endpoint may be on
 	// another node, whose reply must come back here). Under Local it keeps
 	// its source address.
-	MasqueradeExternal bool
+	MasqueradeExternal bool `json:"masqueradeExternal"`
 	// ShortCircuit: how traffic to external destinations that starts on
 	// this node bypasses the Local policy (kube-proxy's KUBE-EXT chain).
-	ShortCircuit ShortCircuit
+	ShortCircuit ShortCircuit `json:"shortCircuit"`
 	// Firewall: load-balancer source ranges apply; FirewallAllowNode lets
 	// traffic from the node itself through (a range holds a node IP), which
 	// comes from a load-balancer IP.
-	Firewall          bool
-	FirewallRanges    []netip.Prefix
-	FirewallAllowNode bool
+	Firewall          bool           `json:"firewall"`
+	FirewallRanges    []netip.Prefix `json:"firewallRanges,omitempty"`
+	FirewallAllowNode bool           `json:"firewallAllowNode"`
 
 	// Hairpin are the endpoints whose traffic to the Service, when it comes
 	// back to themselves, is masqueraded (or the reply would bypass the
 	// reverse DNAT): every endpoint of the port, as kube-proxy does. Sorted
 	// as AllEndpoints.
-	Hairpin []Endpoint
+	Hairpin []Endpoint `json:"hairpin"`
 	// Affinity is ClientIP session affinity, when the port has it and
 	// endpoints to pin.
-	Affinity Affinity
+	Affinity Affinity `json:"affinity,omitzero"`
 }
 
 // ShortCircuit is kube-proxy's exception to externalTrafficPolicy Local
@@ -179,17 +183,30 @@ const (
 	MasqueradeAll
 )
 
+func (m MasqueradeMode) String() string {
+	switch m {
+	case MasqueradeNonLocal:
+		return "nonLocal"
+	case MasqueradeAll:
+		return "all"
+	}
+	return "none"
+}
+
+// MarshalText makes a MasqueradeMode its name in JSON.
+func (m MasqueradeMode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
 // Plan is the whole node's plan for one family.
 type Plan struct {
-	Config   Config
-	Services []ServicePlan
+	Config   Config        `json:"config"`
+	Services []ServicePlan `json:"services"`
 	// LocalPods matches traffic from this node's pods.
-	LocalPods LocalTraffic
+	LocalPods LocalTraffic `json:"localPods"`
 	// NodePorts says where NodePorts answer.
-	NodePorts NodePorts
+	NodePorts NodePorts `json:"nodePorts"`
 	// ServiceCIDRs are the State's service CIDRs of the family, else the
 	// config's --service-cluster-ip-range ones.
-	ServiceCIDRs []netip.Prefix
+	ServiceCIDRs []netip.Prefix `json:"serviceCIDRs"`
 }
 
 // UsesClusterEndpoints reports whether any traffic to s goes to cluster-wide

@@ -50,6 +50,10 @@ func (f IPFamily) String() string {
 	return "IPv4"
 }
 
+// MarshalText makes an IPFamily its name in JSON, as the Kubernetes API
+// spells it ("IPv4", "IPv6").
+func (f IPFamily) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
+
 // Matches reports whether a belongs to family f.
 func (f IPFamily) Matches(a netip.Addr) bool {
 	if !a.IsValid() {
@@ -95,20 +99,20 @@ func (n ServicePortName) Less(o ServicePortName) bool {
 // Endpoint is one backend address of a service port, after the syncer merged
 // every EndpointSlice of the Service and deduplicated by IP:port.
 type Endpoint struct {
-	IP   netip.Addr
-	Port int32
+	IP   netip.Addr `json:"ip"`
+	Port int32      `json:"port"`
 	// NodeName is the node hosting the endpoint; IsLocal says it is this node.
-	NodeName string
-	IsLocal  bool
-	Zone     string
+	NodeName string `json:"nodeName,omitempty"`
+	IsLocal  bool   `json:"isLocal"`
+	Zone     string `json:"zone,omitempty"`
 	// Conditions, with the EndpointSlice API defaults already applied
 	// (ready and serving default to true, terminating to false).
-	Ready       bool
-	Serving     bool
-	Terminating bool
+	Ready       bool `json:"ready"`
+	Serving     bool `json:"serving"`
+	Terminating bool `json:"terminating"`
 	// Topology hints.
-	ZoneHints []string
-	NodeHints []string
+	ZoneHints []string `json:"zoneHints,omitempty"`
+	NodeHints []string `json:"nodeHints,omitempty"`
 }
 
 // String is the endpoint as IP:port ("[v6]:port" for IPv6).
@@ -121,42 +125,42 @@ func (e Endpoint) String() string {
 // anything about a service port changes it builds a new value, so a backend
 // may keep pointers from the previous State and compare them.
 type Service struct {
-	Name      ServicePortName
-	ClusterIP netip.Addr
-	Port      int32
-	Protocol  Protocol
+	Name      ServicePortName `json:"name"`
+	ClusterIP netip.Addr      `json:"clusterIP"`
+	Port      int32           `json:"port"`
+	Protocol  Protocol        `json:"protocol"`
 	// NodePort is 0 when the port has none.
-	NodePort int32
+	NodePort int32 `json:"nodePort,omitempty"`
 	// ExternalIPs and LoadBalancerIPs (VIP mode only) of this family.
-	ExternalIPs              []netip.Addr
-	LoadBalancerIPs          []netip.Addr
-	LoadBalancerSourceRanges []netip.Prefix
+	ExternalIPs              []netip.Addr   `json:"externalIPs,omitempty"`
+	LoadBalancerIPs          []netip.Addr   `json:"loadBalancerIPs,omitempty"`
+	LoadBalancerSourceRanges []netip.Prefix `json:"loadBalancerSourceRanges,omitempty"`
 	// AffinityTimeoutSeconds > 0 means sessionAffinity ClientIP.
-	AffinityTimeoutSeconds int32
+	AffinityTimeoutSeconds int32 `json:"affinityTimeoutSeconds,omitempty"`
 	// ExternalPolicyLocal: externalTrafficPolicy Local on an externally
 	// accessible service. InternalPolicyLocal: internalTrafficPolicy Local.
-	ExternalPolicyLocal bool
-	InternalPolicyLocal bool
-	HealthCheckNodePort int32
-	TrafficDistribution string
+	ExternalPolicyLocal bool   `json:"externalPolicyLocal"`
+	InternalPolicyLocal bool   `json:"internalPolicyLocal"`
+	HealthCheckNodePort int32  `json:"healthCheckNodePort,omitempty"`
+	TrafficDistribution string `json:"trafficDistribution,omitempty"`
 
 	// Endpoints, sorted by IP:port, deduplicated.
-	Endpoints []Endpoint
+	Endpoints []Endpoint `json:"endpoints"`
 }
 
 // State is everything one proxier (one address family) needs for one sync.
 // It is immutable once built.
 type State struct {
-	Family   IPFamily
-	NodeName string
-	NodeZone string
+	Family   IPFamily `json:"family"`
+	NodeName string   `json:"nodeName"`
+	NodeZone string   `json:"nodeZone,omitempty"`
 	// Services sorted by Name.
-	Services []*Service
+	Services []*Service `json:"services"`
 	// ServiceCIDRs are the spec.cidrs of this family of every ServiceCIDR
 	// object (networking.k8s.io/v1), sorted; nil when they are unknown (the
 	// API does not serve them, RBAC forbids reading them, or none has this
 	// family), in which case a backend uses --service-cluster-ip-range.
-	ServiceCIDRs []netip.Prefix
+	ServiceCIDRs []netip.Prefix `json:"serviceCIDRs"`
 }
 
 // Key identifies a service port's kernel objects; it is stable across syncs.

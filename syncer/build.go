@@ -43,6 +43,9 @@ type buildResult struct {
 	state *proxier.State
 	// changed counts the Services whose ports differ from the previous State.
 	changed int
+	// changedNames are the first logNames of those Services, sorted, as
+	// "namespace/name".
+	changedNames []string
 	// endpoints is the total number of endpoints in state.
 	endpoints int
 }
@@ -98,9 +101,43 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 			NodeZone: zone,
 			Services: fs.services,
 		},
-		changed:   len(touched),
-		endpoints: fs.endpoints,
+		changed:      len(touched),
+		changedNames: firstNames(touched, logNames),
+		endpoints:    fs.endpoints,
 	}
+}
+
+// logNames is how many changed Services a sync's log line names.
+const logNames = 5
+
+// firstNames are the first n of names in order, as "namespace/name". It
+// keeps only n at a time, so a large burst costs no sort of it.
+func firstNames(names map[types.NamespacedName]struct{}, n int) []string {
+	less := func(a, b types.NamespacedName) bool {
+		return a.Namespace < b.Namespace || a.Namespace == b.Namespace && a.Name < b.Name
+	}
+	if n <= 0 {
+		return nil
+	}
+	first := make([]types.NamespacedName, 0, min(n, len(names)))
+	for nn := range names {
+		if len(first) == n && !less(nn, first[n-1]) {
+			continue
+		}
+		i := len(first)
+		for i > 0 && less(nn, first[i-1]) {
+			i--
+		}
+		if len(first) == n {
+			first = first[:n-1]
+		}
+		first = slices.Insert(first, i, nn)
+	}
+	out := make([]string, len(first))
+	for i, nn := range first {
+		out[i] = nn.String()
+	}
+	return out
 }
 
 // reuseEqual replaces each port in built by its equal counterpart in old, so

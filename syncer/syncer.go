@@ -278,6 +278,13 @@ type fullReporter interface {
 	LastSyncFull() bool
 }
 
+// operationsReporter is a Proxier that tells how many operations its last
+// successful sync's transaction carried (0: it wrote nothing), for the
+// sync's log line.
+type operationsReporter interface {
+	LastSyncOperations() int
+}
+
 // sync is the runner's function: one sync of every proxier.
 func (s *Syncer) sync(ctx context.Context) error {
 	taken := time.Now()
@@ -321,7 +328,10 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 		h.WithLabelValues(family).Observe(took.Seconds())
 	}
 	kv := []any{"ipFamily", family, "duration", took, "convert", converted.Sub(start), "servicePorts", len(res.state.Services),
-		"endpoints", res.endpoints, "changedServices", res.changed, "fullRebuild", full}
+		"endpoints", res.endpoints, "changedServices", res.changed, "changedServiceNames", res.changedNames, "fullRebuild", full}
+	if or, ok := p.(operationsReporter); ok && err == nil {
+		kv = append(kv, "operations", or.LastSyncOperations())
+	}
 	if err != nil {
 		s.m.syncFailures.WithLabelValues(family).Inc()
 		s.health.queued(fs.family)

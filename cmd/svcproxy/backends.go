@@ -29,6 +29,7 @@ type backend interface {
 	OnSynced(func(*proxier.Plan) error)
 	Watch(ctx context.Context, interval time.Duration) <-chan struct{}
 	LastSyncFull() bool
+	LastSyncOperations() int
 }
 
 // newBackends builds one proxier of mode per family configuration, each
@@ -107,7 +108,8 @@ func (m measured) Sync(ctx context.Context, st *proxier.State) error {
 }
 
 // measureIPTables sets kube-proxy's iptables metrics after each of p's
-// syncs: the restore failures, and the rules per table owned and written.
+// syncs: the restore failures, and the rules per table owned and written;
+// and svcproxy_sync_operations.
 func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
@@ -120,6 +122,7 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 		if err != nil {
 			return
 		}
+		m.ObserveSyncOperations(p.Family(), r.Operations)
 		for table, n := range r.Rules {
 			m.IPTablesRules.WithLabelValues(table, family).Set(float64(n))
 			m.IPTablesRulesLast.WithLabelValues(table, family).Set(float64(r.RulesWritten[table]))
@@ -129,7 +132,8 @@ func measureIPTables(p *iptables.Proxier, m *proxier.Metrics) backend {
 
 // measureNFTables sets the nftables metrics after each of p's syncs: the
 // failures (of syncs, and of stale objects' deletion), and the table's
-// elements and the transaction's operations.
+// elements and the transaction's operations (also in
+// svcproxy_sync_operations).
 func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 	family := p.Family().String()
 	m.Init(p.Family())
@@ -142,6 +146,7 @@ func measureNFTables(p *nftables.Proxier, m *proxier.Metrics) backend {
 		r := p.LastResult()
 		m.NFTablesCleanupFailures.WithLabelValues(family).Add(float64(r.CleanupFailures - cleanups))
 		cleanups = r.CleanupFailures
+		m.ObserveSyncOperations(p.Family(), r.Operations)
 		m.NFTablesElements.WithLabelValues(family).Set(float64(r.Elements))
 		m.NFTablesOperations.WithLabelValues(family).Set(float64(r.Operations))
 	}}

@@ -90,7 +90,9 @@ func run(ctx context.Context, o *options) error {
 	proxiers := make([]syncer.Proxier, len(backends))
 	var triggers []syncer.Trigger
 	var hcServers []*healthcheck.Servers
+	debug := &debugState{}
 	for i, p := range backends {
+		p = debug.track(p)
 		proxiers[i] = p
 		hc := afterSync(p, cfgs[i], metrics, rec, newCleaner(cfgs[i].Family, metrics))
 		defer hc.Close()
@@ -118,7 +120,7 @@ func run(ctx context.Context, o *options) error {
 		hc.SetHealthy(s.Healthy)
 	}
 	if o.metricsAddr != "" {
-		mux := metricsMux(o, gatherer, s.HealthHandler(), flagValues(os.Args[1:]))
+		mux := metricsMux(o, gatherer, s.HealthHandler(), debug, flagValues(os.Args[1:]))
 		serve(ctx, "metrics", o.metricsAddr, mux, rec.nodeWarning("FailedToStartMetricServer"))
 	}
 	if o.healthzAddr != "" {

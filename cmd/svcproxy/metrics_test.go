@@ -112,6 +112,13 @@ func TestMetricNamesPerMode(t *testing.T) {
 			if v := value(got, "kubeproxy_sync_proxy_rules_no_local_endpoints_total", "traffic_policy", "internal"); v != 1 {
 				t.Errorf("no-local-endpoints internal = %v, want 1", v)
 			}
+			// One observation per transaction: the full sync and the
+			// partial one wrote something; a sync with nothing to write
+			// (another trigger) is not observed.
+			syncs := value(got, "kubeproxy_sync_full_proxy_rules_duration_seconds") + value(got, "kubeproxy_sync_partial_proxy_rules_duration_seconds")
+			if ops := value(got, "svcproxy_sync_operations", "ip_family", "IPv4"); ops < 2 || ops > syncs {
+				t.Errorf("svcproxy_sync_operations has %v observations after %v syncs, want 2 or more and at most one a sync", ops, syncs)
+			}
 		})
 	}
 }
@@ -205,6 +212,7 @@ type wiring struct {
 	gatherer prometheus.Gatherer
 	health   http.Handler
 	slice    *discovery.EndpointSlice
+	debug    *debugState
 }
 
 // newWiring starts it; in iptables mode, restores whose number fail gives
@@ -225,11 +233,13 @@ func newWiring(t *testing.T, mode string, fail func(n int) bool) *wiring {
 		})
 		b = measureIPTables(p, metrics)
 	}
+	debug := &debugState{}
+	b = debug.track(b)
 	rec := &eventRecorder{EventRecorder: &capture{}, node: "node-a"}
 	hc := afterSync(b, fc, metrics, rec, &fakeCleaner{})
 	t.Cleanup(hc.Close)
 
-	w := &wiring{gatherer: gatherer}
+	w := &wiring{gatherer: gatherer, debug: debug}
 	local := service("svc-local", "172.30.0.2")
 	local.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
 	w.slice = slice("svc-web", "10.0.0.1", "10.0.0.2")

@@ -48,8 +48,9 @@ func newRegistry() (*prometheus.Registry, prometheus.Gatherer) {
 // /healthz (that the server answers), /proxyMode, /configz (the effective
 // configuration), /flagz, and with --profiling /debug/pprof/ and
 // /debug/flags/v. kube-proxy has no /livez there; svcproxy serves the
-// proxy's, as on the healthz address.
-func metricsMux(o *options, g prometheus.Gatherer, livez http.Handler, flags map[string]string) *http.ServeMux {
+// proxy's, as on the healthz address, and its own /debug/state (each
+// family's last synced State and plan, from debug).
+func metricsMux(o *options, g prometheus.Gatherer, livez, debug http.Handler, flags map[string]string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", pingHealthz)
@@ -67,6 +68,7 @@ func metricsMux(o *options, g prometheus.Gatherer, livez http.Handler, flags map
 		writeBody(w, "application/json", configz)
 	})
 	mux.Handle("/flagz", newFlagz("svcproxy", flags))
+	mux.Handle("/debug/state", debug)
 	if o.profiling {
 		addProfiling(mux)
 	}

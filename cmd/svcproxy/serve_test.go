@@ -28,7 +28,7 @@ func TestMetricsMux(t *testing.T) {
 		t.Fatal(err)
 	}
 	livez := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "livez "+r.URL.Path) })
-	mux := metricsMux(o, nil, livez, map[string]string{"proxy-mode": "nftables"})
+	mux := metricsMux(o, nil, livez, &debugState{}, map[string]string{"proxy-mode": "nftables"})
 	for _, tc := range []struct {
 		path, accept string
 		code         int
@@ -46,6 +46,7 @@ func TestMetricsMux(t *testing.T) {
 		{path: "/flagz", accept: "application/json;as=Flagz;v=v1beta1;g=config.k8s.io", code: 200, contentType: "application/json",
 			body: `{"kind":"Flagz","apiVersion":"config.k8s.io/v1beta1","metadata":{"name":"svcproxy"},"flags":{"proxy-mode":"nftables"}}`},
 		{path: "/flagz", accept: "application/xml", code: http.StatusNotAcceptable},
+		{path: "/debug/state", code: 200, contentType: "application/json", body: "{\"families\":[]}\n"},
 		{path: "/debug/pprof/", code: 404}, // without --profiling
 		{path: "/", code: 404},
 	} {

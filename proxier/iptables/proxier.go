@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -65,6 +66,9 @@ type SyncResult struct {
 	// sync's restore input wrote (0 for a table it left alone).
 	RulesWritten map[string]int
 	Bytes        int
+	// Operations are the rule and chain lines of the restore input (0
+	// when the sync wrote nothing).
+	Operations int
 	// RestoreFailures counts the iptables-restore runs that failed since
 	// New, PartialRestoreFailures those of them in partial syncs. Unlike
 	// the rest of the result, a failed sync updates them too.
@@ -97,6 +101,27 @@ func (p *Proxier) LastResult() SyncResult {
 
 // LastSyncFull reports whether the last sync was a full one.
 func (p *Proxier) LastSyncFull() bool { return p.LastResult().Full }
+
+// LastSyncOperations is the operations of the last sync's restore input.
+func (p *Proxier) LastSyncOperations() int { return p.LastResult().Operations }
+
+// restoreOperations counts the lines of iptables-restore input that
+// declare a chain (":") or add, insert, delete or remove one ("-"); table
+// headers, COMMIT and comments are no operations.
+func restoreOperations(data []byte) int {
+	n := 0
+	for len(data) > 0 {
+		if data[0] == ':' || data[0] == '-' {
+			n++
+		}
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			break
+		}
+		data = data[i+1:]
+	}
+	return n
+}
 
 // ForceFullSync makes the next sync re-read the kernel and rewrite everything.
 func (p *Proxier) ForceFullSync() {
@@ -157,7 +182,7 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State) (*proxier.Plan, [
 	} else {
 		data = p.partialInput(rs, desired, &res)
 	}
-	res.Full, res.Bytes = full, len(data)
+	res.Full, res.Bytes, res.Operations = full, len(data), restoreOperations(data)
 	if len(data) > 0 {
 		// A partial sync from a good stamp leaves a good stamp when our
 		// restore alone moved it. After a full sync (or anything unclear)

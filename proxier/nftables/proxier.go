@@ -94,6 +94,10 @@ func (p *Proxier) LastResult() SyncResult {
 // LastSyncFull reports whether the last sync was a full one.
 func (p *Proxier) LastSyncFull() bool { return p.LastResult().Full }
 
+// LastSyncOperations is the operations of the last sync's transaction (0
+// when it wrote nothing).
+func (p *Proxier) LastSyncOperations() int { return p.LastResult().Operations }
+
 // ForceFullSync makes the next sync rewrite the whole table.
 func (p *Proxier) ForceFullSync() {
 	p.mu.Lock()
