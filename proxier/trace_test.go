@@ -90,7 +90,7 @@ policy     internal Cluster
 endpoint   10.244.1.2:8080 on node-1 (local) p=0.5000 masqueraded: hairpin
 endpoint   10.244.2.2:8080 on node-2 p=0.5000
 affinity   ClientIP for 60s, shared by 10.96.0.10:80
-masquerade no: ClusterIP traffic from this node's pods keeps its source
+masquerade no: ClusterIP traffic that the local-traffic match (--detect-local-mode) counts as a pod's keeps its source
 verdict    DNAT: to a cluster endpoint
 `
 	if got := tr.String(); got != want {

@@ -13,7 +13,7 @@ import (
 //	policy   internal Cluster
 //	endpoint 10.244.1.2:8080 on node-1 (local) p=0.5000
 //	endpoint 10.244.2.2:8080 on node-2 p=0.5000
-//	masquerade no: ClusterIP traffic from this node's pods keeps its source
+//	masquerade no: ClusterIP traffic that the local-traffic match (--detect-local-mode) counts as a pod's keeps its source
 //	verdict  DNAT: to a cluster endpoint
 func (t Trace) String() string {
 	var b strings.Builder
