@@ -13,10 +13,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -63,7 +65,7 @@ var stepStart time.Time
 
 func step(n int, format string, args ...any) {
 	stepStart = time.Now()
-	fmt.Printf("[%d/5] %s ... ", n, fmt.Sprintf(format, args...))
+	fmt.Printf("[%d/6] %s ... ", n, fmt.Sprintf(format, args...))
 }
 
 func done(format string, args ...any) {
@@ -199,6 +201,63 @@ The host's own network setup is not touched, and everything is removed at the en
 	} else {
 		fmt.Printf("Note: some pods saw another source address than the client's own %s (masqueraded).\n", client.IP)
 	}
+	return explain(ctx, env, client.IP, svc.Spec.ClusterIP, tally, backends, ownSource)
+}
+
+// explain runs `svcproxy explain` for the client's connection, with the
+// running proxy's own flags, prints its answer, and holds it to where the
+// connections really went: every pod that answered is a candidate, and
+// the masquerade decision matches the source the pods saw.
+func explain(ctx context.Context, env *harness.Env, from, clusterIP string, tally map[string]int, backends []*harness.Pod, ownSource bool) error {
+	to := clusterIP + ":80/tcp"
+	step(6, "Asking svcproxy why: svcproxy explain --from %s --to %s", from, to)
+	run := func(extra ...string) ([]byte, error) {
+		argv := append([]string{env.Bins.Svcproxy, "explain"}, env.SvcproxyArgs(append([]string{"--from", from, "--to", to}, extra...)...)...)
+		out, err := env.Node.Command(ctx, argv...).Output()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return nil, fmt.Errorf("svcproxy explain: %v\n%s", err, ee.Stderr)
+		}
+		return out, err
+	}
+	text, err := run()
+	if err != nil {
+		return err
+	}
+	js, err := run("-o", "json")
+	if err != nil {
+		return err
+	}
+	var answer struct {
+		Verdict    string `json:"verdict"`
+		Masquerade bool   `json:"masquerade"`
+		Endpoints  []struct {
+			Endpoint string `json:"endpoint"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(js, &answer); err != nil {
+		return fmt.Errorf("svcproxy explain -o json: %w", err)
+	}
+	done("")
+	fmt.Println()
+	for _, line := range strings.Split(strings.TrimRight(string(text), "\n"), "\n") {
+		fmt.Println("  " + line)
+	}
+	candidates := map[string]bool{}
+	for _, e := range answer.Endpoints {
+		candidates[e.Endpoint] = true
+	}
+	fmt.Printf("\nexplain answered from svcproxy's plan alone. Where the %d connections really went:\n", connections)
+	for _, p := range backends {
+		ep := fmt.Sprintf("%s:%d", p.IP, harness.EchoPort)
+		fmt.Printf("  pod %-6s %-18s %2d connections, explain candidate: %v\n", p.Name, ep, tally[p.Name], candidates[ep])
+		if tally[p.Name] > 0 && !candidates[ep] {
+			return fmt.Errorf("pod %s answered but explain did not name %s", p.Name, ep)
+		}
+	}
+	if answer.Verdict != "DNAT" || answer.Masquerade == ownSource {
+		return fmt.Errorf("explain said %s, masquerade %v; the pods saw the client's own address: %v", answer.Verdict, answer.Masquerade, ownSource)
+	}
+	fmt.Printf("  masquerade: explain said %v, and the pods saw the client's own address: %v.\n", answer.Masquerade, ownSource)
 	return nil
 }
 
