@@ -99,6 +99,9 @@ func runDryRun(ctx context.Context, o *options, w io.Writer) error {
 		return err
 	}
 	opt := iptables.DryRunOptions()
+	if o.diff {
+		return diffRules(ctx, w, o.proxyMode, n.cfgs, states, opt)
+	}
 	if o.manifests != "" {
 		// From files, the output depends on the files alone, not on this
 		// machine's nf_conntrack_tcp_be_liberal.
