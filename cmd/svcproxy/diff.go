@@ -322,14 +322,15 @@ func unifiedDiff(la, lb, a, b string) string {
 		if out.Len() == 0 {
 			fmt.Fprintf(&out, "--- %s\n+++ %s\n", la, lb)
 		}
-		writeHunk(&out, edits, start, end)
+		writeHunk(&out, edits, start, i, end)
 		i = end
 	}
 	return out.String()
 }
 
-// writeHunk writes edits[start:end] as one hunk.
-func writeHunk(w *strings.Builder, edits []lineEdit, start, end int) {
+// writeHunk writes edits[start:end] as one hunk, whose first change is
+// edits[first].
+func writeHunk(w *strings.Builder, edits []lineEdit, start, first, end int) {
 	aLine, bLine := 1, 1 // the line numbers edits[start] is at
 	for _, e := range edits[:start] {
 		if e.op != '+' {
@@ -354,7 +355,7 @@ func writeHunk(w *strings.Builder, edits []lineEdit, start, end int) {
 	if bN == 0 {
 		bLine--
 	}
-	fmt.Fprintf(w, "@@ -%d,%d +%d,%d @@%s\n", aLine, aN, bLine, bN, heading(edits[:start]))
+	fmt.Fprintf(w, "@@ -%d,%d +%d,%d @@%s\n", aLine, aN, bLine, bN, heading(edits[:first]))
 	for _, e := range edits[start:end] {
 		w.WriteByte(e.op)
 		w.WriteString(e.line)
@@ -370,9 +371,10 @@ func splitLines(s string) []string {
 	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
 }
 
-// heading names the block a hunk is in, as diff -p names the function: the
-// last nft chain, set or map opened (a line with one tab of indent ending
-// in "{") or iptables table started before it, after a space; or "".
+// heading names the block a hunk's first change is in, as diff -p names
+// the function: the last nft chain, set or map opened (a line with one tab
+// of indent ending in "{") or iptables table started before it, after a
+// space; or "".
 func heading(before []lineEdit) string {
 	for i := len(before) - 1; i >= 0; i-- {
 		l := before[i].line

@@ -118,6 +118,10 @@ func TestUnifiedDiff(t *testing.T) {
 			" table ip svcproxy {", "-\tchain a {", " \t\tr1", " \t\tr2", " \t\tr3",
 			"@@ -12,6 +11,7 @@ chain b {",
 			" \t\tr8", " \t\tr9", " \t\tr10", "+\t\tr10x", " \t\tr11", " \t\tr12", " \t}")},
+		{"first in its block", append(append(append([]string{}, base[:8]...), "\t\tnew"), base[8:]...), lines(
+			"--- k", "+++ s",
+			"@@ -6,6 +6,7 @@ chain b {",
+			" \t\tr4", " \t}", " \tchain b {", "+\t\tnew", " \t\tr5", " \t\tr6", " \t\tr7")},
 		{"from nothing", nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -66,6 +66,9 @@ func readNode(ctx context.Context, o *options) (*node, error) {
 		h.Local = localAddrs()
 	}
 	cfgs, err := proxyConfigs(o, h)
+	if err != nil && !ok && o.manifests != "" {
+		return nil, fmt.Errorf("%w: --manifests %s has no Node %s (give one with its InternalIP, or --nodeport-addresses)", err, o.manifests, name)
+	}
 	if err != nil {
 		return nil, err
 	}

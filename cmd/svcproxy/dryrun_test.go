@@ -155,3 +155,17 @@ func TestDryRunManifestsErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunManifestsNoNode: nftables mode opens NodePorts on the node's
+// IP only (--nodeport-addresses=primary), so files without this node's
+// Node fail, saying what is missing, unless --nodeport-addresses is given.
+func TestDryRunManifestsNoNode(t *testing.T) {
+	out, err := dryRunArgs(t, "ipv4", "--proxy-mode", "nftables", "--hostname-override", "node-z")
+	if err == nil || out != "" || !strings.Contains(err.Error(), "--manifests testdata/manifests/ipv4 has no Node node-z") {
+		t.Errorf("got %v and %d bytes, want an error naming the missing Node and no output", err, len(out))
+	}
+	out, err = dryRunArgs(t, "ipv4", "--proxy-mode", "nftables", "--hostname-override", "node-z", "--nodeport-addresses", "192.168.0.0/24")
+	if err != nil || !strings.Contains(out, "10.96.0.10") {
+		t.Errorf("with --nodeport-addresses: %v, output:\n%s", err, out)
+	}
+}
