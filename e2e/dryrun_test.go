@@ -311,7 +311,8 @@ func TestDryRunManifests(t *testing.T) {
 // svcproxy synced exits 0 and prints nothing; with svcproxy stopped (so it
 // cannot repair) and one of its rules (iptables) or map elements
 // (nftables) removed by hand, it exits 1 and its diff adds that rule or
-// element back. An unusable input exits 2.
+// element back, leaving the node's rules as they were. An unusable input
+// exits 2.
 func TestDryRunDiff(t *testing.T) {
 	c := begin(t, true)
 	svc := c.service("dry-run-diff", "web", []harness.Port{harness.TCP}, backends...)
@@ -371,7 +372,16 @@ func TestDryRunDiff(t *testing.T) {
 			t.Fatalf("no KUBE-SERVICES rule with %s:\n%s", comment, nat)
 		}
 	}
+	// The desired rules are loaded into a scratch namespace, never the
+	// node's: its rules are the same before and after.
+	before := kernelSnapshot(c)
 	out, stderr, err := env.DryRun(c.ctx, "--diff")
+	after := kernelSnapshot(c)
+	for _, k := range []string{"iptables-save", "ip6tables-save", "nft list ruleset"} {
+		if before[k] != after[k] {
+			c.Errorf("%s changed across svcproxy --dry-run --diff:\n%s", k, lineDiff(before[k], after[k]))
+		}
+	}
 	if status := harness.ExitStatus(err); status != 1 {
 		t.Errorf("--diff after the damage: status %d (%v), want 1", status, err)
 	}
