@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+
 	"github.com/svcproxy/svcproxy/e2e/harness"
 )
 
@@ -89,10 +91,11 @@ func TestDryRun(t *testing.T) {
 var (
 	counterRe    = regexp.MustCompile(`\[\d+:\d+\]`)
 	nftCounterRe = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+	nftExpiresRe = regexp.MustCompile(` expires [0-9dhms]+`)
 )
 
 // kernelSnapshot is the node's whole ruleset in three views, without
-// counters and date comments.
+// counters, date comments and the time left to dynamic set elements.
 func kernelSnapshot(c *tc) map[string]string {
 	c.Helper()
 	m := map[string]string{}
@@ -112,6 +115,7 @@ func kernelSnapshot(c *tc) map[string]string {
 			}
 			l = counterRe.ReplaceAllString(l, "[0:0]")
 			l = nftCounterRe.ReplaceAllString(l, "counter")
+			l = nftExpiresRe.ReplaceAllString(l, "")
 			lines = append(lines, l)
 		}
 		m[k] = strings.Join(lines, "\n")
@@ -308,7 +312,8 @@ func TestDryRunManifests(t *testing.T) {
 }
 
 // TestDryRunDiff: `svcproxy --dry-run --diff` against the node right after
-// svcproxy synced exits 0 and prints nothing; with svcproxy stopped (so it
+// svcproxy synced, and after connections filled session affinity state,
+// exits 0 and prints nothing; with svcproxy stopped (so it
 // cannot repair) and one of its rules (iptables) or map elements
 // (nftables) removed by hand, it exits 1 and its diff adds that rule or
 // element back, leaving the node's rules as they were. An unusable input
@@ -317,6 +322,20 @@ func TestDryRunDiff(t *testing.T) {
 	c := begin(t, true)
 	svc := c.service("dry-run-diff", "web", []harness.Port{harness.TCP}, backends...)
 	ip := svc.Spec.ClusterIP
+	// Traffic with session affinity fills state the packet path keeps (the
+	// recent module's lists; nftables' affinity map): no difference.
+	sticky := c.createService("dry-run-diff-sticky", affinity(300, v1.ServiceSpec{}))
+	c.endpoints(sticky, backends...)
+	c.waitDNATs(sticky, "tcp", backends...)
+	if rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: net.JoinHostPort(sticky.Spec.ClusterIP, "80"), Count: 3}); only(rs) == "" {
+		t.Fatalf("3 connections with ClientIP affinity: %s, want one backend", harness.FormatTally(harness.Tally(rs)))
+	}
+	if env.ProxyMode == "nftables" {
+		out, err := env.Node.Run(c.ctx, "nft", "list", "map", "ip", "svcproxy", "affinity-tcp-300")
+		if err != nil || !strings.Contains(out, client.IP+" . "+sticky.Spec.ClusterIP+" . 80") {
+			t.Fatalf("the affinity map has no entry for %s: %v\n%s", client.IP, err, out)
+		}
+	}
 
 	// Deleted Services of earlier tests may still be syncing: wait for
 	// the node to settle, but no longer than a generous bound.
