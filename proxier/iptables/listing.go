@@ -44,10 +44,12 @@ func Tables(restore string) []string {
 // Owned is the part of iptables-save output that svcproxy owns, per table
 // (sorted): the chains ours says are ours, each declared without counters
 // and sorted by name, then the rules of built-in chains that jump to one of
-// them, then their own rules, chain by chain. Rules keep their order
-// within a chain, which matters; chains are listed sorted because the
-// kernel keeps them in the order they were made. Comment lines (with
-// iptables-save's dates) and counters are left out.
+// them, sorted, then their own rules, chain by chain. Rules keep their
+// order within our chains, which matters; chains are listed sorted because
+// the kernel keeps them in the order they were made. The jumps are sorted
+// because a sync makes each present once but never moves one that is
+// (others' rules share those chains). Comment lines (with iptables-save's
+// dates) and counters are left out.
 func Owned(save string, ours func(chain string) bool) string {
 	type table struct {
 		chains  []string            // ours, declared
@@ -96,12 +98,17 @@ func Owned(save string, ours func(chain string) bool) string {
 		for _, c := range t.chains {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
 		}
+		var jumps []string
 		for _, c := range t.builtin {
 			for _, r := range t.rules[c] {
 				if target := jumpTarget(r); target != "" && ours(target) {
-					b.WriteString(r + "\n")
+					jumps = append(jumps, r)
 				}
 			}
+		}
+		slices.Sort(jumps)
+		for _, r := range jumps {
+			b.WriteString(r + "\n")
 		}
 		for _, c := range t.chains {
 			for _, r := range t.rules[c] {
