@@ -1,7 +1,8 @@
 # svcproxy — a drop-in replacement for kube-proxy.
 #
 #   make demo    (root) a local demo cluster: real API server, namespaces as
-#                node and pods, a Service, svcproxy, balanced traffic
+#                node and pods, a Service, svcproxy, balanced traffic;
+#                MODE=nftables for nftables mode
 #   make test    unit + kernel + e2e tests (kernel/e2e layers need root)
 #   make image   the container image (deploy/Dockerfile), with docker or podman
 
@@ -70,8 +71,11 @@ image:
 	echo "make image: building $(IMAGE) with $$engine"; \
 	$$engine build -f deploy/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
+# MODE=nftables runs the demo in nftables mode.
+MODE    ?= iptables
+
 demo: deps
-	$(GO) run ./e2e/cmd/demo
+	$(GO) run ./e2e/cmd/demo -mode=$(MODE)
 
 clean:
 	rm -rf $(BIN)

@@ -257,9 +257,9 @@ func TestSessionAffinityFollowsEndpoints(t *testing.T) {
 	if env.ProxyMode == "nftables" {
 		// The restart's full sync replaced the table: the entry must have
 		// been carried over, not recreated by the next connection.
-		out, err := env.Node.Run(c.ctx, "nft", "list", "map", "ip", "svcproxy", "affinity-tcp-900")
-		if err != nil || !strings.Contains(out, client.IP+" . "+svc.Spec.ClusterIP+" . 80") {
-			t.Fatalf("after the restart the affinity map has no entry for %s: %v\n%s", client.IP, err, out)
+		out, err := env.Node.Run(c.ctx, "nft", "list", "set", "ip", "svcproxy", "affinity-tcp-900")
+		if err != nil || !strings.Contains(out, client.IP+" . "+svc.Spec.ClusterIP+" . 80 . ") {
+			t.Fatalf("after the restart the affinity set has no entry for %s: %v\n%s", client.IP, err, out)
 		}
 	}
 	rs := c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 10})

@@ -6,28 +6,29 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// Session affinity entries live in dynamic maps the packet path fills
-// (client . service address . port → endpoint address . port), so a sync
-// does not know them. When a Service with affinity loses an endpoint, the
-// clients pinned to that endpoint would go on being sent to it until their
-// entry times out (3 hours by default); kube-proxy instead forgets them
-// with the endpoint. After such a sync the proxier reads the affinity maps
-// concerned and deletes the entries whose endpoint is no longer one the
-// Service balances over. Syncs that remove no affinity endpoint never read
-// anything.
+// Session affinity entries live in dynamic sets the packet path fills
+// (client . service address . port . endpoint address . port), so a sync
+// does not know them. The pick chains never follow an entry to an
+// endpoint the Service no longer balances over, but kube-proxy forgets
+// such entries with the endpoint (an endpoint that comes back starts
+// afresh), and they would take room until they time out (3 hours by
+// default). After a sync that removes an affinity endpoint the proxier
+// reads the affinity sets concerned and deletes the entries whose endpoint
+// is no longer one the Service balances over. Syncs that remove no
+// affinity endpoint never read anything.
 
-// staleAffinity names entries to forget: those of map whose service address
-// and port is in dests and whose endpoint is not in live.
+// staleAffinity names entries to forget: those of set setName whose
+// service address and port is in dests and whose endpoint is not in live.
 type staleAffinity struct {
-	mapName string
+	setName string
 	dests   map[netip.AddrPort]bool // service address, port
 	live    map[netip.AddrPort]bool // endpoint address, port
 }
 
-// affinityEndpoints is every endpoint a rendered service balances over.
-func affinityEndpoints(r *svcRender) map[netip.AddrPort]bool {
+// affinityEndpoints is every endpoint a service port's plan balances over.
+func affinityEndpoints(sp *proxier.ServicePlan) map[netip.AddrPort]bool {
 	out := map[netip.AddrPort]bool{}
-	for _, eps := range [][]proxier.Endpoint{r.plan.InternalEndpoints, r.plan.ClusterEndpoints, r.plan.LocalEndpoints} {
+	for _, eps := range [][]proxier.Endpoint{sp.InternalEndpoints, sp.ClusterEndpoints, sp.ExternalEndpoints, sp.LocalEndpoints} {
 		for _, e := range eps {
 			out[netip.AddrPortFrom(e.IP, uint16(e.Port))] = true
 		}
@@ -36,8 +37,7 @@ func affinityEndpoints(r *svcRender) map[netip.AddrPort]bool {
 }
 
 // staleAffinityOf compares a service's render before and after a sync (after
-// is nil when the service went away) and returns what to forget (in its
-// map and in the local pools' map), or nil.
+// is nil when the service went away) and returns what to forget, or nil.
 func staleAffinityOf(before, after *svcRender) []*staleAffinity {
 	if before == nil || before.affinity == nil {
 		return nil
@@ -47,15 +47,12 @@ func staleAffinityOf(before, after *svcRender) []*staleAffinity {
 		dests[d] = true
 	}
 	if after != nil && after.affinity != nil && *after.affinity == *before.affinity {
-		live = affinityEndpoints(after)
+		live = affinityEndpoints(&after.plan)
 	}
-	for ep := range affinityEndpoints(before) {
+	for ep := range affinityEndpoints(&before.plan) {
 		if !live[ep] {
 			a := before.affinity
-			return []*staleAffinity{
-				{mapName: affinityMap(a.proto, a.timeout), dests: dests, live: live},
-				{mapName: affinityLocalMap(a.proto, a.timeout), dests: dests, live: live},
-			}
+			return []*staleAffinity{{setName: affinitySet(a.proto, a.timeout), dests: dests, live: live}}
 		}
 	}
 	return nil
@@ -88,22 +85,22 @@ func staleAffinities(removed []*svcRender, changed []*proxier.Service, renders m
 	return out
 }
 
-// byAffinityMap groups stale by map.
-func byAffinityMap(stale []*staleAffinity) map[string][]*staleAffinity {
-	byMap := map[string][]*staleAffinity{}
+// byAffinitySet groups stale by set.
+func byAffinitySet(stale []*staleAffinity) map[string][]*staleAffinity {
+	bySet := map[string][]*staleAffinity{}
 	for _, s := range stale {
-		byMap[s.mapName] = append(byMap[s.mapName], s)
+		bySet[s.setName] = append(bySet[s.setName], s)
 	}
-	return byMap
+	return bySet
 }
 
-// A full sync replaces the whole table, dynamic maps included. So that
+// A full sync replaces the whole table, dynamic sets included. So that
 // session affinity survives it (and a restart of svcproxy, which starts
-// with one), the full sync reads the affinity maps first and writes back,
+// with one), the full sync reads the affinity sets first and writes back,
 // with their remaining time, the entries whose service still has affinity
-// in the same map and whose endpoint it still balances over.
+// in the same set and whose endpoint it still balances over.
 
-// affinityEntry is one entry read from an affinity map.
+// affinityEntry is one entry read from an affinity set.
 type affinityEntry struct {
 	client   netip.Addr
 	dest     netip.AddrPort // service address, port
@@ -111,30 +108,29 @@ type affinityEntry struct {
 	expires  int // seconds left
 }
 
-// affinityTargets is, per affinity map, per service address and port, the
+// affinityTargets is, per affinity set, per service address and port, the
 // endpoints the service balances over.
 type affinityTargets map[string]map[netip.AddrPort]map[netip.AddrPort]bool
 
-func (t affinityTargets) valid(mapName string, e affinityEntry) bool {
-	return t[mapName][e.dest][e.endpoint]
+func (t affinityTargets) valid(setName string, e affinityEntry) bool {
+	return t[setName][e.dest][e.endpoint]
 }
 
 // validAffinity is what affinity entries may point to under renders.
 func validAffinity(renders map[*proxier.Service]*svcRender) affinityTargets {
-	byMap := affinityTargets{}
+	bySet := affinityTargets{}
 	for _, r := range renders {
 		if r.affinity == nil {
 			continue
 		}
-		live := affinityEndpoints(r)
-		for _, name := range []string{affinityMap(r.affinity.proto, r.affinity.timeout), affinityLocalMap(r.affinity.proto, r.affinity.timeout)} {
-			if byMap[name] == nil {
-				byMap[name] = map[netip.AddrPort]map[netip.AddrPort]bool{}
-			}
-			for _, d := range r.affDests {
-				byMap[name][d] = live
-			}
+		live := affinityEndpoints(&r.plan)
+		name := affinitySet(r.affinity.proto, r.affinity.timeout)
+		if bySet[name] == nil {
+			bySet[name] = map[netip.AddrPort]map[netip.AddrPort]bool{}
+		}
+		for _, d := range r.affDests {
+			bySet[name][d] = live
 		}
 	}
-	return byMap
+	return bySet
 }

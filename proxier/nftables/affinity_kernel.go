@@ -16,26 +16,26 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// The writer's part of session affinity: it reads the dynamic maps, deletes
+// The writer's part of session affinity: it reads the dynamic sets, deletes
 // the entries a sync makes stale and carries the valid ones over a full
 // sync that replaces the table (see affinity.go for what is stale and
 // valid).
 
-// forgetAffinity deletes the entries stale names, one transaction per map.
+// forgetAffinity deletes the entries stale names, one transaction per set.
 func (w *writer) forgetAffinity(ctx context.Context, stale []*staleAffinity) {
-	for name, ss := range byAffinityMap(stale) {
+	for name, ss := range byAffinitySet(stale) {
 		n, err := w.deleteEntries(ctx, name, func() ([]elem, error) { return w.staleEntries(ctx, name, ss) })
 		if err != nil {
-			klog.ErrorS(err, "Could not forget session affinity to removed endpoints", "family", w.family, "map", name)
+			klog.ErrorS(err, "Could not forget session affinity to removed endpoints", "family", w.family, "set", name)
 			continue
 		}
 		if n > 0 {
-			klog.V(2).InfoS("Forgot session affinity to removed endpoints", "family", w.family, "map", name, "entries", n)
+			klog.V(2).InfoS("Forgot session affinity to removed endpoints", "family", w.family, "set", name, "entries", n)
 		}
 	}
 }
 
-// deleteEntries deletes from map name, in one transaction, the entries
+// deleteEntries deletes from set name, in one transaction, the entries
 // pick reads. An entry may time out between the read and the delete, which
 // fails the transaction: it is then read and tried once more.
 func (w *writer) deleteEntries(ctx context.Context, name string, pick func() ([]elem, error)) (int, error) {
@@ -57,25 +57,23 @@ func (w *writer) deleteEntries(ctx context.Context, name string, pick func() ([]
 	return 0, err
 }
 
-// staleEntries reads the affinity map name and returns the entries ss
+// staleEntries reads the affinity set name and returns the entries ss
 // names.
 func (w *writer) staleEntries(ctx context.Context, name string, ss []*staleAffinity) ([]elem, error) {
-	elems, err := w.nft.ListElements(ctx, "map", name)
+	elems, err := w.nft.ListElements(ctx, "set", name)
 	if knftables.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	sp := mustSpec(name)
 	var stale []elem
 	for _, e := range elems {
-		key, kerr := parseTuple(sp.key, e.Key)
-		value, verr := parseTuple(sp.value, e.Value)
-		if kerr != nil || verr != nil {
+		key, err := parseTuple(affinityKeyFields, e.Key)
+		if err != nil {
 			continue
 		}
-		dest, ep := addrPortOf(key[1], key[2]), addrPortOf(value[0], value[1])
+		dest, ep := addrPortOf(key[1], key[2]), addrPortOf(key[3], key[4])
 		for _, s := range ss {
 			if s.dests[dest] && !s.live[ep] {
 				stale = append(stale, elem{set: name, key: key})
@@ -94,12 +92,12 @@ func addrPortOf(addr, port atom) netip.AddrPort {
 // staleAffinityOps returns the deletion of the entries stale names, to go
 // into the same netlink batch as the sync that removes their endpoints (so
 // that no new connection follows an entry to an endpoint already gone). ok
-// is false when a map could not be read.
+// is false when a set could not be read.
 func (w *writer) staleAffinityOps(ctx context.Context, stale []*staleAffinity) (ops []elemOp, ok bool) {
-	byMap := byAffinityMap(stale)
-	names := slices.Sorted(maps.Keys(byMap))
+	bySet := byAffinitySet(stale)
+	names := slices.Sorted(maps.Keys(bySet))
 	for _, name := range names {
-		stale, err := w.staleEntries(ctx, name, byMap[name])
+		stale, err := w.staleEntries(ctx, name, bySet[name])
 		if err != nil {
 			return nil, false
 		}
@@ -110,25 +108,37 @@ func (w *writer) staleAffinityOps(ctx context.Context, stale []*staleAffinity) (
 	return ops, true
 }
 
-// readAffinityMap reads a dynamic affinity map through nft's JSON output
-// (knftables does not report timeouts).
-type affinityReader func(ctx context.Context, family, mapName string) ([]affinityEntry, error)
+// affinityReader reads a dynamic affinity set's entries with their
+// remaining time.
+type affinityReader func(ctx context.Context, family, setName string) ([]affinityEntry, error)
 
-func execReadAffinity(ctx context.Context, family, mapName string) ([]affinityEntry, error) {
-	out, err := exec.CommandContext(ctx, "nft", "--json", "list", "map", family, TableName, mapName).Output()
+// execReadAffinity reads through nft's JSON output (knftables does not
+// report timeouts). Where the kernel holds a map of that name (the layout
+// before affinity sets), its entries are read as such, so that affinity
+// survives an upgrade.
+func execReadAffinity(ctx context.Context, family, setName string) ([]affinityEntry, error) {
+	out, err := exec.CommandContext(ctx, "nft", "--json", "list", "set", family, TableName, setName).Output()
 	if err != nil {
-		return nil, err
+		var merr error
+		if out, merr = exec.CommandContext(ctx, "nft", "--json", "list", "map", family, TableName, setName).Output(); merr != nil {
+			return nil, err
+		}
 	}
 	return parseAffinityJSON(out)
 }
 
-// parseAffinityJSON reads the entries of `nft --json list map` output.
+// parseAffinityJSON reads the entries of `nft --json list set` output:
+// keys of client . service address . port . endpoint address . port (or,
+// of a map of the layout before, client . service address . port keys and
+// endpoint address . port values).
 func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
+	type members struct {
+		Elem []json.RawMessage `json:"elem"`
+	}
 	var doc struct {
 		Nftables []struct {
-			Map *struct {
-				Elem [][2]json.RawMessage `json:"elem"`
-			} `json:"map"`
+			Set *members `json:"set"`
+			Map *members `json:"map"`
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal(out, &doc); err != nil {
@@ -136,6 +146,12 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 	}
 	type concat struct {
 		Concat []any `json:"concat"`
+	}
+	type keyed struct {
+		Elem struct {
+			Val     concat `json:"val"`
+			Expires int    `json:"expires"`
+		} `json:"elem"`
 	}
 	// Addresses are strings, ports numbers.
 	addr := func(v any) netip.Addr {
@@ -147,27 +163,33 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 		f, _ := v.(float64)
 		return uint16(f)
 	}
-	var entries []affinityEntry
-	for _, o := range doc.Nftables {
-		if o.Map == nil {
-			continue
+	entries := []affinityEntry{}
+	add := func(k []any, expires int) {
+		e := affinityEntry{client: addr(k[0]), dest: netip.AddrPortFrom(addr(k[1]), port(k[2])),
+			endpoint: netip.AddrPortFrom(addr(k[3]), port(k[4])), expires: expires}
+		if e.client.IsValid() && e.dest.Addr().IsValid() && e.endpoint.Addr().IsValid() {
+			entries = append(entries, e)
 		}
-		for _, kv := range o.Map.Elem {
-			var k struct {
-				Elem struct {
-					Val     concat `json:"val"`
-					Expires int    `json:"expires"`
-				} `json:"elem"`
+	}
+	for _, o := range doc.Nftables {
+		if o.Set != nil {
+			for _, raw := range o.Set.Elem {
+				var k keyed
+				if json.Unmarshal(raw, &k) == nil && len(k.Elem.Val.Concat) == 5 {
+					add(k.Elem.Val.Concat, k.Elem.Expires)
+				}
 			}
-			var v concat
-			if json.Unmarshal(kv[0], &k) != nil || json.Unmarshal(kv[1], &v) != nil || len(k.Elem.Val.Concat) != 3 || len(v.Concat) != 2 {
-				continue
-			}
-			key := k.Elem.Val.Concat
-			e := affinityEntry{client: addr(key[0]), dest: netip.AddrPortFrom(addr(key[1]), port(key[2])),
-				endpoint: netip.AddrPortFrom(addr(v.Concat[0]), port(v.Concat[1])), expires: k.Elem.Expires}
-			if e.client.IsValid() && e.dest.Addr().IsValid() && e.endpoint.Addr().IsValid() {
-				entries = append(entries, e)
+		}
+		if o.Map != nil {
+			for _, raw := range o.Map.Elem {
+				var kv [2]json.RawMessage
+				var k keyed
+				var v concat
+				if json.Unmarshal(raw, &kv) != nil || json.Unmarshal(kv[0], &k) != nil || json.Unmarshal(kv[1], &v) != nil ||
+					len(k.Elem.Val.Concat) != 3 || len(v.Concat) != 2 {
+					continue
+				}
+				add(append(slices.Clip(k.Elem.Val.Concat), v.Concat...), k.Elem.Expires)
 			}
 		}
 	}
@@ -176,28 +198,24 @@ func parseAffinityJSON(out []byte) ([]affinityEntry, error) {
 
 // carriedAffinity returns the add-element commands (nft -f syntax) that
 // put back the affinity entries still valid under renders, read from the
-// kernel's maps of the affinity keys in use. Errors only lose affinity:
+// kernel's sets of the affinity keys in use. Errors only lose affinity:
 // they are logged, not returned.
 func (w *writer) carriedAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) []string {
-	byMap := validAffinity(renders)
-	names := make([]string, 0, len(byMap))
-	for n := range byMap {
-		names = append(names, n)
-	}
-	slices.Sort(names)
+	bySet := validAffinity(renders)
+	names := slices.Sorted(maps.Keys(bySet))
 	var lines []string
 	for _, name := range names {
 		entries, err := w.readAffinity(ctx, string(w.f.family), name)
 		if err != nil {
-			// Most often the map does not exist yet.
-			klog.V(4).InfoS("Could not read an affinity map", "family", w.family, "map", name, "err", err)
+			// Most often the set does not exist yet.
+			klog.V(4).InfoS("Could not read an affinity set", "family", w.family, "set", name, "err", err)
 			continue
 		}
 		var elems []string
 		for _, e := range entries {
-			if byMap.valid(name, e) && e.expires > 0 {
-				elems = append(elems, fmt.Sprintf("%s . %s . %d timeout %ds : %s . %d",
-					e.client, e.dest.Addr(), e.dest.Port(), e.expires, e.endpoint.Addr(), e.endpoint.Port()))
+			if bySet.valid(name, e) && e.expires > 0 {
+				elems = append(elems, fmt.Sprintf("%s . %s . %d . %s . %d timeout %ds",
+					e.client, e.dest.Addr(), e.dest.Port(), e.endpoint.Addr(), e.endpoint.Port(), e.expires))
 			}
 		}
 		for len(elems) > 0 {
@@ -209,7 +227,13 @@ func (w *writer) carriedAffinity(ctx context.Context, renders map[*proxier.Servi
 	return lines
 }
 
-// pruneAffinity deletes, after a full sync that kept the affinity maps
+// key is the entry as its set's key.
+func (e affinityEntry) key() tuple {
+	return tupleOf(addrAtom(e.client), addrAtom(e.dest.Addr()), portAtom(int32(e.dest.Port())),
+		addrAtom(e.endpoint.Addr()), portAtom(int32(e.endpoint.Port())))
+}
+
+// pruneAffinity deletes, after a full sync that kept the affinity sets
 // (refill), the entries no longer valid under renders: those of services
 // gone or without affinity, and those pinned to endpoints gone.
 func (w *writer) pruneAffinity(ctx context.Context, renders map[*proxier.Service]*svcRender) {
@@ -218,13 +242,13 @@ func (w *writer) pruneAffinity(ctx context.Context, renders map[*proxier.Service
 	}
 	shape, err := w.shapes.Shape(ctx)
 	if err != nil {
-		klog.V(2).InfoS("Could not list maps to prune session affinity", "family", w.family, "err", err)
+		klog.V(2).InfoS("Could not list sets to prune session affinity", "family", w.family, "err", err)
 		return
 	}
-	byMap := validAffinity(renders)
+	bySet := validAffinity(renders)
 	var names []string
 	for name, kind := range shape.Sets {
-		if kind.IsMap() && isAffinityMap(name) {
+		if !kind.IsMap() && isAffinitySet(name) {
 			names = append(names, name)
 		}
 	}
@@ -234,14 +258,14 @@ func (w *writer) pruneAffinity(ctx context.Context, renders map[*proxier.Service
 			entries, err := w.readAffinity(ctx, string(w.f.family), name)
 			var es []elem
 			for _, e := range entries {
-				if !byMap.valid(name, e) {
-					es = append(es, elem{set: name, key: tupleOf(addrAtom(e.client), addrAtom(e.dest.Addr()), portAtom(int32(e.dest.Port())))})
+				if !bySet.valid(name, e) {
+					es = append(es, elem{set: name, key: e.key()})
 				}
 			}
 			return es, err
 		}
 		if _, err := w.deleteEntries(ctx, name, invalid); err != nil {
-			klog.V(2).InfoS("Could not prune session affinity", "family", w.family, "map", name, "err", err)
+			klog.V(2).InfoS("Could not prune session affinity", "family", w.family, "set", name, "err", err)
 		}
 	}
 }

@@ -112,11 +112,11 @@ func TestKernelEvents(t *testing.T) {
 	sh(t, "nft", "add table ip other; add chain ip other c; add rule ip other c counter; add table ip6 svcproxy; add chain ip6 svcproxy c")
 	sh(t, "iptables-nft", "-w", "-t", "filter", "-A", "INPUT", "-s", "192.0.2.1", "-j", "ACCEPT")
 	none("others' changes elsewhere")
-	// Entries of an affinity map come and go with the traffic and
+	// Entries of an affinity set come and go with the traffic and
 	// forgetAffinity; they are no damage.
-	aff := affinityMap(proxier.UDP, 600)
-	sh(t, "nft", "add element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 : 10.244.1.5 . 53 }")
-	sh(t, "nft", "delete element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 }")
+	aff := affinitySet(proxier.UDP, 600)
+	sh(t, "nft", "add element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 . 10.244.1.5 . 53 }")
+	sh(t, "nft", "delete element ip svcproxy "+aff+" { 10.244.9.9 . 10.96.0.4 . 53 . 10.244.1.5 . 53 }")
 	none("changes to " + aff)
 
 	// Narrow damage is repaired by rewriting what it names, over a

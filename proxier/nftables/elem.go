@@ -50,8 +50,8 @@ func protoNumber(p proxier.Protocol) uint8 {
 	return unix.IPPROTO_TCP
 }
 
-// maxKey is the most components a key has (firewall-allow's four).
-const maxKey = 4
+// maxKey is the most components a key has (an affinity set's five).
+const maxKey = 5
 
 // tuple is a key or value; comparable, so that keys index maps. Unused
 // components are zero.
@@ -63,18 +63,23 @@ func tupleOf(atoms ...atom) tuple {
 	return t
 }
 
-// verdict is a verdict map's value: drop, or goto chain.
+// verdict is a verdict map's value: drop, or goto (jump) chain.
 type verdict struct {
 	chain string // "": drop
+	jump  bool
 }
 
 func gotoChain(c string) verdict { return verdict{chain: c} }
+func jumpChain(c string) verdict { return verdict{chain: c, jump: true} }
 
 var drop = verdict{}
 
 func (v verdict) String() string {
-	if v.chain == "" {
+	switch {
+	case v.chain == "":
 		return "drop"
+	case v.jump:
+		return "jump " + v.chain
 	}
 	return "goto " + v.chain
 }
@@ -123,6 +128,8 @@ var (
 	addrProtoPort = []field{fAddr, fProto, fPort}
 	protoPort     = []field{fProto, fPort}
 	addrPort      = []field{fAddr, fPort}
+	// affinityKeyFields is an affinity set's key.
+	affinityKeyFields = []field{fAddr, fAddr, fPort, fAddr, fPort}
 )
 
 // fixedSpecs are the specs of the sets and maps whose names do not depend
@@ -135,7 +142,8 @@ var fixedSpecs = func() map[string]setSpec {
 		sFirewallDests:         {kind: kindSet, key: addrProtoPort},
 		sFirewallAllow:         {kind: kindSet, key: []field{fAddr, fProto, fPort, fPrefix}, interval: true},
 		sHairpin:               {kind: kindSet, key: []field{fAddr, fAddr}},
-		sAffinityLocalEPs:      {kind: kindSet, key: addrProtoPort},
+		mAffinityPick:          {kind: kindVMap, key: addrProtoPort},
+		mAffinityPickLocal:     {kind: kindVMap, key: addrProtoPort},
 		mServiceIPs:            {kind: kindVMap, key: addrProtoPort},
 		mNoEndpointServices:    {kind: kindVMap, key: addrProtoPort},
 		mServiceNodePorts:      {kind: kindVMap, key: protoPort},
@@ -165,9 +173,9 @@ func specOf(name string) (setSpec, bool) {
 		return s, true
 	}
 	switch {
-	case isAffinityMap(name):
-		// client . daddr . dport → endpoint.
-		return setSpec{kind: kindMap, key: []field{fAddr, fAddr, fPort}, value: addrPort, dynamic: true}, true
+	case isAffinitySet(name):
+		// client . daddr . dport . endpoint . port.
+		return setSpec{kind: kindSet, key: affinityKeyFields, dynamic: true}, true
 	case strings.HasPrefix(name, affinityDestsPrefix):
 		// daddr . dport → goto the record chain.
 		return setSpec{kind: kindVMap, key: addrPort}, true

@@ -40,7 +40,7 @@ func goldenV4() *proxier.State {
 			eps(e("10.244.1.10", 8080, local), e("10.244.2.10", 8080))),
 		pt.Service("ns3/sticky-local", proxier.UDP, "10.96.0.18", 53, pt.Affinity(600), pt.NodePort(30083), pt.ExternalLocal,
 			eps(e("10.244.1.11", 53, local), e("10.244.2.11", 53))),
-		// A second Service port sharing sticky's affinity map.
+		// A second Service port sharing sticky's affinity set.
 		pt.Service("ns3/sticky2", proxier.TCP, "10.96.0.21", 8080, pt.Affinity(10800), eps(e("10.244.2.15", 8080))),
 		pt.Service("ns4/sctp", proxier.SCTP, "10.96.0.20", 9999, eps(e("10.244.1.14", 9999, local))),
 		pt.Service("ns4/terminating", proxier.TCP, "10.96.0.19", 80,
@@ -166,14 +166,10 @@ func TestPartialSyncGolden(t *testing.T) {
 }
 
 // TestKernelGoldenLoads: nft takes every golden table, in a throwaway
-// namespace (the IPv6 one only where nft can write IPv6 affinity).
+// namespace.
 func TestKernelGoldenLoads(t *testing.T) {
 	enterNetns(t)
 	for _, tc := range goldenCases {
-		if tc.cfg().Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
-			t.Logf("%s: skipped, this nft cannot write IPv6 affinity", tc.name)
-			continue
-		}
 		cmd := exec.Command("nft", "-f", filepath.Join("testdata", tc.name+".nft"))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("%s: nft -f: %v: %s", tc.name, err, out)

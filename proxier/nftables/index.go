@@ -9,7 +9,7 @@ import (
 // index is what the renders of a table contribute, counted: Service ports
 // share elements (two ports of one ClusterIP share its cluster-ips
 // element), lb chains (one per pool, protocol and endpoint count) and
-// affinity maps (one per protocol and timeout). Something is in the table
+// affinity sets (one per protocol and timeout). Something is in the table
 // while its count is above zero.
 type index struct {
 	elems    map[elemID]entry
@@ -157,7 +157,7 @@ func (d *delta) affinityAfter(x *index) []affinityKey {
 
 func sortAffinity(ks []affinityKey) {
 	slices.SortFunc(ks, func(a, b affinityKey) int {
-		return strings.Compare(affinityMap(a.proto, a.timeout), affinityMap(b.proto, b.timeout))
+		return strings.Compare(affinitySet(a.proto, a.timeout), affinitySet(b.proto, b.timeout))
 	})
 }
 

@@ -12,7 +12,8 @@ import (
 // a branch of the walk (interp_walk_test.go). The grammar is the part of
 // nft's the renderer writes: selectors (ip/ip6 saddr and daddr, meta
 // l4proto, th/tcp/udp/sctp dport, numgen random mod N, ct original ip
-// daddr and proto-dst, mark with a mask, iifname) joined by "." into
+// daddr and proto-dst, mark with a mask, iifname; a selector masked to
+// zero and or'ed with a literal, "ip daddr & 0.0.0.0 | 10.0.0.1") joined by "." into
 // concatenations; matches against a literal, an anonymous set ({ a, b }),
 // a set (@s, != @s) or a verdict map (vmap @m); ct state, ct status, fib saddr/daddr type local;
 // mark set, update @m { k : v }, dnat to (a literal or a map lookup),
@@ -27,6 +28,9 @@ type atom struct {
 	mod    uint64 // numgen random mod
 	mask   uint32 // mark and mask
 	lit    nftVal
+	// masked: "selector & 0 | lit", which is lit on a packet that has
+	// the selector.
+	masked bool
 }
 
 // expr is a concatenation of atoms; end is the index of the first word
@@ -129,6 +133,10 @@ func (t *nftTable) parseExpr(words []string, i int, lits []nftType) (expr, error
 		default:
 			return e, fmt.Errorf("unknown expression at %q", strings.Join(words[i:], " "))
 		}
+		if err == nil && a.what != "" && word(n) == "&" && word(n+2) == "|" {
+			err = a.parseMasked(word(n+1), word(n+3))
+			n += 4
+		}
 		if err != nil {
 			return e, err
 		}
@@ -139,6 +147,21 @@ func (t *nftTable) parseExpr(words []string, i int, lits []nftType) (expr, error
 		}
 		i++
 	}
+}
+
+// parseMasked parses the mask and the value of "selector & mask | value":
+// only a zero mask, which makes the selector the value.
+func (a *atom) parseMasked(mask, value string) error {
+	m, err := parseVal(a.typ, mask, false)
+	if err != nil {
+		return err
+	}
+	if m.lo.IsValid() && !m.lo.IsUnspecified() || !m.lo.IsValid() && m.n != 0 {
+		return fmt.Errorf("a selector masked with %s, not zero", mask)
+	}
+	a.masked = true
+	a.lit, err = parseVal(a.typ, value, false)
+	return err
 }
 
 // sameTypes checks that an expression fits a set's key or value.

@@ -87,6 +87,9 @@ func (p pktState) eval(e expr) (alts []alt, ok bool) {
 		default:
 			vals = []nftVal{a.lit}
 		}
+		if a.masked {
+			vals = []nftVal{a.lit}
+		}
 		var next []alt
 		for _, x := range alts {
 			for _, v := range vals {

@@ -96,10 +96,6 @@ func newKernel(cfg proxier.Config, netns int) (*Proxier, error) {
 	p.w.batch = newElemWriter(cfg.Family, writes)
 	p.w.shapes = guard.TableReader{Conn: writes, Family: nfFamily, Table: TableName}
 	p.w.readAffinity = execReadAffinity
-	if cfg.Family == proxier.IPv6 && !ipv6AffinityWorks(context.Background()) {
-		p.tr.noAffinity = true
-		klog.InfoS("This nft cannot write IPv6 session affinity (nft 1.0.6 aborts on a dynamic map update whose data is an IPv6 address and a port); IPv6 Services with sessionAffinity ClientIP are balanced without affinity", "nft", nftVersion(context.Background()))
-	}
 	return p, nil
 }
 
@@ -119,18 +115,6 @@ func ignoredLoopback(cfg proxier.Config) []netip.Prefix {
 		}
 	}
 	return out
-}
-
-// ipv6AffinityWorks checks (nft -c, nothing committed) that nft can write
-// the IPv6 form of an affinity record chain's rule.
-func ipv6AffinityWorks(ctx context.Context) bool {
-	cmd := exec.CommandContext(ctx, "nft", "-c", "-f", "-")
-	cmd.Stdin = strings.NewReader(`table ip6 svcproxy-probe {
-	map m { typeof ip6 saddr . ip6 daddr . th dport : ip6 daddr . tcp dport; flags dynamic,timeout; timeout 1s; }
-	chain c { update @m { ip6 saddr . fd00::1 . 80 : ip6 daddr . th dport }; }
-}
-`)
-	return cmd.Run() == nil
 }
 
 // nftVersion is nft's own account of its version, for logs.

@@ -13,7 +13,8 @@
 //	policy:      cluster-ip | cluster-ip-local | external | external-local |
 //	             nodeport | nodeport-local: masquerade marks and the Local
 //	             traffic-policy short-circuits, then goto a pick chain
-//	pick-*:      session affinity lookup, then vmap @count-* → lb-*-<K>
+//	pick-*:      jump to the Service port's affinity pick chain, then
+//	             vmap @count-* → lb-*-<K>
 //	lb-*-<K>:    dnat to key . numgen random mod K map @endpoints-*
 //
 // Filter hooks hold what must happen after (or instead of) DNAT: the
@@ -137,36 +138,43 @@ const (
 	sHairpin            = "hairpin"
 )
 
-// Session affinity is per Service port, as kube-proxy's (whose recent
-// lists are per endpoint chain, reached from every address of the Service
+// Session affinity is per Service port, as kube-proxy's (whose affinity
+// sets are per endpoint of the port, reached from every address of the
 // port): a client pinned through the ClusterIP stays on its endpoint
-// through the NodePort or an external IP. The pick chains look a client up
-// by (saddr . daddr . dport), with the packet's own destination; so when a
-// new connection of a Service port with affinity has been DNATed, its
-// record chain (one per such Service port, reached from the
-// affinity-dests vmap by the original destination) writes the client's
-// entry under every destination of the Service port at once. nft 1.0.6
-// cannot look a map up with constants in the key, but it can update one
-// so.
+// through the NodePort or an external IP.
 //
-// Local traffic policies must not reuse an entry that points to a remote
-// endpoint: the local pools look clients up in a map of their own,
-// written only when the endpoint chosen is one of this node's
-// (affinity-dests-local-eps).
+// The dynamic sets hold (client . destination . port . endpoint . port),
+// one set per protocol and timeout: sets, not maps with the endpoint as
+// data, because nft 1.0.6 aborts on a dynamic map update whose key or
+// data is longer than one 16-byte register (every IPv6 form of such an
+// entry), while it writes a set update with a key of up to four. When a new connection of a Service
+// port with affinity has been DNATed, its record chain (reached from the
+// affinity-dests vmap by the original destination) writes the client's
+// entry under every destination of the port at once.
+//
+// The pick chains jump, by the packet's destination, to the Service
+// port's pick chain (affinity-dests-pick), which has one rule per
+// endpoint: the client's entry for this destination and that endpoint,
+// then DNAT to it. So an entry to an endpoint that is gone is never used.
+// nft 1.0.6 takes no literal in a lookup's key, so the endpoint stands in
+// the key as a selector masked to zero and or'ed with it. The local
+// pools jump to a chain of this node's endpoints only
+// (affinity-dests-pick-local): a Local traffic policy never follows an
+// entry to a remote endpoint.
 
-// Affinity maps and sets are named affinity-*: the dynamic maps the
+// Affinity sets and maps are named affinity-*: the dynamic sets the
 // packet path fills, and the static affinity-dests-* the syncs write.
 const (
 	affinityPrefix      = "affinity-"
 	affinityDestsPrefix = "affinity-dests-"
 )
 
-// isAffinityMap reports whether name is a dynamic affinity map.
-func isAffinityMap(name string) bool {
+// isAffinitySet reports whether name is a dynamic affinity set.
+func isAffinitySet(name string) bool {
 	return strings.HasPrefix(name, affinityPrefix) && !strings.HasPrefix(name, affinityDestsPrefix)
 }
 
-// isTrafficSet is isAffinityMap of a name's bytes, without allocating: the
+// isTrafficSet is isAffinitySet of a name's bytes, without allocating: the
 // sets whose elements the packet path writes, which the guard leaves to it.
 func isTrafficSet(name []byte) bool {
 	return bytes.HasPrefix(name, affinityPrefixBytes) && !bytes.HasPrefix(name, affinityDestsPrefixBytes)
@@ -174,31 +182,34 @@ func isTrafficSet(name []byte) bool {
 
 var affinityPrefixBytes, affinityDestsPrefixBytes = []byte(affinityPrefix), []byte(affinityDestsPrefix)
 
-// affinityMap is the dynamic map remembering the endpoint each client was
+// affinitySet is the dynamic set remembering the endpoint each client was
 // sent to, per protocol and timeout.
-func affinityMap(proto proxier.Protocol, timeout int32) string {
+func affinitySet(proto proxier.Protocol, timeout int32) string {
 	return fmt.Sprintf("affinity-%s-%d", proto.Lower(), timeout)
 }
 
-// affinityLocalMap is affinityMap for the local pools: only endpoints on
-// this node.
-func affinityLocalMap(proto proxier.Protocol, timeout int32) string {
-	return fmt.Sprintf("affinity-local-%s-%d", proto.Lower(), timeout)
-}
-
 // affinityDests maps the original destinations (daddr . dport) of the
-// Service ports whose affinity is kept in affinityMap(proto, timeout) to
+// Service ports whose affinity is kept in affinitySet(proto, timeout) to
 // their record chains.
 func affinityDests(proto proxier.Protocol, timeout int32) string {
 	return fmt.Sprintf("affinity-dests-%s-%d", proto.Lower(), timeout)
 }
 
-// sAffinityLocalEPs holds the endpoints on this node (addr . proto . port)
-// of Service ports with affinity and a Local traffic policy.
-const sAffinityLocalEPs = "affinity-dests-local-eps"
+// mAffinityPick and mAffinityPickLocal map the destinations (daddr .
+// proto . dport) of the Service ports with affinity to their pick chains:
+// every endpoint, and this node's.
+const (
+	mAffinityPick      = "affinity-dests-pick"
+	mAffinityPickLocal = "affinity-dests-pick-local"
+)
 
-// affinityChainPrefix starts the name of a Service port's record chain.
-const affinityChainPrefix = "affinity-rec-"
+// Chain name prefixes of a Service port with affinity: its record chain,
+// and its pick chains.
+const (
+	affinityChainPrefix     = "affinity-rec-"
+	affinityPickPrefix      = "affinity-pick-"
+	affinityPickLocalPrefix = "affinity-pick-local-"
+)
 
 // fam is the per-family spelling of types and expressions.
 type fam struct {

@@ -73,8 +73,11 @@ func (w *elemWriter) encode(ops []elemOp) (*nfnl.Batch, error) {
 		switch sp.kind {
 		case kindVMap:
 			ne.Verdict = nfnl.Verdict{Kind: nfnl.Drop}
-			if c := op.e.verdict.chain; c != "" {
-				ne.Verdict = nfnl.Verdict{Kind: nfnl.Goto, Chain: c}
+			if v := op.e.verdict; v.chain != "" {
+				ne.Verdict = nfnl.Verdict{Kind: nfnl.Goto, Chain: v.chain}
+				if v.jump {
+					ne.Verdict.Kind = nfnl.Jump
+				}
 			}
 		case kindMap:
 			if value, err = appendEncoded(value[:0], sp.value, op.e.value[:]); err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// affinityKey identifies an affinity map: one per protocol and timeout in use.
+// affinityKey identifies an affinity set: one per protocol and timeout in use.
 type affinityKey struct {
 	proto   proxier.Protocol
 	timeout int32
@@ -27,17 +27,15 @@ type svcRender struct {
 	lbCounts map[string]int // lb chain name → K
 	affinity *affinityKey
 	// affDests are the plan's affinity destinations of a Service port
-	// with affinity, affChain its record chain and affRules the chain's
-	// rules.
-	affDests []netip.AddrPort
-	affChain string
-	affRules []string
+	// with affinity, affChains its record and pick chains.
+	affDests  []netip.AddrPort
+	affChains []dynChain
 }
 
 func secondsDuration(s int32) time.Duration { return time.Duration(s) * time.Second }
 
 // renderService computes one service port's elements from its plan.
-func renderService(f fam, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
+func renderService(f fam, sp *proxier.ServicePlan) *svcRender {
 	svc := sp.Svc
 	r := &svcRender{plan: *sp, lbCounts: map[string]int{}, elems: make([]elem, 0, elemsBound(sp))}
 	proto := svc.Protocol.Lower()
@@ -142,20 +140,8 @@ func renderService(f fam, sp *proxier.ServicePlan, noAffinity bool) *svcRender {
 		add(sHairpin, tupleOf(addrAtom(e.IP), addrAtom(e.IP)))
 	}
 
-	if a := sp.Affinity; a.Enabled() && !noAffinity {
-		r.affinity = &affinityKey{a.Protocol, a.TimeoutSeconds}
-		r.affDests = a.Destinations
-		r.affChain = affinityChain(svc.Name)
-		for _, d := range r.affDests {
-			addV(affinityDests(a.Protocol, a.TimeoutSeconds), tupleOf(addrAtom(d.Addr()), portAtom(int32(d.Port()))), gotoChain(r.affChain))
-		}
-		local := sp.InternalPolicy == proxier.PolicyLocal || sp.ExternalPolicy == proxier.PolicyLocal
-		if local {
-			for _, e := range sp.LocalEndpoints {
-				add(sAffinityLocalEPs, tupleOf(addrAtom(e.IP), protoA, portAtom(e.Port)))
-			}
-		}
-		r.affRules = affinityRules(f, *r.affinity, r.affDests, local)
+	if a := sp.Affinity; a.Enabled() {
+		r.renderAffinity(f, sp)
 	}
 	return r
 }
@@ -177,39 +163,112 @@ func elemsBound(sp *proxier.ServicePlan) int {
 	n := 3 + len(sp.InternalEndpoints) + external*perExternal + len(sp.Hairpin)
 	n += len(svc.LoadBalancerIPs) * (2 + len(sp.FirewallRanges))
 	if sp.Affinity.Enabled() {
-		n += len(sp.Affinity.Destinations) + len(sp.LocalEndpoints)
+		n += 3 * len(sp.Affinity.Destinations)
 	}
 	return n
 }
 
-// affinityChain names the record chain of a Service port with affinity:
-// stable across syncs and restarts, and short.
-func affinityChain(n proxier.ServicePortName) string {
-	h := fnv.New64a()
-	h.Write([]byte(n.String()))
-	return fmt.Sprintf("%s%016x", affinityChainPrefix, h.Sum64())
+// renderAffinity adds a Service port's affinity: its destinations in the
+// record and pick vmaps, and the chains they lead to. Local pools get a
+// pick chain of this node's endpoints when a Local policy may look a
+// client up.
+func (r *svcRender) renderAffinity(f fam, sp *proxier.ServicePlan) {
+	a, svc := sp.Affinity, sp.Svc
+	r.affinity = &affinityKey{a.Protocol, a.TimeoutSeconds}
+	r.affDests = a.Destinations
+	h := serviceHash(svc.Name)
+	rec, pick, pickLocal := affinityChainPrefix+h, affinityPickPrefix+h, affinityPickLocalPrefix+h
+	set := affinitySet(a.Protocol, a.TimeoutSeconds)
+	// A destination reaches the local pools when its policy is Local.
+	localAt := func(d netip.AddrPort) bool {
+		if d == netip.AddrPortFrom(svc.ClusterIP, uint16(svc.Port)) {
+			return sp.InternalPolicy == proxier.PolicyLocal
+		}
+		return sp.ExternalPolicy == proxier.PolicyLocal
+	}
+	local := false
+	protoA := protoAtom(a.Protocol)
+	for _, d := range r.affDests {
+		addr, port := addrAtom(d.Addr()), portAtom(int32(d.Port()))
+		r.elems = append(r.elems,
+			elem{set: affinityDests(a.Protocol, a.TimeoutSeconds), key: tupleOf(addr, port), verdict: gotoChain(rec)},
+			elem{set: mAffinityPick, key: tupleOf(addr, protoA, port), verdict: jumpChain(pick)})
+		if localAt(d) && len(sp.LocalEndpoints) > 0 {
+			local = true
+			r.elems = append(r.elems, elem{set: mAffinityPickLocal, key: tupleOf(addr, protoA, port), verdict: jumpChain(pickLocal)})
+		}
+	}
+	r.affChains = []dynChain{
+		{rec, []string{recordRule(f, set, r.affDests)}},
+		{pick, pickRules(f, set, a.Protocol, affinityEndpointList(sp))},
+	}
+	if local {
+		r.affChains = append(r.affChains, dynChain{pickLocal, pickRules(f, set, a.Protocol, sortedEndpoints(sp.LocalEndpoints))})
+	}
 }
 
-// affinityRules are the rules of a record chain: the client's entry
-// written under every destination of the Service port, and into the local
-// pools' map too when the endpoint is on this node and a Local policy may
-// look it up.
-func affinityRules(f fam, a affinityKey, dests []netip.AddrPort, local bool) []string {
-	updates := func(m string) string {
-		var b strings.Builder
-		for i, d := range dests {
-			if i > 0 {
-				b.WriteByte(' ')
-			}
-			fmt.Fprintf(&b, "update @%s { %s saddr . %s . %d : %s daddr . th dport }", m, f.ip, d.Addr(), d.Port(), f.ip)
+// serviceHash names a Service port's affinity chains: stable across syncs
+// and restarts, and short.
+func serviceHash(n proxier.ServicePortName) string {
+	h := fnv.New64a()
+	h.Write([]byte(n.String()))
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// affinityChain names the record chain of a Service port with affinity.
+func affinityChain(n proxier.ServicePortName) string { return affinityChainPrefix + serviceHash(n) }
+
+// recordRule is the rule of a record chain: the client's entry, for the
+// endpoint the connection was DNATed to, written under every destination
+// of the Service port.
+func recordRule(f fam, set string, dests []netip.AddrPort) string {
+	var b strings.Builder
+	for i, d := range dests {
+		if i > 0 {
+			b.WriteByte(' ')
 		}
-		return b.String()
+		fmt.Fprintf(&b, "update @%s { %s saddr . %s . %d . %s daddr . th dport }", set, f.ip, d.Addr(), d.Port(), f.ip)
 	}
-	rules := []string{updates(affinityMap(a.proto, a.timeout))}
-	if local {
-		rules = append(rules, fmt.Sprintf("%s daddr . meta l4proto . th dport @%s %s", f.ip, sAffinityLocalEPs, updates(affinityLocalMap(a.proto, a.timeout))))
+	return b.String()
+}
+
+// pickRules are the rules of a pick chain: for each endpoint, the client's
+// entry under the packet's destination and that endpoint, then DNAT to it.
+// The endpoint is a selector masked to zero and or'ed with its value (nft
+// 1.0.6 takes no literal in a lookup's key).
+func pickRules(f fam, set string, proto proxier.Protocol, eps []netip.AddrPort) []string {
+	zero := "0.0.0.0"
+	if f.ip == "ip6" {
+		zero = "::"
+	}
+	rules := make([]string, 0, len(eps))
+	for _, e := range eps {
+		rules = append(rules, fmt.Sprintf("meta l4proto %s %s saddr . %s daddr . th dport . %s daddr & %s | %s . th dport & 0 | %d @%s dnat %s to %s",
+			proto.Lower(), f.ip, f.ip, f.ip, zero, e.Addr(), e.Port(), set, f.ip, e))
 	}
 	return rules
+}
+
+// affinityEndpointList is every endpoint the Service port balances over,
+// sorted: those the cluster pools' pick chain may pin a client to.
+func affinityEndpointList(sp *proxier.ServicePlan) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(sp.ClusterEndpoints))
+	for ep := range affinityEndpoints(sp) {
+		out = append(out, ep)
+	}
+	slices.SortFunc(out, netip.AddrPort.Compare)
+	return out
+}
+
+// sortedEndpoints is eps as addresses and ports, sorted, without
+// duplicates.
+func sortedEndpoints(eps []proxier.Endpoint) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(eps))
+	for _, e := range eps {
+		out = append(out, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+	}
+	slices.SortFunc(out, netip.AddrPort.Compare)
+	return slices.Compact(out)
 }
 
 // lbRule is the single rule of a load-balancing chain.
@@ -231,9 +290,8 @@ func lbChainPool(name string) (pool, string, int, bool) {
 	return pool{}, "", 0, false
 }
 
-// renderAll plans and renders svcs, on every CPU when there are many;
-// without session affinity when noAffinity.
-func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, noAffinity bool) []*svcRender {
+// renderAll plans and renders svcs, on every CPU when there are many.
+func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service) []*svcRender {
 	out := make([]*svcRender, len(svcs))
 	f := famOf(cfg.Family)
 	workers := runtime.GOMAXPROCS(0)
@@ -247,7 +305,7 @@ func renderAll(cfg proxier.Config, st *proxier.State, svcs []*proxier.Service, n
 			defer wg.Done()
 			for i := w; i < len(svcs); i += workers {
 				sp := proxier.PlanService(cfg, st, svcs[i])
-				out[i] = renderService(f, &sp, noAffinity)
+				out[i] = renderService(f, &sp)
 			}
 		}(w)
 	}

@@ -55,7 +55,7 @@ func (sk *skeleton) static(name string) knftables.Object {
 }
 
 // newSkeleton is the skeleton of the node-wide plan p (its Services are
-// not read) with the affinity maps of affinity.
+// not read) with the affinity sets of affinity.
 func newSkeleton(p *proxier.Plan, affinity []affinityKey) *skeleton {
 	cfg := p.Config
 	f := famOf(cfg.Family)
@@ -121,16 +121,15 @@ func newSkeleton(p *proxier.Plan, affinity []affinityKey) *skeleton {
 	}
 
 	// Pick chains: affinity first (a client with an entry is DNATed to its
-	// endpoint), then the endpoint count.
+	// endpoint in the Service port's pick chain), then the endpoint count.
 	for _, p := range pools {
 		var rules []string
-		for _, a := range affinity {
-			m := affinityMap(a.proto, a.timeout)
+		if len(affinity) > 0 {
+			m := mAffinityPick
 			if p.local() {
-				m = affinityLocalMap(a.proto, a.timeout)
+				m = mAffinityPickLocal
 			}
-			rules = append(rules, fmt.Sprintf("meta l4proto %s dnat %s to %s saddr . %s daddr . th dport map @%s",
-				a.proto.Lower(), f.ip, f.ip, f.ip, m))
+			rules = append(rules, key+" vmap @"+m)
 		}
 		rules = append(rules, p.keyExpr(f)+" vmap @"+p.countMap())
 		add(&knftables.Chain{Name: p.pickChain()}, rules...)
@@ -181,16 +180,15 @@ func newSkeleton(p *proxier.Plan, affinity []affinityKey) *skeleton {
 		&knftables.Set{Name: sHairpin, Type: f.addr + " . " + f.addr},
 	)
 	if len(affinity) > 0 {
-		sk.sets = append(sk.sets, &knftables.Set{Name: sAffinityLocalEPs, Type: svcKey})
+		verdictMap(mAffinityPick, svcKey)
+		verdictMap(mAffinityPickLocal, svcKey)
 	}
 	for _, a := range affinity {
 		sk.maps = append(sk.maps, &knftables.Map{Name: affinityDests(a.proto, a.timeout), TypeOf: f.ip + " daddr . th dport : verdict"})
-		for _, m := range []string{affinityMap(a.proto, a.timeout), affinityLocalMap(a.proto, a.timeout)} {
-			sk.maps = append(sk.maps, &knftables.Map{Name: m,
-				TypeOf:  f.ip + " saddr . " + f.ip + " daddr . th dport : " + f.ip + " daddr . " + a.proto.Lower() + " dport",
-				Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
-				Timeout: ptr(secondsDuration(a.timeout))})
-		}
+		sk.sets = append(sk.sets, &knftables.Set{Name: affinitySet(a.proto, a.timeout),
+			Type:    f.addr + " . " + f.addr + " . inet_service . " + f.addr + " . inet_service",
+			Flags:   []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag},
+			Timeout: ptr(secondsDuration(a.timeout))})
 	}
 	return sk
 }
@@ -205,7 +203,7 @@ func (sk *skeleton) key() string {
 		}
 	}
 	for _, s := range sk.sets {
-		fmt.Fprintf(&b, "set %s %s %s %v\n", s.Name, s.Type, s.TypeOf, s.Flags)
+		fmt.Fprintf(&b, "set %s %s %s %v %v\n", s.Name, s.Type, s.TypeOf, s.Flags, deref(s.Timeout))
 	}
 	for _, m := range sk.maps {
 		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))

@@ -16,9 +16,6 @@ import (
 type translator struct {
 	cfg proxier.Config
 	f   fam
-	// noAffinity: Services are balanced without session affinity (this
-	// nft cannot write the family's affinity rules).
-	noAffinity bool
 }
 
 func newTranslator(cfg proxier.Config) *translator {
@@ -41,8 +38,8 @@ type table struct {
 	renders map[*proxier.Service]*svcRender
 	cidrs   *svcRender
 	idx     *index
-	// affChains are the record chains of the Service ports with affinity
-	// (name → rules).
+	// affChains are the record and pick chains of the Service ports with
+	// affinity (name → rules).
 	affChains map[string][]string
 	sk        *skeleton
 	skelKey   string
@@ -152,7 +149,7 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 		}
 		changed = append(changed, svc)
 	}
-	for i, r := range renderAll(tr.cfg, st, changed, tr.noAffinity) {
+	for i, r := range renderAll(tr.cfg, st, changed) {
 		renders[changed[i]] = r
 	}
 	var removed []*svcRender
@@ -199,8 +196,8 @@ func (tr *translator) whole(d *desired, next *table, st *proxier.State) {
 	next.idx = newIndex(append(rs, next.cidrs))
 	next.affChains = map[string][]string{}
 	for _, r := range rs {
-		if r.affChain != "" {
-			next.affChains[r.affChain] = r.affRules
+		for _, c := range r.affChains {
+			next.affChains[c.name] = c.rules
 		}
 	}
 	tr.full(d, next)
@@ -254,7 +251,7 @@ func (tr *translator) partial(d *desired, next, last *table, dl *delta, changed 
 	return true
 }
 
-// recordChainsAfter is the record chains once removed are gone and
+// recordChainsAfter is the affinity chains once removed are gone and
 // changed rendered: last's map itself when no render has one.
 func recordChainsAfter(last map[string][]string, removed []*svcRender, changed []*proxier.Service, renders map[*proxier.Service]*svcRender) map[string][]string {
 	out, copied := last, false
@@ -267,15 +264,15 @@ func recordChainsAfter(last map[string][]string, removed []*svcRender, changed [
 		}
 	}
 	for _, r := range removed {
-		if r.affChain != "" {
+		for _, c := range r.affChains {
 			edit()
-			delete(out, r.affChain)
+			delete(out, c.name)
 		}
 	}
 	for _, svc := range changed {
-		if r := renders[svc]; r.affChain != "" {
+		for _, c := range renders[svc].affChains {
 			edit()
-			out[r.affChain] = r.affRules
+			out[c.name] = c.rules
 		}
 	}
 	return out
@@ -342,7 +339,7 @@ func (tr *translator) diff(last *table, dl *delta, rec map[string][]string) *cha
 	return c
 }
 
-// dynChains lists the lb chains and affinity record chains, sorted.
+// dynChains lists the lb chains and affinity chains, sorted.
 func dynChains(f fam, lbChains map[string]int, affChains map[string][]string) []dynChain {
 	out := make([]dynChain, 0, len(lbChains)+len(affChains))
 	for lb := range lbChains {
@@ -356,7 +353,7 @@ func dynChains(f fam, lbChains map[string]int, affChains map[string][]string) []
 }
 
 // dynRules returns the rules of the dynamic chain name: an lb chain's from
-// its name, a record chain's from affChains.
+// its name, an affinity chain's from affChains.
 func dynRules(f fam, name string, affChains map[string][]string) []string {
 	if pl, proto, k, ok := lbChainPool(name); ok {
 		return []string{lbRule(f, pl, proto, k)}

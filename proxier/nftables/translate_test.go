@@ -124,7 +124,7 @@ func TestRepairContents(t *testing.T) {
 func TestElemsBound(t *testing.T) {
 	for _, tc := range goldenCases {
 		st := tc.st()
-		for i, r := range renderAll(tc.cfg(), st, st.Services, false) {
+		for i, r := range renderAll(tc.cfg(), st, st.Services) {
 			if bound := elemsBound(&r.plan); cap(r.elems) != bound || len(r.elems) > bound {
 				t.Errorf("%s: %s: %d elements, bound %d, capacity %d", tc.name, st.Services[i].Name, len(r.elems), bound, cap(r.elems))
 			}

@@ -1,6 +1,6 @@
 // Command demo shows svcproxy at work on one machine, as root:
 //
-//	go run ./e2e/cmd/demo     (or: make demo)
+//	go run ./e2e/cmd/demo [-mode nftables]     (or: make demo [MODE=nftables])
 //
 // It starts a one-node "cluster" made of network namespaces — a real
 // kube-apiserver and etcd, three backend pods and a client pod on the
@@ -14,6 +14,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -31,6 +32,12 @@ const (
 )
 
 func main() {
+	mode := flag.String("mode", "iptables", "svcproxy's --proxy-mode: iptables or nftables")
+	flag.Parse()
+	if *mode != "iptables" && *mode != "nftables" {
+		fmt.Fprintf(os.Stderr, "demo: -mode %q: want iptables or nftables\n", *mode)
+		os.Exit(2)
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "The demo needs root: it creates network namespaces and programs iptables inside them")
 		fmt.Fprintln(os.Stderr, "(never on the host itself). Try: sudo make demo")
@@ -41,7 +48,7 @@ func main() {
 		<-ctx.Done()
 		stop() // a second Ctrl-C ends the demo at once; its reaper still cleans up
 	}()
-	err := run(ctx)
+	err := run(ctx, *mode)
 	switch {
 	case ctx.Err() != nil:
 		fmt.Println("\nInterrupted; everything the demo made has been removed.")
@@ -67,18 +74,19 @@ func done(format string, args ...any) {
 	fmt.Printf("%s (%v)\n", msg, time.Since(stepStart).Round(time.Millisecond))
 }
 
-func run(ctx context.Context) (err error) {
-	fmt.Println(`svcproxy demo
+func run(ctx context.Context, mode string) (err error) {
+	fmt.Printf(`svcproxy demo (%s mode)
 =============
 A one-node "cluster" on this machine, built from network namespaces:
   - a real kube-apiserver and etcd (built from source on the first run, then cached)
   - pods a, b and c running an echo server, and a client pod, on the node's bridge 10.244.1.0/24
-  - svcproxy, programming iptables inside the node's namespace
-The host's own network setup is not touched, and everything is removed at the end (also on Ctrl-C).`)
+  - svcproxy, programming %s inside the node's namespace
+The host's own network setup is not touched, and everything is removed at the end (also on Ctrl-C).
+`, mode, mode)
 	fmt.Println()
 	step(1, "Building svcproxy, kube-apiserver and etcd; starting the node, etcd and kube-apiserver")
 	fmt.Println()
-	env, err := harness.New(ctx, harness.Options{Logf: func(format string, args ...any) {
+	env, err := harness.New(ctx, harness.Options{ProxyMode: mode, Logf: func(format string, args ...any) {
 		fmt.Printf("      %s\n", fmt.Sprintf(format, args...))
 	}})
 	if err != nil {
@@ -145,19 +153,7 @@ The host's own network setup is not touched, and everything is removed at the en
 	}
 	done("ClusterIP %s, port 80 -> pods' port %d; rules in place", svc.Spec.ClusterIP, harness.EchoPort)
 
-	fmt.Printf("\nThe nat rules svcproxy wrote for %s/%s (iptables-save -t nat in %s):\n", namespace, serviceName, env.Node.Name)
-	for _, chain := range []string{"-A KUBE-SERVICES ", "-A KUBE-SVC-", "-A KUBE-SEP-"} {
-		for _, line := range strings.Split(nat, "\n") {
-			if strings.HasPrefix(line, chain) && strings.Contains(line, namespace+"/"+serviceName) {
-				fmt.Println("  " + line)
-			}
-		}
-	}
-	fmt.Printf(`  KUBE-SERVICES matches the ClusterIP and jumps to the Service's KUBE-SVC chain, which picks an
-  endpoint at random (1/3, then 1/2 of the rest, then the last); each KUBE-SEP chain DNATs to one pod.
-  Traffic from outside the cluster CIDR, or from a pod to itself, is marked for masquerading.
-
-`)
+	showRules(ctx, env, nat, svc.Spec.ClusterIP, ips)
 
 	step(5, "Sending %d connections from pod %q (%s) to %s:80", connections, client.Name, client.IP, svc.Spec.ClusterIP)
 	replies, err := client.Connect(ctx, harness.ClientOptions{Target: fmt.Sprintf("%s:80", svc.Spec.ClusterIP), Count: connections})
@@ -204,6 +200,52 @@ The host's own network setup is not touched, and everything is removed at the en
 		fmt.Printf("Note: some pods saw another source address than the client's own %s (masqueraded).\n", client.IP)
 	}
 	return nil
+}
+
+// showRules prints the rules that carry the Service, in the mode's own
+// syntax: nat is what WaitForServiceDNATs last read.
+func showRules(ctx context.Context, env *harness.Env, nat, clusterIP string, endpoints []string) {
+	if env.ProxyMode == "nftables" {
+		table, err := env.NFTList(ctx, "table", "ip", "svcproxy")
+		if err != nil {
+			fmt.Printf("\n(nft list table ip svcproxy failed: %v)\n", err)
+			return
+		}
+		fmt.Printf("\nWhat svcproxy wrote for %s/%s (nft list table ip svcproxy in %s), the lines that name it:\n", namespace, serviceName, env.Node.Name)
+		for _, line := range strings.Split(table, "\n") {
+			if mentions(line, append([]string{clusterIP}, endpoints...)) {
+				fmt.Println("  " + strings.TrimSpace(line))
+			}
+		}
+		fmt.Printf(`  service-ips sends the ClusterIP's port to the cluster-ip chain; the Service's pick chain
+  chooses an endpoint with numgen, and the endpoints map DNATs to its pod.
+  The hairpin set masquerades a pod that reaches itself through the Service.
+
+`)
+		return
+	}
+	fmt.Printf("\nThe nat rules svcproxy wrote for %s/%s (iptables-save -t nat in %s):\n", namespace, serviceName, env.Node.Name)
+	for _, chain := range []string{"-A KUBE-SERVICES ", "-A KUBE-SVC-", "-A KUBE-SEP-"} {
+		for _, line := range strings.Split(nat, "\n") {
+			if strings.HasPrefix(line, chain) && strings.Contains(line, namespace+"/"+serviceName) {
+				fmt.Println("  " + line)
+			}
+		}
+	}
+	fmt.Printf(`  KUBE-SERVICES matches the ClusterIP and jumps to the Service's KUBE-SVC chain, which picks an
+  endpoint at random (1/3, then 1/2 of the rest, then the last); each KUBE-SEP chain DNATs to one pod.
+  Traffic from outside the cluster CIDR, or from a pod to itself, is marked for masquerading.
+
+`)
+}
+
+func mentions(line string, words []string) bool {
+	for _, w := range words {
+		if strings.Contains(line, w) {
+			return true
+		}
+	}
+	return false
 }
 
 func isBackend(name string, pods []*harness.Pod) bool {
