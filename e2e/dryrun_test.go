@@ -323,7 +323,7 @@ func TestDryRunDiff(t *testing.T) {
 	svc := c.service("dry-run-diff", "web", []harness.Port{harness.TCP}, backends...)
 	ip := svc.Spec.ClusterIP
 	// Traffic with session affinity fills state the packet path keeps (the
-	// recent module's lists; nftables' affinity map): no difference.
+	// recent module's lists; nftables' affinity set): no difference.
 	sticky := c.createService("dry-run-diff-sticky", affinity(300, v1.ServiceSpec{}))
 	c.endpoints(sticky, backends...)
 	c.waitDNATs(sticky, "tcp", backends...)
@@ -331,9 +331,9 @@ func TestDryRunDiff(t *testing.T) {
 		t.Fatalf("3 connections with ClientIP affinity: %s, want one backend", harness.FormatTally(harness.Tally(rs)))
 	}
 	if env.ProxyMode == "nftables" {
-		out, err := env.Node.Run(c.ctx, "nft", "list", "map", "ip", "svcproxy", "affinity-tcp-300")
+		out, err := env.Node.Run(c.ctx, "nft", "list", "set", "ip", "svcproxy", "affinity-tcp-300")
 		if err != nil || !strings.Contains(out, client.IP+" . "+sticky.Spec.ClusterIP+" . 80") {
-			t.Fatalf("the affinity map has no entry for %s: %v\n%s", client.IP, err, out)
+			t.Fatalf("the affinity set has no entry for %s: %v\n%s", client.IP, err, out)
 		}
 	}
 

@@ -142,7 +142,7 @@ func TestUnifiedDiff(t *testing.T) {
 // test's own, standing in for the node's) that holds exactly the dry run's
 // rules: no output, no error; with a rule, an element or a built-in jump
 // removed: errDiffers and a diff adding it back; packet-path state (an
-// affinity map element) is no difference. In both modes.
+// affinity set element) is no difference. In both modes.
 func TestDryRunDiff(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -186,7 +186,7 @@ func TestDryRunDiff(t *testing.T) {
 			name:   "nft affinity state",
 			mode:   "nftables",
 			setup:  []step{{argv: []string{"nft", "-f", "-"}, load: golden("nftables")}},
-			damage: []step{{argv: strings.Fields("nft add element ip svcproxy affinity-tcp-600 { 192.0.2.1 . 10.96.0.40 . 80 : 10.244.1.9 . 8080 }")}},
+			damage: []step{{argv: strings.Fields("nft add element ip svcproxy affinity-tcp-600 { 192.0.2.1 . 10.96.0.40 . 80 . 10.244.1.9 . 8080 }")}},
 			equal:  true,
 		},
 		{

@@ -39,7 +39,7 @@ var counterRe = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 // the table's chains, sets and maps sorted by kind and name (nft lists them
 // in the order they were made); elements one a line, sorted (a hash set
 // lists them in hash order); counters zeroed; and no elements for the
-// affinity maps that packets fill (isAffinityMap). Rules keep their order,
+// affinity sets that packets fill (isAffinitySet). Rules keep their order,
 // which matters.
 func NormalizeListing(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
@@ -66,7 +66,7 @@ func NormalizeListing(s string) string {
 		case cur == nil && strings.HasSuffix(t, "{"):
 			cur = []string{l}
 			f := strings.Fields(t)
-			skip = len(f) > 1 && (f[0] == "set" || f[0] == "map") && isAffinityMap(f[1])
+			skip = len(f) > 1 && (f[0] == "set" || f[0] == "map") && isAffinitySet(f[1])
 		case cur == nil:
 			if t != "" {
 				head = append(head, l)

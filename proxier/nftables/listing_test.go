@@ -16,12 +16,12 @@ func TestNormalizeListing(t *testing.T) {
 		elements = { 10.0.0.2 . 10.0.0.2,
 			     10.0.0.1 . 10.0.0.1 }
 	}
-	map affinity-tcp-600 {
-		type ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
+	set affinity-tcp-600 {
+		type ipv4_addr . ipv4_addr . inet_service . ipv4_addr . inet_service
 		size 65535
 		flags dynamic,timeout
 		timeout 10m
-		elements = { 192.0.2.1 . 10.96.0.40 . 80 timeout 10m expires 9m58s : 10.0.0.1 . 8080 }
+		elements = { 192.0.2.1 . 10.96.0.40 . 80 . 10.0.0.1 . 8080 timeout 10m expires 9m58s }
 	}
 	map affinity-dests-tcp-600 {
 		type ipv4_addr . inet_service : verdict
@@ -29,7 +29,7 @@ func TestNormalizeListing(t *testing.T) {
 	}
 	chain b {
 		counter packets 12 bytes 960 jump a
-		update @affinity-tcp-600 { ip saddr . 10.96.0.40 . 80 : ip daddr . th dport }
+		update @affinity-tcp-600 { ip saddr . 10.96.0.40 . 80 . ip daddr . th dport }
 	}
 	chain a {
 		ip daddr 10.0.0.1 drop
@@ -51,15 +51,15 @@ func TestNormalizeListing(t *testing.T) {
 		type ipv4_addr . ipv4_addr
 		elements = { 10.0.0.1 . 10.0.0.1, 10.0.0.2 . 10.0.0.2 }
 	}
-	map affinity-tcp-600 {
-		type ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service
+	set affinity-tcp-600 {
+		type ipv4_addr . ipv4_addr . inet_service . ipv4_addr . inet_service
 		size 65535
 		flags dynamic,timeout
 		timeout 10m
 	}
 	chain b {
 		counter packets 0 bytes 0 jump a
-		update @affinity-tcp-600 { ip saddr . 10.96.0.40 . 80 : ip daddr . th dport }
+		update @affinity-tcp-600 { ip saddr . 10.96.0.40 . 80 . ip daddr . th dport }
 	}
 }
 `
@@ -78,7 +78,7 @@ func TestNormalizeListing(t *testing.T) {
 		}
 	}
 	if strings.Contains(na, "192.0.2.1") {
-		t.Errorf("normalized listing keeps an affinity map's element:\n%s", na)
+		t.Errorf("normalized listing keeps an affinity set's element:\n%s", na)
 	}
 	// A rule in another order is a difference.
 	c := strings.Replace(b, "\t\tip daddr 10.0.0.1 drop\n\t\tip daddr 10.0.0.2 accept", "\t\tip daddr 10.0.0.2 accept\n\t\tip daddr 10.0.0.1 drop", 1)
