@@ -129,8 +129,8 @@ func TestDryRunManifestsErrors(t *testing.T) {
 		dir  string
 		want []string // in the message, in this order
 	}{
-		{"bad-yaml", []string{"testdata/manifests/bad-yaml/services.yaml", "document 2", "line 6", "mapping values are not allowed"}},
-		{"bad-slice-field", []string{"testdata/manifests/bad-slice-field/slice.yaml", "document 1", "EndpointSlice default/web-2", `unknown field "endpoints[0].condition"`}},
+		{"bad-yaml", []string{"testdata/manifests/bad-yaml/services.yaml", "document 2 (line 8)", "yaml: line 13: mapping values are not allowed"}},
+		{"bad-slice-field", []string{"testdata/manifests/bad-slice-field/slice.yaml", "document 1 (line 1)", "EndpointSlice default/web-2", `unknown field "endpoints[0].condition"`}},
 		{"bad-slice-ip", []string{"testdata/manifests/bad-slice-ip/slice.yaml", "document 1", "List item 1", "EndpointSlice default/web-2", "endpoints[1].addresses[0]", "10.244.1.300"}},
 		{"duplicate", []string{"testdata/manifests/duplicate/web.yaml", "Service default/web is also in testdata/manifests/duplicate/all.yaml"}},
 	} {

@@ -34,8 +34,8 @@ func TestReadManifests(t *testing.T) {
 		{name: "nested lists", files: map[string]string{
 			"l.yaml": "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ServiceList\n  items:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: s, namespace: x}\n    spec: {clusterIP: 10.96.0.2}\n",
 		}, want: []string{"Service x/s"}},
-		{name: "no kind", files: map[string]string{"a.yaml": strings.ReplaceAll(svc, "%s", "a") + "---\nmetadata: {name: b}\n"},
-			wantErr: []string{"a.yaml", "document 2", "no kind"}},
+		{name: "no kind", files: map[string]string{"a.yaml": "---\n" + strings.ReplaceAll(svc, "%s", "a") + "---\n\n---\n# b\nmetadata: {name: b}\n"},
+			wantErr: []string{"a.yaml", "document 3 (line 9)", "no kind"}},
 		{name: "no name", files: map[string]string{"a.yaml": "apiVersion: v1\nkind: Service\nspec: {}\n"},
 			wantErr: []string{"a.yaml", "document 1", "Service: no metadata.name"}},
 		{name: "wrong type", files: map[string]string{"a.yaml": "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e}\naddressType: IPv4\nports: [{port: eighty}]\n"},
