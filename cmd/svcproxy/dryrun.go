@@ -66,6 +66,9 @@ func readNode(ctx context.Context, o *options) (*node, error) {
 		h.Local = localAddrs()
 	}
 	cfgs, err := proxyConfigs(o, h)
+	if err != nil && !ok && o.manifests != "" {
+		return nil, fmt.Errorf("%w: --manifests %s has no Node %s (give one with its InternalIP, or --nodeport-addresses)", err, o.manifests, name)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +102,9 @@ func runDryRun(ctx context.Context, o *options, w io.Writer) error {
 		return err
 	}
 	opt := iptables.DryRunOptions()
+	if o.diff {
+		return diffRules(ctx, w, o.proxyMode, n.cfgs, states, opt)
+	}
 	if o.manifests != "" {
 		// From files, the output depends on the files alone, not on this
 		// machine's nf_conntrack_tcp_be_liberal.

@@ -129,8 +129,8 @@ func TestDryRunManifestsErrors(t *testing.T) {
 		dir  string
 		want []string // in the message, in this order
 	}{
-		{"bad-yaml", []string{"testdata/manifests/bad-yaml/services.yaml", "document 2", "line 6", "mapping values are not allowed"}},
-		{"bad-slice-field", []string{"testdata/manifests/bad-slice-field/slice.yaml", "document 1", "EndpointSlice default/web-2", `unknown field "endpoints[0].condition"`}},
+		{"bad-yaml", []string{"testdata/manifests/bad-yaml/services.yaml", "document 2 (line 8)", "yaml: line 13: mapping values are not allowed"}},
+		{"bad-slice-field", []string{"testdata/manifests/bad-slice-field/slice.yaml", "document 1 (line 1)", "EndpointSlice default/web-2", `unknown field "endpoints[0].condition"`}},
 		{"bad-slice-ip", []string{"testdata/manifests/bad-slice-ip/slice.yaml", "document 1", "List item 1", "EndpointSlice default/web-2", "endpoints[1].addresses[0]", "10.244.1.300"}},
 		{"duplicate", []string{"testdata/manifests/duplicate/web.yaml", "Service default/web is also in testdata/manifests/duplicate/all.yaml"}},
 	} {
@@ -153,5 +153,19 @@ func TestDryRunManifestsErrors(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestDryRunManifestsNoNode: nftables mode opens NodePorts on the node's
+// IP only (--nodeport-addresses=primary), so files without this node's
+// Node fail, saying what is missing, unless --nodeport-addresses is given.
+func TestDryRunManifestsNoNode(t *testing.T) {
+	out, err := dryRunArgs(t, "ipv4", "--proxy-mode", "nftables", "--hostname-override", "node-z")
+	if err == nil || out != "" || !strings.Contains(err.Error(), "--manifests testdata/manifests/ipv4 has no Node node-z") {
+		t.Errorf("got %v and %d bytes, want an error naming the missing Node and no output", err, len(out))
+	}
+	out, err = dryRunArgs(t, "ipv4", "--proxy-mode", "nftables", "--hostname-override", "node-z", "--nodeport-addresses", "192.168.0.0/24")
+	if err != nil || !strings.Contains(out, "10.96.0.10") {
+		t.Errorf("with --nodeport-addresses: %v, output:\n%s", err, out)
 	}
 }

@@ -54,9 +54,13 @@ func main() {
 		err = run(ctx, o)
 	}
 	klog.Flush()
+	var status exitStatus
+	if errors.As(err, &status) {
+		os.Exit(int(status)) // --diff's "differs": already said on stdout
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "svcproxy:", err)
-		os.Exit(1)
+		os.Exit(failureStatus(o))
 	}
 }
 

@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -126,6 +128,13 @@ func readManifests(dir string) ([]runtime.Object, error) {
 // decodeManifests decodes one file's documents, unwrapping Lists.
 func decodeManifests(data []byte) ([]runtime.Object, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	starts := yamlDocStarts(data)
+	where := func(doc int) string {
+		if doc <= len(starts) {
+			return fmt.Sprintf("document %d (line %d)", doc, starts[doc-1])
+		}
+		return fmt.Sprintf("document %d", doc)
+	}
 	var out []runtime.Object
 	for doc := 1; ; doc++ {
 		var raw runtime.RawExtension
@@ -134,7 +143,10 @@ func decodeManifests(data []byte) ([]runtime.Object, error) {
 			return out, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", doc, err)
+			if doc <= len(starts) {
+				err = fileLines(err, starts[doc-1])
+			}
+			return nil, fmt.Errorf("%s: %w", where(doc), err)
 		}
 		raw.Raw = bytes.TrimSpace(raw.Raw)
 		if len(raw.Raw) == 0 || string(raw.Raw) == "null" {
@@ -142,10 +154,45 @@ func decodeManifests(data []byte) ([]runtime.Object, error) {
 		}
 		objs, err := decodeObject(raw.Raw)
 		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", doc, err)
+			return nil, fmt.Errorf("%s: %w", where(doc), err)
 		}
 		out = append(out, objs...)
 	}
+}
+
+var yamlLineRe = regexp.MustCompile(`\byaml: line (\d+):`)
+
+// fileLines rewrites the YAML parser's line numbers in err, which count
+// from its document's first line, start, into the file's.
+func fileLines(err error, start int) error {
+	msg := yamlLineRe.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		n, _ := strconv.Atoi(yamlLineRe.FindStringSubmatch(m)[1])
+		return fmt.Sprintf("yaml: line %d:", n+start-1)
+	})
+	return errors.New(msg)
+}
+
+// yamlDocStarts is the line of the file each YAML document starts on, as
+// the decoder splits them (at lines starting "---", an empty document
+// not counted), so that an error can say where its document is: YAML's
+// own line numbers count from the document's start. It is nil for JSON.
+func yamlDocStarts(data []byte) []int {
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return nil
+	}
+	var starts []int
+	open := false
+	for i, line := range bytes.SplitAfter(data, []byte("\n")) {
+		switch {
+		case bytes.HasPrefix(line, []byte("---")):
+			open = false
+		case len(line) == 0:
+		case !open:
+			starts = append(starts, i+1)
+			open = true
+		}
+	}
+	return starts
 }
 
 // decodeObject decodes one document: a kind the proxy reads, a List of
