@@ -266,6 +266,9 @@ func (c *tc) holds(o origin, dst, proto string, want shape, masqSrc string) *har
 		n, timeout = 2, 500*time.Millisecond
 	case proxier.OutcomeReject:
 		n, timeout = 3, 5*time.Second
+	case proxier.OutcomeDNAT:
+	default:
+		c.Fatalf("explain says %s (%s) for %s to %s/%s: no traffic prediction to hold it to", ex.Verdict, ex.Reason, o.name, dst, proto)
 	}
 	var rs []harness.Reply
 	c.eventually(fmt.Sprintf("%s to %s/%s does what explain says", o.name, dst, proto), func() string {
