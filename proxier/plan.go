@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 )
@@ -50,6 +51,19 @@ func (p Policy) String() string {
 
 // MarshalText makes a Policy its name in JSON.
 func (p Policy) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads a Policy's name, so that a Trace's JSON decodes.
+func (p *Policy) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "Cluster":
+		*p = PolicyCluster
+	case "Local":
+		*p = PolicyLocal
+	default:
+		return fmt.Errorf("unknown traffic policy %q", b)
+	}
+	return nil
+}
 
 // ServicePlan is every decision about one service port that does not depend
 // on the backend. Backends translate it; they do not re-decide it.

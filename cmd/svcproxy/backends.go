@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"os/exec"
 	"time"
 
@@ -158,31 +156,6 @@ func timedClean(c cleaner, took prometheus.Observer) func(*proxier.Plan) error {
 		took.Observe(time.Since(start).Seconds())
 		return err
 	}
-}
-
-// dryRun writes the rules each family's configuration gives for its State:
-// in nftables mode one nft script each; in iptables mode the
-// iptables-restore input of each family, under a comment naming the
-// command it is for.
-func dryRun(w io.Writer, mode string, cfgs []familyConfig, states map[proxier.IPFamily]*proxier.State) error {
-	for _, fc := range cfgs {
-		st := states[fc.Family]
-		if mode == "nftables" {
-			if _, err := io.WriteString(w, nftables.DryRun(fc.Config, st)); err != nil {
-				return err
-			}
-			continue
-		}
-		restore := "iptables-restore"
-		if fc.Family == proxier.IPv6 {
-			restore = "ip6tables-restore"
-		}
-		fmt.Fprintf(w, "# %v: %s input\n", fc.Family, restore)
-		if _, err := w.Write(iptables.DryRun(fc.Config, iptables.DryRunOptions(), st)); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // usableFamilies is IPv4, plus IPv6 when the node's kernel and tools have

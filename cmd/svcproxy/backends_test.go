@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/iptables"
 )
 
 // TestDryRun: each family's rules, in the mode's own input format; in
@@ -23,7 +24,7 @@ func TestDryRun(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			var b bytes.Buffer
-			if err := dryRun(&b, tc.mode, cfgs, states); err != nil {
+			if err := dryRun(&b, tc.mode, cfgs, states, iptables.Options{}); err != nil {
 				t.Fatal(err)
 			}
 			out := b.String()

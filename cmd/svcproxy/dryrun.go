@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"os"
+	"fmt"
+	"io"
+	"slices"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/svcproxy/svcproxy/proxier"
+	"github.com/svcproxy/svcproxy/proxier/iptables"
+	"github.com/svcproxy/svcproxy/proxier/nftables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
 
@@ -46,6 +51,15 @@ func readNode(ctx context.Context, o *options) (*node, error) {
 		klog.InfoS("Could not read this node's Node object; --nodeport-addresses=primary and NodeCIDR detection fall back", "node", name)
 	}
 	h := host{Name: name, Node: info, Families: usableFamilies(ctx, o)}
+	if o.manifests != "" && !slices.Contains(h.Families, proxier.IPv6) {
+		dual, err := manifestsDualStack(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		if dual {
+			h.Families = append(h.Families, proxier.IPv6)
+		}
+	}
 	if o.manifests == "" {
 		// From files, the node's addresses are the Node object's alone,
 		// so the output does not depend on the machine it runs on.
@@ -72,8 +86,10 @@ func (n *node) states(ctx context.Context) (map[proxier.IPFamily]*proxier.State,
 	return syncer.Snapshot(ctx, n.client, n.name, n.families()...)
 }
 
-// runDryRun prints the rules svcproxy would program.
-func runDryRun(ctx context.Context, o *options) error {
+// runDryRun prints the rules svcproxy would program to w, or with
+// --diff only their difference from the kernel's. Nothing reaches w
+// unless every family's output is ready: a bad input prints only its error.
+func runDryRun(ctx context.Context, o *options, w io.Writer) error {
 	n, err := readNode(ctx, o)
 	if err != nil {
 		return err
@@ -82,5 +98,45 @@ func runDryRun(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	return dryRun(os.Stdout, o.proxyMode, n.cfgs, states)
+	opt := iptables.DryRunOptions()
+	if o.manifests != "" {
+		// From files, the output depends on the files alone, not on this
+		// machine's nf_conntrack_tcp_be_liberal.
+		opt.DropInvalid = true
+	}
+	var b bytes.Buffer
+	if err := dryRun(&b, o.proxyMode, n.cfgs, states, opt); err != nil {
+		return err
+	}
+	_, err = w.Write(b.Bytes())
+	return err
+}
+
+// dryRun writes the rules each family's configuration gives for its State:
+// in nftables mode one nft script each; in iptables mode the
+// iptables-restore input (rendered with opt) of each family, under a
+// comment naming the command it is for.
+func dryRun(w io.Writer, mode string, cfgs []familyConfig, states map[proxier.IPFamily]*proxier.State, opt iptables.Options) error {
+	for _, fc := range cfgs {
+		st := states[fc.Family]
+		if mode == "nftables" {
+			if _, err := io.WriteString(w, nftables.DryRun(fc.Config, st)); err != nil {
+				return err
+			}
+			continue
+		}
+		fmt.Fprintf(w, "# %v: %s input\n", fc.Family, restoreCommand(fc.Family))
+		if _, err := w.Write(iptables.DryRun(fc.Config, opt, st)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreCommand is the iptables-restore of family f.
+func restoreCommand(f proxier.IPFamily) string {
+	if f == proxier.IPv6 {
+		return "ip6tables-restore"
+	}
+	return "iptables-restore"
 }

@@ -29,6 +29,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		os.Exit(explainMain(os.Args[2:]))
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, pflag.ErrHelp) {
 		fmt.Print(usage())
@@ -59,7 +62,7 @@ func main() {
 
 func run(ctx context.Context, o *options) error {
 	if o.dryRun {
-		return runDryRun(ctx, o)
+		return runDryRun(ctx, o, os.Stdout)
 	}
 	n, err := readNode(ctx, o)
 	if err != nil {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,6 +54,33 @@ func clientFor(o *options) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	return fake.NewClientset(objs...), nil
+}
+
+// manifestsDualStack reports whether the objects of client (from
+// --manifests) call for IPv6: a Service with an IPv6 ClusterIP or family,
+// or an IPv6 ServiceCIDR. Then the files alone make the dry run dual-stack,
+// with no --cluster-cidr or --service-cluster-ip-range needed.
+func manifestsDualStack(ctx context.Context, client kubernetes.Interface) (bool, error) {
+	svcs, err := client.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, svc := range svcs.Items {
+		if slices.Contains(svc.Spec.IPFamilies, corev1.IPv6Protocol) ||
+			slices.ContainsFunc(svc.Spec.ClusterIPs, func(ip string) bool { a, err := netip.ParseAddr(ip); return err == nil && a.Is6() }) {
+			return true, nil
+		}
+	}
+	cidrs, err := client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, sc := range cidrs.Items {
+		if slices.ContainsFunc(sc.Spec.CIDRs, func(c string) bool { p, err := netip.ParsePrefix(c); return err == nil && p.Addr().Is6() }) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // readManifests decodes every *.yaml, *.yml and *.json file of dir, in
@@ -142,7 +171,7 @@ func decodeObject(raw []byte) ([]runtime.Object, error) {
 		for i, item := range meta.Items {
 			objs, err := decodeObject(item.Raw)
 			if err != nil {
-				return nil, fmt.Errorf("%s item %d: %w", meta.Kind, i, err)
+				return nil, fmt.Errorf("%s item %d: %w", meta.Kind, i+1, err)
 			}
 			out = append(out, objs...)
 		}
@@ -159,6 +188,10 @@ func decodeObject(raw []byte) ([]runtime.Object, error) {
 	}
 	if o, ok := obj.(metav1.Object); ok && o.GetNamespace() == "" && meta.Kind != "Node" && meta.Kind != "ServiceCIDR" {
 		o.SetNamespace(metav1.NamespaceDefault)
+	}
+	setDefaults(obj)
+	if err := validate(obj); err != nil {
+		return nil, fmt.Errorf("%s: %w", objectName(obj), err)
 	}
 	return []runtime.Object{obj}, nil
 }
@@ -178,4 +211,162 @@ func objectName(obj runtime.Object) string {
 		kind = kind[i+1:]
 	}
 	return kind + " " + qualified(m.GetNamespace(), m.GetName())
+}
+
+// setDefaults fills in what the API server's defaulting would for the
+// fields the proxy reads, so a hand-written file means what it would mean
+// once applied: a Service's clusterIPs from its clusterIP, TCP for ports
+// without a protocol, "" for unnamed EndpointSlice ports.
+func setDefaults(obj runtime.Object) {
+	tcp := corev1.ProtocolTCP
+	switch o := obj.(type) {
+	case *corev1.Service:
+		s := &o.Spec
+		if len(s.ClusterIPs) == 0 && s.ClusterIP != "" {
+			s.ClusterIPs = []string{s.ClusterIP}
+		}
+		if s.ClusterIP == "" && len(s.ClusterIPs) > 0 {
+			s.ClusterIP = s.ClusterIPs[0]
+		}
+		if s.Type == "" {
+			s.Type = corev1.ServiceTypeClusterIP
+		}
+		for i := range s.Ports {
+			if s.Ports[i].Protocol == "" {
+				s.Ports[i].Protocol = tcp
+			}
+		}
+	case *discoveryv1.EndpointSlice:
+		for i := range o.Ports {
+			p := &o.Ports[i]
+			if p.Name == nil {
+				p.Name = new(string)
+			}
+			if p.Protocol == nil {
+				p.Protocol = &tcp
+			}
+		}
+	}
+}
+
+// validate checks the values the API server would refuse and the proxy
+// would otherwise skip with only a log line: from files there is no API
+// server, and a silently missing rule is worse than an error.
+func validate(obj runtime.Object) error {
+	switch o := obj.(type) {
+	case *corev1.Service:
+		return validateService(o)
+	case *discoveryv1.EndpointSlice:
+		return validateSlice(o)
+	case *networkingv1.ServiceCIDR:
+		for i, c := range o.Spec.CIDRs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				return fmt.Errorf("spec.cidrs[%d]: %w", i, err)
+			}
+		}
+	case *corev1.Node:
+		for i, a := range o.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+				continue
+			}
+			if _, err := netip.ParseAddr(a.Address); err != nil {
+				return fmt.Errorf("status.addresses[%d]: %w", i, err)
+			}
+		}
+		for i, c := range o.Spec.PodCIDRs {
+			if _, err := netip.ParsePrefix(c); err != nil {
+				return fmt.Errorf("spec.podCIDRs[%d]: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+var protocols = []string{"TCP", "UDP", "SCTP"}
+
+func validateService(svc *corev1.Service) error {
+	s := svc.Spec
+	for i, ip := range s.ClusterIPs {
+		if ip == corev1.ClusterIPNone && i == 0 {
+			continue
+		}
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return fmt.Errorf("spec.clusterIPs[%d]: %w", i, err)
+		}
+	}
+	if len(s.ClusterIPs) > 0 && s.ClusterIP != s.ClusterIPs[0] {
+		return fmt.Errorf("spec.clusterIP %q is not spec.clusterIPs[0] %q", s.ClusterIP, s.ClusterIPs[0])
+	}
+	switch s.Type {
+	case corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName:
+	default:
+		return fmt.Errorf("spec.type: unknown type %q", s.Type)
+	}
+	for i, p := range s.Ports {
+		switch {
+		case !slices.Contains(protocols, string(p.Protocol)):
+			return fmt.Errorf("spec.ports[%d].protocol: unknown protocol %q", i, p.Protocol)
+		case p.Port < 1 || p.Port > 65535:
+			return fmt.Errorf("spec.ports[%d].port: %d is not in 1-65535", i, p.Port)
+		case p.NodePort < 0 || p.NodePort > 65535:
+			return fmt.Errorf("spec.ports[%d].nodePort: %d is not in 0-65535", i, p.NodePort)
+		}
+	}
+	for i, ip := range s.ExternalIPs {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return fmt.Errorf("spec.externalIPs[%d]: %w", i, err)
+		}
+	}
+	for i, r := range s.LoadBalancerSourceRanges {
+		if _, err := netip.ParsePrefix(strings.TrimSpace(r)); err != nil {
+			return fmt.Errorf("spec.loadBalancerSourceRanges[%d]: %w", i, err)
+		}
+	}
+	for i, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP == "" {
+			continue
+		}
+		if _, err := netip.ParseAddr(in.IP); err != nil {
+			return fmt.Errorf("status.loadBalancer.ingress[%d].ip: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func validateSlice(es *discoveryv1.EndpointSlice) error {
+	var want func(netip.Addr) bool
+	switch es.AddressType {
+	case discoveryv1.AddressTypeIPv4:
+		want = netip.Addr.Is4
+	case discoveryv1.AddressTypeIPv6:
+		want = netip.Addr.Is6
+	case discoveryv1.AddressTypeFQDN:
+	default:
+		return fmt.Errorf("addressType: unknown type %q", es.AddressType)
+	}
+	for i, p := range es.Ports {
+		switch {
+		case !slices.Contains(protocols, string(*p.Protocol)):
+			return fmt.Errorf("ports[%d].protocol: unknown protocol %q", i, *p.Protocol)
+		case p.Port == nil:
+			return fmt.Errorf("ports[%d].port: missing", i)
+		case *p.Port < 1 || *p.Port > 65535:
+			return fmt.Errorf("ports[%d].port: %d is not in 1-65535", i, *p.Port)
+		}
+	}
+	if want == nil {
+		return nil
+	}
+	for i, ep := range es.Endpoints {
+		for j, a := range ep.Addresses {
+			ip, err := netip.ParseAddr(a)
+			if err == nil && !want(ip) {
+				err = fmt.Errorf("%s is not an %s address", a, es.AddressType)
+			}
+			if err != nil {
+				return fmt.Errorf("endpoints[%d].addresses[%d]: %w", i, j, err)
+			}
+		}
+	}
+	return nil
 }

@@ -19,9 +19,24 @@ import (
 // KubeProxyConfiguration file --config names, if any. Errors are one line
 // naming the offending flag, or the file and field; -h and --help give
 // pflag.ErrHelp.
-func parseFlags(args []string) (*options, error) {
+func parseFlags(args []string) (*options, error) { return parseCommand(args, nil) }
+
+// subcommand is a subcommand's own flags (explain's), parsed with the
+// proxy's: add registers them, check vets the flags given (set) before the
+// proxy's checks. A subcommand reads like --dry-run: it changes nothing in
+// the kernel and probes nothing.
+type subcommand struct {
+	add   func(*pflag.FlagSet)
+	check func(set map[string]bool) error
+}
+
+// parseCommand is parseFlags for the proxy (sub nil) or a subcommand.
+func parseCommand(args []string, sub *subcommand) (*options, error) {
 	o := &options{fromFile: map[string]string{}}
 	fs, raw := newFlagSet(o)
+	if sub != nil {
+		sub.add(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		return nil, errors.New(strings.TrimSpace(strings.SplitN(err.Error(), "\n", 2)[0]))
 	}
@@ -40,6 +55,12 @@ func parseFlags(args []string) (*options, error) {
 		}
 	}
 	slices.Sort(o.deprecated)
+	if sub != nil {
+		if err := sub.check(set); err != nil {
+			return nil, err
+		}
+		o.dryRun = true
+	}
 	if h := o.hostnameOverride; h != "" && strings.TrimSpace(h) == "" {
 		return nil, errors.New("--hostname-override: empty (only spaces) is invalid")
 	}
