@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"net"
@@ -160,6 +161,13 @@ func (c *tc) checkShape(ex *harness.Explanation, want shape) {
 	if len(ex.Rules) == 0 {
 		bad = append(bad, "no rules named")
 	}
+	family := "IPv4"
+	if want.v6 {
+		family = "IPv6"
+	}
+	if ex.Mode != env.ProxyMode || ex.Family != family {
+		bad = append(bad, fmt.Sprintf("mode %q family %q, want %q %q", ex.Mode, ex.Family, env.ProxyMode, family))
+	}
 	if len(bad) > 0 {
 		c.Errorf("explain's answer:\n\t%s\n%s", strings.Join(bad, "\n\t"), ex.JSON)
 	}
@@ -276,6 +284,16 @@ func (c *tc) holds(o origin, dst, proto string, want shape, masqSrc string) *har
 		return agree(ex, rs, o.ip, masqSrc)
 	})
 	c.Logf("RESULT explain %s to %s/%s: %s; traffic %s", o.name, dst, proto, summary(ex), harness.FormatTally(harness.Tally(rs)))
+	c.eventually(fmt.Sprintf("the %d rule(s) explain names are in the kernel", len(ex.Rules)), func() string {
+		missing, err := env.MissingRules(c.ctx, ex)
+		switch {
+		case err != nil:
+			return err.Error()
+		case len(missing) > 0:
+			return fmt.Sprintf("%d of %d not found:\n\t%s", len(missing), len(ex.Rules), strings.Join(missing, "\n\t"))
+		}
+		return ""
+	})
 	return ex
 }
 
@@ -424,14 +442,19 @@ func TestExplainHairpin(t *testing.T) {
 }
 
 // TestExplainIPv6: on the dual-stack node, an IPv6 Service explained and
-// reached at its ClusterIP from a pod (source kept) and at its NodePort
-// from outside (masqueraded).
+// reached at its ClusterIP from a pod (source kept), and from outside at
+// an external IP and at its NodePort on the node's IPv6 address
+// (masqueraded, externalTrafficPolicy Cluster).
 func TestExplainIPv6(t *testing.T) {
 	c := begin(t, true)
+	const extIP = "fd00:99::50"
+	mustRun(c, env.Ext, "ip", "-6", "route", "replace", extIP+"/128", "via", harness.NodeIP6)
+	t.Cleanup(func() { env.Ext.Run(context.Background(), "ip", "-6", "route", "del", extIP+"/128") })
 	svc := c.createService("explain-ipv6", v1.ServiceSpec{
 		Type:           v1.ServiceTypeNodePort,
 		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
 		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
+		ExternalIPs:    []string{extIP},
 	})
 	var eps []discovery.Endpoint
 	for _, p := range backends {
@@ -441,15 +464,25 @@ func TestExplainIPv6(t *testing.T) {
 	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
 		t.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
 	}
-	ex := c.holds(fromPod6(client), hostPort(svc.Spec.ClusterIP, 80), "tcp", shape{verdict: proxier.OutcomeDNAT,
-		via: proxier.ViaClusterIP, kind: proxier.FromLocalPod, policy: "Cluster", eps: backends, v6: true}, "")
-	if ex.Masquerade {
-		t.Errorf("IPv6 pod to ClusterIP: explain says masqueraded (%s)", ex.MasqueradeReason)
-	}
-	ex = c.holds(fromOutside(harness.GatewayIP6), hostPort(harness.NodeIP6, svc.Spec.Ports[0].NodePort), "tcp",
-		shape{verdict: proxier.OutcomeDNAT, via: proxier.ViaNodePort, kind: proxier.FromOutside, policy: "Cluster",
-			eps: backends, v6: true}, "")
-	if !ex.Masquerade {
-		t.Errorf("IPv6 outside to NodePort: explain says not masqueraded (%s)", ex.MasqueradeReason)
+	for _, tt := range []struct {
+		name string
+		from origin
+		dst  string
+		via  proxier.Via
+		kind proxier.SourceKind
+		masq bool
+	}{
+		{"clusterip-from-pod", fromPod6(client), hostPort(svc.Spec.ClusterIP, 80), proxier.ViaClusterIP, proxier.FromLocalPod, false},
+		{"external-ip-from-outside", fromOutside(harness.GatewayIP6), hostPort(extIP, 80), proxier.ViaExternalIP, proxier.FromOutside, true},
+		{"nodeport-from-outside", fromOutside(harness.GatewayIP6), hostPort(harness.NodeIP6, svc.Spec.Ports[0].NodePort), proxier.ViaNodePort, proxier.FromOutside, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := begin(t, true)
+			ex := c.holds(tt.from, tt.dst, "tcp", shape{verdict: proxier.OutcomeDNAT, via: tt.via, kind: tt.kind,
+				policy: "Cluster", eps: backends, v6: true}, "")
+			if ex.Masquerade != tt.masq {
+				t.Errorf("explain says masquerade %v, want %v (%s)", ex.Masquerade, tt.masq, ex.MasqueradeReason)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -25,8 +26,11 @@ type Explanation struct {
 	Affinity         *ExplainedAffinity  `json:"affinity"`
 	Masquerade       bool                `json:"masquerade"`
 	MasqueradeReason proxier.Reason      `json:"masqueradeReason"`
-	Rules            []json.RawMessage   `json:"rules"`
+	Rules            []ExplainedRule     `json:"rules"`
 	SourceKind       proxier.SourceKind  `json:"sourceKind"`
+	SourceKindWhy    string              `json:"sourceKindWhy"`
+	Mode             string              `json:"mode"`
+	Family           string              `json:"family"`
 	// JSON is the answer as printed, for failure messages.
 	JSON string `json:"-"`
 }
@@ -53,6 +57,19 @@ type ExplainedEndpoint struct {
 	Probability float64        `json:"probability"`
 	Masquerade  bool           `json:"masquerade"`
 	Hairpin     bool           `json:"hairpin"`
+}
+
+// ExplainedRule is one rule or set element that does a step of the
+// trace, as --dry-run prints it: an iptables rule line (Table, Chain,
+// Rule), an nftables chain rule (Chain, Rule) or set or map element (Set,
+// Element).
+type ExplainedRule struct {
+	Step    string `json:"step"`
+	Table   string `json:"table"`
+	Chain   string `json:"chain"`
+	Rule    string `json:"rule"`
+	Set     string `json:"set"`
+	Element string `json:"element"`
 }
 
 // ExplainedAffinity is the port's ClientIP session affinity.
@@ -103,4 +120,151 @@ func tailLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// MissingRules looks up in the node's kernel each rule and element ex
+// names, as an operator would, and describes those it does not find. An
+// iptables rule is checked with `iptables -C` (the kernel compares it as
+// parsed, so iptables-save's spelling does not matter); an nftables rule
+// must be a rule of its chain and an element one of its set or map, in
+// `nft list table`.
+func (e *Env) MissingRules(ctx context.Context, ex *Explanation) ([]string, error) {
+	var missing []string
+	tables := map[string]map[string]string{} // nft table -> chain/set -> block
+	for _, r := range ex.Rules {
+		switch {
+		case r.Chain != "" && strings.HasPrefix(r.Rule, "-A "):
+			cmd := "iptables"
+			if ex.Family == "IPv6" {
+				cmd = "ip6tables"
+			}
+			argv := append([]string{cmd, "-w", "-t", r.Table, "-C"}, splitRule(strings.TrimPrefix(r.Rule, "-A "))...)
+			if out, err := e.Node.Run(ctx, argv...); err != nil {
+				missing = append(missing, fmt.Sprintf("%s: %s (%v: %s)", r.Step, r.Rule, err, strings.TrimSpace(out)))
+			}
+		case r.Chain != "" || r.Set != "":
+			blocks, ok := tables[r.Table]
+			if !ok {
+				out, err := e.NFTList(ctx, append([]string{"table"}, strings.Fields(r.Table)...)...)
+				if err != nil {
+					return nil, fmt.Errorf("nft list table %s: %w: %s", r.Table, err, out)
+				}
+				blocks = nftBlocks(out)
+				tables[r.Table] = blocks
+			}
+			found := false
+			if r.Set != "" {
+				found = containsWord(blocks[r.Set], r.Element)
+			} else {
+				for _, line := range strings.Split(blocks[r.Chain], "\n") {
+					if found = containsWord(nftListed(line), nftListed(r.Rule)); found {
+						break
+					}
+				}
+			}
+			if !found {
+				name, text := r.Chain, r.Rule
+				if r.Set != "" {
+					name, text = r.Set, r.Element
+				}
+				missing = append(missing, fmt.Sprintf("%s: %q not in %s of table %s", r.Step, text, name, r.Table))
+			}
+		default:
+			missing = append(missing, fmt.Sprintf("%s: names neither a rule nor an element: %+v", r.Step, r))
+		}
+	}
+	return missing, nil
+}
+
+// nftListed is an nftables rule as nft lists it: nft folds a leading
+// "meta l4proto P" into a later "th dport" or "th sport", printing
+// "P dport".
+func nftListed(rule string) string {
+	f := strings.Fields(rule)
+	if len(f) < 3 || f[0] != "meta" || f[1] != "l4proto" || !slices.Contains([]string{"tcp", "udp", "sctp"}, f[2]) {
+		return rule
+	}
+	proto, rest := f[2], f[3:]
+	folded := false
+	for i := 0; i+1 < len(rest); i++ {
+		if rest[i] == "th" && (rest[i+1] == "dport" || rest[i+1] == "sport") {
+			rest[i], folded = proto, true
+		}
+	}
+	if !folded {
+		return rule
+	}
+	return strings.Join(rest, " ")
+}
+
+// splitRule splits an iptables-restore rule line into arguments, as
+// iptables-restore does: on spaces, double quotes grouping.
+func splitRule(rule string) []string {
+	var args []string
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range rule {
+		switch {
+		case r == '"':
+			inQuote, have = !inQuote, true
+		case r == ' ' && !inQuote:
+			if have {
+				args = append(args, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		args = append(args, cur.String())
+	}
+	return args
+}
+
+// nftBlocks splits `nft list table` output into its chains, sets and maps
+// by name, each the text of its body.
+func nftBlocks(out string) map[string]string {
+	blocks := map[string]string{}
+	var name string
+	var body strings.Builder
+	for _, line := range strings.Split(out, "\n") {
+		t := strings.TrimSpace(line)
+		f := strings.Fields(t)
+		switch {
+		case len(f) == 3 && (f[0] == "chain" || f[0] == "set" || f[0] == "map") && f[2] == "{":
+			name = f[1]
+			body.Reset()
+		case name != "" && t == "}" && strings.HasPrefix(line, "\t}"):
+			blocks[name] = body.String()
+			name = ""
+		case name != "":
+			body.WriteString(t)
+			body.WriteString("\n")
+		}
+	}
+	return blocks
+}
+
+// containsWord reports whether text occurs in s between word boundaries
+// (start or end of s, a space, a newline, a brace or a comma), so one
+// address does not match inside a longer one.
+func containsWord(s, text string) bool {
+	if text == "" {
+		return false
+	}
+	boundary := func(b byte) bool { return strings.IndexByte(" \n{},", b) >= 0 }
+	for i := 0; ; {
+		j := strings.Index(s[i:], text)
+		if j < 0 {
+			return false
+		}
+		start, end := i+j, i+j+len(text)
+		if (start == 0 || boundary(s[start-1])) && (end == len(s) || boundary(s[end])) {
+			return true
+		}
+		i = start + 1
+	}
 }
