@@ -41,8 +41,10 @@ type explainArgs struct {
 var sourceKinds = []proxier.SourceKind{proxier.FromLocalPod, proxier.FromRemotePod, proxier.FromNode, proxier.FromOutside}
 
 // explainFlagsNotApplicable are the proxy's flags that make no sense with
-// explain (they run or change something).
-var explainFlagsNotApplicable = []string{"dry-run", "diff", "cleanup", "cleanup-kube-proxy", "init-only", "write-config-to"}
+// explain: each runs something else instead of the proxy. The proxy's
+// start-time actions (--cleanup-kube-proxy) are accepted and not done, so
+// a DaemonSet's arguments can be reused as they are.
+var explainFlagsNotApplicable = []string{"dry-run", "diff", "cleanup", "init-only", "write-config-to"}
 
 // parseExplain parses explain's command line: its own flags and every flag
 // of the proxy, through the same flag set.
@@ -53,7 +55,7 @@ func parseExplain(args []string) (*options, *explainArgs, error) {
 		check: func(set map[string]bool) error {
 			for _, name := range explainFlagsNotApplicable {
 				if set[name] {
-					return fmt.Errorf("explain: --%s does not apply (explain changes nothing)", name)
+					return fmt.Errorf("--%s does not apply to explain (it changes nothing)", name)
 				}
 			}
 			return nil
@@ -76,7 +78,7 @@ func addExplainFlags(fs *pflag.FlagSet, ea *explainArgs) {
 // check validates and converts explain's flags.
 func (ea *explainArgs) check() error {
 	if ea.from == "" || ea.to == "" {
-		return errors.New("explain: --from and --to are required")
+		return errors.New("--from and --to are required")
 	}
 	var err error
 	if ea.src, err = netip.ParseAddr(strings.TrimSpace(ea.from)); err != nil {
@@ -200,16 +202,20 @@ type location struct {
 
 // runExplain reads the cluster and writes the explanation of ea's packet.
 func runExplain(ctx context.Context, w io.Writer, o *options, ea *explainArgs) error {
+	if o.manifests == "" {
+		// Fail fast and clearly when the API server cannot be reached:
+		// reading the Node and the informers would wait for it.
+		client, err := newClient(o)
+		if err != nil {
+			return err
+		}
+		if err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err != nil {
+			return fmt.Errorf("API server: %w", err)
+		}
+	}
 	n, err := readNode(ctx, o)
 	if err != nil {
 		return err
-	}
-	if o.manifests == "" {
-		// Fail fast and clearly when the API server cannot be reached
-		// (the informers would wait for it until the timeout).
-		if err := n.client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err != nil {
-			return fmt.Errorf("API server: %w", err)
-		}
 	}
 	family := proxier.IPv4
 	if ea.dst.Addr().Is6() {

@@ -224,8 +224,10 @@ func TestExplainArgs(t *testing.T) {
 			t.Errorf("parseExplain(%q) = %v, want an error with %q", tc.args, err, tc.want)
 		}
 	}
-	if _, _, err := parseExplain(ok); err != nil {
-		t.Errorf("parseExplain(%q): %v", ok, err)
+	for _, args := range [][]string{ok, append([]string{"--proxy-mode", "nftables", "--cleanup-kube-proxy", "--metrics-bind-address", "127.0.0.1:10249", "-v=2"}, ok...)} {
+		if _, _, err := parseExplain(args); err != nil {
+			t.Errorf("parseExplain(%q): %v", args, err)
+		}
 	}
 	if _, _, err := parseExplain([]string{"--help"}); !errors.Is(err, pflag.ErrHelp) {
 		t.Errorf("--help: %v, want pflag.ErrHelp", err)
@@ -242,18 +244,21 @@ func TestExplainArgs(t *testing.T) {
 // TestExplainUnreachable: an API server that cannot be reached is an
 // error (explainMain exits 1), not an explanation.
 func TestExplainUnreachable(t *testing.T) {
-	o, ea, err := parseExplain([]string{"--from", "10.244.1.5", "--to", "10.96.0.10:80/tcp", "--master", "http://127.0.0.1:1", "--hostname-override", "node-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := runExplain(ctx, &out, o, ea); err == nil || !strings.Contains(err.Error(), "API server") {
-		t.Errorf("runExplain = %v, want an API server error", err)
-	}
-	if out.Len() > 0 {
-		t.Errorf("printed %q", out.String())
+	for _, mode := range []string{"iptables", "nftables"} {
+		o, ea, err := parseExplain([]string{"--from", "10.244.1.5", "--to", "10.96.0.10:80/tcp", "--master", "http://127.0.0.1:1", "--hostname-override", "node-1", "--proxy-mode", mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		var out bytes.Buffer
+		err = runExplain(ctx, &out, o, ea)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "API server") {
+			t.Errorf("%s: runExplain = %v, want an API server error", mode, err)
+		}
+		if out.Len() > 0 {
+			t.Errorf("%s: printed %q", mode, out.String())
+		}
 	}
 }
 
@@ -287,5 +292,30 @@ func TestInferSourceKind(t *testing.T) {
 		if got != tc.want || !strings.Contains(why, tc.why) {
 			t.Errorf("%s (node pod CIDR %v): %s (%s), want %s (%s)", tc.src, tc.info, got, why, tc.want, tc.why)
 		}
+	}
+}
+
+// TestExplainOtherFamily: a destination of a family the options do not
+// name (explain probes nothing) is explained under that family's
+// configuration, as the proxy on a dual-stack node would.
+func TestExplainOtherFamily(t *testing.T) {
+	o, _, err := parseExplain([]string{"--from", "fd00:10:244:1::5", "--to", "[fd00:10:96::10]:80/tcp", "--cluster-cidr", "10.244.0.0/16", "--manifests", explainManifests})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := syncer.NodeInfo{InternalIPs: pt.Addrs("192.168.0.2", "2001:db8::2")}
+	n := &node{name: "node-1", info: info}
+	if n.cfgs, err = proxyConfigs(o, host{Name: n.name, Node: info, Families: []proxier.IPFamily{proxier.IPv4}}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := familyConfigOf(o, n, proxier.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Family != proxier.IPv6 || !slices.Equal(cfg.NodeIPs, pt.Addrs("2001:db8::2")) {
+		t.Errorf("config %v with node IPs %v, want IPv6 with 2001:db8::2", cfg.Family, cfg.NodeIPs)
+	}
+	if cfg, _ := familyConfigOf(o, n, proxier.IPv4); cfg.Family != proxier.IPv4 || !slices.Equal(cfg.NodeIPs, pt.Addrs("192.168.0.2")) {
+		t.Errorf("IPv4 config %v with node IPs %v", cfg.Family, cfg.NodeIPs)
 	}
 }

@@ -136,7 +136,7 @@ func (x *explainer) explain() {
 				refused(Filter, chainProxyFirewall, dst(ip)...)
 				return
 			}
-			x.find("firewall", NAT, fw, has("-s "+x.allowedBy().String(), target(extChain)))
+			x.find("firewall", NAT, fw, has("-s "+x.allowedBy(), target(extChain)))
 		} else {
 			x.find("match", NAT, chainServices, has(append(dst(ip), target(extChain))...))
 		}
@@ -145,15 +145,16 @@ func (x *explainer) explain() {
 }
 
 // allowedBy is the source range (or the load-balancer IP the node's own
-// traffic comes from) that lets the packet through the firewall.
-func (x *explainer) allowedBy() netip.Prefix {
+// traffic comes from) that lets the packet through the firewall, as the
+// KUBE-FW chain's -s spells it.
+func (x *explainer) allowedBy() string {
 	src := x.t.Packet.Source
 	for _, r := range x.sp.FirewallRanges {
 		if r.Contains(src) {
-			return r
+			return r.String()
 		}
 	}
-	return netip.PrefixFrom(src, src.BitLen())
+	return src.String()
 }
 
 // external is the KUBE-EXT chain's part: masquerading, the short-circuits,

@@ -17,7 +17,7 @@ import (
 // took (the refusal, the match, masquerading, hairpin, affinity, and an
 // endpoint element per candidate).
 func TestExplainLocationsAreRendered(t *testing.T) {
-	for _, f := range pt.Flows(proxier.NFTablesMode) {
+	for _, f := range append(pt.Flows(proxier.NFTablesMode), explainFlows(proxier.NFTablesMode)...) {
 		t.Run(f.Name, func(t *testing.T) {
 			cfg := f.Config
 			cfg.Mode = proxier.NFTablesMode
@@ -48,6 +48,9 @@ func TestExplainLocationsAreRendered(t *testing.T) {
 				if steps[e.step] < e.n {
 					t.Errorf("%d %s locations, want at least %d; got %+v", steps[e.step], e.step, e.n, locs)
 				}
+			}
+			if firewalled(plan, tr) && tr.Verdict == proxier.OutcomeDNAT && steps["firewall"] < 3 {
+				t.Errorf("%d firewall locations, want 3; got %+v", steps["firewall"], locs)
 			}
 			if tr.Verdict == proxier.OutcomeNotOurs && len(locs) > 0 {
 				t.Errorf("a packet left alone has locations %+v", locs)
@@ -99,4 +102,24 @@ func wantSteps(tr proxier.Trace) []stepCount {
 		out = append(out, stepCount{"short-circuit", 1})
 	}
 	return out
+}
+
+// explainFlows are flows whose rules the packet-flow table does not reach:
+// the node let through a load-balancer firewall whose range holds its IP
+// (it comes from the load-balancer IP).
+func explainFlows(mode proxier.ModeTraits) []pt.Flow {
+	st := pt.State(proxier.IPv4, pt.Service("ns/lb-node", proxier.TCP, "10.96.0.40", 443, pt.NodePort(30040), pt.LoadBalancer("1.2.3.40"),
+		pt.SourceRanges("192.168.0.0/24"), pt.Endpoints(pt.Endpoint("10.244.1.40", 8443, pt.Local), pt.Endpoint("10.244.2.40", 8443))))
+	return []pt.Flow{{Name: "node through the LB firewall", Config: pt.Config(pt.NodeIPs(pt.NodeIP), pt.Mode(mode)), State: st,
+		Packet: pt.Pkt(proxier.FromNode, "1.2.3.40", "1.2.3.40:443")}}
+}
+
+// firewalled reports whether tr's packet met a load-balancer IP behind
+// source ranges.
+func firewalled(p *proxier.Plan, tr proxier.Trace) bool {
+	if tr.Port == nil || tr.Port.Via != proxier.ViaLoadBalancerIP {
+		return false
+	}
+	i := slices.IndexFunc(p.Services, func(sp proxier.ServicePlan) bool { return sp.Svc.Name == tr.Port.Name })
+	return i >= 0 && p.Services[i].Firewall
 }
