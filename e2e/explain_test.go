@@ -276,7 +276,10 @@ func (c *tc) holds(o origin, dst, proto string, want shape, masqSrc string) *har
 		n, timeout = 3, 5*time.Second
 	case proxier.OutcomeDNAT:
 	default:
-		c.Fatalf("explain says %s (%s) for %s to %s/%s: no traffic prediction to hold it to", ex.Verdict, ex.Reason, o.name, dst, proto)
+		// Nothing to hold traffic to; say what traffic did instead.
+		rs := c.send(o, dst, proto, 5, time.Second)
+		c.Fatalf("explain says %s (%s) for %s to %s/%s: no traffic prediction to hold it to; 5 attempts: %s",
+			ex.Verdict, ex.Reason, o.name, dst, proto, harness.FormatTally(harness.Tally(rs)))
 	}
 	var rs []harness.Reply
 	c.eventually(fmt.Sprintf("%s to %s/%s does what explain says", o.name, dst, proto), func() string {
