@@ -126,8 +126,8 @@ func tailLines(s string, n int) string {
 // names, as an operator would, and describes those it does not find. An
 // iptables rule is checked with `iptables -C` (the kernel compares it as
 // parsed, so iptables-save's spelling does not matter); an nftables rule
-// must be a rule of its chain and an element one of its set or map, in
-// `nft list table`.
+// must be a rule of its chain (as nftSignature tells rules apart) and an
+// element one of its set or map, in `nft list table`.
 func (e *Env) MissingRules(ctx context.Context, ex *Explanation) ([]string, error) {
 	var missing []string
 	tables := map[string]map[string]string{} // nft table -> chain/set -> block
@@ -156,8 +156,9 @@ func (e *Env) MissingRules(ctx context.Context, ex *Explanation) ([]string, erro
 			if r.Set != "" {
 				found = containsWord(blocks[r.Set], r.Element)
 			} else {
+				want := nftSignature(r.Rule)
 				for _, line := range strings.Split(blocks[r.Chain], "\n") {
-					if found = containsWord(nftListed(line), nftListed(r.Rule)); found {
+					if found = line != "" && subset(want, nftSignature(line)); found {
 						break
 					}
 				}
@@ -176,25 +177,46 @@ func (e *Env) MissingRules(ctx context.Context, ex *Explanation) ([]string, erro
 	return missing, nil
 }
 
-// nftListed is an nftables rule as nft lists it: nft folds a leading
-// "meta l4proto P" into a later "th dport" or "th sport", printing
-// "P dport".
-func nftListed(rule string) string {
-	f := strings.Fields(rule)
-	if len(f) < 3 || f[0] != "meta" || f[1] != "l4proto" || !slices.Contains([]string{"tcp", "udp", "sctp"}, f[2]) {
-		return rule
-	}
-	proto, rest := f[2], f[3:]
-	folded := false
-	for i := 0; i+1 < len(rest); i++ {
-		if rest[i] == "th" && (rest[i+1] == "dport" || rest[i+1] == "sport") {
-			rest[i], folded = proto, true
+// nftSignature is what identifies an nftables rule however nft spells it
+// when it lists the rule (nft folds protocol matches into ports, prints
+// bitwise operations and NAT statements in its own forms): the sets and
+// maps it names, the addresses, prefixes and address:port pairs in it
+// (but for all-zero masks), and its verdict or NAT statement with a jump
+// or goto target.
+func nftSignature(rule string) map[string]bool {
+	sig := map[string]bool{}
+	f := strings.Fields(strings.NewReplacer("{", " ", "}", " ", ",", " ").Replace(rule))
+	for i, t := range f {
+		switch {
+		case strings.HasPrefix(t, "@"):
+			sig[t] = true
+		case t == "goto" || t == "jump":
+			if i+1 < len(f) {
+				sig[t+" "+f[i+1]] = true
+			}
+		case slices.Contains([]string{"accept", "drop", "reject", "return", "masquerade", "dnat", "snat"}, t):
+			sig[t] = true
+		default:
+			if a, err := netip.ParseAddr(t); err == nil && !a.IsUnspecified() {
+				sig[a.String()] = true
+			} else if ap, err := netip.ParseAddrPort(t); err == nil {
+				sig[ap.String()] = true
+			} else if p, err := netip.ParsePrefix(t); err == nil {
+				sig[p.String()] = true
+			}
 		}
 	}
-	if !folded {
-		return rule
+	return sig
+}
+
+// subset reports whether every key of a is in b.
+func subset(a, b map[string]bool) bool {
+	for k := range a {
+		if !b[k] {
+			return false
+		}
 	}
-	return strings.Join(rest, " ")
+	return true
 }
 
 // splitRule splits an iptables-restore rule line into arguments, as
