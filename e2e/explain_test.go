@@ -332,8 +332,8 @@ func TestExplainClusterIP(t *testing.T) {
 // TestExplainNodePortLocal: a NodePort under externalTrafficPolicy Local
 // with one endpoint here and two on another node. From outside explain
 // says the local endpoint only, source kept; from a pod the policy is
-// short-circuited to all three. Without a local endpoint, outside traffic
-// is dropped.
+// short-circuited to all three, source kept; from the node too,
+// masqueraded. Without a local endpoint, outside traffic is dropped.
 func TestExplainNodePortLocal(t *testing.T) {
 	c := begin(t, true)
 	a, b, cc := backends[0], backends[1], backends[2]
@@ -349,6 +349,11 @@ func TestExplainNodePortLocal(t *testing.T) {
 	}
 	c.holds(fromPod(client), dst, "tcp", shape{verdict: proxier.OutcomeDNAT, reason: proxier.ReasonShortCircuitPod,
 		via: proxier.ViaNodePort, kind: proxier.FromLocalPod, policy: "Local", short: true, eps: backends}, "")
+	ex = c.holds(fromNode(), dst, "tcp", shape{verdict: proxier.OutcomeDNAT, reason: proxier.ReasonShortCircuitNode,
+		via: proxier.ViaNodePort, kind: proxier.FromNode, policy: "Local", short: true, eps: backends}, "")
+	if !ex.Masquerade {
+		t.Errorf("node to an externalTrafficPolicy Local NodePort: explain says not masqueraded (%s)", ex.MasqueradeReason)
+	}
 
 	c.slice(svc, at(b, otherNode), at(cc, otherNode))
 	c.holds(fromOutside(harness.ExtAllowedIP), dst, "tcp", shape{verdict: proxier.OutcomeDrop,
