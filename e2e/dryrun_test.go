@@ -241,7 +241,7 @@ spec:
 // that empty namespace, which holds no rules afterwards. A broken file
 // fails it with nothing on stdout and an error naming the file and object.
 func TestDryRunManifests(t *testing.T) {
-	c := begin(t, false)
+	c := beginWithoutSvcproxy(t)
 	dir := t.TempDir()
 	for name, text := range dryRunManifests {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
@@ -318,7 +318,7 @@ func TestDryRunManifests(t *testing.T) {
 // hand, it exits 1 and its diff adds back that one line, leaving the
 // node's rules as they were. An unusable input exits 2.
 func TestDryRunDiff(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("dry-run-diff", "web", []harness.Port{harness.TCP}, backends...)
 	ip := svc.Spec.ClusterIP
 	// Traffic with session affinity fills state the packet path keeps (the

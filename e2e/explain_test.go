@@ -307,7 +307,7 @@ func hostPort(ip string, port int32) string { return net.JoinHostPort(ip, strcon
 // node, masqueraded. Traffic spreads over all three (no affinity), and the
 // source each saw is the one explain said.
 func TestExplainClusterIP(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("explain", "clusterip", []harness.Port{harness.TCP}, backends...)
 	dst := target(svc, 80)
 	for _, tt := range []struct {
@@ -335,7 +335,7 @@ func TestExplainClusterIP(t *testing.T) {
 // short-circuited to all three, source kept; from the node too,
 // masqueraded. Without a local endpoint, outside traffic is dropped.
 func TestExplainNodePortLocal(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("explain-etp", v1.ServiceSpec{
 		Type: v1.ServiceTypeNodePort, ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal})
@@ -366,7 +366,7 @@ func TestExplainNodePortLocal(t *testing.T) {
 // one is dropped and its connections time out. The allowed source goes
 // first, so the rules are in place when the blocked one is tried.
 func TestExplainLoadBalancerSourceRanges(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const lbIP = "10.99.0.120"
 	c.routeToNode(lbIP)
 	svc := c.createService("explain-lb", v1.ServiceSpec{
@@ -389,7 +389,7 @@ func TestExplainLoadBalancerSourceRanges(t *testing.T) {
 // local endpoint it is dropped (after traffic reached the local one, so
 // the timeouts are the new rules').
 func TestExplainInternalTrafficPolicyLocal(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	a, b, cc := backends[0], backends[1], backends[2]
 	svc := c.createService("explain-itp", v1.ServiceSpec{
 		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
@@ -405,7 +405,7 @@ func TestExplainInternalTrafficPolicyLocal(t *testing.T) {
 // TestExplainNoEndpoints: a Service without endpoints is rejected, TCP and
 // UDP, and the connections really are refused.
 func TestExplainNoEndpoints(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("explain", "no-endpoints", []harness.Port{harness.TCP, harness.UDP})
 	c.endpoints(svc)
 	for _, proto := range []string{"tcp", "udp"} {
@@ -418,7 +418,7 @@ func TestExplainNoEndpoints(t *testing.T) {
 // (with its timeout) beside all three candidates, and 30 connections all
 // land on one of them.
 func TestExplainSessionAffinity(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.createService("explain-affinity", affinity(300, v1.ServiceSpec{}))
 	c.slice(svc, twoHereOneThere()...)
 	ex := c.holds(fromPod(client), target(svc, 80), "tcp", shape{verdict: proxier.OutcomeDNAT,
@@ -433,7 +433,7 @@ func TestExplainSessionAffinity(t *testing.T) {
 // when it goes to the pod itself and keeps its source to a; the pod sees
 // the node's bridge address, a sees the pod's own.
 func TestExplainHairpin(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.service("explain", "hairpin", []harness.Port{harness.TCP, harness.UDP}, client, backends[0])
 	for _, proto := range []string{"tcp", "udp"} {
 		ex := c.holds(fromPod(client), target(svc, 80), proto, shape{verdict: proxier.OutcomeDNAT,
@@ -477,7 +477,7 @@ func (c *tc) ipv6Service(name, extIP string) *v1.Service {
 // reached at its ClusterIP from a pod (source kept) and at an external IP
 // from outside (masqueraded, externalTrafficPolicy Cluster).
 func TestExplainIPv6(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	const extIP = "fd00:99::50"
 	svc := c.ipv6Service("explain-ipv6", extIP)
 	for _, tt := range []struct {
@@ -492,7 +492,7 @@ func TestExplainIPv6(t *testing.T) {
 		{"external-ip-from-outside", fromOutside(harness.GatewayIP6), hostPort(extIP, 80), proxier.ViaExternalIP, proxier.FromOutside, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := begin(t, true)
+			c := begin(t)
 			ex := c.holds(tt.from, tt.dst, "tcp", shape{verdict: proxier.OutcomeDNAT, via: tt.via, kind: tt.kind,
 				policy: "Cluster", eps: backends, v6: true}, "")
 			if ex.Masquerade != tt.masq {
@@ -508,7 +508,7 @@ func TestExplainIPv6(t *testing.T) {
 // address (as kube-proxy's do; TestIPv6 reaches this one): explain must
 // say DNAT, masqueraded, as traffic shows.
 func TestExplainIPv6NodePort(t *testing.T) {
-	c := begin(t, true)
+	c := begin(t)
 	svc := c.ipv6Service("explain-ipv6-np", "fd00:99::51")
 	out, dst := fromOutside(harness.GatewayIP6), hostPort(harness.NodeIP6, svc.Spec.Ports[0].NodePort)
 	// What the kernel does, before explain is asked.
