@@ -163,6 +163,10 @@ type Config struct {
 	// those inside NodePortAddresses, and a load-balancer source range that
 	// holds one lets the node itself through.
 	NodeIPs []netip.Addr `json:"nodeIPs"`
+	// LocalAddrs are the node's other addresses of this family, when known
+	// (its interfaces at start): where NodePorts matching every local
+	// address answer too, and what the tracer counts as the node.
+	LocalAddrs []netip.Addr `json:"localAddrs,omitempty"`
 	// NodePortAddresses limits NodePorts to node IPs inside these CIDRs;
 	// empty means every local address.
 	NodePortAddresses []netip.Prefix `json:"nodePortAddresses,omitempty"`

@@ -149,7 +149,7 @@ func (p *Plan) Trace(pkt Packet) Trace {
 	switch {
 	case via == ViaClusterIP:
 		p.internal(&t, sp)
-	case via == ViaNodePort && !p.NodePorts.Answers(dst, p.Config.NodeIPs):
+	case via == ViaNodePort && !p.NodePorts.Answers(dst, p.localAddrs()):
 		// Only the no-endpoint check of the NodePort applies here.
 		t.Policy = &TracePolicy{Traffic: "external", Policy: sp.ExternalPolicy}
 		t.Verdict, t.Reason = outcomeOf(sp.External), noEndpointsReason(sp.External)
@@ -178,7 +178,7 @@ func (p *Plan) match(pkt Packet) (*ServicePlan, Via) {
 			return &p.Services[i], ViaLoadBalancerIP
 		}
 	}
-	nodePort := p.NodePorts.Answers(dst, p.Config.NodeIPs)
+	nodePort := p.NodePorts.Answers(dst, p.localAddrs())
 	everyLocal := !p.Config.Mode.NodePortChecksOnNodePortAddresses && p.isLocal(dst)
 	for i := range p.Services {
 		sp := &p.Services[i]
@@ -192,10 +192,15 @@ func (p *Plan) match(pkt Packet) (*ServicePlan, Via) {
 	return nil, ""
 }
 
-// isLocal reports whether a is one of the node's addresses (its node IPs
-// or the loopback range).
+// localAddrs are the node's addresses of the family, but loopback.
+func (p *Plan) localAddrs() []netip.Addr {
+	return slices.Concat(p.Config.NodeIPs, p.Config.LocalAddrs)
+}
+
+// isLocal reports whether a is one of the node's addresses (its node IPs,
+// other local addresses, or the loopback range).
 func (p *Plan) isLocal(a netip.Addr) bool {
-	return p.NodePorts.Loopback.Contains(a) || slices.Contains(p.Config.NodeIPs, a)
+	return p.NodePorts.Loopback.Contains(a) || slices.Contains(p.Config.NodeIPs, a) || slices.Contains(p.Config.LocalAddrs, a)
 }
 
 func (p *Plan) unmatched(t *Trace) {

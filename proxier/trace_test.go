@@ -106,3 +106,32 @@ verdict    DNAT: to a cluster endpoint
 		}
 	}
 }
+
+// TestTraceLocalAddrs: where NodePorts answer on every local address, the
+// node's addresses beyond its node IPs (LocalAddrs) are NodePort
+// addresses and the node itself, as the kernel's local-address match has
+// them; without them such an address is not the node's.
+func TestTraceLocalAddrs(t *testing.T) {
+	st := pt.State(proxier.IPv6, pt.Service("ns/web", proxier.TCP, "fd00:96::10", 80, pt.NodePort(30080),
+		pt.Endpoints(pt.Endpoint("fd00:244:1::2", 8080, pt.Local))))
+	for _, tc := range []struct {
+		name  string
+		local []string
+		want  proxier.Outcome
+	}{
+		{"known local address", []string{"fd00:10::2"}, proxier.OutcomeDNAT},
+		{"address not known", nil, proxier.OutcomeNotOurs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := pt.Config(pt.IPv6)
+			cfg.LocalAddrs = pt.Addrs(tc.local...)
+			tr := proxier.MakePlan(cfg, st).Trace(pt.Pkt(proxier.FromOutside, "fd00:99::1", "[fd00:10::2]:30080"))
+			if tr.Verdict != tc.want {
+				t.Fatalf("verdict %s (%s), want %s", tr.Verdict, tr.Reason, tc.want)
+			}
+			if tc.want == proxier.OutcomeDNAT && (tr.Port == nil || tr.Port.Via != proxier.ViaNodePort || len(tr.Endpoints) != 1 || tr.Reason != proxier.ReasonClusterEndpoints) {
+				t.Errorf("matched %+v to %v (%s), want the NodePort to its endpoint", tr.Port, tr.Endpoints, tr.Reason)
+			}
+		})
+	}
+}

@@ -298,7 +298,7 @@ func explain(o *options, n *node, cfg proxier.Config, st *proxier.State, ea *exp
 // endpoint there, or an address of the cluster CIDRs), else a client
 // outside the cluster.
 func inferSourceKind(src netip.Addr, cfg proxier.Config, info syncer.NodeInfo, clusterCIDRs []netip.Prefix, st *proxier.State) (proxier.SourceKind, string) {
-	if src.IsLoopback() || slices.Contains(cfg.NodeIPs, src) || slices.Contains(info.InternalIPs, src) {
+	if src.IsLoopback() || slices.Contains(cfg.NodeIPs, src) || slices.Contains(cfg.LocalAddrs, src) || slices.Contains(info.InternalIPs, src) {
 		return proxier.FromNode, "one of this node's addresses"
 	}
 	for _, svc := range st.Services {

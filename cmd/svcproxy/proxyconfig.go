@@ -47,6 +47,11 @@ func proxyConfigs(o *options, h host) ([]familyConfig, error) {
 			ServiceClusterIPRange: familyPrefixes(f, o.serviceCIDRs),
 		}
 		cfg.NodeIPs, cfg.NodePortAddresses = nodeAddrs(o, f, ips, h.Local)
+		for _, ip := range h.Local {
+			if f.Matches(ip) && !ip.IsLoopback() && !slices.Contains(cfg.NodeIPs, ip) {
+				cfg.LocalAddrs = append(cfg.LocalAddrs, ip)
+			}
+		}
 		fc := familyConfig{Config: cfg}
 		if !cfg.NodePortsMatchAll() {
 			fc.HealthCheckAddrs = cfg.NodePortIPs()
