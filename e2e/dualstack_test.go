@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +27,7 @@ func TestIPv6(t *testing.T) {
 	})
 	t.Logf("RESULT IPv6 ClusterIP %s from pod %s: %s, source kept", clusterIP, client.IP6, harness.FormatTally(harness.Tally(rs)))
 
-	nodePort := net.JoinHostPort(harness.NodeIP6, strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	nodePort := nodePortOn(harness.NodeIP6, svc)
 	c.eventually("IPv6 NodePort from outside", func() string {
 		var err error
 		rs, err = env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "tcp", Target: nodePort, Count: 30, Timeout: time.Second})
