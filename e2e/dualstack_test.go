@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,19 +18,7 @@ import (
 // (masqueraded), with the IPv6 proxier next to the IPv4 one.
 func TestIPv6(t *testing.T) {
 	c := begin(t)
-	svc := c.createService("ipv6", v1.ServiceSpec{
-		Type:           v1.ServiceTypeNodePort,
-		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
-		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
-	})
-	var eps []discovery.Endpoint
-	for _, p := range backends {
-		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
-	}
-	c.writeSlice(svc, discovery.AddressTypeIPv6, eps)
-	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
-		t.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
-	}
+	svc := c.createIPv6Service("ipv6", v1.ServiceSpec{Type: v1.ServiceTypeNodePort})
 	clusterIP := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
 	c.eventually("IPv6 ClusterIP from a pod", func() string {
@@ -40,7 +27,7 @@ func TestIPv6(t *testing.T) {
 	})
 	t.Logf("RESULT IPv6 ClusterIP %s from pod %s: %s, source kept", clusterIP, client.IP6, harness.FormatTally(harness.Tally(rs)))
 
-	nodePort := net.JoinHostPort(harness.NodeIP6, strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	nodePort := nodePortOn(harness.NodeIP6, svc)
 	c.eventually("IPv6 NodePort from outside", func() string {
 		var err error
 		rs, err = env.ExternalConnect(c.ctx, harness.ClientOptions{Proto: "tcp", Target: nodePort, Count: 30, Timeout: time.Second})
@@ -60,21 +47,10 @@ func TestIPv6(t *testing.T) {
 // the layout before, with affinity maps, balanced IPv6 without affinity).
 func TestIPv6SessionAffinity(t *testing.T) {
 	c := begin(t)
-	svc := c.createService("ipv6-affinity", affinity(900, v1.ServiceSpec{
-		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
-		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
-	}))
 	// One slice with all three endpoints: any sync that answers has all
 	// of them, so one endpoint for 30 connections is affinity's doing
 	// (without it, the probability is 3*(1/3)^30).
-	var eps []discovery.Endpoint
-	for _, p := range backends {
-		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
-	}
-	c.writeSlice(svc, discovery.AddressTypeIPv6, eps)
-	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
-		t.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
-	}
+	svc := c.createIPv6Service("ipv6-affinity", affinity(900, v1.ServiceSpec{}))
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
 	c.eventually("IPv6 ClientIP affinity: one endpoint", func() string {
@@ -106,4 +82,23 @@ func TestIPv6SessionAffinity(t *testing.T) {
 		t.Fatalf("after a restart of svcproxy: %s, want all 10 on %s", harness.FormatTally(tally), pin)
 	}
 	t.Logf("RESULT IPv6 affinity survives a restart of svcproxy: 10 of 10 still on %s", pin)
+}
+
+// createIPv6Service creates a single-stack IPv6 Service of spec with one
+// EndpointSlice holding every backend's IPv6 address on this node, and
+// fails the test when the ClusterIP it was given is not IPv6.
+func (c *tc) createIPv6Service(name string, spec v1.ServiceSpec) *v1.Service {
+	c.Helper()
+	spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicySingleStack)
+	spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+	svc := c.createService(name, spec)
+	var eps []discovery.Endpoint
+	for _, p := range backends {
+		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
+	}
+	c.writeSlice(svc, discovery.AddressTypeIPv6, eps)
+	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
+		c.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
+	}
+	return svc
 }

@@ -2,9 +2,17 @@ package proxier
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 )
+
+// TextLine writes one fact of a trace's text to w: the key in a column of
+// its own, then the value. Texts that add lines to a trace's (explain's)
+// write them with it, so that theirs line up.
+func TextLine(w io.Writer, key, format string, args ...any) {
+	fmt.Fprintf(w, "%-10s %s\n", key, fmt.Sprintf(format, args...))
+}
 
 // String is the trace as text, one fact a line:
 //
@@ -17,20 +25,17 @@ import (
 //	verdict  DNAT: to a cluster endpoint
 func (t Trace) String() string {
 	var b strings.Builder
-	line := func(key, format string, args ...any) {
-		fmt.Fprintf(&b, "%-10s %s\n", key, fmt.Sprintf(format, args...))
-	}
 	pk := t.Packet
-	line("packet", "%s (%s) -> %s/%s", pk.Source, pk.Kind, pk.Dest, pk.Protocol)
+	TextLine(&b, "packet", "%s (%s) -> %s/%s", pk.Source, pk.Kind, pk.Dest, pk.Protocol)
 	if t.Port != nil {
-		line("port", "%s/%s via %s %s", t.Port.Name, t.Port.Name.Protocol, t.Port.Via, t.Port.Address)
+		TextLine(&b, "port", "%s/%s via %s %s", t.Port.Name, t.Port.Name.Protocol, t.Port.Via, t.Port.Address)
 	}
 	if t.Policy != nil {
 		sc := ""
 		if t.Policy.ShortCircuit {
 			sc = ", short-circuited"
 		}
-		line("policy", "%s %s%s", t.Policy.Traffic, t.Policy.Policy, sc)
+		TextLine(&b, "policy", "%s %s%s", t.Policy.Traffic, t.Policy.Policy, sc)
 	}
 	for _, c := range t.Endpoints {
 		var s strings.Builder
@@ -45,22 +50,22 @@ func (t Trace) String() string {
 		if c.Hairpin {
 			s.WriteString(" masqueraded: hairpin")
 		}
-		line("endpoint", "%s", s.String())
+		TextLine(&b, "endpoint", "%s", s.String())
 	}
 	if a := t.Affinity; a != nil {
 		dests := make([]string, len(a.Destinations))
 		for i, d := range a.Destinations {
 			dests[i] = d.String()
 		}
-		line("affinity", "ClientIP for %ds, shared by %s", a.TimeoutSeconds, strings.Join(dests, " "))
+		TextLine(&b, "affinity", "ClientIP for %ds, shared by %s", a.TimeoutSeconds, strings.Join(dests, " "))
 	}
 	if t.Verdict == OutcomeDNAT {
 		yes := "no"
 		if t.Masquerade {
 			yes = "yes"
 		}
-		line("masquerade", "%s: %s", yes, t.MasqueradeReason)
+		TextLine(&b, "masquerade", "%s: %s", yes, t.MasqueradeReason)
 	}
-	line("verdict", "%s: %s", t.Verdict, t.Reason)
+	TextLine(&b, "verdict", "%s: %s", t.Verdict, t.Reason)
 	return b.String()
 }

@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/svcproxy/svcproxy/proxier/metricstest"
 )
 
 // metricValue is the value of a collector holding exactly one metric: a
@@ -52,14 +54,7 @@ func TestMetricNames(t *testing.T) {
 	m.livez.WithLabelValues("200")
 	m.invalidObjects.WithLabelValues("Service", "InvalidClusterIP")
 	m.syncFailures.WithLabelValues("IPv4")
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		got[mf.GetName()] = mf
-	}
+	got := metricstest.Gather(t, reg)
 	for name, typ := range map[string]dto.MetricType{
 		"kubeproxy_sync_proxy_rules_duration_seconds":              dto.MetricType_HISTOGRAM,
 		"kubeproxy_sync_full_proxy_rules_duration_seconds":         dto.MetricType_HISTOGRAM,

@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -83,9 +82,7 @@ type debugBody struct {
 		State      struct {
 			Services []struct {
 				Name      proxier.ServicePortName `json:"name"`
-				Endpoints []struct {
-					IP string `json:"ip"`
-				} `json:"endpoints"`
+				Endpoints []proxier.Endpoint      `json:"endpoints"`
 			} `json:"services"`
 		} `json:"state"`
 		Plan struct {
@@ -93,10 +90,7 @@ type debugBody struct {
 				Name             proxier.ServicePortName `json:"name"`
 				Internal         string                  `json:"internal"`
 				InternalPolicy   string                  `json:"internalPolicy"`
-				ClusterEndpoints []struct {
-					IP   string `json:"ip"`
-					Port int    `json:"port"`
-				} `json:"clusterEndpoints"`
+				ClusterEndpoints []proxier.Endpoint      `json:"clusterEndpoints"`
 			} `json:"services"`
 		} `json:"plan"`
 	} `json:"families"`
@@ -201,14 +195,14 @@ func webEndpoints(b debugBody) (inState, inPlan []string) {
 	for _, s := range f.State.Services {
 		if s.Name == web {
 			for _, e := range s.Endpoints {
-				inState = append(inState, e.IP)
+				inState = append(inState, e.IP.String())
 			}
 		}
 	}
 	for _, s := range f.Plan.Services {
 		if s.Name == web {
 			for _, e := range s.ClusterEndpoints {
-				inPlan = append(inPlan, e.IP+":"+strconv.Itoa(e.Port))
+				inPlan = append(inPlan, e.String())
 			}
 		}
 	}

@@ -180,24 +180,11 @@ type explanation struct {
 	SourceKind proxier.SourceKind `json:"sourceKind"`
 	// SourceKindWhy says how the kind was decided: inferred from the
 	// source address, or given by --from-kind.
-	SourceKindWhy string     `json:"sourceKindWhy"`
-	Mode          string     `json:"mode"`
-	Family        string     `json:"family"`
-	Node          string     `json:"node"`
-	Rules         []location `json:"rules"`
-}
-
-// location is one rule or set element of the mode's ruleset that does a
-// step of the trace, as --dry-run prints it: an iptables rule line (Table,
-// Chain, Rule), an nftables chain rule (Chain, Rule) or an nftables set or
-// map element (Set, Element).
-type location struct {
-	Step    string `json:"step"`
-	Table   string `json:"table"`
-	Chain   string `json:"chain,omitempty"`
-	Rule    string `json:"rule,omitempty"`
-	Set     string `json:"set,omitempty"`
-	Element string `json:"element,omitempty"`
+	SourceKindWhy string             `json:"sourceKindWhy"`
+	Mode          string             `json:"mode"`
+	Family        string             `json:"family"`
+	Node          string             `json:"node"`
+	Rules         []proxier.Location `json:"rules"`
 }
 
 // runExplain reads the cluster and writes the explanation of ea's packet.
@@ -274,19 +261,15 @@ func explain(o *options, n *node, cfg proxier.Config, st *proxier.State, ea *exp
 	}
 	plan := proxier.MakePlan(cfg, st)
 	t := plan.Trace(proxier.Packet{Source: ea.src, Kind: kind, Dest: ea.dst, Protocol: ea.prot})
-	e := explanation{Trace: t, SourceKind: kind, SourceKindWhy: why, Mode: o.proxyMode, Family: cfg.Family.String(), Node: n.name, Rules: []location{}}
+	e := explanation{Trace: t, SourceKind: kind, SourceKindWhy: why, Mode: o.proxyMode, Family: cfg.Family.String(), Node: n.name, Rules: []proxier.Location{}}
 	if o.proxyMode == "nftables" {
-		for _, l := range nftables.Explain(plan, t) {
-			e.Rules = append(e.Rules, location{Step: l.Step, Table: l.Table, Chain: l.Chain, Rule: l.Rule, Set: l.Set, Element: l.Element})
-		}
+		e.Rules = append(e.Rules, nftables.Explain(plan, t)...)
 	} else {
 		opt := iptables.DryRunOptions()
 		if o.manifests != "" {
 			opt.DropInvalid = true // as --dry-run renders from files
 		}
-		for _, l := range iptables.Explain(plan, opt, t) {
-			e.Rules = append(e.Rules, location{Step: l.Step, Table: l.Table, Chain: l.Chain, Rule: l.Rule})
-		}
+		e.Rules = append(e.Rules, iptables.Explain(plan, opt, t)...)
 	}
 	return e
 }

@@ -109,7 +109,7 @@ func TestExplainGolden(t *testing.T) {
 
 // checkRulesInDryRun fails t for a location that is not in --dry-run's
 // output.
-func checkRulesInDryRun(t *testing.T, mode string, rules []location, dry string) {
+func checkRulesInDryRun(t *testing.T, mode string, rules []proxier.Location, dry string) {
 	t.Helper()
 	lines := strings.Split(dry, "\n")
 	for _, l := range rules {

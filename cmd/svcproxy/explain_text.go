@@ -11,28 +11,25 @@ import (
 // the trace one fact a line (proxier.Trace's String), then the rules.
 func (e explanation) text() string {
 	var b strings.Builder
-	line := func(key, format string, args ...any) {
-		fmt.Fprintf(&b, "%-10s %s\n", key, fmt.Sprintf(format, args...))
-	}
-	line("node", "%s, %s mode, %s", e.Node, e.Mode, e.Family)
-	line("source", "%s is %s (%s)", e.Packet.Source, e.SourceKind, e.SourceKindWhy)
+	proxier.TextLine(&b, "node", "%s, %s mode, %s", e.Node, e.Mode, e.Family)
+	proxier.TextLine(&b, "source", "%s is %s (%s)", e.Packet.Source, e.SourceKind, e.SourceKindWhy)
 	trace := e.Trace.String()
 	if e.Port == nil {
 		// After the packet line: nothing matched.
 		packet, rest, _ := strings.Cut(trace, "\n")
 		b.WriteString(packet + "\n")
-		line("port", "none matched")
+		proxier.TextLine(&b, "port", "none matched")
 		trace = rest
 	}
 	b.WriteString(trace)
 	if e.Verdict == proxier.OutcomeNotOurs {
-		line("rules", "none: svcproxy's rules let the packet pass")
+		proxier.TextLine(&b, "rules", "none: svcproxy's rules let the packet pass")
 		return b.String()
 	}
 	if e.Mode == "nftables" {
-		line("rules", "in table %s (nft list ruleset; --dry-run prints the same)", e.tableName())
+		proxier.TextLine(&b, "rules", "in table %s (nft list ruleset; --dry-run prints the same)", e.tableName())
 	} else {
-		line("rules", "iptables-restore lines (--dry-run prints them; iptables-save orders the matches differently)")
+		proxier.TextLine(&b, "rules", "iptables-restore lines (--dry-run prints them; iptables-save orders the matches differently)")
 	}
 	for _, l := range e.Rules {
 		switch {

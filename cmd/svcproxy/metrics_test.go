@@ -22,6 +22,7 @@ import (
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/iptables"
+	"github.com/svcproxy/svcproxy/proxier/metricstest"
 	"github.com/svcproxy/svcproxy/proxier/nftables"
 	"github.com/svcproxy/svcproxy/syncer"
 )
@@ -91,7 +92,7 @@ func TestMetricNamesPerMode(t *testing.T) {
 			w.changeSlice(t) // a partial sync
 			w.waitSyncs(t, 2)
 			restRequest(t)
-			got := gather(t, w.gatherer)
+			got := metricstest.Gather(t, w.gatherer)
 			for _, name := range append(append([]string(nil), kubeProxyMetricsBoth...), tc.want...) {
 				if got[name] == nil {
 					t.Errorf("%s mode: no %s", tc.mode, name)
@@ -109,14 +110,14 @@ func TestMetricNamesPerMode(t *testing.T) {
 			}
 			// The svc-local Service (internalTrafficPolicy Local, its
 			// endpoint elsewhere) is the one without local endpoints.
-			if v := value(got, "kubeproxy_sync_proxy_rules_no_local_endpoints_total", "traffic_policy", "internal"); v != 1 {
+			if v := metricstest.Value(got, "kubeproxy_sync_proxy_rules_no_local_endpoints_total", "traffic_policy", "internal"); v != 1 {
 				t.Errorf("no-local-endpoints internal = %v, want 1", v)
 			}
 			// One observation per transaction: the full sync and the
 			// partial one wrote something; a sync with nothing to write
 			// (another trigger) is not observed.
-			syncs := value(got, "kubeproxy_sync_full_proxy_rules_duration_seconds") + value(got, "kubeproxy_sync_partial_proxy_rules_duration_seconds")
-			if ops := value(got, "svcproxy_sync_operations", "ip_family", "IPv4"); ops < 2 || ops > syncs {
+			syncs := metricstest.Value(got, "kubeproxy_sync_full_proxy_rules_duration_seconds") + metricstest.Value(got, "kubeproxy_sync_partial_proxy_rules_duration_seconds")
+			if ops := metricstest.Value(got, "svcproxy_sync_operations", "ip_family", "IPv4"); ops < 2 || ops > syncs {
 				t.Errorf("svcproxy_sync_operations has %v observations after %v syncs, want 2 or more and at most one a sync", ops, syncs)
 			}
 		})
@@ -128,8 +129,8 @@ func TestMetricNamesPerMode(t *testing.T) {
 func TestIPTablesMetricValues(t *testing.T) {
 	w := newWiring(t, "iptables", func(n int) bool { return n == 2 })
 	got := w.waitSyncs(t, 1)
-	total := value(got, "kubeproxy_sync_proxy_rules_iptables_total", "table", "nat")
-	if last := value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "nat"); total == 0 || last != total {
+	total := metricstest.Value(got, "kubeproxy_sync_proxy_rules_iptables_total", "table", "nat")
+	if last := metricstest.Value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "nat"); total == 0 || last != total {
 		t.Errorf("after the full sync: nat rules %v, written %v; want equal and not 0", total, last)
 	}
 	// A change: the partial restore fails, the full retry succeeds.
@@ -137,18 +138,18 @@ func TestIPTablesMetricValues(t *testing.T) {
 	got = w.waitSyncs(t, 2)
 	for _, name := range []string{"kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
 		"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total"} {
-		if v := value(got, name); v != 1 {
+		if v := metricstest.Value(got, name); v != 1 {
 			t.Errorf("%s = %v, want 1", name, v)
 		}
 	}
 	// Another change: a partial sync writes a few nat rules of many.
 	w.changeSlice(t)
 	got = w.waitSyncs(t, 3)
-	total = value(got, "kubeproxy_sync_proxy_rules_iptables_total", "table", "nat")
-	if last := value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "nat"); last == 0 || last >= total {
+	total = metricstest.Value(got, "kubeproxy_sync_proxy_rules_iptables_total", "table", "nat")
+	if last := metricstest.Value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "nat"); last == 0 || last >= total {
 		t.Errorf("after a partial sync: nat rules %v, written %v; want 0 < written < rules", total, last)
 	}
-	if v := value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "filter"); v != 0 {
+	if v := metricstest.Value(got, "kubeproxy_sync_proxy_rules_iptables_last", "table", "filter"); v != 0 {
 		t.Errorf("filter rules written by a partial sync of one endpoint: %v, want 0", v)
 	}
 }
@@ -179,11 +180,11 @@ func TestNFAcctMetrics(t *testing.T) {
 			useNFAcct(p, m, func() (acctReader, error) { return read, nil })
 			for i, counts := range tc.counts {
 				now = counts
-				got := gather(t, gatherer)
+				got := metricstest.Gather(t, gatherer)
 				for _, name := range []string{invalid, localhost} {
 					want, ok := tc.want[i][name]
-					if (got[name] != nil) != ok || value(got, name) != want {
-						t.Errorf("scrape %d: %s: present %v, %v; want present %v, %v", i, name, got[name] != nil, value(got, name), ok, want)
+					if (got[name] != nil) != ok || metricstest.Value(got, name) != want {
+						t.Errorf("scrape %d: %s: present %v, %v; want present %v, %v", i, name, got[name] != nil, metricstest.Value(got, name), ok, want)
 					}
 					if mf := got[name]; mf != nil && mf.GetType() != dto.MetricType_COUNTER {
 						t.Errorf("%s is a %v, want a counter", name, mf.GetType())
@@ -264,13 +265,13 @@ func (w *wiring) waitSyncs(t *testing.T, n int) map[string]*dto.MetricFamily {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := gather(t, w.gatherer)
-		done := value(got, "kubeproxy_sync_full_proxy_rules_duration_seconds") + value(got, "kubeproxy_sync_partial_proxy_rules_duration_seconds")
+		got := metricstest.Gather(t, w.gatherer)
+		done := metricstest.Value(got, "kubeproxy_sync_full_proxy_rules_duration_seconds") + metricstest.Value(got, "kubeproxy_sync_partial_proxy_rules_duration_seconds")
 		if int(done) >= n {
 			for _, path := range []string{"/healthz", "/livez"} {
 				w.health.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
 			}
-			return gather(t, w.gatherer)
+			return metricstest.Gather(t, w.gatherer)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%v of %d syncs after 10s", done, n)
@@ -329,40 +330,6 @@ func restRequest(t *testing.T) {
 	if _, err := client.Discovery().ServerVersion(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func gather(t *testing.T, g prometheus.Gatherer) map[string]*dto.MetricFamily {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
-}
-
-// value is the sum over the samples of name whose labels include the
-// given pairs: a counter's or gauge's value, a histogram's sample count.
-func value(got map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	var v float64
-	for _, m := range got[name].GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		ok := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			ok = ok && have[labels[i]] == labels[i+1]
-		}
-		if !ok {
-			continue
-		}
-		v += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
-	}
-	return v
 }
 
 // fakeRunner is a kernel without rules; restores whose number fail

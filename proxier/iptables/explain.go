@@ -9,23 +9,11 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// Location is one rule of the rendered ruleset that does a step of a
-// packet's trace, so that an operator finds it in the kernel: Rule is the
-// line as iptables-restore reads it (and --dry-run prints it).
-type Location struct {
-	// Step is what the rule does for the packet: match (meets the service
-	// port), firewall, policy, short-circuit, masquerade, affinity,
-	// endpoint, hairpin, reject or drop.
-	Step  string
-	Table string
-	Chain string
-	Rule  string
-}
-
 // Explain lists the rules of p's ruleset, rendered with opt, that do the
 // steps of t (p's trace of a packet), in the order the packet meets them.
+// Each names a table's chain and the rule as iptables-restore reads it.
 // A packet svcproxy leaves alone has none.
-func Explain(p *proxier.Plan, opt Options, t proxier.Trace) []Location {
+func Explain(p *proxier.Plan, opt Options, t proxier.Trace) []proxier.Location {
 	if t.Port == nil || t.Verdict == proxier.OutcomeNotOurs {
 		return nil
 	}
@@ -43,7 +31,7 @@ type explainer struct {
 	plan *proxier.Plan
 	sp   *proxier.ServicePlan
 	t    proxier.Trace
-	out  []Location
+	out  []proxier.Location
 }
 
 // has matches a rule holding every part, each on word boundaries.
@@ -71,7 +59,7 @@ func (x *explainer) find(step, table, chain string, ok func(string) bool) {
 		}
 		for _, r := range c.Rules {
 			if ok(r) {
-				x.out = append(x.out, Location{Step: step, Table: table, Chain: chain, Rule: "-A " + chain + " " + r})
+				x.out = append(x.out, proxier.Location{Step: step, Table: table, Chain: chain, Rule: "-A " + chain + " " + r})
 				return
 			}
 		}

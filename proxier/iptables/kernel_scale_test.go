@@ -47,11 +47,7 @@ func TestKernelCheckCostAtScale(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
 			ns := kernelNetns(t)
-			bin := Binaries{Mode: mode, Save: "iptables-" + mode + "-save", Restore: "iptables-" + mode + "-restore", Command: "iptables-" + mode}
-			if _, err := exec.LookPath(bin.Restore); err != nil {
-				t.Skip(err)
-			}
-			run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
+			run, bin := modeRunner(t, ns, mode)
 			ctx := context.Background()
 			p := New(testConfig(), Options{}, run)
 			start := time.Now()

@@ -34,7 +34,12 @@ func kernelNetns(t *testing.T) string {
 
 func nsRunner(ns string) (Runner, Binaries) {
 	bin := Detect(context.Background(), proxier.IPv4)
-	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}, bin
+	return netnsRunner(bin, ns), bin
+}
+
+// netnsRunner runs bin's commands in network namespace ns.
+func netnsRunner(bin Binaries, ns string) execRunner {
+	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
 }
 
 func save(t *testing.T, ns string, bin Binaries) string {
@@ -138,7 +143,7 @@ func TestKernelApply(t *testing.T) {
 func TestKernelIPv6(t *testing.T) {
 	ns := kernelNetns(t)
 	bin := Detect(context.Background(), proxier.IPv6)
-	run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
+	run := netnsRunner(bin, ns)
 	cfg := proxier.Config{Family: proxier.IPv6, MasqueradeBit: 14, LocalDetector: proxier.LocalDetector{
 		Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10::/64")}}}
 	st := &proxier.State{Family: proxier.IPv6, Services: []*proxier.Service{
@@ -187,13 +192,23 @@ func TestKernelCleanup(t *testing.T) {
 	}
 }
 
+// modeRunner runs mode's (nft or legacy) iptables in ns; it skips t where
+// that is not installed.
 func modeRunner(t *testing.T, ns, mode string) (execRunner, Binaries) {
 	t.Helper()
-	bin := Binaries{Mode: mode, Save: "iptables-" + mode + "-save", Restore: "iptables-" + mode + "-restore", Command: "iptables-" + mode}
+	return commandRunner(t, ns, "iptables-"+mode, mode)
+}
+
+// commandRunner runs command (iptables-nft, ip6tables-legacy, ...), of
+// mode, with its -save and -restore, in ns; it skips t where command's
+// restore is not installed.
+func commandRunner(t *testing.T, ns, command, mode string) (execRunner, Binaries) {
+	t.Helper()
+	bin := Binaries{Mode: mode, Save: command + "-save", Restore: command + "-restore", Command: command}
 	if _, err := exec.LookPath(bin.Restore); err != nil {
 		t.Skip(err)
 	}
-	return execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}, bin
+	return netnsRunner(bin, ns), bin
 }
 
 func TestKernelCheckDetectsFlushes(t *testing.T) {
@@ -322,11 +337,7 @@ func TestKernelCheckIPv6(t *testing.T) {
 	for _, mode := range []string{"nft", "legacy"} {
 		t.Run(mode, func(t *testing.T) {
 			ns := kernelNetns(t)
-			bin := Binaries{Mode: mode, Save: "ip6tables-" + mode + "-save", Restore: "ip6tables-" + mode + "-restore", Command: "ip6tables-" + mode}
-			if _, err := exec.LookPath(bin.Restore); err != nil {
-				t.Skip(err)
-			}
-			run := execRunner{bin: bin, wrap: []string{"ip", "netns", "exec", ns}, netns: ns}
+			run, bin := commandRunner(t, ns, "ip6tables-"+mode, mode)
 			cfg := proxier.Config{Family: proxier.IPv6, MasqueradeBit: 14, LocalDetector: proxier.LocalDetector{
 				Mode: proxier.LocalClusterCIDR, CIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10::/64")}}}
 			st := &proxier.State{Family: proxier.IPv6, Services: []*proxier.Service{

@@ -8,26 +8,11 @@ import (
 	"github.com/svcproxy/svcproxy/proxier"
 )
 
-// Location is one rule or set element of the rendered table that does a
-// step of a packet's trace, so that an operator finds it in the kernel:
-// a chain's rule (Chain, Rule) or an element of a set or map (Set,
-// Element), each as --dry-run writes it.
-type Location struct {
-	// Step is what the rule or element does for the packet: match (meets
-	// the service port), firewall, policy, short-circuit, masquerade,
-	// affinity, endpoint, hairpin, reject or drop.
-	Step    string
-	Table   string // "ip svcproxy" or "ip6 svcproxy"
-	Chain   string
-	Rule    string
-	Set     string
-	Element string
-}
-
 // Explain lists the rules and elements of p's table that do the steps of
-// t (p's trace of a packet), in the order the packet meets them. A packet
-// svcproxy leaves alone has none.
-func Explain(p *proxier.Plan, t proxier.Trace) []Location {
+// t (p's trace of a packet), in the order the packet meets them: a chain's
+// rule (Chain, Rule) or an element of a set or map (Set, Element), each as
+// --dry-run writes it. A packet svcproxy leaves alone has none.
+func Explain(p *proxier.Plan, t proxier.Trace) []proxier.Location {
 	if t.Verdict == proxier.OutcomeNotOurs {
 		return nil
 	}
@@ -60,7 +45,7 @@ type explainer struct {
 	sp    *proxier.ServicePlan
 	r     *svcRender
 	sk    *skeleton
-	out   []Location
+	out   []proxier.Location
 }
 
 // rule adds the first rule of chain that ok matches.
@@ -78,7 +63,7 @@ func (x *explainer) rule(step, chain string, ok func(string) bool) {
 	}
 	for _, r := range rules {
 		if ok(r) {
-			x.out = append(x.out, Location{Step: step, Table: x.table, Chain: chain, Rule: r})
+			x.out = append(x.out, proxier.Location{Step: step, Table: x.table, Chain: chain, Rule: r})
 			return
 		}
 	}
@@ -86,7 +71,7 @@ func (x *explainer) rule(step, chain string, ok func(string) bool) {
 
 // elem adds the element e.
 func (x *explainer) elem(step string, e elem) {
-	x.out = append(x.out, Location{Step: step, Table: x.table, Set: e.set, Element: string(e.appendText(nil, mustSpec(e.set)))})
+	x.out = append(x.out, proxier.Location{Step: step, Table: x.table, Set: e.set, Element: string(e.appendText(nil, mustSpec(e.set)))})
 }
 
 // find adds the service port's first element of set that ok matches, and
