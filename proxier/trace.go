@@ -149,7 +149,7 @@ func (p *Plan) Trace(pkt Packet) Trace {
 	switch {
 	case via == ViaClusterIP:
 		p.internal(&t, sp)
-	case via == ViaNodePort && !p.NodePorts.Answers(dst, p.localAddrs()):
+	case via == ViaNodePort && !p.AnswersNodePort(dst):
 		// Only the no-endpoint check of the NodePort applies here.
 		t.Policy = &TracePolicy{Traffic: "external", Policy: sp.ExternalPolicy}
 		t.Verdict, t.Reason = outcomeOf(sp.External), noEndpointsReason(sp.External)
@@ -178,7 +178,7 @@ func (p *Plan) match(pkt Packet) (*ServicePlan, Via) {
 			return &p.Services[i], ViaLoadBalancerIP
 		}
 	}
-	nodePort := p.NodePorts.Answers(dst, p.localAddrs())
+	nodePort := p.AnswersNodePort(dst)
 	everyLocal := !p.Config.Mode.NodePortChecksOnNodePortAddresses && p.isLocal(dst)
 	for i := range p.Services {
 		sp := &p.Services[i]
@@ -192,9 +192,10 @@ func (p *Plan) match(pkt Packet) (*ServicePlan, Via) {
 	return nil, ""
 }
 
-// localAddrs are the node's addresses of the family, but loopback.
-func (p *Plan) localAddrs() []netip.Addr {
-	return slices.Concat(p.Config.NodeIPs, p.Config.LocalAddrs)
+// AnswersNodePort reports whether NodePorts answer on dst, the node's
+// addresses being its node IPs, LocalAddrs and the loopback range.
+func (p *Plan) AnswersNodePort(dst netip.Addr) bool {
+	return p.NodePorts.Answers(dst, slices.Concat(p.Config.NodeIPs, p.Config.LocalAddrs))
 }
 
 // isLocal reports whether a is one of the node's addresses (its node IPs,

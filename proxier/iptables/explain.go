@@ -101,7 +101,7 @@ func (x *explainer) explain() {
 		x.endpoints(chain)
 		return
 	case proxier.ViaNodePort:
-		if !sp.HasEndpoints || !x.plan.NodePorts.Answers(ip, x.plan.Config.NodeIPs) {
+		if !sp.HasEndpoints || !x.plan.AnswersNodePort(ip) {
 			refused(Filter, chainExternalServices, proto, fmt.Sprintf("--dport %d", svc.NodePort))
 			return
 		}
