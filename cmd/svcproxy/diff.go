@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -131,6 +132,18 @@ func iptablesPairs(ctx context.Context, cfgs []familyConfig, states map[proxier.
 		fams[i].bin = iptables.Detect(ctx, fc.Family)
 	}
 	err := inScratchNetns(func() error {
+		if len(opt.NFAcct) > 0 {
+			// The rules name kube-proxy's nfacct objects: restore
+			// needs them in this namespace too.
+			ns, err := os.Open("/proc/thread-self/ns/net")
+			if err != nil {
+				return err
+			}
+			defer ns.Close()
+			if got := iptables.EnsureNFAcct(ctx, int(ns.Fd())); len(got) < len(opt.NFAcct) {
+				return fmt.Errorf("--diff: nfacct objects %v in the scratch network namespace, want %v", got, opt.NFAcct)
+			}
+		}
 		for i, fc := range cfgs {
 			input := string(iptables.DryRun(fc.Config, opt, states[fc.Family]))
 			f := &fams[i]

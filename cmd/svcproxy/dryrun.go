@@ -101,14 +101,9 @@ func runDryRun(ctx context.Context, o *options, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opt := iptables.DryRunOptions()
+	opt := renderOptions(ctx, o)
 	if o.diff {
 		return diffRules(ctx, w, o.proxyMode, n.cfgs, states, opt)
-	}
-	if o.manifests != "" {
-		// From files, the output depends on the files alone, not on this
-		// machine's nf_conntrack_tcp_be_liberal.
-		opt.DropInvalid = true
 	}
 	var b bytes.Buffer
 	if err := dryRun(&b, o.proxyMode, n.cfgs, states, opt); err != nil {
@@ -145,4 +140,14 @@ func restoreCommand(f proxier.IPFamily) string {
 		return "ip6tables-restore"
 	}
 	return "iptables-restore"
+}
+
+// renderOptions are the iptables options --dry-run and explain render
+// with: from files, the output depends on the files alone, not on this
+// machine's nf_conntrack_tcp_be_liberal or nfacct.
+func renderOptions(ctx context.Context, o *options) iptables.Options {
+	if o.manifests != "" && !o.diff {
+		return iptables.FileOptions()
+	}
+	return iptables.DryRunOptions(ctx)
 }

@@ -216,7 +216,7 @@ func runExplain(ctx context.Context, w io.Writer, o *options, ea *explainArgs) e
 	if err != nil {
 		return err
 	}
-	e := explain(o, n, fc, states[family], ea)
+	e := explain(o, renderOptions(ctx, o), n, fc, states[family], ea)
 	if ea.output == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -248,7 +248,7 @@ func familyConfigOf(o *options, n *node, f proxier.IPFamily) (proxier.Config, er
 
 // explain traces ea's packet through the plan of st under cfg, in o's
 // mode, and names the rules.
-func explain(o *options, n *node, cfg proxier.Config, st *proxier.State, ea *explainArgs) explanation {
+func explain(o *options, opt iptables.Options, n *node, cfg proxier.Config, st *proxier.State, ea *explainArgs) explanation {
 	kind, why := proxier.SourceKind(ea.fromKind), "given by --from-kind"
 	if kind == "" {
 		kind, why = inferSourceKind(ea.src, cfg, n.info, o.clusterCIDRs, st)
@@ -265,10 +265,6 @@ func explain(o *options, n *node, cfg proxier.Config, st *proxier.State, ea *exp
 	if o.proxyMode == "nftables" {
 		e.Rules = append(e.Rules, nftables.Explain(plan, t)...)
 	} else {
-		opt := iptables.DryRunOptions()
-		if o.manifests != "" {
-			opt.DropInvalid = true // as --dry-run renders from files
-		}
 		e.Rules = append(e.Rules, iptables.Explain(plan, opt, t)...)
 	}
 	return e

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ import (
 // tracer took (the refusal, the match, masquerading, hairpin, affinity,
 // and a jump and a DNAT per candidate endpoint).
 func TestExplainLocationsAreRendered(t *testing.T) {
-	opt := DryRunOptions()
+	opt := DryRunOptions(context.Background())
 	want := pt.ExplainWant{
 		Match: 1, Refusal: 1, Masquerade: 2, Hairpin: 1, ShortCircuit: 1, Firewall: 1,
 		Endpoint:   func(n int) int { return 2 * n },

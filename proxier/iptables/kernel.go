@@ -56,10 +56,16 @@ func NewKernel(ctx context.Context, cfg proxier.Config) (*Proxier, error) {
 }
 
 // DryRunOptions are the Options for --dry-run: what NewKernel would pick on
-// this host, without running any iptables tool (--random-fully assumed).
-func DryRunOptions() Options {
-	return Options{RandomFully: true, DropInvalid: !tcpBeLiberal()}
+// this host, without running any iptables tool or creating anything
+// (--random-fully assumed; the nfacct counters a proxier that ran here
+// created).
+func DryRunOptions(ctx context.Context) Options {
+	return Options{RandomFully: true, DropInvalid: !tcpBeLiberal(), NFAcct: nfacctReadable(ctx)}
 }
+
+// FileOptions are the Options for rules rendered from files alone
+// (--dry-run --manifests): nothing of this host is read.
+func FileOptions() Options { return Options{RandomFully: true, DropInvalid: true} }
 
 // IPv6Usable reports (as an error) why this namespace cannot hold IPv6
 // rules: no ip6tables nat table, or no ip6tables at all; nil when it can.

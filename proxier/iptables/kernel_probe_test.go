@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/svcproxy/svcproxy/proxier"
@@ -44,12 +45,17 @@ func TestDropInvalidFollowsConntrack(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hostFiles(t, tc.liberal)
-			if opt := DryRunOptions(); opt.DropInvalid != tc.wantDrop || !opt.RandomFully {
-				t.Errorf("DryRunOptions = %+v, want DropInvalid %v and RandomFully", opt, tc.wantDrop)
-			}
 			p, err := NewKernel(context.Background(), proxier.Config{Family: proxier.IPv4})
 			if err != nil {
 				t.Fatal(err)
+			}
+			// After a proxier started here, --dry-run renders as it does.
+			opt := DryRunOptions(context.Background())
+			if opt.DropInvalid != tc.wantDrop || !opt.RandomFully {
+				t.Errorf("DryRunOptions = %+v, want DropInvalid %v and RandomFully", opt, tc.wantDrop)
+			}
+			if !slices.Equal(opt.NFAcct, p.opt.NFAcct) {
+				t.Errorf("DryRunOptions NFAcct = %v, NewKernel's %v", opt.NFAcct, p.opt.NFAcct)
 			}
 			if p.opt.DropInvalid != tc.wantDrop {
 				t.Errorf("NewKernel DropInvalid = %v, want %v", p.opt.DropInvalid, tc.wantDrop)

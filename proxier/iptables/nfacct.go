@@ -41,14 +41,15 @@ func (o Options) nfacctMatch(name string) string {
 	return "-m nfacct --nfacct-name " + name + " "
 }
 
-// EnsureNFAcct creates kube-proxy's nfacct objects in this network
-// namespace where missing and returns those that exist: the rules may
-// name them. Like kube-proxy, it logs and leaves out what the kernel
-// refuses (no nfnetlink_acct); their rules then go without the match.
-func EnsureNFAcct(ctx context.Context) []string {
+// EnsureNFAcct creates kube-proxy's nfacct objects in the network
+// namespace netns (an open fd of it; 0 for this process's) where missing
+// and returns those that exist: the rules may name them. Like kube-proxy,
+// it logs and leaves out what the kernel refuses (no nfnetlink_acct);
+// their rules then go without the match.
+func EnsureNFAcct(ctx context.Context, netns int) []string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := nfnl.Dial(0)
+	c, err := nfnl.Dial(netns)
 	if err != nil {
 		klog.ErrorS(err, "Cannot reach nfacct; nfacct based metrics won't be available")
 		return nil
@@ -84,7 +85,34 @@ func nfacctUsable(ctx context.Context, f proxier.IPFamily) []string {
 		klog.InfoS("The kernel has no nfacct match (xt_nfacct); nfacct based metrics won't be available", "family", f)
 		return nil
 	}
-	return EnsureNFAcct(ctx)
+	return EnsureNFAcct(ctx, 0)
+}
+
+// nfacctReadable is the nfacct objects the rules of a running proxier
+// name, found without creating anything: kube-proxy's objects that exist
+// in this namespace, when the kernel has the match.
+func nfacctReadable(ctx context.Context) []string {
+	if !hasNFAcctMatch(proxier.IPv4) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := nfnl.Dial(0)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	have, err := c.Accts(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, name := range NFAccts {
+		if _, ok := have[name]; ok {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // hasNFAcctMatch reports whether family f's iptables can use -m nfacct:
