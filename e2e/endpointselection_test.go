@@ -39,12 +39,20 @@ func TestTerminatingFallback(t *testing.T) {
 	})
 }
 
-func TestInternalTrafficPolicyLocal(t *testing.T) {
-	c := begin(t)
+// itpLocalService creates an internalTrafficPolicy Local Service with one
+// endpoint on this node (returned) and two on the other; dropLocal leaves
+// it the other node's endpoints only.
+func (c *tc) itpLocalService(name string) (svc *v1.Service, local *harness.Pod, dropLocal func()) {
 	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService("itp-local", v1.ServiceSpec{
+	svc = c.createService(name, v1.ServiceSpec{
 		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
 	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
+	return svc, a, func() { c.slice(svc, at(b, otherNode), at(cc, otherNode)) }
+}
+
+func TestInternalTrafficPolicyLocal(t *testing.T) {
+	c := begin(t)
+	svc, a, dropLocal := c.itpLocalService("itp-local")
 	target := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var rs []harness.Reply
 	c.eventually("internalTrafficPolicy Local: local endpoint only", func() string {
@@ -52,7 +60,7 @@ func TestInternalTrafficPolicyLocal(t *testing.T) {
 		return landed(rs, []*harness.Pod{a}, client.IP, "")
 	})
 	t.Logf("RESULT ITP Local: %s", harness.FormatTally(harness.Tally(rs)))
-	c.slice(svc, at(b, otherNode), at(cc, otherNode))
+	dropLocal()
 	c.eventually("internalTrafficPolicy Local without local endpoints: dropped", func() string {
 		return allTimedOut(c.connect(client, harness.ClientOptions{Proto: "tcp", Target: target, Count: 2, Timeout: 500 * time.Millisecond}))
 	})

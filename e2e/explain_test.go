@@ -390,14 +390,11 @@ func TestExplainLoadBalancerSourceRanges(t *testing.T) {
 // the timeouts are the new rules').
 func TestExplainInternalTrafficPolicyLocal(t *testing.T) {
 	c := begin(t)
-	a, b, cc := backends[0], backends[1], backends[2]
-	svc := c.createService("explain-itp", v1.ServiceSpec{
-		InternalTrafficPolicy: ptr.To(v1.ServiceInternalTrafficPolicyLocal)})
-	c.slice(svc, at(a, harness.NodeName), at(b, otherNode), at(cc, otherNode))
+	svc, a, dropLocal := c.itpLocalService("explain-itp")
 	dst := target(svc, 80)
 	c.holds(fromPod(client), dst, "tcp", shape{verdict: proxier.OutcomeDNAT, reason: proxier.ReasonLocalEndpoints,
 		via: proxier.ViaClusterIP, kind: proxier.FromLocalPod, policy: "Local", eps: []*harness.Pod{a}}, "")
-	c.slice(svc, at(b, otherNode), at(cc, otherNode))
+	dropLocal()
 	c.holds(fromPod(client), dst, "tcp", shape{verdict: proxier.OutcomeDrop, reason: proxier.ReasonNoLocalEndpoints,
 		via: proxier.ViaClusterIP, kind: proxier.FromLocalPod, policy: "Local"}, "")
 }

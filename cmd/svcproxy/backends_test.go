@@ -27,14 +27,40 @@ func TestDryRun(t *testing.T) {
 			if err := dryRun(&b, tc.mode, cfgs, states, iptables.Options{}); err != nil {
 				t.Fatal(err)
 			}
-			out := b.String()
-			for _, w := range tc.want {
-				i := strings.Index(out, w)
-				if i < 0 {
-					t.Fatalf("output lacks %q (in order):\n%s", w, b.String())
-				}
-				out = out[i+len(w):]
+			if w, ok := missingInOrder(b.String(), tc.want); ok {
+				t.Fatalf("output lacks %q (in order):\n%s", w, b.String())
 			}
 		})
+	}
+}
+
+// missingInOrder returns the first of want that text lacks after the ones
+// before it, and true; or false when text holds them all in that order.
+func missingInOrder(text string, want []string) (string, bool) {
+	for _, w := range want {
+		i := strings.Index(text, w)
+		if i < 0 {
+			return w, true
+		}
+		text = text[i+len(w):]
+	}
+	return "", false
+}
+
+func TestMissingInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		text, missing string
+		want          []string
+	}{
+		{"abc", "", []string{"a", "c"}},
+		{"abc", "", nil},
+		{"abc", "a", []string{"c", "a"}},
+		{"abcb", "", []string{"b", "c", "b"}},
+		{"abc", "d", []string{"a", "d", "c"}},
+		{"aa", "a", []string{"aa", "a"}},
+	} {
+		if got, ok := missingInOrder(tc.text, tc.want); got != tc.missing || ok != (tc.missing != "") {
+			t.Errorf("missingInOrder(%q, %q) = %q, %v; want %q", tc.text, tc.want, got, ok, tc.missing)
+		}
 	}
 }

@@ -250,13 +250,8 @@ func TestDryRunDiff(t *testing.T) {
 			if !errors.Is(errAfter, errDiffers) {
 				t.Fatalf("after the damage: %v, want errDiffers; output:\n%s", errAfter, after.String())
 			}
-			out := after.String()
-			for _, w := range tc.want {
-				i := strings.Index(out, w)
-				if i < 0 {
-					t.Fatalf("diff lacks %q (in order):\n%s", w, after.String())
-				}
-				out = out[i+len(w):]
+			if w, ok := missingInOrder(after.String(), tc.want); ok {
+				t.Fatalf("diff lacks %q (in order):\n%s", w, after.String())
 			}
 		})
 	}

@@ -143,13 +143,8 @@ func TestDryRunManifestsErrors(t *testing.T) {
 				if out != "" {
 					t.Errorf("printed %d bytes despite the error", len(out))
 				}
-				msg := err.Error()
-				for _, w := range tc.want {
-					i := strings.Index(msg, w)
-					if i < 0 {
-						t.Fatalf("error %q lacks %q (in order)", err, w)
-					}
-					msg = msg[i+len(w):]
+				if w, ok := missingInOrder(err.Error(), tc.want); ok {
+					t.Fatalf("error %q lacks %q (in order)", err, w)
 				}
 			})
 		}

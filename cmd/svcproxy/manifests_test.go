@@ -65,13 +65,8 @@ func TestReadManifests(t *testing.T) {
 				if err == nil {
 					t.Fatalf("no error; objects %v", names(objs))
 				}
-				msg := err.Error()
-				for _, w := range tc.wantErr {
-					i := strings.Index(msg, w)
-					if i < 0 {
-						t.Fatalf("error %q lacks %q (in order)", err, w)
-					}
-					msg = msg[i+len(w):]
+				if w, ok := missingInOrder(err.Error(), tc.wantErr); ok {
+					t.Fatalf("error %q lacks %q (in order)", err, w)
 				}
 				return
 			}

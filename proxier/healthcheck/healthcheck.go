@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -150,12 +151,7 @@ func (s *Servers) Sync(want map[int32]Service) error {
 			klog.V(2).InfoS("Stopped health-check server", "port", port)
 		}
 	}
-	ports := make([]int32, 0, len(want))
-	for port := range want {
-		ports = append(ports, port)
-	}
-	slices.Sort(ports)
-	for _, port := range ports {
+	for _, port := range slices.Sorted(maps.Keys(want)) {
 		svc := want[port]
 		if srv, ok := s.servers[port]; ok {
 			srv.mu.Lock()

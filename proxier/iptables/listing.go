@@ -3,6 +3,7 @@ package iptables
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os/exec"
 	"slices"
 	"strings"
@@ -85,12 +86,7 @@ func Owned(save string, ours func(chain string) bool) string {
 		}
 	}
 	var b strings.Builder
-	names := make([]string, 0, len(tables))
-	for n := range tables {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(tables)) {
 		t := tables[n]
 		slices.Sort(t.chains)
 		slices.Sort(t.builtin)

@@ -8,6 +8,19 @@ import (
 	"testing"
 )
 
+// mustParseNFT parses nft text a test walks, failing the test if it cannot.
+func mustParseNFT(t *testing.T, text string) *nftRuleset {
+	t.Helper()
+	rs, err := parseNFT(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// isPinNodeIP tells the node's address in pinRuleset's walks.
+func isPinNodeIP(a netip.Addr) bool { return a == netip.MustParseAddr("192.168.0.2") }
+
 // pinRuleset is hand-written nft text for TestNFTInterpreter.
 const pinRuleset = `add table ip t { comment "rules for the interpreter test" ; }
 add chain ip t raw { type filter hook prerouting priority raw ; }
@@ -49,11 +62,7 @@ add element ip t allow { 10.0.0.0/24 . tcp . 80-8080 }
 // TestNFTInterpreter pins the interpreter's semantics on hand-written
 // rules.
 func TestNFTInterpreter(t *testing.T) {
-	rs, err := parseNFT(pinRuleset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := func(a netip.Addr) bool { return a == netip.MustParseAddr("192.168.0.2") }
+	rs := mustParseNFT(t, pinRuleset)
 	for _, tc := range []struct {
 		name     string
 		src, dst string
@@ -101,7 +110,7 @@ func TestNFTInterpreter(t *testing.T) {
 			pkt := nftPacket{src: netip.MustParseAddr(tc.src), proto: protoNumbers[tc.proto], iif: tc.iif, fromNode: tc.iif == ""}
 			ap := netip.MustParseAddrPort(tc.dst)
 			pkt.dst, pkt.dport = ap.Addr(), ap.Port()
-			w := &walker{rs: rs, local: local}
+			w := &walker{rs: rs, local: isPinNodeIP}
 			res, err := w.walk(pkt)
 			if err != nil {
 				t.Fatal(err)
@@ -130,11 +139,7 @@ func TestNFTInterpreter(t *testing.T) {
 
 // TestNFTInterpreterVerdicts pins which verdict ends a walk.
 func TestNFTInterpreterVerdicts(t *testing.T) {
-	rs, err := parseNFT(pinRuleset)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &walker{rs: rs, local: func(a netip.Addr) bool { return a == netip.MustParseAddr("192.168.0.2") }}
+	w := &walker{rs: mustParseNFT(t, pinRuleset), local: isPinNodeIP}
 	for _, tc := range []struct{ src, dst, proto, want string }{
 		{"192.0.2.7", "198.51.100.1:80", "tcp", "drop"},
 		{"172.16.0.1", "192.168.0.2:53", "udp", "reject"},
@@ -201,11 +206,7 @@ func TestNFTInterpreterErrors(t *testing.T) {
 		head + "add rule ip t b dnat to 10.0.0.1:80\n",
 		head + "add chain ip t p { type nat hook prerouting priority -100 ; }\nadd rule ip t p masquerade\n",
 	} {
-		rs, err := parseNFT(bad)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w := &walker{rs: rs, local: func(netip.Addr) bool { return false }}
+		w := &walker{rs: mustParseNFT(t, bad), local: func(netip.Addr) bool { return false }}
 		if _, err := w.walk(nftPacket{src: netip.MustParseAddr("10.0.0.2"), dst: netip.MustParseAddr("10.0.0.3"), proto: 6, dport: 80, iif: "eth0"}); err == nil {
 			t.Errorf("walked %q", bad[len(head):])
 		}

@@ -67,18 +67,16 @@ func TestNormalizeListing(t *testing.T) {
 	if na != nb {
 		t.Fatalf("differ:\n%s\n---\n%s", na, nb)
 	}
-	for _, want := range []string{
+	mustContain(t, "normalized listing", na,
 		"\tchain a {\n\t\tip daddr 10.0.0.1 drop\n\t\tip daddr 10.0.0.2 accept\n\t}\n\tchain b {",
 		"\t\telements = {\n\t\t\t10.0.0.1 . 10.0.0.1,\n\t\t\t10.0.0.2 . 10.0.0.2,\n\t\t}",
 		"\t\t\t10.96.0.40 . 80 : goto affinity-rec-1,",
-		"counter packets 0 bytes 0 jump a",
-	} {
-		if !strings.Contains(na, want) {
-			t.Errorf("normalized listing lacks %q:\n%s", want, na)
-		}
-	}
+		"counter packets 0 bytes 0 jump a")
 	if strings.Contains(na, "192.0.2.1") {
-		t.Errorf("normalized listing keeps an affinity set's element:\n%s", na)
+		t.Errorf("normalized listing keeps an affinity set's element")
+	}
+	if t.Failed() {
+		t.Logf("normalized listing:\n%s", na)
 	}
 	// A rule in another order is a difference.
 	c := strings.Replace(b, "\t\tip daddr 10.0.0.1 drop\n\t\tip daddr 10.0.0.2 accept", "\t\tip daddr 10.0.0.2 accept\n\t\tip daddr 10.0.0.1 drop", 1)
