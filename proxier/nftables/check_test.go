@@ -552,26 +552,34 @@ func TestKernelSentinel(t *testing.T) {
 	}
 	none("our partial syncs")
 
-	start := time.Now()
-	sh(t, "nft", "flush map ip svcproxy endpoints-ip-tcp")
-	took := time.Since(start)
-	select {
-	case what := <-repairs:
-		t.Logf("the flush of 100,000 elements took %v; repair: %s", took.Round(time.Millisecond), what)
-		if !strings.Contains(what, "notifications lost") {
-			t.Errorf("repair %q: the flush was heard, not sat out", what)
+	// The sentinel races someone's commit on a shared 2-core machine: a
+	// loaded scheduler can let the commit end (and be heard) before the
+	// sentinel's poll runs. It must sit the flush out at least once in
+	// three tries; each try is repaired either way.
+	satOut := false
+	for try := 1; try <= 3 && !satOut; try++ {
+		start := time.Now()
+		sh(t, "nft", "flush map ip svcproxy endpoints-ip-tcp")
+		took := time.Since(start)
+		select {
+		case what := <-repairs:
+			t.Logf("try %d: the flush of 100,000 elements took %v; repair: %s", try, took.Round(time.Millisecond), what)
+			satOut = strings.Contains(what, "notifications lost")
+		case <-time.After(2 * time.Second):
+			t.Fatal("the flush was never noticed")
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("the flush was never noticed")
+		if err := p.Sync(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		if !p.LastResult().Full {
+			t.Error("the flush was not repaired by a full sync")
+		}
+		if n := strings.Count(sh(t, "nft", "list map ip svcproxy endpoints-ip-tcp"), " : "); n < 100000 {
+			t.Errorf("endpoints-ip-tcp holds %d elements after the repair, want 100,000", n)
+		}
 	}
-	if err := p.Sync(ctx, st); err != nil {
-		t.Fatal(err)
-	}
-	if !p.LastResult().Full {
-		t.Error("the flush was not repaired by a full sync")
-	}
-	if n := strings.Count(sh(t, "nft", "list map ip svcproxy endpoints-ip-tcp"), " : "); n < 100000 {
-		t.Errorf("endpoints-ip-tcp holds %d elements after the repair, want 100,000", n)
+	if !satOut {
+		t.Error("the flush was heard, not sat out, in each of three tries")
 	}
 	none("our repair")
 }
