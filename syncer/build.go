@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -46,8 +47,11 @@ type buildResult struct {
 	// changedNames are the first logNames of those Services, sorted, as
 	// "namespace/name".
 	changedNames []string
-	// endpoints is the total number of endpoints in state.
-	endpoints int
+	// endpoints is the total number of endpoints in state;
+	// changedEndpoints how many endpoints of service ports were added or
+	// removed, one whose conditions or node changed counting as both.
+	endpoints        int
+	changedEndpoints int
 }
 
 // update rebuilds the Services named in changed (all Services when full is
@@ -69,6 +73,7 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 
 	var fresh []*proxier.Service // ports of Services that really changed
 	touched := map[types.NamespacedName]struct{}{}
+	changedEndpoints := 0
 	for nn := range changed {
 		old := fs.byService[nn]
 		var built []*proxier.Service
@@ -80,6 +85,7 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 			continue
 		}
 		touched[nn] = struct{}{}
+		changedEndpoints += endpointChanges(old, built)
 		fs.endpoints -= countEndpoints(old)
 		fs.endpoints += countEndpoints(built)
 		if len(built) == 0 {
@@ -101,10 +107,47 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 			NodeZone: zone,
 			Services: fs.services,
 		},
-		changed:      len(touched),
-		changedNames: firstNames(touched, logNames),
-		endpoints:    fs.endpoints,
+		changed:          len(touched),
+		changedNames:     firstNames(touched, logNames),
+		endpoints:        fs.endpoints,
+		changedEndpoints: changedEndpoints,
 	}
+}
+
+// endpointChanges counts the endpoints of old's and now's service ports
+// that the other lacks: an endpoint is its port's name, address, node and
+// conditions.
+func endpointChanges(old, now []*proxier.Service) int {
+	type key struct {
+		port        proxier.ServicePortName
+		ip          netip.Addr
+		num         int32
+		node        string
+		ready, serv bool
+		term        bool
+	}
+	keys := func(ss []*proxier.Service) map[key]bool {
+		m := map[key]bool{}
+		for _, s := range ss {
+			for _, e := range s.Endpoints {
+				m[key{s.Name, e.IP, e.Port, e.NodeName, e.Ready, e.Serving, e.Terminating}] = true
+			}
+		}
+		return m
+	}
+	a, b := keys(old), keys(now)
+	n := 0
+	for k := range a {
+		if !b[k] {
+			n++
+		}
+	}
+	for k := range b {
+		if !a[k] {
+			n++
+		}
+	}
+	return n
 }
 
 // logNames is how many changed Services a sync's log line names.

@@ -95,8 +95,8 @@ func TestFamilyStateCostFollowsChange(t *testing.T) {
 	if got := len(first.state.Services); got != 200 {
 		t.Fatalf("full build: %d service ports, want 200", got)
 	}
-	if first.changed != 100 || first.endpoints != 400 {
-		t.Errorf("full build: changed=%d endpoints=%d, want 100 and 400", first.changed, first.endpoints)
+	if first.changed != 100 || first.endpoints != 400 || first.changedEndpoints != 400 {
+		t.Errorf("full build: changed=%d endpoints=%d changedEndpoints=%d, want 100, 400 and 400", first.changed, first.endpoints, first.changedEndpoints)
 	}
 	if first.state.NodeName != "node" || first.state.NodeZone != "zone-a" || first.state.Family != proxier.IPv4 {
 		t.Errorf("state header = %+v", first.state)
@@ -112,8 +112,9 @@ func TestFamilyStateCostFollowsChange(t *testing.T) {
 	if len(src.reads) != 1 || src.reads[changed] != 1 {
 		t.Errorf("reads = %v, want only %v once", src.reads, changed)
 	}
-	if second.changed != 1 || second.endpoints != 402 {
-		t.Errorf("changed=%d endpoints=%d, want 1 and 402", second.changed, second.endpoints)
+	// The new address is an endpoint of both ports: two changes.
+	if second.changed != 1 || second.endpoints != 402 || second.changedEndpoints != 2 {
+		t.Errorf("changed=%d endpoints=%d changedEndpoints=%d, want 1, 402 and 2", second.changed, second.endpoints, second.changedEndpoints)
 	}
 	checkSorted(t, second.state)
 	if len(second.state.Services) != len(first.state.Services) {
@@ -132,8 +133,8 @@ func TestFamilyStateCostFollowsChange(t *testing.T) {
 
 	// A change event that changes nothing keeps every pointer.
 	third := fs.update(src, set(all[1], all[2]), false, "node", "zone-a", nopReporter{})
-	if third.changed != 0 {
-		t.Errorf("no-op change counted as %d changed services", third.changed)
+	if third.changed != 0 || third.changedEndpoints != 0 {
+		t.Errorf("no-op change counted as %d changed services, %d endpoints", third.changed, third.changedEndpoints)
 	}
 	if &third.state.Services[0] != &second.state.Services[0] {
 		t.Errorf("no-op change rebuilt the service list")
@@ -142,8 +143,8 @@ func TestFamilyStateCostFollowsChange(t *testing.T) {
 	// Deletion removes both ports.
 	delete(src.services, all[7])
 	fourth := fs.update(src, set(all[7]), false, "node", "zone-b", nopReporter{})
-	if len(fourth.state.Services) != 198 || fourth.changed != 1 || fourth.endpoints != 398 {
-		t.Errorf("after delete: %d ports, changed=%d, endpoints=%d", len(fourth.state.Services), fourth.changed, fourth.endpoints)
+	if len(fourth.state.Services) != 198 || fourth.changed != 1 || fourth.endpoints != 398 || fourth.changedEndpoints != 4 {
+		t.Errorf("after delete: %d ports, changed=%d, endpoints=%d, changedEndpoints=%d", len(fourth.state.Services), fourth.changed, fourth.endpoints, fourth.changedEndpoints)
 	}
 	if fourth.state.NodeZone != "zone-b" {
 		t.Errorf("zone not updated")

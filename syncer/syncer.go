@@ -328,7 +328,8 @@ func (s *Syncer) syncFamily(ctx context.Context, p Proxier, fs *familyState, pc 
 		h.WithLabelValues(family).Observe(took.Seconds())
 	}
 	kv := []any{"ipFamily", family, "duration", took, "convert", converted.Sub(start), "servicePorts", len(res.state.Services),
-		"endpoints", res.endpoints, "changedServices", res.changed, "changedServiceNames", res.changedNames, "fullRebuild", full}
+		"endpoints", res.endpoints, "changedServices", res.changed, "changedServiceNames", res.changedNames,
+		"changedEndpoints", res.changedEndpoints, "fullRebuild", full}
 	if or, ok := p.(operationsReporter); ok && err == nil {
 		kv = append(kv, "operations", or.LastSyncOperations())
 	}

@@ -112,7 +112,7 @@ func TestSyncLogLine(t *testing.T) {
 		t.Fatalf("%d sync lines, want %d (one per family per sync): %v", len(lines), len(want), lines)
 	}
 	keys := []string{"ipFamily", "duration", "convert", "servicePorts", "endpoints", "changedServices",
-		"changedServiceNames", "fullRebuild", "result"}
+		"changedServiceNames", "changedEndpoints", "fullRebuild", "result"}
 	for i, w := range want {
 		l := lines[i]
 		for _, k := range keys {
