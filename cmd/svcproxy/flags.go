@@ -224,12 +224,16 @@ func usage() string {
 	fs, _ := newFlagSet(&options{})
 	var b strings.Builder
 	b.WriteString(`Usage: svcproxy [flags]
+       svcproxy explain --from SRC_IP --to DST_IP:PORT/PROTO [-o json] [flags]
 
 svcproxy is a drop-in replacement for kube-proxy: it watches Services and
 EndpointSlices and programs this node's iptables or nftables. It accepts
 every flag of kube-proxy v1.36, parsed as kube-proxy parses them, so a
 kube-proxy DaemonSet's arguments keep working, including --config for a
 KubeProxyConfiguration file.
+
+svcproxy explain says, from the plan alone, what svcproxy does with a new
+connection and which rules do it (svcproxy explain --help).
 
 Flags:
 `)
