@@ -13,8 +13,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
-	"k8s.io/utils/ptr"
 
 	"github.com/svcproxy/svcproxy/e2e/harness"
 	"github.com/svcproxy/svcproxy/proxier"
@@ -453,21 +451,10 @@ func (c *tc) ipv6Service(name, extIP string) *v1.Service {
 	c.Helper()
 	mustRun(c, env.Ext, "ip", "-6", "route", "replace", extIP+"/128", "via", harness.NodeIP6)
 	c.Cleanup(func() { env.Ext.Run(context.Background(), "ip", "-6", "route", "del", extIP+"/128") })
-	svc := c.createService(name, v1.ServiceSpec{
-		Type:           v1.ServiceTypeNodePort,
-		IPFamilyPolicy: ptr.To(v1.IPFamilyPolicySingleStack),
-		IPFamilies:     []v1.IPFamily{v1.IPv6Protocol},
-		ExternalIPs:    []string{extIP},
+	return c.createIPv6Service(name, v1.ServiceSpec{
+		Type:        v1.ServiceTypeNodePort,
+		ExternalIPs: []string{extIP},
 	})
-	var eps []discovery.Endpoint
-	for _, p := range backends {
-		eps = append(eps, readyEndpoint(p.IP6, harness.NodeName))
-	}
-	c.writeSlice(svc, discovery.AddressTypeIPv6, eps)
-	if net.ParseIP(svc.Spec.ClusterIP).To4() != nil {
-		c.Fatalf("ClusterIP %s is not IPv6", svc.Spec.ClusterIP)
-	}
-	return svc
 }
 
 // TestExplainIPv6: on the dual-stack node, an IPv6 Service explained and
