@@ -81,8 +81,8 @@ func (l LocalTraffic) Not() LocalTraffic {
 	return l
 }
 
-// Implemented reports whether the match can tell anything apart. A match
-// that is not implemented is never rendered.
+// Implemented reports whether the match can tell anything apart; one
+// that cannot (LocalNone) is never rendered.
 func (l LocalTraffic) Implemented() bool {
 	return l.Mode != LocalNone
 }

@@ -118,6 +118,11 @@ func (fs *familyState) update(src source, changed map[types.NamespacedName]struc
 // that the other lacks: an endpoint is its port's name, address, node and
 // conditions.
 func endpointChanges(old, now []*proxier.Service) int {
+	// A Service that appears or goes (every one, on a full build) changes
+	// all its endpoints.
+	if len(old) == 0 || len(now) == 0 {
+		return countEndpoints(old) + countEndpoints(now)
+	}
 	type key struct {
 		port        proxier.ServicePortName
 		ip          netip.Addr

@@ -42,6 +42,10 @@ var manifestScheme = func() *runtime.Scheme {
 	return s
 }()
 
+// manifestDecoder decodes the kinds of manifestScheme, strictly (an
+// unknown or duplicate field is an error).
+var manifestDecoder = serializer.NewCodecFactory(manifestScheme, serializer.EnableStrict).UniversalDeserializer()
+
 // manifestKinds are the kinds read; the proxy ignores all others.
 var manifestKinds = []string{"Service", "EndpointSlice", "Node", "ServiceCIDR"}
 
@@ -213,7 +217,7 @@ func decodeObject(raw []byte) ([]runtime.Object, error) {
 	switch {
 	case meta.Kind == "":
 		return nil, errors.New("no kind")
-	case meta.APIVersion == "v1" && meta.Kind == "List" || strings.HasSuffix(meta.Kind, "List"):
+	case strings.HasSuffix(meta.Kind, "List"):
 		var out []runtime.Object
 		for i, item := range meta.Items {
 			objs, err := decodeObject(item.Raw)
@@ -228,8 +232,7 @@ func decodeObject(raw []byte) ([]runtime.Object, error) {
 	case meta.Metadata.Name == "":
 		return nil, fmt.Errorf("%s: no metadata.name", name)
 	}
-	codecs := serializer.NewCodecFactory(manifestScheme, serializer.EnableStrict)
-	obj, _, err := codecs.UniversalDeserializer().Decode(raw, nil, nil)
+	obj, _, err := manifestDecoder.Decode(raw, nil, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"os/exec"
 	"slices"
 	"strings"
 )
@@ -17,14 +16,12 @@ import (
 // SaveTables is `iptables-save -t TABLE` of bin's family in this network
 // namespace, of each of tables in turn.
 func SaveTables(ctx context.Context, bin Binaries, tables []string) (string, error) {
+	run := NewExecRunner(bin)
 	var b strings.Builder
 	for _, t := range tables {
-		out, err := exec.CommandContext(ctx, bin.Save, "-t", t).Output()
+		out, err := run.Save(ctx, t)
 		if err != nil {
-			if ee, ok := err.(*exec.ExitError); ok {
-				err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
-			}
-			return "", fmt.Errorf("%s -t %s: %w", bin.Save, t, err)
+			return "", err
 		}
 		b.Write(out)
 	}
