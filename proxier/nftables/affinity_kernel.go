@@ -86,7 +86,7 @@ func (w *writer) staleEntries(ctx context.Context, name string, ss []*staleAffin
 
 // addrPortOf is an address and a port atom as one value.
 func addrPortOf(addr, port atom) netip.AddrPort {
-	return netip.AddrPortFrom(addr.addr, uint16(port.num))
+	return netip.AddrPortFrom(addr.addr(), uint16(port.num))
 }
 
 // staleAffinityOps returns the deletion of the entries stale names, to go

@@ -3,7 +3,6 @@ package nftables
 import (
 	"context"
 	"io"
-	"maps"
 	"slices"
 	"time"
 
@@ -28,56 +27,69 @@ func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) err
 	}
 	tText := time.Since(start)
 	ws.Step(ctx)
-	err := w.batch.apply(ctx, ops)
-	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", len(ops))
+	err := w.batch.applySeq(ctx, ops)
+	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", ops.n)
 	return err
 }
 
 // groupOps groups the elements of x and fixed for a full change: those of
-// the sets netlink does not write (text), and, for each set of sets in
-// order (nil: every set netlink writes that has elements, sorted), a flush
-// when flush, then an addition of each of its elements, in one slice
-// allocated once.
-func groupOps(x *index, fixed []elem, sets []string, flush bool) (text []elem, ops []elemOp) {
-	each := func(f func(e elem)) {
-		for _, e := range fixed {
-			f(e)
-		}
-		for id, en := range x.elems {
-			f(id.with(en))
+// the sets netlink does not write (text), and the netlink ops: for each
+// set of sets in order (nil: every set netlink writes that has elements,
+// sorted), a flush when flush, then an addition of each of its elements.
+// The ops are read from x as they are encoded, not copied.
+func groupOps(x *index, fixed []elem, sets []string, flush bool) (text []elem, ops opSeq) {
+	perSet := map[string][]elem{}
+	for _, e := range fixed {
+		perSet[e.set] = append(perSet[e.set], e)
+	}
+	for s, m := range x.sets {
+		if !netlinkWrites(s) {
+			for k, en := range m {
+				text = append(text, elemID{s, k}.with(en))
+			}
 		}
 	}
-	count := map[string]int{}
-	each(func(e elem) {
-		if netlinkWrites(e.set) {
-			count[e.set]++
-		} else {
-			text = append(text, e)
+	for s, es := range perSet {
+		if !netlinkWrites(s) {
+			text = append(text, es...)
+			delete(perSet, s)
 		}
-	})
+	}
 	if sets == nil {
-		sets = slices.Sorted(maps.Keys(count))
+		for s := range x.sets {
+			if netlinkWrites(s) {
+				sets = append(sets, s)
+			}
+		}
+		for s := range perSet {
+			if _, ok := x.sets[s]; !ok {
+				sets = append(sets, s)
+			}
+		}
+		slices.Sort(sets)
 	}
-	at := make(map[string]int, len(sets))
-	n := 0
 	for _, s := range sets {
 		if flush {
-			n++
+			ops.n++
 		}
-		at[s] = n
-		n += count[s]
+		ops.n += len(perSet[s]) + len(x.sets[s])
 	}
-	ops = make([]elemOp, n)
-	for _, s := range sets {
-		if flush {
-			ops[at[s]-1] = elemOp{flush: true, e: elem{set: s}}
+	ops.each = func(yield func(elemOp) bool) {
+		for _, s := range sets {
+			if flush && !yield(elemOp{flush: true, e: elem{set: s}}) {
+				return
+			}
+			for _, e := range perSet[s] {
+				if !yield(elemOp{add: true, e: e}) {
+					return
+				}
+			}
+			for k, en := range x.sets[s] {
+				if !yield(elemOp{add: true, e: elemID{s, k}.with(en)}) {
+					return
+				}
+			}
 		}
 	}
-	each(func(e elem) {
-		if i, ok := at[e.set]; ok {
-			ops[i] = elemOp{add: true, e: e}
-			at[e.set] = i + 1
-		}
-	})
 	return text, ops
 }

@@ -29,15 +29,40 @@ const (
 
 // atom is one component: addr for fAddr and fPrefix, num for the protocol
 // number, the port, the index or the prefix length.
+// It holds no pointer and no padding, so that the index's maps of
+// hundreds of thousands of elements hash and compare keys as plain memory
+// and the garbage collector need not scan them.
 type atom struct {
-	addr netip.Addr
+	a16 [16]byte
+	// bits is 32 for an IPv4 address, 128 for IPv6, 0 for none.
+	bits uint32
 	num  uint32
 }
 
-func addrAtom(a netip.Addr) atom        { return atom{addr: a} }
-func portAtom(p int32) atom             { return atom{num: uint32(p)} }
-func indexAtom(i int) atom              { return atom{num: uint32(i)} }
-func prefixAtom(p netip.Prefix) atom    { return atom{addr: p.Addr(), num: uint32(p.Bits())} }
+func addrAtom(a netip.Addr) atom {
+	if !a.IsValid() {
+		return atom{}
+	}
+	return atom{a16: a.As16(), bits: uint32(a.BitLen())}
+}
+
+// addr is a's address (the zero Addr when it has none).
+func (a atom) addr() netip.Addr {
+	switch a.bits {
+	case 32:
+		return netip.AddrFrom16(a.a16).Unmap()
+	case 128:
+		return netip.AddrFrom16(a.a16)
+	}
+	return netip.Addr{}
+}
+func portAtom(p int32) atom { return atom{num: uint32(p)} }
+func indexAtom(i int) atom  { return atom{num: uint32(i)} }
+func prefixAtom(p netip.Prefix) atom {
+	a := addrAtom(p.Addr())
+	a.num = uint32(p.Bits())
+	return a
+}
 func protoAtom(p proxier.Protocol) atom { return atom{num: uint32(protoNumber(p))} }
 
 func protoNumber(p proxier.Protocol) uint8 {
@@ -194,12 +219,12 @@ func netlinkWrites(name string) bool {
 func appendAtom(b []byte, f field, a atom) []byte {
 	switch f {
 	case fAddr:
-		return a.addr.AppendTo(b)
+		return a.addr().AppendTo(b)
 	case fProto:
 		return append(b, protoName(uint8(a.num))...)
 	case fPrefix:
-		b = a.addr.AppendTo(b)
-		if int(a.num) == a.addr.BitLen() {
+		b = a.addr().AppendTo(b)
+		if int(a.num) == a.addr().BitLen() {
 			// A single address.
 			return b
 		}
@@ -271,7 +296,7 @@ func parseAtom(f field, s string) (atom, error) {
 	switch f {
 	case fAddr:
 		a, err := netip.ParseAddr(s)
-		return atom{addr: a}, err
+		return addrAtom(a), err
 	case fProto:
 		for _, p := range []proxier.Protocol{proxier.TCP, proxier.UDP, proxier.SCTP} {
 			if s == p.Lower() {

@@ -107,7 +107,7 @@ func (x *explainer) guarded() {
 	case proxier.ReasonUnallocated:
 		x.rule("drop", chClusterIPsCheck, contains("@"+sServiceCIDRs))
 		for _, e := range serviceCIDRElems(x.plan.Config.Family, x.plan.ServiceCIDRs) {
-			if netip.PrefixFrom(e.key[0].addr, int(e.key[0].num)).Contains(dst) {
+			if netip.PrefixFrom(e.key[0].addr(), int(e.key[0].num)).Contains(dst) {
 				x.elem("drop", e)
 				break
 			}
@@ -143,7 +143,7 @@ func (x *explainer) explain() {
 		}
 		x.rule("match", chServices, contains("vmap @"+mServiceNodePorts))
 		for _, e := range x.sk.elems {
-			if e.set == sNodePortIPs && e.key[0].addr == dst {
+			if e.set == sNodePortIPs && e.key[0].addr() == dst {
 				x.elem("match", e)
 			}
 		}
@@ -265,7 +265,7 @@ func (x *explainer) pick(p pool, key tuple) {
 		x.find("endpoint", p.endpointsMap(proto), func(e elem) bool {
 			k := e.key
 			k[at] = atom{}
-			return k == epKey && e.value[0].addr == c.Endpoint.Addr() && e.value[1].num == uint32(c.Endpoint.Port())
+			return k == epKey && e.value[0].addr() == c.Endpoint.Addr() && e.value[1].num == uint32(c.Endpoint.Port())
 		})
 		if c.Hairpin {
 			ip := addrAtom(c.Endpoint.Addr())

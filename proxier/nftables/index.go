@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"iter"
 	"maps"
 	"slices"
 	"strings"
@@ -12,7 +13,10 @@ import (
 // affinity sets (one per protocol and timeout). Something is in the table
 // while its count is above zero.
 type index struct {
-	elems    map[elemID]entry
+	// sets holds the elements per set, so that a full write walks one
+	// set at a time; n counts them.
+	sets     map[string]map[tuple]entry
+	n        int
 	lbChains map[string]int
 	affinity map[affinityKey]int
 }
@@ -30,19 +34,30 @@ func (id elemID) with(en entry) elem {
 
 // newIndex counts every render of rs.
 func newIndex(rs []*svcRender) *index {
-	n := 0
-	for _, r := range rs {
-		n += len(r.elems)
-	}
-	x := &index{elems: make(map[elemID]entry, n), lbChains: map[string]int{}, affinity: map[affinityKey]int{}}
+	size := map[string]int{}
 	for _, r := range rs {
 		for _, e := range r.elems {
-			en, ok := x.elems[e.id()]
+			size[e.set]++
+		}
+	}
+	x := &index{sets: make(map[string]map[tuple]entry, len(size)), lbChains: map[string]int{}, affinity: map[affinityKey]int{}}
+	for s, n := range size {
+		x.sets[s] = make(map[tuple]entry, n)
+	}
+	for _, r := range rs {
+		var set string
+		var m map[tuple]entry
+		for _, e := range r.elems {
+			if e.set != set {
+				set, m = e.set, x.sets[e.set]
+			}
+			en, ok := m[e.key]
 			if !ok {
 				en = entry{value: e.value, verdict: e.verdict}
+				x.n++
 			}
 			en.refs++
-			x.elems[e.id()] = en
+			m[e.key] = en
 		}
 		for lb := range r.lbCounts {
 			x.lbChains[lb]++
@@ -56,7 +71,58 @@ func newIndex(rs []*svcRender) *index {
 
 // clone is a copy of x, which the copy's moves leave alone.
 func (x *index) clone() *index {
-	return &index{elems: maps.Clone(x.elems), lbChains: maps.Clone(x.lbChains), affinity: maps.Clone(x.affinity)}
+	sets := make(map[string]map[tuple]entry, len(x.sets))
+	for s, m := range x.sets {
+		sets[s] = maps.Clone(m)
+	}
+	return &index{sets: sets, n: x.n, lbChains: maps.Clone(x.lbChains), affinity: maps.Clone(x.affinity)}
+}
+
+// get is element id's entry, if x holds it.
+func (x *index) get(id elemID) (entry, bool) {
+	en, ok := x.sets[id.set][id.key]
+	return en, ok
+}
+
+// put makes en element id's entry.
+func (x *index) put(id elemID, en entry) {
+	m := x.sets[id.set]
+	if m == nil {
+		m = map[tuple]entry{}
+		x.sets[id.set] = m
+	}
+	if _, ok := m[id.key]; !ok {
+		x.n++
+	}
+	m[id.key] = en
+}
+
+// del removes element id.
+func (x *index) del(id elemID) {
+	m := x.sets[id.set]
+	if _, ok := m[id.key]; !ok {
+		return
+	}
+	x.n--
+	if delete(m, id.key); len(m) == 0 {
+		delete(x.sets, id.set)
+	}
+}
+
+// len is how many elements x holds.
+func (x *index) len() int { return x.n }
+
+// all lists x's elements, set by set in no order.
+func (x *index) all() iter.Seq2[elemID, entry] {
+	return func(yield func(elemID, entry) bool) {
+		for s, m := range x.sets {
+			for k, en := range m {
+				if !yield(elemID{s, k}, en) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // delta is how a partial sync moves an index: per element, lb chain and
@@ -101,6 +167,11 @@ func (d *delta) add(r *svcRender, sign int) {
 	}
 }
 
+// empty reports whether d moves nothing.
+func (d *delta) empty() bool {
+	return len(d.elems) == 0 && len(d.lb) == 0 && len(d.aff) == 0
+}
+
 // after is element id's entry once d moves an index that holds en for it
 // (the zero entry: none), and whether the element is in the index then.
 // A nil delta moves nothing.
@@ -119,10 +190,11 @@ func (d *delta) after(id elemID, en entry) (entry, bool) {
 // applyTo moves x by d.
 func (d *delta) applyTo(x *index) {
 	for id := range d.elems {
-		if en, in := d.after(id, x.elems[id]); in {
-			x.elems[id] = en
+		old, _ := x.get(id)
+		if en, in := d.after(id, old); in {
+			x.put(id, en)
 		} else {
-			delete(x.elems, id)
+			x.del(id)
 		}
 	}
 	moveCounts(x.lbChains, d.lb)
@@ -174,8 +246,8 @@ func (x *index) affinityKeys() []affinityKey {
 // sorted lists the elements of x as nft text sorts them: by set, then key
 // text.
 func (x *index) sorted() []elem {
-	es := make([]elem, 0, len(x.elems))
-	for id, en := range x.elems {
+	es := make([]elem, 0, x.len())
+	for id, en := range x.all() {
 		es = append(es, id.with(en))
 	}
 	return sortElems(es)

@@ -3,6 +3,8 @@ package nftables
 import (
 	"context"
 	"fmt"
+	"iter"
+	"slices"
 
 	"github.com/svcproxy/svcproxy/proxier"
 	"github.com/svcproxy/svcproxy/proxier/nfnl"
@@ -47,12 +49,20 @@ func newElemWriter(f proxier.IPFamily, conn *nfnl.Conn) *elemWriter {
 	return w
 }
 
+// opSeq is n ops, produced in order by each.
+type opSeq struct {
+	n    int
+	each iter.Seq[elemOp]
+}
+
+func opsOf(ops []elemOp) opSeq { return opSeq{len(ops), slices.Values(ops)} }
+
 // encode makes ops one batch, in order: each run of ops on the same set in
 // the same direction shares messages.
-func (w *elemWriter) encode(ops []elemOp) (*nfnl.Batch, error) {
+func (w *elemWriter) encode(ops opSeq) (*nfnl.Batch, error) {
 	b := nfnl.NewBatch(w.family, TableName)
 	var key, value []byte
-	for _, op := range ops {
+	for op := range ops.each {
 		if op.flush {
 			b.Flush(op.e.set)
 			continue
@@ -96,7 +106,7 @@ func appendEncoded(out []byte, fields []field, t []atom) ([]byte, error) {
 		a := t[i]
 		switch f {
 		case fAddr:
-			out = nfnl.AppendAddr(out, a.addr)
+			out = nfnl.AppendAddr(out, a.addr())
 		case fProto:
 			out = nfnl.AppendProto(out, uint8(a.num))
 		case fPort:
@@ -112,7 +122,12 @@ func appendEncoded(out []byte, fields []field, t []atom) ([]byte, error) {
 
 // apply runs ops as one nf_tables batch: all of them or none.
 func (w *elemWriter) apply(ctx context.Context, ops []elemOp) error {
-	if len(ops) == 0 {
+	return w.applySeq(ctx, opsOf(ops))
+}
+
+// applySeq is apply of the ops of a sequence.
+func (w *elemWriter) applySeq(ctx context.Context, ops opSeq) error {
+	if ops.n == 0 {
 		return nil
 	}
 	b, err := w.encode(ops)

@@ -42,7 +42,7 @@ func TestElemMessages(t *testing.T) {
 		ops = append(ops, elemOp{add: true, e: ep(i)})
 	}
 	ops = append(ops, elemOp{e: svc}, elemOp{add: true, e: svc}, elemOp{e: ep(0)})
-	b, err := newElemWriter(proxier.IPv4, nil).encode(ops)
+	b, err := newElemWriter(proxier.IPv4, nil).encode(opsOf(ops))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,8 +70,8 @@ func TestElemMessages(t *testing.T) {
 
 // TestAppendElemVerdict: a goto verdict is encoded as nf_tables wants it.
 func TestAppendElemVerdict(t *testing.T) {
-	b, err := newElemWriter(proxier.IPv4, nil).encode([]elemOp{{add: true, e: elem{set: mServiceIPs,
-		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}}})
+	b, err := newElemWriter(proxier.IPv4, nil).encode(opsOf([]elemOp{{add: true, e: elem{set: mServiceIPs,
+		key: tupleOf(addrAtom(netip.MustParseAddr("10.0.0.1")), protoAtom(proxier.UDP), portAtom(53)), verdict: gotoChain("lb-y")}}}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 	t1 = time.Since(start)
 
 	// Step 2.
-	err = w.batch.apply(ctx, ops)
+	err = w.batch.applySeq(ctx, ops)
 	t2 = time.Since(start)
 	if err != nil {
 		return true, err

@@ -81,17 +81,18 @@ func (d *desired) contents(sets map[string]bool) map[string][]elem {
 		}
 	}
 	x := d.next.idx
-	for id, en := range x.elems {
-		if _, ok := sets[id.set]; ok {
+	for s := range sets {
+		for k, en := range x.sets[s] {
+			id := elemID{s, k}
 			if en, in := d.delta.after(id, en); in {
-				out[id.set] = append(out[id.set], id.with(en))
+				out[s] = append(out[s], id.with(en))
 			}
 		}
 	}
 	if d.delta != nil {
 		for id := range d.delta.elems {
 			_, named := sets[id.set]
-			if _, old := x.elems[id]; named && !old {
+			if _, old := x.get(id); named && !old {
 				if en, in := d.delta.after(id, entry{}); in {
 					out[id.set] = append(out[id.set], id.with(en))
 				}

@@ -17,11 +17,11 @@ import (
 //
 //	go test -run XXX -bench KernelRepair10k -benchtime 1x ./proxier/nftables/
 //
-// Measured on the 2-core test machine (2026-12), repaired within: a
-// deleted element 85 ms, a flushed chain 38 ms, a deleted table 0.55 s,
-// and a flushed map of 100,000 elements 0.61 s, whose own commit takes
-// 0.17 s with the sentinel sitting it out (over a second while the
-// watcher's notifications are built).
+// Measured on the 2-core test machine (2026-12, 242,000 elements),
+// repaired within: a deleted element 40-70 ms, a flushed chain 22-68 ms,
+// a deleted table 0.32-0.41 s, and a flushed map of 100,000 elements
+// 0.50-0.52 s, whose own commit takes 0.18 s with the sentinel sitting it
+// out (over a second while the watcher's notifications are built).
 func BenchmarkKernelRepair10k(b *testing.B) {
 	fd := benchNetns(b)
 	ctx := context.Background()

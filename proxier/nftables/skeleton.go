@@ -203,10 +203,10 @@ func (sk *skeleton) key() string {
 		}
 	}
 	for _, s := range sk.sets {
-		fmt.Fprintf(&b, "set %s %s %s %v %v\n", s.Name, s.Type, s.TypeOf, s.Flags, deref(s.Timeout))
+		fmt.Fprintf(&b, "set %s %s %s %v %v %v\n", s.Name, s.Type, s.TypeOf, s.Flags, deref(s.Timeout), deref(s.Size))
 	}
 	for _, m := range sk.maps {
-		fmt.Fprintf(&b, "map %s %s %s %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout))
+		fmt.Fprintf(&b, "map %s %s %s %v %v %v\n", m.Name, m.Type, m.TypeOf, m.Flags, deref(m.Timeout), deref(m.Size))
 	}
 	for _, e := range sk.elems {
 		fmt.Fprintf(&b, "element %s %s\n", e.set, e.keyText(mustSpec(e.set)))

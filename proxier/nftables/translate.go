@@ -43,6 +43,8 @@ type table struct {
 	affChains map[string][]string
 	sk        *skeleton
 	skelKey   string
+	// sizes are the sizes the skeleton declares (size.go).
+	sizes map[string]uint64
 	// rendered is when every Service port was last rendered afresh.
 	rendered time.Time
 }
@@ -70,7 +72,7 @@ func (d *desired) commit() *table {
 		d.delta.applyTo(d.next.idx)
 		d.delta = nil
 	}
-	d.result.Elements = len(d.next.idx.elems)
+	d.result.Elements = d.next.idx.len()
 	return d.next
 }
 
@@ -101,7 +103,7 @@ func (c *change) elementsOnly() bool {
 func (c *change) operations() int {
 	if c.full {
 		// The table added, deleted and added again.
-		n := 3 + len(c.sk.chains) + len(c.dyn) + len(c.sk.sets) + len(c.sk.maps) + len(c.sk.elems) + len(c.elems.elems)
+		n := 3 + len(c.sk.chains) + len(c.dyn) + len(c.sk.sets) + len(c.sk.maps) + len(c.sk.elems) + c.elems.len()
 		for _, rules := range c.sk.rules {
 			n += len(rules)
 		}
@@ -172,7 +174,7 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 	}
 	switch {
 	case fresh:
-		tr.whole(d, next, st)
+		tr.whole(d, next, last, st)
 	default:
 		dl := tr.delta(last, next, changed, removed)
 		next.affChains = recordChainsAfter(last.affChains, removed, changed, next.renders)
@@ -188,7 +190,7 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 
 // whole makes d a full sync of every render made afresh: the index
 // counted anew.
-func (tr *translator) whole(d *desired, next *table, st *proxier.State) {
+func (tr *translator) whole(d *desired, next, last *table, st *proxier.State) {
 	rs := make([]*svcRender, 0, len(st.Services)+1)
 	for _, svc := range st.Services {
 		rs = append(rs, next.renders[svc])
@@ -200,21 +202,33 @@ func (tr *translator) whole(d *desired, next *table, st *proxier.State) {
 			next.affChains[c.name] = c.rules
 		}
 	}
-	tr.full(d, next)
+	tr.full(d, next, last)
 }
 
 // moved makes d a full sync of last's renders moved by dl (a forced full
 // sync, a repair): a copy of last's index moved by the delta, which costs
-// less than counting it anew.
+// less than counting it anew. An empty delta (a repair of an unchanged
+// State) shares last's index: nothing moves it but a commit, which
+// replaces last.
 func (tr *translator) moved(d *desired, next, last *table, dl *delta) {
-	next.idx = last.idx.clone()
-	dl.applyTo(next.idx)
-	tr.full(d, next)
+	next.idx = last.idx
+	if !dl.empty() {
+		next.idx = last.idx.clone()
+		dl.applyTo(next.idx)
+	}
+	tr.full(d, next, last)
 }
 
-// full makes d the full change that writes next.
-func (tr *translator) full(d *desired, next *table) {
+// full makes d the full change that writes next, with the sizes last
+// declared (nil: none) grown to fit.
+func (tr *translator) full(d *desired, next, last *table) {
 	next.sk = newSkeleton(d.plan, next.idx.affinityKeys())
+	var lastSizes map[string]uint64
+	if last != nil {
+		lastSizes = last.sizes
+	}
+	next.sizes = setSizes(next.idx, next.sk.elems, lastSizes)
+	next.sk.sized(next.sizes)
 	next.skelKey = next.sk.key()
 	d.delta, d.stale = nil, nil
 	d.change = &change{full: true, sk: next.sk, dyn: dynChains(tr.f, next.idx.lbChains, next.affChains), elems: next.idx}
@@ -241,13 +255,19 @@ func (tr *translator) delta(last, next *table, changed []*proxier.Service, remov
 // skeleton changes (a new affinity map, say), which takes a full sync.
 func (tr *translator) partial(d *desired, next, last *table, dl *delta, changed []*proxier.Service, removed []*svcRender) bool {
 	next.sk = newSkeleton(d.plan, dl.affinityAfter(last.idx))
+	next.sizes = last.sizes
+	next.sk.sized(next.sizes)
 	if next.skelKey = next.sk.key(); next.skelKey != last.skelKey {
+		return false
+	}
+	ch := tr.diff(last, dl, next.affChains)
+	if overflows(last.idx, ch.ops, last.sizes) {
 		return false
 	}
 	next.idx = last.idx
 	d.delta = dl
 	d.stale = staleAffinities(removed, changed, next.renders)
-	d.change = tr.diff(last, dl, next.affChains)
+	d.change = ch
 	return true
 }
 
@@ -322,7 +342,7 @@ func (tr *translator) diff(last *table, dl *delta, rec map[string][]string) *cha
 	var adds []elemOp
 	for _, e := range sortElems(touched) {
 		ed := dl.elems[e.id()]
-		old, ok := last.idx.elems[e.id()]
+		old, ok := last.idx.get(e.id())
 		after := old.refs + ed.refs
 		switch {
 		case ok && after <= 0:
