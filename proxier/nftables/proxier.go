@@ -171,8 +171,9 @@ func (p *Proxier) sync(ctx context.Context, st *proxier.State, dmg guard.Damage)
 	after := slices.Clone(p.after)
 	p.mu.Unlock()
 	p.w.settle(ctx, d, o)
+	plan := d.fullPlan()
 	for _, f := range after {
-		if err := f(d.plan); err != nil {
+		if err := f(plan); err != nil {
 			klog.ErrorS(err, "After-sync step failed", "family", p.cfg.Family)
 		}
 	}

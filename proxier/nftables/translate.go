@@ -57,7 +57,12 @@ type desired struct {
 	// delta, for a partial sync, moves the last table's index (next.idx)
 	// once the change is in the kernel (commit).
 	delta *delta
-	plan  *proxier.Plan
+	// plan is the node-wide plan; its Services are filled, in the State's
+	// order, by fullPlan: a partial sync reaches the kernel before it
+	// copies every Service port's plan.
+	plan    *proxier.Plan
+	order   []*proxier.Service
+	planned bool
 	// fresh: every Service port was rendered anew.
 	fresh  bool
 	result SyncResult
@@ -74,6 +79,18 @@ func (d *desired) commit() *table {
 	}
 	d.result.Elements = d.next.idx.len()
 	return d.next
+}
+
+// fullPlan is d's plan with every Service port's plan.
+func (d *desired) fullPlan() *proxier.Plan {
+	if !d.planned {
+		d.planned = true
+		d.plan.Services = make([]proxier.ServicePlan, 0, len(d.order))
+		for _, svc := range d.order {
+			d.plan.Services = append(d.plan.Services, d.next.renders[svc].plan)
+		}
+	}
+	return d.plan
 }
 
 // change is what a sync writes: the whole table, or what differs from the
@@ -161,11 +178,7 @@ func (tr *translator) build(st *proxier.State, last *table, force, periodic bool
 		}
 	}
 	plan := nodePlan(tr.cfg, st)
-	plan.Services = make([]proxier.ServicePlan, 0, len(st.Services))
-	for _, svc := range st.Services {
-		plan.Services = append(plan.Services, renders[svc].plan)
-	}
-	d := &desired{plan: plan, fresh: fresh, result: SyncResult{Services: len(st.Services), Changed: len(changed) + len(removed)}}
+	d := &desired{plan: plan, order: st.Services, fresh: fresh, result: SyncResult{Services: len(st.Services), Changed: len(changed) + len(removed)}}
 	next := &table{node: node, renders: renders, cidrs: serviceCIDRRender(plan)}
 	if fresh {
 		next.rendered = now
