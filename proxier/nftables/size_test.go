@@ -36,12 +36,12 @@ func TestSetSizes(t *testing.T) {
 		want map[string]uint64
 	}{
 		{"small sets have no size", sizedFrom - 1, nil, map[string]uint64{}},
-		{"a large set is sized for 4 times its elements", sizedFrom, nil,
-			map[string]uint64{sHairpin: 32768, sClusterIPs: 32768}},
+		{"a large set is sized for twice its elements", sizedFrom, nil,
+			map[string]uint64{sHairpin: 16384, sClusterIPs: 16384}},
 		{"a size is kept while the elements fit", 20000, map[string]uint64{sHairpin: 32768, sClusterIPs: 1 << 20},
 			map[string]uint64{sHairpin: 32768, sClusterIPs: 1 << 20}},
 		{"an outgrown size grows", 40000, map[string]uint64{sHairpin: 32768},
-			map[string]uint64{sHairpin: 262144, sClusterIPs: 262144}},
+			map[string]uint64{sHairpin: 131072, sClusterIPs: 131072}},
 		{"a sized set that shrank keeps its size", 10, map[string]uint64{sHairpin: 32768},
 			map[string]uint64{sHairpin: 32768}},
 		{"a sized set that is gone keeps its size", 0, map[string]uint64{sHairpin: 32768},
@@ -86,10 +86,10 @@ func TestSizesThroughSyncs(t *testing.T) {
 	tr := newTranslator(pt.Config(pt.NodeIPs(pt.NodeIP), pt.ServiceRange("10.96.0.0/16")))
 	st := pt.ScaleState(1000) // 10,000 endpoints
 	last := tr.build(st, nil, true, true, time.Time{}).commit()
-	if got := last.sizes[sHairpin]; got != 65536 {
-		t.Fatalf("hairpin size %d, want 65536", got)
+	if got := last.sizes[sHairpin]; got != 32768 {
+		t.Fatalf("hairpin size %d, want 32768", got)
 	}
-	if !strings.Contains(last.sk.key(), fmt.Sprintf("set %s ipv4_addr . ipv4_addr  [] <nil> 65536", sHairpin)) {
+	if !strings.Contains(last.sk.key(), fmt.Sprintf("set %s ipv4_addr . ipv4_addr  [] <nil> 32768", sHairpin)) {
 		t.Errorf("the skeleton does not declare the size:\n%s", last.sk.key())
 	}
 	more := func(st *proxier.State, n int) *proxier.State {
@@ -105,8 +105,8 @@ func TestSizesThroughSyncs(t *testing.T) {
 
 	st2 := more(st, 1)
 	d := tr.build(st2, last, false, false, time.Time{})
-	if d.change.full || d.next.sizes[sHairpin] != 65536 {
-		t.Fatalf("a change within the sizes: full %v, hairpin size %d; want a partial sync and 65536", d.change.full, d.next.sizes[sHairpin])
+	if d.change.full || d.next.sizes[sHairpin] != 32768 {
+		t.Fatalf("a change within the sizes: full %v, hairpin size %d; want a partial sync and 32768", d.change.full, d.next.sizes[sHairpin])
 	}
 	last = d.commit()
 
