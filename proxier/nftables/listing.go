@@ -39,8 +39,9 @@ var counterRe = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 // the table's chains, sets and maps sorted by kind and name (nft lists them
 // in the order they were made); elements one a line, sorted (a hash set
 // lists them in hash order); counters zeroed; and no elements for the
-// affinity sets that packets fill (isAffinitySet). Rules keep their order,
-// which matters.
+// affinity sets that packets fill (isAffinitySet), and no sizes (a
+// running proxier keeps a size its elements have shrunk below, size.go).
+// Rules keep their order, which matters.
 func NormalizeListing(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) < 2 {
@@ -80,6 +81,7 @@ func NormalizeListing(s string) string {
 			if !inElems && !skip {
 				cur = append(cur, formatElements(t)...)
 			}
+		case strings.HasPrefix(t, "size "):
 		case t != "":
 			cur = append(cur, l)
 		}

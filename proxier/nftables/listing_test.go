@@ -13,6 +13,7 @@ func TestNormalizeListing(t *testing.T) {
 	comment "rules for svcproxy"
 	set hairpin {
 		type ipv4_addr . ipv4_addr
+		size 32768
 		elements = { 10.0.0.2 . 10.0.0.2,
 			     10.0.0.1 . 10.0.0.1 }
 	}
@@ -74,6 +75,9 @@ func TestNormalizeListing(t *testing.T) {
 		"counter packets 0 bytes 0 jump a")
 	if strings.Contains(na, "192.0.2.1") {
 		t.Errorf("normalized listing keeps an affinity set's element")
+	}
+	if strings.Contains(na, "size ") {
+		t.Errorf("normalized listing keeps a set's size")
 	}
 	if t.Failed() {
 		t.Logf("normalized listing:\n%s", na)
