@@ -43,7 +43,11 @@ func scaleServices() int {
 //     process start to the first sync and how long that sync took;
 //   - single-change latency: an EndpointSlice update (one endpoint
 //     replaced) from the API write to the new element appearing in the
-//     kernel, watched with `nft monitor`; p50 and max of 20 changes.
+//     kernel, watched with `nft monitor`; p50 and max of 20 changes;
+//   - self-repair: the time from damage to the table rewritten;
+//
+// and it sends traffic through two Services of real pods among the 10,000
+// after the cold starts and after each repair.
 //
 // The bar (issue 4): cold start ≤ 3 s, change p50 ≤ 20 ms.
 //
@@ -55,8 +59,10 @@ func TestScale(t *testing.T) {
 	t.Parallel()
 	c := begin(t)
 	c.onlyIn("nftables", "the 10,000-Service scale case runs in nftables mode (iptables-restore needs minutes for it)")
+	pod := client // the client pod: client is the API clientset below
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
+	c.ctx = ctx // longer than the 2 minutes begin gives a test
 	n := scaleServices()
 	const ns = "scale"
 	if err := env.EnsureNamespace(ctx, ns); err != nil {
@@ -73,6 +79,13 @@ func TestScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Two Services of real pods, for traffic through the table at scale
+	// (whose large sets are sized, size.go): one spread over the
+	// backends, one whose only endpoint is the client itself (hairpin,
+	// masqueraded to the bridge address).
+	web := c.service("scale-traffic", "web", []harness.Port{harness.TCP}, backends...)
+	self := c.service("scale-traffic", "self", []harness.Port{harness.TCP}, pod)
+
 	// svcproxy is stopped while the Services are written, so that its start
 	// afterwards is a true cold start. The Services are not deleted: this
 	// case runs last, and the run's teardown removes the whole control
@@ -113,6 +126,17 @@ func TestScale(t *testing.T) {
 		t.Fatalf("creating Services: %v", err)
 	}
 	c.since(fmt.Sprintf("created %d Services and EndpointSlices (10 endpoints each)", n), start)
+	// traffic checks the two Services of real pods.
+	traffic := func(when string) {
+		c.Helper()
+		rs := c.connect(pod, harness.ClientOptions{Target: target(web, 80), Count: 30, Timeout: 2 * time.Second})
+		c.checkSpread(rs, 30, backends, pod.IP)
+		rs = c.connect(pod, harness.ClientOptions{Target: target(self, 80), Count: 5, Timeout: 2 * time.Second})
+		c.checkSpread(rs, 5, []*harness.Pod{pod}, harness.BridgeIP)
+		if !t.Failed() {
+			t.Logf("RESULT traffic at scale %s: 30 connections spread over the 3 backends, 5 hairpin connections masqueraded", when)
+		}
+	}
 
 	// Cold start: no table, everything already in the API; three times,
 	// for the spread.
@@ -147,6 +171,7 @@ func TestScale(t *testing.T) {
 	slices.Sort(colds)
 	median := colds[len(colds)/2]
 	t.Logf("RESULT cold start with %d Services x 10 endpoints: median %v of %v", n, median.Round(time.Millisecond), colds)
+	traffic("after the cold starts")
 	// The bar (cold start ≤ 3 s) is from process start to the rules in
 	// place, on an idle 2-core node; here the API server shares the cores
 	// (it serves the 20,000 objects' initial lists meanwhile). The guard
@@ -220,6 +245,7 @@ func TestScale(t *testing.T) {
 			t.Errorf("repair after `%s` took %v, more than twice the 1s bar", strings.Join(damage, " "), d.Round(time.Millisecond))
 		}
 		c.waitDNATsTo(last, scaleIPs(n-1, 0), time.Minute)
+		traffic("after `" + strings.Join(damage, " ") + "`")
 	}
 }
 
