@@ -21,13 +21,14 @@ func (w *writer) coldLoad(ctx context.Context, ws *guard.Writes, ch *change) err
 	start := time.Now()
 	text, ops := groupOps(ch.elems, nil, nil, false)
 	tSplit := time.Since(start)
+	send := w.batch.ahead(ops)
 	tx := w.fullTx(ch, false)
 	if err := w.runText(ctx, func(out io.Writer) error { return w.writeText(out, tx, sortElems(text), nil) }); err != nil {
 		return err
 	}
 	tText := time.Since(start)
 	ws.Step(ctx)
-	err := w.batch.applySeq(ctx, ops)
+	err := send(ctx)
 	klog.V(2).InfoS("Loaded the table", "family", w.family, "split", tSplit, "rules", tText-tSplit, "elements", time.Since(start)-tText, "count", ops.n)
 	return err
 }

@@ -127,16 +127,34 @@ func (w *elemWriter) apply(ctx context.Context, ops []elemOp) error {
 
 // applySeq is apply of the ops of a sequence.
 func (w *elemWriter) applySeq(ctx context.Context, ops opSeq) error {
+	return w.ahead(ops)(ctx)
+}
+
+// ahead starts encoding ops on another goroutine, so that a full write
+// encodes its elements while nft writes its rules, and returns the
+// function that sends them once encoded. ops must not change meanwhile.
+func (w *elemWriter) ahead(ops opSeq) func(ctx context.Context) error {
 	if ops.n == 0 {
+		return func(context.Context) error { return nil }
+	}
+	type encoded struct {
+		b   *nfnl.Batch
+		err error
+	}
+	done := make(chan encoded, 1)
+	go func() {
+		b, err := w.encode(ops)
+		done <- encoded{b, err}
+	}()
+	return func(ctx context.Context) error {
+		e := <-done
+		if e.err != nil {
+			return e.err
+		}
+		if err := w.conn.Send(ctx, e.b); err != nil {
+			return err
+		}
+		w.batches++
 		return nil
 	}
-	b, err := w.encode(ops)
-	if err != nil {
-		return err
-	}
-	if err := w.conn.Send(ctx, b); err != nil {
-		return err
-	}
-	w.batches++
-	return nil
 }

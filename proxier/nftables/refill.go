@@ -90,6 +90,7 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 	addRules(tx, sk, dyn)
 	slices.Sort(netlinkSets)
 	text, ops := groupOps(ch.elems, sk.elems, netlinkSets, true)
+	send := w.batch.ahead(ops)
 	for _, e := range text {
 		tx.Add(element(e))
 	}
@@ -103,7 +104,7 @@ func (w *writer) refill(ctx context.Context, ws *guard.Writes, ch *change) (bool
 	t1 = time.Since(start)
 
 	// Step 2.
-	err = w.batch.applySeq(ctx, ops)
+	err = send(ctx)
 	t2 = time.Since(start)
 	if err != nil {
 		return true, err
