@@ -127,7 +127,14 @@ func (w *elemWriter) apply(ctx context.Context, ops []elemOp) error {
 
 // applySeq is apply of the ops of a sequence.
 func (w *elemWriter) applySeq(ctx context.Context, ops opSeq) error {
-	return w.ahead(ops)(ctx)
+	if ops.n == 0 {
+		return nil
+	}
+	b, err := w.encode(ops)
+	if err != nil {
+		return err
+	}
+	return w.send(ctx, b)
 }
 
 // ahead starts encoding ops on another goroutine, so that a full write
@@ -151,10 +158,15 @@ func (w *elemWriter) ahead(ops opSeq) func(ctx context.Context) error {
 		if e.err != nil {
 			return e.err
 		}
-		if err := w.conn.Send(ctx, e.b); err != nil {
-			return err
-		}
-		w.batches++
-		return nil
+		return w.send(ctx, e.b)
 	}
+}
+
+// send commits an encoded batch.
+func (w *elemWriter) send(ctx context.Context, b *nfnl.Batch) error {
+	if err := w.conn.Send(ctx, b); err != nil {
+		return err
+	}
+	w.batches++
+	return nil
 }
